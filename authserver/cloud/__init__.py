@@ -1,0 +1,1 @@
+"""The vendor OpenAPI: signing, the async client, the quota governor."""

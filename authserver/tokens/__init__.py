@@ -1,0 +1,1 @@
+"""The token service: caches, single-flight issuance, revocation."""
