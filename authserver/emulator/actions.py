@@ -1,0 +1,297 @@
+"""The emulated actions: the documented parameter checks and the documented answers.
+
+Choices where the source documents are silent (each covered by a test):
+- a missing mandatory parameter answers the API gateway's `Missing<Name>` (400); a present but
+  invalid one answers the product's `InvalidParameter.<Name>` (400);
+- an unknown InstanceId answers `InstancePermissionCheckFailed` (400), the code the token and
+  session actions document for an instance the account does not own;
+- RevokeToken of an unknown, expired or already revoked token succeeds (idempotent);
+- Get/RefreshDeviceCredential of a device without a credential answer `ParameterCheckFailed`;
+  UnRegisterDeviceCredential of one succeeds (idempotent);
+- ListDeviceCredentialClientId: `NextToken`, when given, wins over `PageNo`; it is absent on
+  the last page.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from authserver.emulator import protocol
+from authserver.emulator.state import EmulatorState
+
+ONSMQTT_VERSION = "2020-04-20"
+IOT_VERSION = "2018-01-20"
+
+MIN_TOKEN_LIFETIME_MS = 60_000
+MAX_TOKEN_LIFETIME_MS = 30 * 24 * 3600 * 1000
+MAX_RESOURCES = 100
+MAX_BATCH_CLIENT_IDS = 10
+_CLIENT_ID = re.compile(r"(GID[_-][A-Za-z0-9_-]{3,60})@@@([A-Za-z0-9_.:-]+)")
+_LIST_ITEM = re.compile(r"ClientIdList\.(\d+)")
+
+Params = Mapping[str, str]
+Handler = Callable[[EmulatorState, Params], dict[str, Any]]
+
+
+def _required(params: Params, name: str) -> str:
+    value = params.get(name, "")
+    if value == "":
+        raise protocol.missing(name)
+    return value
+
+
+def _instance(state: EmulatorState, params: Params) -> str:
+    instance_id = _required(params, "InstanceId")
+    if instance_id not in state.instance_ids:
+        raise protocol.instance_check_failed(instance_id)
+    return instance_id
+
+
+def valid_topic_filter(topic: str) -> bool:
+    """An MQTT topic filter: `+` is a whole level, `#` only the whole last level."""
+    if not topic or "\x00" in topic or len(topic.encode()) > 65535:
+        return False
+    levels = topic.split("/")
+    for index, level in enumerate(levels):
+        if "#" in level and (level != "#" or index != len(levels) - 1):
+            return False
+        if "+" in level and level != "+":
+            return False
+    return True
+
+
+def _client_id(params: Params, name: str = "ClientId") -> str:
+    client_id = _required(params, name)
+    if len(client_id) > 64 or _CLIENT_ID.fullmatch(client_id) is None:
+        raise protocol.invalid(name, "expected <GroupId>@@@<DeviceId>, at most 64 characters")
+    return client_id
+
+
+def apply_token(state: EmulatorState, params: Params) -> dict[str, Any]:
+    """ApplyToken (002 section 10.1)."""
+    actions = _required(params, "Actions")
+    expire_text = _required(params, "ExpireTime")
+    instance_id = _instance(state, params)
+    resources_text = _required(params, "Resources")
+    if actions not in ("R", "W", "R,W"):
+        raise protocol.invalid("Actions", "must be R, W or R,W")
+    try:
+        expire_ms = int(expire_text)
+    except ValueError:
+        raise protocol.invalid("ExpireTime", "must be a millisecond timestamp") from None
+    now = state.now_ms()
+    if expire_ms < now + MIN_TOKEN_LIFETIME_MS:
+        raise protocol.invalid("ExpireTime", "must be at least 60 seconds in the future")
+    expire_ms = min(expire_ms, now + MAX_TOKEN_LIFETIME_MS)
+    resources = tuple(resources_text.split(","))
+    if len(resources) > MAX_RESOURCES:
+        raise protocol.invalid("Resources", f"at most {MAX_RESOURCES} resources")
+    bad = [r for r in resources if not valid_topic_filter(r)]
+    if bad:
+        raise protocol.invalid("Resources", f"not a valid MQTT topic filter: {bad[0]!r}")
+    if list(resources) != sorted(resources):
+        raise protocol.invalid("Resources", "resources must be sorted lexicographically")
+    token = state.issue_token(instance_id, actions, resources, expire_ms)
+    return {"Token": token}
+
+
+def query_token(state: EmulatorState, params: Params) -> dict[str, Any]:
+    """QueryToken (002 section 10.2)."""
+    instance_id = _instance(state, params)
+    token = _required(params, "Token")
+    return {"TokenStatus": state.token_valid(token, instance_id)}
+
+
+def revoke_token(state: EmulatorState, params: Params) -> dict[str, Any]:
+    """RevokeToken (002 section 10.3)."""
+    instance_id = _instance(state, params)
+    state.revoke_token(_required(params, "Token"), instance_id)
+    return {}
+
+
+def query_session(state: EmulatorState, params: Params) -> dict[str, Any]:
+    """QuerySessionByClientId (000, 002 section 13.1)."""
+    _instance(state, params)
+    return {"OnlineStatus": _client_id(params) in state.online}
+
+
+def batch_query_sessions(state: EmulatorState, params: Params) -> dict[str, Any]:
+    """BatchQuerySessionByClientIds (002 section 13.2): `ClientIdList.N`, N in 1..10."""
+    _instance(state, params)
+    indexed: list[tuple[int, str]] = []
+    for name in params:
+        match = _LIST_ITEM.fullmatch(name)
+        if match:
+            indexed.append((int(match.group(1)), name))
+    if not indexed:
+        raise protocol.missing("ClientIdList")
+    indexed.sort()
+    if len(indexed) > MAX_BATCH_CLIENT_IDS or not 1 <= indexed[0][0] <= indexed[-1][0] <= 10:
+        raise protocol.invalid("ClientIdList", "between 1 and 10 ClientIds, ClientIdList.1..10")
+    client_ids = [_client_id(params, name) for _, name in indexed]
+    return {
+        "OnlineStatusList": [
+            {"ClientId": cid, "OnlineStatus": cid in state.online} for cid in client_ids
+        ]
+    }
+
+
+def register_credential(state: EmulatorState, params: Params) -> dict[str, Any]:
+    """RegisterDeviceCredential (002 section 14.1)."""
+    instance_id = _instance(state, params)
+    credential = state.register_credential(instance_id, _client_id(params))
+    return {"DeviceCredential": credential.as_vendor()}
+
+
+def _existing_credential(state: EmulatorState, params: Params) -> Any:
+    instance_id = _instance(state, params)
+    credential = state.credentials.get((instance_id, _client_id(params)))
+    if credential is None:
+        raise protocol.parameter_check_failed("The device has no credential.")
+    return credential
+
+
+def get_credential(state: EmulatorState, params: Params) -> dict[str, Any]:
+    """GetDeviceCredential (002 section 14.2)."""
+    return {"DeviceCredential": _existing_credential(state, params).as_vendor()}
+
+
+def unregister_credential(state: EmulatorState, params: Params) -> dict[str, Any]:
+    """UnRegisterDeviceCredential (002 section 14.3)."""
+    instance_id = _instance(state, params)
+    state.credentials.pop((instance_id, _client_id(params)), None)
+    return {}
+
+
+def refresh_credential(state: EmulatorState, params: Params) -> dict[str, Any]:
+    """RefreshDeviceCredential (002 section 14.4)."""
+    credential = state.refresh_credential(_existing_credential(state, params))
+    return {"DeviceCredential": credential.as_vendor()}
+
+
+def _positive_int(params: Params, name: str, low: int, high: int) -> int:
+    text = _required(params, name)
+    try:
+        value = int(text)
+    except ValueError:
+        raise protocol.invalid(name, "must be an integer") from None
+    if not low <= value <= high:
+        raise protocol.invalid(name, f"must be between {low} and {high}")
+    return value
+
+
+def _encode_next(offset: int) -> str:
+    return base64.urlsafe_b64encode(f"offset:{offset}".encode()).decode().rstrip("=")
+
+
+def _decode_next(token: str) -> int:
+    try:
+        text = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+        prefix, _, number = text.partition(":")
+        if prefix != "offset":
+            raise ValueError(text)
+        return int(number)
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise protocol.invalid("NextToken", "not a token this API returned") from None
+
+
+def list_credential_client_ids(state: EmulatorState, params: Params) -> dict[str, Any]:
+    """ListDeviceCredentialClientId (004): numbers come back as strings, NextToken pages."""
+    instance_id = _instance(state, params)
+    group_id = _required(params, "GroupId")
+    page_no = _positive_int(params, "PageNo", 1, 1_000_000)
+    page_size = _positive_int(params, "PageSize", 1, 100)
+    next_token = params.get("NextToken", "")
+    offset = _decode_next(next_token) if next_token else (page_no - 1) * page_size
+    client_ids = sorted(
+        cid
+        for (iid, cid) in state.credentials
+        if iid == instance_id and cid.split("@@@", 1)[0] == group_id
+    )
+    page = client_ids[offset : offset + page_size]
+    listing: dict[str, Any] = {
+        "Total": str(len(client_ids)),
+        "ClientIdList": page,
+        "PageNo": str(page_no),
+        "PageSize": str(page_size),
+    }
+    if offset + page_size < len(client_ids):
+        listing["NextToken"] = _encode_next(offset + page_size)
+    return {"DeviceCredentialClientIdList": listing}
+
+
+def query_client_ids(state: EmulatorState, params: Params) -> dict[str, Any]:
+    """IoT Platform QueryClientIds (003), version 2018-01-20.
+
+    The IoT Platform answers business errors with HTTP 200 and `Success: false`.
+    """
+    iot_id = _required(params, "IotId")
+    entries = state.iot_client_ids.get(iot_id)
+    if entries is None:
+        return {
+            "Success": False,
+            "Code": "iot.device.NotExistedDevice",
+            "ErrorMessage": "The specified device does not exist.",
+        }
+    return {
+        "Success": True,
+        "Data": {
+            "IotId": iot_id,
+            "DynamicRegClientIds": [{"ClientId": c, "CreateTime": t} for c, t in entries],
+        },
+    }
+
+
+ACTIONS: dict[str, dict[str, Handler]] = {
+    ONSMQTT_VERSION: {
+        "ApplyToken": apply_token,
+        "QueryToken": query_token,
+        "RevokeToken": revoke_token,
+        "QuerySessionByClientId": query_session,
+        "BatchQuerySessionByClientIds": batch_query_sessions,
+        "RegisterDeviceCredential": register_credential,
+        "GetDeviceCredential": get_credential,
+        "UnRegisterDeviceCredential": unregister_credential,
+        "RefreshDeviceCredential": refresh_credential,
+        "ListDeviceCredentialClientId": list_credential_client_ids,
+    },
+    IOT_VERSION: {"QueryClientIds": query_client_ids},
+}
+
+# Real actions of the product that the emulator does not implement: `ApiNotSupport`.
+UNSUPPORTED: dict[str, frozenset[str]] = {
+    ONSMQTT_VERSION: frozenset(
+        {
+            "SendMessage",
+            "CreateGroupId",
+            "DeleteGroupId",
+            "ListGroupId",
+            "QueryMqttTraceDevice",
+            "QueryMqttTraceMessageOfClient",
+            "QueryMqttTraceMessagePublish",
+            "QueryMqttTraceMessageSubscribe",
+            "GetRegisterCode",
+            "RegisterCaCertificate",
+            "ListCaCertificate",
+            "ListDeviceCertificate",
+            "GetDeviceCertificate",
+        }
+    ),
+    IOT_VERSION: frozenset(),
+}
+
+
+def find_handler(action: str, version: str) -> Handler:
+    """The handler of `action` in `version`, or the vendor's error for it."""
+    if version not in ACTIONS:
+        raise protocol.invalid_version(version)
+    handler = ACTIONS[version].get(action)
+    if handler is None:
+        if action in UNSUPPORTED[version]:
+            raise protocol.api_not_support(action)
+        raise protocol.action_not_found(action)
+    return handler

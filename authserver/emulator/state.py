@@ -1,0 +1,311 @@
+"""The emulator's in-memory state: tokens, sessions, device credentials, rates, faults, stats."""
+
+from __future__ import annotations
+
+import base64
+import random
+import secrets
+from collections import OrderedDict, defaultdict, deque
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from authserver.clock import Clock
+
+DEFAULT_QPS: dict[str, float] = {
+    "ApplyToken": 100,
+    "QueryToken": 100,
+    "RevokeToken": 5,
+    "QuerySessionByClientId": 500,
+    "BatchQuerySessionByClientIds": 100,
+    "QueryClientIds": 10,
+}
+# Actions without a documented limit get a generous one, so they are still counted.
+GENEROUS_QPS = 1000.0
+MAX_NONCES = 1_000_000
+
+
+class TokenRecord:
+    """One issued token: where it is valid, what it grants, until when."""
+
+    __slots__ = ("actions", "expire_ms", "instance_id", "resources", "revoked")
+
+    def __init__(
+        self, instance_id: str, actions: str, resources: tuple[str, ...], expire_ms: int
+    ) -> None:
+        self.instance_id = instance_id
+        self.actions = actions
+        self.resources = resources
+        self.expire_ms = expire_ms
+        self.revoked = False
+
+
+@dataclass
+class DeviceCredential:
+    """One device's AccessKey pair (the "one device, one secret" API, 002 section 14)."""
+
+    client_id: str
+    instance_id: str
+    access_key_id: str
+    access_key_secret: str
+    create_ms: int
+    update_ms: int
+
+    def as_vendor(self) -> dict[str, Any]:
+        """The `DeviceCredential` struct as the vendor returns it."""
+        return {
+            "ClientId": self.client_id,
+            "InstanceId": self.instance_id,
+            "DeviceAccessKeyId": self.access_key_id,
+            "DeviceAccessKeySecret": self.access_key_secret,
+            "CreateTime": self.create_ms,
+            "UpdateTime": self.update_ms,
+        }
+
+
+@dataclass
+class Fault:
+    """An injected fault for one action (or `*`): an error at a rate, latency, an outage."""
+
+    error_code: str | None = None
+    rate: float = 1.0
+    latency_ms: float = 0.0
+    outage: bool = False
+    status: int | None = None
+
+
+class SlidingWindow:
+    """Timestamps of the calls of the last second, on the monotonic clock."""
+
+    __slots__ = ("_stamps",)
+
+    def __init__(self) -> None:
+        self._stamps: deque[float] = deque()
+
+    def count(self, now: float) -> int:
+        """Calls within (now - 1 s, now]."""
+        stamps = self._stamps
+        while stamps and stamps[0] <= now - 1.0:
+            stamps.popleft()
+        return len(stamps)
+
+    def add(self, now: float) -> int:
+        """Record a call; the number of calls in the window including it."""
+        count = self.count(now) + 1
+        self._stamps.append(now)
+        return count
+
+
+class Stats:
+    """Counters that `GET /_emulator/stats` reports."""
+
+    def __init__(self) -> None:
+        self.calls: dict[str, int] = defaultdict(int)
+        self.success: dict[str, int] = defaultdict(int)
+        self.errors: dict[str, int] = defaultdict(int)
+        self.errors_by_action: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+        self.max_per_second: dict[str, int] = defaultdict(int)
+        self.windows: dict[str, SlidingWindow] = defaultdict(SlidingWindow)
+        self.account_window = SlidingWindow()
+        self.account_calls = 0
+        self.account_max_per_second = 0
+
+    def record_call(self, action: str, now: float) -> None:
+        """Count a call that named `action`, and its per-second peak."""
+        self.calls[action] += 1
+        self.max_per_second[action] = max(
+            self.max_per_second[action], self.windows[action].add(now)
+        )
+        self.account_calls += 1
+        self.account_max_per_second = max(self.account_max_per_second, self.account_window.add(now))
+
+    def record_result(self, action: str, code: str | None) -> None:
+        """Count a success (`code` None) or an error code."""
+        if code is None:
+            self.success[action] += 1
+        else:
+            self.errors[code] += 1
+            self.errors_by_action[action][code] += 1
+
+
+class EmulatorState:
+    """Everything the emulator remembers; one per app, reachable as `app[EMULATOR_STATE]`."""
+
+    def __init__(
+        self,
+        *,
+        access_keys: Mapping[str, str],
+        instance_ids: Iterable[str],
+        qps: Mapping[str, float],
+        clock: Clock,
+        timestamp_tolerance: float,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.access_keys = dict(access_keys)
+        self.instance_ids = frozenset(instance_ids)
+        self.qps = {**DEFAULT_QPS, **qps}
+        self.clock = clock
+        self.timestamp_tolerance = timestamp_tolerance
+        self.rng = rng or random.Random()  # noqa: S311 - fault injection, not security
+        self.tokens: dict[str, TokenRecord] = {}
+        self.issued = 0
+        self.revoked = 0
+        self.online: set[str] = set()
+        self.credentials: dict[tuple[str, str], DeviceCredential] = {}
+        self.iot_client_ids: dict[str, list[tuple[str, int]]] = {}
+        self.faults: dict[str, Fault] = {}
+        self.counters = Stats()
+        self._limits: dict[str, SlidingWindow] = defaultdict(SlidingWindow)
+        self._nonces: OrderedDict[str, float] = OrderedDict()
+
+    # clock helpers
+    def now_ms(self) -> int:
+        """Wall-clock now in epoch milliseconds."""
+        return int(self.clock.time() * 1000)
+
+    # rate limits
+    def admit(self, action: str) -> bool:
+        """Take a slot in `action`'s sliding 1-second window; False when it is full."""
+        limit = self.qps.get(action, GENEROUS_QPS)
+        window = self._limits[action]
+        now = self.clock.monotonic()
+        if window.count(now) >= limit:
+            return False
+        window.add(now)
+        return True
+
+    # replay protection
+    def nonce_seen(self, key_id: str, nonce: str) -> bool:
+        """Whether this AccessKeyId already used this SignatureNonce within the window."""
+        self._expire_nonces()
+        return f"{key_id}\n{nonce}" in self._nonces
+
+    def remember_nonce(self, key_id: str, nonce: str) -> None:
+        """Remember a nonce for twice the timestamp tolerance: no replay can pass after that."""
+        self._expire_nonces()
+        self._nonces[f"{key_id}\n{nonce}"] = self.clock.monotonic() + 2 * self.timestamp_tolerance
+        while len(self._nonces) > MAX_NONCES:
+            self._nonces.popitem(last=False)
+
+    def _expire_nonces(self) -> None:
+        now = self.clock.monotonic()
+        nonces = self._nonces
+        while nonces:
+            _, expiry = next(iter(nonces.items()))
+            if expiry > now:
+                break
+            nonces.popitem(last=False)
+
+    # tokens
+    def issue_token(
+        self, instance_id: str, actions: str, resources: tuple[str, ...], expire_ms: int
+    ) -> str:
+        """Store a new opaque token (base64 with `+`, `/` and `=`, like the vendor's)."""
+        token = base64.b64encode(secrets.token_bytes(94)).decode()
+        self.tokens[token] = TokenRecord(instance_id, actions, resources, expire_ms)
+        self.issued += 1
+        return token
+
+    def token_valid(self, token: str, instance_id: str | None = None) -> bool:
+        """True only for an issued, unexpired, unrevoked token (of that instance, if given)."""
+        record = self.tokens.get(token)
+        if record is None or record.revoked or record.expire_ms <= self.now_ms():
+            return False
+        return instance_id is None or record.instance_id == instance_id
+
+    def is_revoked(self, token: str) -> bool:
+        """Whether the token was revoked."""
+        record = self.tokens.get(token)
+        return record is not None and record.revoked
+
+    def token_info(self, token: str) -> TokenRecord | None:
+        """The stored record of a token, or None."""
+        return self.tokens.get(token)
+
+    def revoke_token(self, token: str, instance_id: str) -> None:
+        """Revoke a token; revoking twice, or an unknown token, is a no-op (idempotent)."""
+        record = self.tokens.get(token)
+        if record is not None and record.instance_id == instance_id and not record.revoked:
+            record.revoked = True
+            self.revoked += 1
+
+    def sweep_expired(self) -> int:
+        """Forget expired tokens (QueryToken answers false for them either way)."""
+        now = self.now_ms()
+        dead = [t for t, r in self.tokens.items() if r.expire_ms <= now]
+        for token in dead:
+            del self.tokens[token]
+        return len(dead)
+
+    # sessions and device credentials
+    def set_online(self, client_ids: Iterable[str]) -> None:
+        """Replace the set of ClientIds the emulator reports online."""
+        self.online = set(client_ids)
+
+    def register_credential(self, instance_id: str, client_id: str) -> DeviceCredential:
+        """The device's credential, created on first registration."""
+        key = (instance_id, client_id)
+        if key not in self.credentials:
+            now = self.now_ms()
+            self.credentials[key] = DeviceCredential(
+                client_id=client_id,
+                instance_id=instance_id,
+                access_key_id="DC." + secrets.token_urlsafe(16),
+                access_key_secret="DC." + secrets.token_urlsafe(24),
+                create_ms=now,
+                update_ms=now,
+            )
+        return self.credentials[key]
+
+    def refresh_credential(self, credential: DeviceCredential) -> DeviceCredential:
+        """Give the device a new secret."""
+        credential.access_key_secret = "DC." + secrets.token_urlsafe(24)
+        credential.update_ms = self.now_ms()
+        return credential
+
+    def set_iot_client_ids(self, iot_id: str, client_ids: Iterable[str]) -> None:
+        """Register an IoT Platform device and its ClientIds (for QueryClientIds)."""
+        now = self.now_ms()
+        self.iot_client_ids[iot_id] = [(cid, now) for cid in client_ids]
+
+    # faults
+    def fault_for(self, action: str) -> Fault | None:
+        """The fault that applies to `action`: its own, else the `*` one."""
+        return self.faults.get(action) or self.faults.get("*")
+
+    def reset_all(self) -> None:
+        """Forget tokens, sessions, credentials, IoT devices, faults and nonces."""
+        self.tokens.clear()
+        self.issued = self.revoked = 0
+        self.online.clear()
+        self.credentials.clear()
+        self.iot_client_ids.clear()
+        self.faults.clear()
+        self._nonces.clear()
+        self._limits.clear()
+
+    # stats
+    def reset_stats(self) -> None:
+        """Zero every counter and peak (tokens and sessions stay)."""
+        self.counters = Stats()
+
+    def stats(self) -> dict[str, Any]:
+        """The statistics document of `GET /_emulator/stats`."""
+        now = self.now_ms()
+        live = sum(1 for r in self.tokens.values() if not r.revoked and r.expire_ms > now)
+        s = self.counters
+        return {
+            "calls": dict(s.calls),
+            "success": dict(s.success),
+            "errors": dict(s.errors),
+            "errorsByAction": {a: dict(c) for a, c in s.errors_by_action.items()},
+            "maxPerSecond": dict(s.max_per_second),
+            "account": {"calls": s.account_calls, "maxPerSecond": s.account_max_per_second},
+            "tokens": {
+                "live": live,
+                "revoked": self.revoked,
+                "issued": self.issued,
+                "stored": len(self.tokens),
+            },
+            "qps": dict(self.qps),
+        }
