@@ -1,0 +1,313 @@
+"""JWT verification with keys from settings or a JWKS, and a cache of tokens already verified."""
+
+from __future__ import annotations
+
+import asyncio
+import binascii
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import re
+from base64 import urlsafe_b64decode, urlsafe_b64encode
+from collections.abc import Callable
+from types import MappingProxyType
+from typing import Any, NamedTuple
+
+import aiohttp
+from cachetools import LRUCache
+
+from authserver.clock import Clock, SystemClock
+from authserver.errors import InvalidToken
+from authserver.identity.jwks import JWKSSource
+from authserver.identity.keys import (
+    ASYMMETRIC_ALGORITHMS,
+    HMAC_ALGORITHMS,
+    VerificationKey,
+    static_keys,
+)
+from authserver.identity.model import Identity, JWTSettings, invalid_token
+
+log = logging.getLogger(__name__)
+
+# Compact JWS: three unpadded base64url segments (RFC 7515 section 7.1); checked before decoding.
+_COMPACT_JWS = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
+_BEARER = re.compile(r"[Bb][Ee][Aa][Rr][Ee][Rr] +([A-Za-z0-9\-._~+/]+=*) *")
+
+
+def bearer_token(authorization_header: str | None) -> str:
+    """The token of an `Authorization: Bearer <token>` header; InvalidToken when absent or bad."""
+    if authorization_header is None or not authorization_header.strip():
+        raise InvalidToken(
+            "the request has no Authorization header",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    match = _BEARER.fullmatch(authorization_header.strip())
+    if match is None:
+        raise invalid_token("the Authorization header is not 'Bearer <token>'")
+    return match.group(1)
+
+
+class _Verified(NamedTuple):
+    identity: Identity
+    key_ref: str
+
+
+def _b64decode(segment: str, what: str) -> bytes:
+    try:
+        decoded = urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+    except (binascii.Error, ValueError):
+        raise invalid_token(f"the token {what} is not base64url") from None
+    # Reject non-canonical encodings (stray low bits), so one token has exactly one spelling.
+    if urlsafe_b64encode(decoded).rstrip(b"=").decode() != segment:
+        raise invalid_token(f"the token {what} is not canonical base64url")
+    return decoded
+
+
+def _json_object(data: bytes, what: str) -> dict[str, Any]:
+    try:
+        value = json.loads(data)
+    except (ValueError, RecursionError):
+        raise invalid_token(f"the token {what} is not JSON") from None
+    if not isinstance(value, dict):
+        raise invalid_token(f"the token {what} is not a JSON object")
+    return value
+
+
+def _numeric_date(claims: dict[str, Any], name: str) -> float | None:
+    value = claims.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise invalid_token(f"the '{name}' claim is not a number")
+    try:
+        number = float(value)
+    except OverflowError:
+        raise invalid_token(f"the '{name}' claim is out of range") from None
+    if not math.isfinite(number):
+        raise invalid_token(f"the '{name}' claim is out of range")
+    return number
+
+
+class JWTVerifier:
+    """Verifies bearer JWTs against the configured keys; remembers tokens it has verified."""
+
+    def __init__(
+        self,
+        settings: JWTSettings,
+        *,
+        session: aiohttp.ClientSession | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        """Prepare keys from settings; ValueError names every setting that cannot work."""
+        self._settings = settings
+        self._clock: Clock = clock or SystemClock()
+        self._algorithms = frozenset(settings.algorithms)
+        self._leeway = settings.leeway
+        self._max_token_bytes = settings.max_token_bytes
+        self._session = session
+        self._owned_session: aiohttp.ClientSession | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._cache: LRUCache[bytes, _Verified] = LRUCache(maxsize=settings.cache_size)
+
+        self._static, problems = static_keys(
+            settings.algorithms, settings.secret, settings.public_key_pem
+        )
+        if not settings.algorithms:
+            problems.append("no JWT algorithm is configured")
+        for alg in settings.algorithms:
+            if alg in self._static:
+                continue
+            if alg in HMAC_ALGORITHMS:
+                problems.append(f"{alg} needs a secret")
+            elif alg in ASYMMETRIC_ALGORITHMS and settings.jwks_url is None:
+                problems.append(f"{alg} needs a fitting PEM public key or a JWKS URL")
+        if problems:
+            raise ValueError("JWT settings cannot work: " + "; ".join(problems))
+
+        self._jwks: JWKSSource | None = None
+        if settings.jwks_url is not None:
+            self._jwks = JWKSSource(
+                settings.jwks_url,
+                [alg for alg in settings.algorithms if alg not in self._static],
+                session=self._client_session,
+                clock=self._clock,
+                refresh_interval=settings.jwks_refresh_interval,
+                cache_ttl=settings.jwks_cache_ttl,
+                on_removed=self._drop_keys,
+            )
+
+    @property
+    def ready(self) -> bool:
+        """Whether tokens can be verified: always, unless a JWKS has never loaded."""
+        return self._jwks is None or self._jwks.ready
+
+    @property
+    def jwks(self) -> JWKSSource | None:
+        """The JWKS source, when one is configured (for readiness detail and tests)."""
+        return self._jwks
+
+    @property
+    def cached(self) -> int:
+        """Number of verified tokens currently remembered."""
+        return len(self._cache)
+
+    async def start(self) -> None:
+        """Load the JWKS once (a failure is logged, not raised), then keep it fresh in a task."""
+        if self._jwks is None or self._task is not None:
+            return
+        await self._jwks.refresh(rate_limited=False)
+        self._task = asyncio.create_task(self._jwks.run(), name="jwks-refresh")
+
+    async def close(self) -> None:
+        """Stop the background refresh and close the session if this verifier made it."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._jwks is not None:
+            await self._jwks.close()
+        if self._owned_session is not None:
+            await self._owned_session.close()
+            self._owned_session = None
+
+    def forget(self, predicate: Callable[[Identity], bool]) -> int:
+        """Drop remembered tokens whose identity matches (revocation); returns how many."""
+        doomed = [k for k, v in list(self._cache.items()) if predicate(v.identity)]
+        for key in doomed:
+            self._cache.pop(key, None)
+        return len(doomed)
+
+    async def verify(self, token: str) -> Identity:
+        """Verify a compact JWT and return its identity; InvalidToken says precisely why not."""
+        # Size first: nothing about an oversized token is parsed, hashed or logged.
+        if len(token) > self._max_token_bytes:
+            log.debug("JWT refused: %d characters is over the limit", len(token))
+            raise invalid_token(f"the token is larger than {self._max_token_bytes} bytes")
+        if not token.isascii():
+            raise invalid_token("the token is not ASCII")
+        digest = hashlib.sha256(token.encode("ascii")).digest()
+        hit = self._cache.get(digest)
+        if hit is not None:
+            # A remembered token is served only until its exp; the leeway is granted by the
+            # full check below, so the cache never stretches a token's life.
+            if self._clock.time() < hit.identity.expires_at:
+                return hit.identity
+            self._cache.pop(digest, None)
+        fp = digest.hex()[:8]
+        try:
+            verified = await self._verify_uncached(token, fp)
+        except InvalidToken as err:
+            log.debug("JWT %s refused: %s", fp, err.detail)
+            raise
+        self._cache[digest] = verified
+        log.debug("JWT %s verified (key %s)", fp, verified.key_ref)
+        return verified.identity
+
+    async def _verify_uncached(self, token: str, fp: str) -> _Verified:
+        if _COMPACT_JWS.fullmatch(token) is None:
+            if token.count(".") != 2:
+                raise invalid_token("the token does not have three dot-separated segments")
+            raise invalid_token("the token has an empty or non-base64url segment")
+        header_b64, payload_b64, signature_b64 = token.split(".")
+        header = _json_object(_b64decode(header_b64, "header"), "header")
+
+        # The algorithm allow-list comes from settings and is checked before any key is chosen.
+        alg = header.get("alg")
+        if not isinstance(alg, str) or alg not in self._algorithms:
+            raise invalid_token("the token's algorithm is not accepted")
+        if "crit" in header:
+            raise invalid_token("the token has a crit header; no extension is supported")
+        kid = header.get("kid")
+        if kid is not None and not isinstance(kid, str):
+            raise invalid_token("the token's key id (kid) is not a string")
+        # jku, x5u, jwk and x5c are never read: keys come only from settings or the JWKS URL.
+
+        key = await self._key_for(alg, kid)
+        signature = _b64decode(signature_b64, "signature")
+        signing_input = token[: len(header_b64) + 1 + len(payload_b64)].encode("ascii")
+        if not self._check_signature(key, signing_input, signature):
+            raise invalid_token("the token signature does not verify")
+        claims = _json_object(_b64decode(payload_b64, "payload"), "payload")
+        return _Verified(self._identity(claims, fp), key.ref)
+
+    async def _key_for(self, alg: str, kid: str | None) -> VerificationKey:
+        key = self._static.get(alg)
+        if key is not None:
+            return key
+        assert self._jwks is not None  # __init__ refuses an algorithm without a key source
+        return await self._jwks.key_for(alg, kid)
+
+    def _check_signature(self, key: VerificationKey, signing_input: bytes, sig: bytes) -> bool:
+        """The expensive step; a seam that tests count to prove the cache skips it."""
+        return key.verify(signing_input, sig)
+
+    def _identity(self, claims: dict[str, Any], fp: str) -> Identity:
+        settings = self._settings
+        now = self._clock.time()
+        leeway = self._leeway
+        # Time claims are checked against the injected clock (not PyJWT's time.time()), so the
+        # verifier, its cache and the tests agree on "now".
+        expires_at = _numeric_date(claims, "exp")
+        if expires_at is None:
+            raise invalid_token("the token has no 'exp' claim")
+        if expires_at <= now - leeway:
+            raise invalid_token("the token has expired")
+        not_before = _numeric_date(claims, "nbf")
+        if not_before is not None and not_before > now + leeway:
+            raise invalid_token("the token is not valid yet (nbf)")
+        issued_at = _numeric_date(claims, "iat")
+        if issued_at is not None and issued_at > now + leeway:
+            raise invalid_token("the token was issued in the future (iat)")
+
+        if settings.issuer is not None:
+            issuer = claims.get("iss")
+            if issuer is None:
+                raise invalid_token("the token has no 'iss' claim")
+            if issuer != settings.issuer:
+                raise invalid_token("the token's issuer is not accepted")
+        audience = claims.get("aud")
+        if settings.audience is not None:
+            if audience is None:
+                raise invalid_token("the token has no 'aud' claim")
+            audiences = [audience] if isinstance(audience, str) else audience
+            if not isinstance(audiences, list) or settings.audience not in audiences:
+                raise invalid_token("the token's audience is not accepted")
+        elif audience is not None:
+            # RFC 7519 section 4.1.3: a token meant for a named audience is not for us
+            # unless we are configured as that audience.
+            raise invalid_token("the token names an audience but none is configured")
+
+        name = settings.subject_claim
+        subject = claims.get(name)
+        if subject is None:
+            raise invalid_token(f"the token has no '{name}' claim")
+        if not isinstance(subject, str) or not subject:
+            raise invalid_token(f"the '{name}' claim is not a non-empty string")
+        return Identity(
+            subject=subject,
+            claims=MappingProxyType(claims),
+            issued_at=issued_at,
+            expires_at=expires_at,
+            fingerprint=fp,
+        )
+
+    def _drop_keys(self, refs: frozenset[str]) -> None:
+        doomed = [k for k, v in list(self._cache.items()) if v.key_ref in refs]
+        for digest in doomed:
+            self._cache.pop(digest, None)
+        if doomed:
+            log.info(
+                "dropped %d verified token(s) signed by keys no longer in the JWKS", len(doomed)
+            )
+
+    def _client_session(self) -> aiohttp.ClientSession:
+        if self._session is not None:
+            return self._session
+        if self._owned_session is None:
+            self._owned_session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=10), cookie_jar=aiohttp.DummyCookieJar()
+            )
+        return self._owned_session
