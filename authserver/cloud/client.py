@@ -1,0 +1,518 @@
+"""The async client of the vendor OpenAPI: signed RPC calls on one long-lived session.
+
+Every call is signed with signature v1 in a POST form body (so tokens and topics stay out of
+URL logs), goes through the quota governor and the circuit breaker on every attempt, and is
+retried with exponential backoff and full jitter while the error is retryable and the
+caller's deadline allows. Errors come out typed (`authserver.cloud.errors`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import uuid
+from collections import Counter, defaultdict
+from collections.abc import Coroutine, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import aiohttp
+
+from authserver.clock import Clock, SystemClock
+from authserver.cloud.circuit import CircuitBreaker
+from authserver.cloud.credentials import Credentials
+from authserver.cloud.errors import (
+    CloudError,
+    CloudRejected,
+    CloudServerError,
+    CloudThrottled,
+    UpstreamThrottled,
+    UpstreamUnavailable,
+    classify,
+)
+from authserver.cloud.quota import QuotaGovernor
+from authserver.cloud.signing import percent_encode, sign_v1
+from authserver.errors import NotConfigured
+from authserver.fingerprint import fingerprint
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+MQTT_VERSION = "2020-04-20"
+IOT_VERSION = "2018-01-20"
+TOKEN_ACTIONS = frozenset({"R", "W", "R,W"})
+MAX_RESOURCES = 100
+BATCH_SIZE = 10
+BATCH_CONCURRENCY = 4
+FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
+
+
+def make_session(timeout: float = 10.0) -> aiohttp.ClientSession:
+    """The one HTTP session for the upstream: explicit timeouts, no cookies kept."""
+    return aiohttp.ClientSession(
+        timeout=aiohttp.ClientTimeout(total=timeout, connect=min(timeout, 5.0)),
+        cookie_jar=aiohttp.DummyCookieJar(),
+        raise_for_status=False,
+    )
+
+
+def endpoint_for_region(region_id: str) -> str:
+    """The MQTT OpenAPI endpoint of a region."""
+    return f"https://onsmqtt.{region_id}.aliyuncs.com"
+
+
+def iot_endpoint_for_region(region_id: str) -> str:
+    """The IoT Platform OpenAPI endpoint of a region."""
+    return f"https://iot.{region_id}.aliyuncs.com"
+
+
+@dataclass(frozen=True)
+class AppliedToken:
+    """An ApplyToken answer."""
+
+    token: str
+    request_id: str
+
+    def __repr__(self) -> str:
+        """Never show the token itself."""
+        return f"AppliedToken(token=<{fingerprint(self.token)}>, request_id={self.request_id!r})"
+
+
+@dataclass(frozen=True)
+class DeviceCredentialPage:
+    """One page of ListDeviceCredentialClientId."""
+
+    total: int
+    client_ids: list[str]
+    page_no: int
+    page_size: int
+    next_token: str | None
+
+
+@dataclass(frozen=True)
+class IotClientId:
+    """One ClientID of an IoT Platform device (QueryClientIds)."""
+
+    client_id: str
+    create_time_ms: int
+
+
+class CloudClient:
+    """Typed calls of the MQTT token OpenAPI (and the IoT Platform's QueryClientIds)."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        credentials: Credentials,
+        *,
+        endpoint: str,
+        iot_endpoint: str | None = None,
+        region_id: str = "cn-hangzhou",
+        governor: QuotaGovernor | None = None,
+        circuit: CircuitBreaker | None = None,
+        clock: Clock | None = None,
+        max_attempts: int = 4,
+        backoff_base: float = 0.05,
+        backoff_max: float = 1.0,
+        default_deadline: float = 5.0,
+        rng: random.Random | None = None,
+    ) -> None:
+        if max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1")
+        self._session = session
+        self._credentials = credentials
+        self.endpoint = _with_slash(endpoint)
+        self.iot_endpoint = _with_slash(iot_endpoint) if iot_endpoint else None
+        self.region_id = region_id
+        self._clock: Clock = clock or SystemClock()
+        self.governor = governor or QuotaGovernor(clock=self._clock)
+        self.circuit = circuit or CircuitBreaker(clock=self._clock)
+        self.max_attempts = max_attempts
+        self.backoff_base = backoff_base
+        self.backoff_max = backoff_max
+        self.default_deadline = default_deadline
+        self._rng = rng or random.Random()  # noqa: S311 - jitter, not a secret
+        self._results: defaultdict[str, Counter[str]] = defaultdict(Counter)
+        self._attempts: Counter[str] = Counter()
+
+    # -- the typed actions -------------------------------------------------------------
+
+    async def apply_token(
+        self,
+        instance_id: str,
+        resources: Sequence[str],
+        actions: str,
+        expire_time_ms: int,
+        *,
+        deadline: float | None = None,
+    ) -> AppliedToken:
+        """ApplyToken: a token for `resources` (sorted, as the vendor demands) and `actions`."""
+        resources = list(resources)
+        if not 1 <= len(resources) <= MAX_RESOURCES:
+            raise ValueError(f"ApplyToken takes 1 to {MAX_RESOURCES} resources")
+        if resources != sorted(resources):
+            raise ValueError("ApplyToken resources must be sorted lexicographically")
+        if any("," in r or not r for r in resources):
+            raise ValueError("a resource must be non-empty and free of commas")
+        if actions not in TOKEN_ACTIONS:
+            raise ValueError(f"ApplyToken actions must be one of {sorted(TOKEN_ACTIONS)}")
+        data = await self._call(
+            "ApplyToken",
+            {
+                "InstanceId": instance_id,
+                "Resources": ",".join(resources),
+                "Actions": actions,
+                "ExpireTime": str(int(expire_time_ms)),
+            },
+            deadline=self._deadline(deadline),
+        )
+        return AppliedToken(
+            token=_field("ApplyToken", data, "Token", str), request_id=_request_id(data) or ""
+        )
+
+    async def query_token(
+        self, instance_id: str, token: str, *, deadline: float | None = None
+    ) -> bool:
+        """QueryToken: is the token issued, unexpired and unrevoked?"""
+        data = await self._call(
+            "QueryToken",
+            {"InstanceId": instance_id, "Token": token},
+            deadline=self._deadline(deadline),
+        )
+        return _field("QueryToken", data, "TokenStatus", bool)
+
+    async def revoke_token(
+        self, instance_id: str, token: str, *, deadline: float | None = None
+    ) -> None:
+        """RevokeToken: end the token's validity now."""
+        await self._call(
+            "RevokeToken",
+            {"InstanceId": instance_id, "Token": token},
+            deadline=self._deadline(deadline),
+        )
+
+    async def query_session(
+        self, instance_id: str, client_id: str, *, deadline: float | None = None
+    ) -> bool:
+        """QuerySessionByClientId: is this MQTT client online?"""
+        data = await self._call(
+            "QuerySessionByClientId",
+            {"InstanceId": instance_id, "ClientId": client_id},
+            deadline=self._deadline(deadline),
+        )
+        return _field("QuerySessionByClientId", data, "OnlineStatus", bool)
+
+    async def batch_query_sessions(
+        self, instance_id: str, client_ids: Sequence[str], *, deadline: float | None = None
+    ) -> dict[str, bool]:
+        """BatchQuerySessionByClientIds in chunks of 10, a few at a time: ClientId -> online."""
+        end = self._deadline(deadline)
+        unique = list(dict.fromkeys(client_ids))
+        chunks = [unique[i : i + BATCH_SIZE] for i in range(0, len(unique), BATCH_SIZE)]
+        gate = asyncio.Semaphore(BATCH_CONCURRENCY)
+
+        async def one(chunk: list[str]) -> dict[str, bool]:
+            async with gate:
+                params = {"InstanceId": instance_id}
+                params.update({f"ClientIdList.{n}": c for n, c in enumerate(chunk, start=1)})
+                data = await self._call("BatchQuerySessionByClientIds", params, deadline=end)
+            found: dict[str, bool] = {}
+            for item in _field("BatchQuerySessionByClientIds", data, "OnlineStatusList", list):
+                if isinstance(item, dict) and isinstance(item.get("ClientId"), str):
+                    found[item["ClientId"]] = bool(item.get("OnlineStatus"))
+            return {c: found.get(c, False) for c in chunk}
+
+        result: dict[str, bool] = {}
+        for part in await _all_or_nothing([one(c) for c in chunks]):
+            result.update(part)
+        return result
+
+    async def list_device_credential_client_ids(
+        self,
+        instance_id: str,
+        group_id: str,
+        *,
+        page_no: int = 1,
+        page_size: int = 50,
+        next_token: str | None = None,
+        deadline: float | None = None,
+    ) -> DeviceCredentialPage:
+        """ListDeviceCredentialClientId: one page of the group's devices holding a credential."""
+        if page_no < 1 or not 1 <= page_size <= 100:
+            raise ValueError("page_no starts at 1; page_size is 1..100")
+        params = {
+            "InstanceId": instance_id,
+            "GroupId": group_id,
+            "PageNo": str(page_no),
+            "PageSize": str(page_size),
+        }
+        if next_token:
+            params["NextToken"] = next_token
+        data = await self._call(
+            "ListDeviceCredentialClientId", params, deadline=self._deadline(deadline)
+        )
+        page = _field("ListDeviceCredentialClientId", data, "DeviceCredentialClientIdList", dict)
+        try:
+            return DeviceCredentialPage(
+                total=int(page.get("Total", 0)),
+                client_ids=[str(c) for c in page.get("ClientIdList") or []],
+                page_no=int(page.get("PageNo", page_no)),
+                page_size=int(page.get("PageSize", page_size)),
+                next_token=str(page["NextToken"]) if page.get("NextToken") else None,
+            )
+        except (TypeError, ValueError) as err:
+            raise _malformed("ListDeviceCredentialClientId", data, str(err)) from err
+
+    async def query_client_ids(
+        self, iot_id: str, iot_instance_id: str | None = None, *, deadline: float | None = None
+    ) -> list[IotClientId]:
+        """IoT Platform QueryClientIds: the ClientIDs registered for one device."""
+        if self.iot_endpoint is None:
+            raise NotConfigured("QueryClientIds needs the IoT Platform endpoint")
+        params = {"IotId": iot_id}
+        if iot_instance_id:
+            params["IotInstanceId"] = iot_instance_id
+        data = await self._call(
+            "QueryClientIds",
+            params,
+            deadline=self._deadline(deadline),
+            endpoint=self.iot_endpoint,
+            version=IOT_VERSION,
+        )
+        body = data.get("Data") or {}
+        items = (body.get("DynamicRegClientIds") or []) if isinstance(body, dict) else []
+        try:
+            return [
+                IotClientId(client_id=str(i["ClientId"]), create_time_ms=int(i["CreateTime"]))
+                for i in items
+            ]
+        except (KeyError, TypeError, ValueError) as err:
+            raise _malformed("QueryClientIds", data, str(err)) from err
+
+    def stats(self) -> dict[str, Any]:
+        """Calls by action and result code (`ok`, a vendor code, `timeout`, ...), attempts."""
+        return {
+            "results": {action: dict(codes) for action, codes in self._results.items()},
+            "attempts": dict(self._attempts),
+            "circuit": self.circuit.state,
+        }
+
+    # -- the call loop -----------------------------------------------------------------
+
+    def _deadline(self, budget: float | None) -> float:
+        return self._clock.monotonic() + (self.default_deadline if budget is None else budget)
+
+    async def _call(
+        self,
+        action: str,
+        params: Mapping[str, str],
+        *,
+        deadline: float,
+        endpoint: str | None = None,
+        version: str = MQTT_VERSION,
+    ) -> dict[str, Any]:
+        """One logical call: attempts through governor and circuit until success or give-up."""
+        url = endpoint or self.endpoint
+        secret_param = params.get("Token")
+        token_fp = fingerprint(secret_param) if secret_param else None
+        attempt = 0
+        while True:
+            if self.circuit.state == "open":
+                self._results[action]["circuit_open"] += 1
+                raise UpstreamUnavailable(
+                    f"{action}: the upstream circuit is open",
+                    retry_after=self.circuit.retry_after(),
+                )
+            await self.governor.acquire(action, deadline)
+            if not self.circuit.allow():
+                self._results[action]["circuit_open"] += 1
+                raise UpstreamUnavailable(
+                    f"{action}: the upstream circuit is half-open, a probe is in flight",
+                    retry_after=max(self.circuit.retry_after(), 1.0),
+                )
+            remaining = deadline - self._clock.monotonic()
+            if remaining <= 0:
+                self._results[action]["deadline"] += 1
+                raise UpstreamUnavailable(f"{action}: deadline exhausted before sending")
+            self._attempts[action] += 1
+            try:
+                data = await self._attempt(action, params, url, version, remaining)
+            except CloudError as err:
+                self._log(action, attempt, err.vendor_code, err.request_id, token_fp)
+                self._results[action][err.vendor_code or f"http_{err.http_status}"] += 1
+                if not err.retryable:
+                    self.circuit.record_success()  # the upstream is alive and answering
+                    raise
+                self.circuit.record_failure()
+                failure: Exception = err
+            except (TimeoutError, aiohttp.ClientError) as err:
+                kind = "timeout" if isinstance(err, TimeoutError) else "connection_error"
+                self._log(action, attempt, kind, None, token_fp)
+                self._results[action][kind] += 1
+                self.circuit.record_failure()
+                failure = err
+            else:
+                self.circuit.record_success()
+                self._results[action]["ok"] += 1
+                self._log(action, attempt, "ok", _request_id(data), token_fp)
+                return data
+            attempt += 1
+            pause = self._rng.uniform(0, min(self.backoff_max, self.backoff_base * 2**attempt))
+            if attempt >= self.max_attempts or self._clock.monotonic() + pause >= deadline:
+                raise _give_up(action, failure, deadline - self._clock.monotonic())
+            await asyncio.sleep(pause)
+
+    async def _attempt(
+        self, action: str, params: Mapping[str, str], url: str, version: str, budget: float
+    ) -> dict[str, Any]:
+        """Send one signed request and return the parsed 2xx body, or raise a CloudError."""
+        body = self._signed_form(action, params, version)
+        async with self._session.post(
+            url,
+            data=body,
+            headers={"Content-Type": FORM_CONTENT_TYPE, "Accept": "application/json"},
+            timeout=aiohttp.ClientTimeout(total=budget),
+        ) as response:
+            status = response.status
+            raw = await response.read()
+        data = _parse_json(raw)
+        if 200 <= status < 300 and data is not None and data.get("Success", True) is not False:
+            return data
+        if data is None:
+            raise classify(
+                action=action,
+                http_status=status,
+                vendor_code="",
+                request_id=None,
+                message="the answer is not a JSON object",
+            )
+        raise classify(
+            action=action,
+            http_status=status,
+            vendor_code=str(data.get("Code") or ""),
+            request_id=_request_id(data),
+            message=str(data.get("Message") or data.get("ErrorMessage") or ""),
+        )
+
+    def _signed_form(self, action: str, params: Mapping[str, str], version: str) -> str:
+        """The form body: common parameters, the action's, and the v1 signature."""
+        creds = self._credentials
+        signed = {
+            "Action": action,
+            "Version": version,
+            "Format": "JSON",
+            "AccessKeyId": creds.access_key_id,
+            "SignatureMethod": "HMAC-SHA1",
+            "SignatureVersion": "1.0",
+            "SignatureNonce": str(uuid.uuid4()),
+            "Timestamp": datetime.fromtimestamp(self._clock.time(), UTC).strftime(
+                "%Y-%m-%dT%H:%M:%SZ"
+            ),
+            "RegionId": self.region_id,
+        }
+        if creds.security_token:
+            signed["SecurityToken"] = creds.security_token
+        signed.update(params)
+        signed["Signature"] = sign_v1("POST", signed, creds.access_key_secret)
+        return "&".join(f"{percent_encode(k)}={percent_encode(v)}" for k, v in signed.items())
+
+    def _log(
+        self,
+        action: str,
+        attempt: int,
+        outcome: str,
+        request_id: str | None,
+        token_fp: str | None,
+    ) -> None:
+        log.debug(
+            "upstream %s attempt %d: %s (request %s, token %s)",
+            action,
+            attempt + 1,
+            outcome,
+            request_id or "-",
+            token_fp or "-",
+        )
+
+
+def _give_up(action: str, failure: Exception, remaining: float) -> Exception:
+    """The error a caller sees once retries are over, chained to the last failure."""
+    error: Exception
+    if isinstance(failure, CloudThrottled):
+        error = UpstreamThrottled(
+            f"{action}: the upstream kept throttling until the deadline",
+            retry_after=max(1.0, remaining),
+        )
+    elif isinstance(failure, CloudServerError):
+        return failure
+    else:
+        error = UpstreamUnavailable(f"{action}: the upstream did not answer ({failure!r})")
+    error.__cause__ = failure
+    return error
+
+
+async def _all_or_nothing(coros: Sequence[Coroutine[Any, Any, T]]) -> list[T]:
+    """Run coroutines concurrently; on the first failure cancel the rest and raise it."""
+    tasks = [asyncio.ensure_future(c) for c in coros]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    for task in tasks:
+        error = None if task.cancelled() else task.exception()
+        if error is not None:
+            raise error
+    return [task.result() for task in tasks]
+
+
+def _parse_json(raw: bytes) -> dict[str, Any] | None:
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _request_id(data: Mapping[str, Any]) -> str | None:
+    value = data.get("RequestId")
+    return str(value) if value is not None else None
+
+
+def _field(action: str, data: Mapping[str, Any], name: str, kind: type[T]) -> T:
+    """A field of a 2xx answer, of the expected JSON type, or a CloudError."""
+    value = data.get(name)
+    if not isinstance(value, kind):
+        raise _malformed(action, data, f"no {kind.__name__} {name!r}")
+    return value
+
+
+def _malformed(action: str, data: Mapping[str, Any], why: str) -> CloudError:
+    return CloudError(
+        f"{action or 'upstream'} answered 2xx with an unexpected body: {why}",
+        vendor_code="MalformedResponse",
+        http_status=200,
+        request_id=_request_id(data),
+        action=action,
+    )
+
+
+def _with_slash(url: str) -> str:
+    return url if url.endswith("/") else url + "/"
+
+
+__all__ = [
+    "AppliedToken",
+    "CloudClient",
+    "CloudError",
+    "CloudRejected",
+    "DeviceCredentialPage",
+    "IotClientId",
+    "endpoint_for_region",
+    "iot_endpoint_for_region",
+    "make_session",
+]

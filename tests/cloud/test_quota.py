@@ -1,0 +1,180 @@
+"""The quota governor: even pacing, deadlines, the account limit, Redis-shared buckets."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+
+import pytest
+import redis.asyncio
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from authserver.clock import ManualClock
+from authserver.cloud.errors import UpstreamThrottled
+from authserver.cloud.quota import DEFAULT_LIMITS, QuotaGovernor
+from tests.cloud.vtime import VirtualTime, max_in_window
+from tests.fixtures.redis import free_port
+
+FAR = 1e9
+
+
+def governor_on(clock: ManualClock, vt: VirtualTime, **kwargs: object) -> QuotaGovernor:
+    """A local governor whose sleeps run on virtual time."""
+    return QuotaGovernor(clock=clock, sleep=vt.sleep, **kwargs)  # type: ignore[arg-type]
+
+
+async def test_defaults_are_the_documented_limits() -> None:
+    governor = QuotaGovernor(limits={"RevokeToken": 200})
+    assert DEFAULT_LIMITS["ApplyToken"] == 100
+    assert DEFAULT_LIMITS["RevokeToken"] == 5
+    assert governor.limits["RevokeToken"] == 200
+    assert governor.limits["QueryToken"] == 100
+    assert governor.account_limit == 300
+    with pytest.raises(ValueError, match="positive"):
+        QuotaGovernor(limits={"ApplyToken": 0})
+
+
+async def test_concurrent_calls_are_paced_evenly() -> None:
+    clock = ManualClock()
+    vt = VirtualTime(clock)
+    governor = governor_on(clock, vt, margin=0.05)
+    granted: list[float] = []
+
+    async def one() -> None:
+        await governor.acquire("RevokeToken", FAR)
+        granted.append(clock.monotonic())
+
+    results = await vt.run(one() for _ in range(30))
+    assert all(r is None for r in results)
+    gaps = [b - a for a, b in itertools.pairwise(granted)]
+    assert gaps == pytest.approx([1.05 / 5] * 29)
+    assert max_in_window(granted) <= 5
+    assert governor.stats()["acquired"] == {"RevokeToken": 30}
+    assert governor.stats()["waits"] == {"RevokeToken": 29}
+
+
+async def test_refuses_at_once_when_the_slot_is_after_the_deadline() -> None:
+    clock = ManualClock()
+    vt = VirtualTime(clock)
+    governor = governor_on(clock, vt, margin=0.0)
+    start = clock.monotonic()
+    await governor.acquire("RevokeToken", start)
+    with pytest.raises(UpstreamThrottled) as caught:
+        await governor.acquire("RevokeToken", start + 0.1)
+    assert caught.value.retry_after == pytest.approx(0.2)
+    assert caught.value.headers["Retry-After"] == "1"
+    assert caught.value.status == 503
+    assert caught.value.code == "upstream_throttled"
+    assert clock.monotonic() == start, "a refusal must not wait"
+    # The refusal reserved nothing: the next slot is still the first free one.
+    await vt.run([governor.acquire("RevokeToken", start + 1)])
+    assert clock.monotonic() == pytest.approx(start + 0.2)
+    assert governor.stats()["refused"] == {"RevokeToken": 1}
+
+
+async def test_the_account_limit_spans_all_actions() -> None:
+    clock = ManualClock()
+    vt = VirtualTime(clock)
+    governor = governor_on(clock, vt, account_limit=10, margin=0.0)
+    granted: list[float] = []
+
+    async def one(action: str) -> None:
+        await governor.acquire(action, FAR)
+        granted.append(clock.monotonic())
+
+    actions = ["ApplyToken", "QueryToken", "SomethingUnlimited"] * 10
+    await vt.run(one(a) for a in actions)
+    assert len(granted) == 30
+    assert max_in_window(granted, 0.999) <= 10
+    assert granted[-1] - granted[0] == pytest.approx(29 * 0.1)
+
+
+async def test_both_slots_or_neither() -> None:
+    clock = ManualClock()
+    vt = VirtualTime(clock)
+    governor = governor_on(clock, vt, account_limit=1, margin=0.0)
+    start = clock.monotonic()
+    await governor.acquire("Unlimited", start)  # the account bucket is busy for 1 s
+    with pytest.raises(UpstreamThrottled):
+        await governor.acquire("RevokeToken", start + 0.5)
+    clock.advance(1.0)
+    # Had the refused call taken its RevokeToken slot (at start + 1), this would have to wait.
+    await governor.acquire("RevokeToken", clock.monotonic())
+
+
+async def test_a_late_wake_up_does_not_crowd_the_window() -> None:
+    clock = ManualClock()
+    # The second sleeper (slot 0.22) wakes 0.2 s late, at 0.42.
+    vt = VirtualTime(clock, late=lambda n: 0.2 if n == 0 else 0.0)
+    governor = governor_on(clock, vt, margin=0.1)
+    granted: list[float] = []
+
+    async def one() -> None:
+        await governor.acquire("RevokeToken", FAR)
+        granted.append(clock.monotonic())
+
+    await vt.run(one() for _ in range(12))
+    assert granted[1] == pytest.approx(0.42 + granted[0])
+    assert max_in_window(granted) <= 5
+
+
+async def test_redis_shares_one_bucket_between_governors(redis_url: str) -> None:
+    first = redis.asyncio.Redis.from_url(redis_url)
+    second = redis.asyncio.Redis.from_url(redis_url)
+    try:
+        limits = {"RevokeToken": 40}
+        governors = [QuotaGovernor(limits, redis=first), QuotaGovernor(limits, redis=second)]
+        granted: list[float] = []
+
+        async def one(governor: QuotaGovernor) -> None:
+            await governor.acquire("RevokeToken", time.monotonic() + 10)
+            granted.append(time.monotonic())
+
+        started = time.monotonic()
+        await asyncio.gather(*(one(g) for g in governors for _ in range(30)))
+        elapsed = time.monotonic() - started
+        assert len(granted) == 60
+        assert max_in_window(granted) <= 40
+        assert elapsed >= 59 * 1.05 / 40 - 0.05
+        assert all(g.mode == "redis" for g in governors)
+        assert governors[0].stats()["acquired"]["RevokeToken"] == 30
+        # The other instance's reservation is seen: a short deadline is refused at once.
+        await governors[0].acquire("RevokeToken", time.monotonic() + 1)
+        with pytest.raises(UpstreamThrottled):
+            await governors[1].acquire("RevokeToken", time.monotonic() + 0.001)
+        keys = sorted(k.decode() for k in await first.keys("*"))
+        assert keys == ["{authserver:quota}:RevokeToken", "{authserver:quota}:account"]
+    finally:
+        await first.aclose()
+        await second.aclose()
+
+
+async def test_redis_failure_falls_back_to_a_local_share(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    dead = redis.asyncio.Redis(
+        host="127.0.0.1", port=free_port(), socket_connect_timeout=1, retry=Retry(NoBackoff(), 0)
+    )
+    clock = ManualClock()
+    vt = VirtualTime(clock)
+    governor = QuotaGovernor(
+        redis=dead, clock=clock, sleep=vt.sleep, fallback_fraction=0.5, margin=0.0
+    )
+    try:
+        with caplog.at_level(logging.WARNING, logger="authserver.cloud.quota"):
+            await governor.acquire("RevokeToken", clock.monotonic())
+            # Half of 5/s: the next RevokeToken slot is 0.4 s away, not 0.2 s.
+            with pytest.raises(UpstreamThrottled) as caught:
+                await governor.acquire("RevokeToken", clock.monotonic() + 0.3)
+        assert caught.value.retry_after == pytest.approx(0.4)
+        assert governor.mode == "local-fallback"
+        # One connection attempt, then Redis is left alone for the retry interval.
+        assert governor.stats()["redis_errors"] == 1
+        warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+        assert len(warnings) == 1
+        assert "50%" in warnings[0].getMessage()
+    finally:
+        await dead.aclose()
