@@ -105,9 +105,11 @@ async def _apply_fault(
     if fault.latency_ms > 0:
         await asyncio.sleep(fault.latency_ms / 1000)
     if fault.outage:
+        # Abort the socket: the client sees the connection drop with no answer at all. The
+        # HTTPException only ends the handler quietly; nothing can be written any more.
         if request.transport is not None:
             request.transport.abort()
-        raise ConnectionResetError("emulated outage")
+        raise web.HTTPServiceUnavailable()
     if fault.error_code and state.rng.random() < fault.rate:
         code = fault.error_code
         status = fault.status or protocol.status_for_code(code)

@@ -106,8 +106,6 @@ def verify_v3(state: EmulatorState, request: IncomingRequest) -> str:
         raise protocol.signature_mismatch("x-acs-content-sha256 does not match the body.")
     signed = set(auth.signed_headers)
     must_sign = {"host"} | {h.lower() for h in headers if h.lower().startswith("x-acs-")}
-    if "Content-Type" in headers:
-        must_sign.add("content-type")
     if not must_sign <= signed:
         raise protocol.signature_mismatch(f"Headers not signed: {sorted(must_sign - signed)}.")
     if any(name not in headers for name in signed):
