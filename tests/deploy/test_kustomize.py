@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 import yaml
 
+from authserver.policy import load_policy
 from tests.deploy.helpers import (
     BASE,
     DEPLOY,
@@ -159,3 +160,11 @@ def test_strict_validation_catches_a_typo() -> None:
     broken = yaml.safe_load(yaml.safe_dump(deployment))
     broken["spec"]["template"]["spec"]["containers"][0]["securityContxt"] = {}
     assert k8s_errors(broken, K8S_VERSIONS[0])
+
+
+def test_policy_configmap_source_is_the_example_policy() -> None:
+    """deploy/base/policy.yaml is policies/example.yaml (comments aside) and loads cleanly."""
+    copy = BASE / "policy.yaml"
+    (example,) = load_docs(DEPLOY.parent / "policies" / "example.yaml")
+    assert load_docs(copy) == [example], "re-copy policies/example.yaml into deploy/base/"
+    assert load_policy(copy).version_id
