@@ -14,6 +14,9 @@ Rules (MQTT 3.1.1 section 4.7 / MQTT 5 section 4.7, plus what the token API need
 - ``$`` topics: a filter whose first level is ``+`` or ``#`` does not match a topic whose first
   level starts with ``$`` (``$SYS/...``). Only a filter that spells the ``$`` level out matches
   it. ``$share/...`` and ``$queue/...`` are treated as ordinary literal levels.
+- "Covers" is exact set inclusion over valid topic names. Because the empty topic name is
+  invalid, ``#`` and ``+/#`` match the same topics (as do ``/#`` and ``/+/#``); they cover each
+  other and ``normalize`` keeps the one that sorts first.
 - Order: ``sorted()`` of str is code point order, which is the same as UTF-8 byte order for
   valid UTF-8. That is the "lexicographic" order the vendor asks for in ``Resources``.
 """
@@ -32,6 +35,8 @@ MULTI = "#"
 _FORBIDDEN = frozenset(
     [chr(c) for c in range(0x00, 0x20)] + [chr(c) for c in range(0x7F, 0xA0)] + [","]
 )
+_ALL_ONE_OR_MORE = [SINGLE, MULTI]
+_EQUIVALENT = (("#", "+/#"), ("/#", "/+/#"))
 
 
 class InvalidTopicFilter(BadRequest):
@@ -105,6 +110,15 @@ def matches(filter: str, topic: str) -> bool:
     return len(f_levels) == len(t_levels)
 
 
+def _no_topic_is_exactly(prefix: list[str]) -> bool:
+    """Whether no valid topic name consists of exactly these levels (the topic "" is invalid).
+
+    This is the one place where '#' matching "zero more levels" makes no difference: "#" and
+    "+/#" match the same topics, and so do "/#" and "/+/#".
+    """
+    return prefix == [] or prefix == [""]
+
+
 def _covers_levels(outer: list[str], inner: list[str]) -> bool:
     if _is_dollar(inner[0]) and outer[0] in (SINGLE, MULTI):
         return False  # inner only matches $ topics, which no leading wildcard matches
@@ -115,7 +129,8 @@ def _covers_levels(outer: list[str], inner: list[str]) -> bool:
             return False
         i_level = inner[i]
         if i_level == MULTI:
-            return False  # only '#' covers '#', handled above
+            # only '#' covers '#' (handled above), or "+/#" where zero levels match no topic
+            return outer[i:] == _ALL_ONE_OR_MORE and _no_topic_is_exactly(inner[:i])
         if i_level == SINGLE:
             if o_level != SINGLE:
                 return False
@@ -152,6 +167,10 @@ def _trie_covers(root: _Node, inner: str, exclude: str | None) -> bool:
             return node.end is not None and node.end != exclude
         level = levels[i]
         if level == MULTI:
+            if _no_topic_is_exactly(levels[:i]):  # "+/#" covers "#": see _no_topic_is_exactly
+                plus = node.children.get(SINGLE)
+                plus_all = plus.children.get(MULTI) if plus is not None else None
+                return plus_all is not None and plus_all.end != exclude
             return False
         single = node.children.get(SINGLE)
         if single is not None and not (i == 0 and dollar) and walk(single, i + 1):
@@ -196,5 +215,9 @@ def normalize(filters: Iterable[str]) -> tuple[str, ...]:
     for f in filters:
         validate_filter(f)
         unique.add(f)
+    # The only filters that cover each other without being equal: keep the one sorting first.
+    for short, long in _EQUIVALENT:
+        if short in unique:
+            unique.discard(long)
     root = _trie(unique)
     return tuple(sorted(f for f in unique if not _trie_covers(root, f, exclude=f)))
