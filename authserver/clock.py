@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Protocol
 
@@ -17,6 +18,10 @@ class Clock(Protocol):
         """Seconds on a clock that never goes back."""
         ...
 
+    async def sleep(self, seconds: float) -> None:
+        """Wait `seconds` on this clock."""
+        ...
+
 
 class SystemClock:
     """The real clock."""
@@ -28,6 +33,10 @@ class SystemClock:
     def monotonic(self) -> float:
         """Seconds on a clock that never goes back."""
         return time.monotonic()
+
+    async def sleep(self, seconds: float) -> None:
+        """Wait for real."""
+        await asyncio.sleep(seconds)
 
 
 class ManualClock:
@@ -44,6 +53,12 @@ class ManualClock:
     def monotonic(self) -> float:
         """Seconds on a clock that never goes back."""
         return self._mono
+
+    async def sleep(self, seconds: float) -> None:
+        """Jump ahead instead of waiting, then let other tasks run."""
+        if seconds > 0:
+            self.advance(seconds)
+        await asyncio.sleep(0)
 
     def advance(self, seconds: float) -> None:
         """Move both clocks forward."""

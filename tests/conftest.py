@@ -1,3 +1,3 @@
 """Fixtures for the whole suite live in tests/fixtures; this file only registers them."""
 
-pytest_plugins = ["tests.fixtures.redis", "tests.fixtures.emulator"]
+pytest_plugins = ["tests.fixtures.redis", "tests.fixtures.emulator", "tests.fixtures.gateway"]

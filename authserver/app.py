@@ -1,0 +1,119 @@
+"""create_app(settings): the one place that wires the gateway together."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+
+import redis.asyncio as aioredis
+from aiohttp import web
+
+from authserver import keys
+from authserver.clock import Clock, SystemClock
+from authserver.cloud.circuit import CircuitBreaker
+from authserver.cloud.client import CloudClient, make_session
+from authserver.cloud.quota import QuotaGovernor
+from authserver.identity import JWTVerifier
+from authserver.policy_holder import PolicyHolder
+from authserver.settings import Settings
+from authserver.tokens.service import TokenService
+from authserver.tokens.store import MemoryStore, RedisStore, TokenStore
+from authserver.web.middlewares import problem_middleware
+from authserver.web.routes import setup_routes
+
+log = logging.getLogger(__name__)
+REDIS = web.AppKey("redis", aioredis.Redis)
+
+
+def create_app(settings: Settings, *, clock: Clock | None = None) -> web.Application:
+    """Build the gateway application; resources start and stop with it."""
+    app = web.Application(middlewares=[problem_middleware], client_max_size=settings.max_body_bytes)
+    app[keys.SETTINGS] = settings
+    app[keys.CLOCK] = clock or SystemClock()
+    app[keys.POLICY] = PolicyHolder.load(settings.policy_file)
+    app.cleanup_ctx.append(_http_session)
+    app.cleanup_ctx.append(_redis)
+    app.cleanup_ctx.append(_services)
+    setup_routes(app)
+    return app
+
+
+async def _http_session(app: web.Application) -> AsyncIterator[None]:
+    session = make_session(timeout=app[keys.SETTINGS].request_deadline + 5)
+    app[keys.HTTP_SESSION] = session
+    yield
+    await session.close()
+
+
+async def _redis(app: web.Application) -> AsyncIterator[None]:
+    url = app[keys.SETTINGS].redis_url
+    if url is None:
+        yield
+        return
+    client = aioredis.Redis.from_url(
+        url, socket_timeout=2.0, socket_connect_timeout=2.0, health_check_interval=15
+    )
+    app[REDIS] = client
+    yield
+    await client.aclose()
+
+
+async def _services(app: web.Application) -> AsyncIterator[None]:
+    settings = app[keys.SETTINGS]
+    clock = app[keys.CLOCK]
+    session = app[keys.HTTP_SESSION]
+    redis_client = app.get(REDIS)
+    governor = QuotaGovernor(
+        settings.quota,
+        account_limit=settings.account_quota,
+        clock=clock,
+        redis=redis_client,
+        sleep=clock.sleep,
+    )
+    cloud = CloudClient(
+        session,
+        settings.credentials,
+        endpoint=settings.endpoint,
+        iot_endpoint=settings.iot_endpoint,
+        region_id=settings.region_id,
+        governor=governor,
+        circuit=CircuitBreaker(clock=clock),
+        clock=clock,
+        default_deadline=settings.request_deadline,
+    )
+    app[keys.CLOUD] = cloud
+    verifier = JWTVerifier(settings.jwt, session=session, clock=clock)
+    await verifier.start()
+    app[keys.VERIFIER] = verifier
+
+    store: TokenStore
+    if redis_client is not None:
+        store = RedisStore(redis_client, clock)
+    else:
+        store = MemoryStore(clock, maxsize=settings.token_cache_size)
+
+    async def mint(
+        instance_id: str, resources: tuple[str, ...], actions: str, expire_ms: int, budget: float
+    ) -> str:
+        applied = await cloud.apply_token(
+            instance_id, resources, actions, expire_ms, deadline=budget
+        )
+        return applied.token
+
+    app[keys.TOKENS] = TokenService(
+        mint,
+        store,
+        instance_id=settings.instance_id,
+        access_key_id=settings.credentials.access_key_id,
+        clock=clock,
+        refresh_margin=settings.refresh_margin,
+    )
+    log.info(
+        "gateway ready: instance %s, endpoint %s, store %s, policy %s",
+        settings.instance_id,
+        settings.endpoint,
+        "redis" if redis_client is not None else "memory",
+        app[keys.POLICY].current.version_id,
+    )
+    yield
+    await verifier.close()

@@ -1,0 +1,21 @@
+"""Every typed application key in one place."""
+
+from __future__ import annotations
+
+import aiohttp
+from aiohttp import web
+
+from authserver.clock import Clock
+from authserver.cloud.client import CloudClient
+from authserver.identity import JWTVerifier
+from authserver.policy_holder import PolicyHolder
+from authserver.settings import Settings
+from authserver.tokens.service import TokenService
+
+SETTINGS = web.AppKey("settings", Settings)
+CLOCK = web.AppKey("clock", Clock)
+HTTP_SESSION = web.AppKey("http_session", aiohttp.ClientSession)
+CLOUD = web.AppKey("cloud", CloudClient)
+VERIFIER = web.AppKey("verifier", JWTVerifier)
+POLICY = web.AppKey("policy", PolicyHolder)
+TOKENS = web.AppKey("tokens", TokenService)

@@ -1,0 +1,230 @@
+"""Settings: one frozen dataclass built from the environment, every problem reported at once."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from authserver.cloud.client import endpoint_for_region, iot_endpoint_for_region
+from authserver.cloud.credentials import Credentials, credentials_from_env
+from authserver.cloud.quota import DEFAULT_LIMITS
+from authserver.identity import JWTSettings
+
+PREFIX = "AUTHSERVER_"
+HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
+KEY_ALGORITHMS = frozenset(
+    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
+)
+MIN_TTL = 60
+MAX_TTL = 30 * 24 * 3600
+
+
+class SettingsError(Exception):
+    """Start-up configuration is unusable; `problems` lists every reason."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("invalid configuration:\n  - " + "\n  - ".join(problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the gateway is configured with; built once at start-up."""
+
+    credentials: Credentials
+    jwt: JWTSettings
+    instance_id: str
+    policy_file: Path
+    host: str = "0.0.0.0"  # noqa: S104 - a server in a container listens on all interfaces
+    port: int = 8080
+    region_id: str = "cn-hangzhou"
+    mqtt_endpoint: str = ""
+    iot_endpoint: str | None = None
+    iot_instance_id: str | None = None
+    redis_url: str | None = None
+    admin_scope: str = "authserver:admin"
+    admin_api_keys_file: Path | None = None
+    log_level: str = "INFO"
+    refresh_margin: float = 600.0
+    request_deadline: float = 5.0
+    max_body_bytes: int = 65536
+    token_cache_size: int = 200_000
+    quota: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_LIMITS))
+    account_quota: float = 300.0
+
+    @property
+    def endpoint(self) -> str:
+        """The OpenAPI base URL: the override, else the regional endpoint."""
+        return self.mqtt_endpoint or endpoint_for_region(self.region_id)
+
+
+def _env(environ: Mapping[str, str], name: str) -> str | None:
+    value = environ.get(PREFIX + name)
+    if value is None or value.strip() == "":
+        return None
+    return value.strip()
+
+
+def _number(
+    environ: Mapping[str, str],
+    name: str,
+    default: float,
+    problems: list[str],
+    *,
+    minimum: float = 0.0,
+    integer: bool = False,
+) -> float:
+    raw = _env(environ, name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw) if integer else float(raw)
+    except ValueError:
+        problems.append(f"{PREFIX}{name}={raw!r} is not a {'whole ' if integer else ''}number")
+        return default
+    if value < minimum:
+        problems.append(f"{PREFIX}{name}={raw!r} must be at least {minimum:g}")
+        return default
+    return value
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Build Settings from the environment; raise SettingsError naming every problem."""
+    env = os.environ if environ is None else environ
+    problems: list[str] = []
+
+    credentials, cred_problems = credentials_from_env(env)
+    problems.extend(cred_problems)
+
+    instance_id = _env(env, "MQTT_INSTANCE_ID")
+    if instance_id is None:
+        problems.append(f"{PREFIX}MQTT_INSTANCE_ID is required (e.g. post-cn-xxxxxxxx)")
+
+    policy_raw = _env(env, "POLICY_FILE")
+    policy_file = Path(policy_raw) if policy_raw else Path()
+    if policy_raw is None:
+        problems.append(f"{PREFIX}POLICY_FILE is required (a YAML policy, see policies/)")
+    elif not policy_file.is_file():
+        problems.append(f"{PREFIX}POLICY_FILE={policy_raw!r} is not a readable file")
+
+    jwt_settings = _jwt_settings(env, problems)
+
+    port = int(_number(env, "PORT", 8080, problems, minimum=0, integer=True))
+    if port > 65535:
+        problems.append(f"{PREFIX}PORT={port} is not a TCP port")
+
+    redis_url = _env(env, "REDIS_URL")
+    if redis_url is not None and not redis_url.startswith(("redis://", "rediss://", "unix://")):
+        problems.append(f"{PREFIX}REDIS_URL must start with redis://, rediss:// or unix://")
+
+    endpoint = _env(env, "MQTT_ENDPOINT") or ""
+    if endpoint and not endpoint.startswith(("http://", "https://")):
+        problems.append(f"{PREFIX}MQTT_ENDPOINT must be an http:// or https:// URL")
+    region_id = _env(env, "MQTT_REGION_ID") or "cn-hangzhou"
+
+    iot_endpoint = _env(env, "IOT_ENDPOINT")
+    iot_instance_id = _env(env, "IOT_INSTANCE_ID")
+    if iot_endpoint is None and _env(env, "IOT_REGION_ID"):
+        iot_endpoint = iot_endpoint_for_region(_env(env, "IOT_REGION_ID") or region_id)
+
+    keys_raw = _env(env, "ADMIN_API_KEYS_FILE")
+    keys_file = Path(keys_raw) if keys_raw else None
+    if keys_file is not None and not keys_file.is_file():
+        problems.append(f"{PREFIX}ADMIN_API_KEYS_FILE={keys_raw!r} is not a readable file")
+
+    log_level = (_env(env, "LOG_LEVEL") or "INFO").upper()
+    if log_level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+        problems.append(f"{PREFIX}LOG_LEVEL={log_level!r} is not DEBUG, INFO, WARNING or ERROR")
+
+    quota = dict(DEFAULT_LIMITS)
+    for action in DEFAULT_LIMITS:
+        quota[action] = _number(
+            env, f"QUOTA_{action.upper()}", DEFAULT_LIMITS[action], problems, minimum=0.1
+        )
+
+    settings_kwargs = {
+        "refresh_margin": _number(env, "REFRESH_MARGIN", 600.0, problems, minimum=0),
+        "request_deadline": _number(env, "REQUEST_DEADLINE", 5.0, problems, minimum=0.1),
+        "max_body_bytes": int(
+            _number(env, "MAX_BODY_BYTES", 65536, problems, minimum=1024, integer=True)
+        ),
+        "token_cache_size": int(
+            _number(env, "TOKEN_CACHE_SIZE", 200_000, problems, minimum=1, integer=True)
+        ),
+        "account_quota": _number(env, "QUOTA_ACCOUNT", 300.0, problems, minimum=0.1),
+    }
+
+    if problems or credentials is None or instance_id is None or jwt_settings is None:
+        raise SettingsError(problems or ["incomplete configuration"])
+    return Settings(
+        credentials=credentials,
+        jwt=jwt_settings,
+        instance_id=instance_id,
+        policy_file=policy_file,
+        host=_env(env, "HOST") or "0.0.0.0",  # noqa: S104
+        port=port,
+        region_id=region_id,
+        mqtt_endpoint=endpoint.rstrip("/"),
+        iot_endpoint=iot_endpoint,
+        iot_instance_id=iot_instance_id,
+        redis_url=redis_url,
+        admin_scope=_env(env, "ADMIN_SCOPE") or "authserver:admin",
+        admin_api_keys_file=keys_file,
+        log_level=log_level,
+        quota=quota,
+        **settings_kwargs,  # type: ignore[arg-type]
+    )
+
+
+def _jwt_settings(env: Mapping[str, str], found: list[str]) -> JWTSettings | None:
+    problems: list[str] = []
+    secret = _env(env, "JWT_SECRET")
+    key_file = _env(env, "JWT_PUBLIC_KEY_FILE")
+    jwks_url = _env(env, "JWT_JWKS_URL")
+    sources = [s for s in (secret, key_file, jwks_url) if s]
+    if len(sources) != 1:
+        problems.append(
+            f"set exactly one of {PREFIX}JWT_SECRET, {PREFIX}JWT_PUBLIC_KEY_FILE, "
+            f"{PREFIX}JWT_JWKS_URL (found {len(sources)})"
+        )
+    default_algs = "HS256" if secret else "RS256"
+    algorithms = tuple(
+        a.strip() for a in (_env(env, "JWT_ALGORITHMS") or default_algs).split(",") if a.strip()
+    )
+    allowed = HMAC_ALGORITHMS if secret else KEY_ALGORITHMS
+    bad = [a for a in algorithms if a not in allowed]
+    if bad:
+        kind = "a shared secret" if secret else "a public key or JWKS"
+        problems.append(
+            f"{PREFIX}JWT_ALGORITHMS: {', '.join(bad)} cannot be used with {kind} "
+            f"(allowed: {', '.join(sorted(allowed))})"
+        )
+    if secret is not None and len(secret.encode()) < 32:
+        problems.append(f"{PREFIX}JWT_SECRET must be at least 32 bytes (RFC 7518 section 3.2)")
+    public_key: str | None = None
+    if key_file is not None:
+        try:
+            public_key = Path(key_file).read_text()
+        except OSError as err:
+            problems.append(f"{PREFIX}JWT_PUBLIC_KEY_FILE={key_file!r}: {err.strerror}")
+        else:
+            if "PUBLIC KEY" not in public_key:
+                problems.append(f"{PREFIX}JWT_PUBLIC_KEY_FILE={key_file!r} is not a PEM public key")
+    if jwks_url is not None and not jwks_url.startswith(("https://", "http://")):
+        problems.append(f"{PREFIX}JWT_JWKS_URL must be an http(s) URL")
+    leeway = _number(env, "JWT_LEEWAY", 30.0, problems, minimum=0)
+    found.extend(problems)
+    if problems:
+        return None
+    return JWTSettings(
+        algorithms=algorithms,
+        secret=secret,
+        public_key_pem=public_key,
+        jwks_url=jwks_url,
+        issuer=_env(env, "JWT_ISSUER"),
+        audience=_env(env, "JWT_AUDIENCE"),
+        leeway=leeway,
+        subject_claim=_env(env, "JWT_SUBJECT_CLAIM") or "sub",
+    )

@@ -1,0 +1,104 @@
+"""What a cached MQTT token is, and the key that says which permissions it carries."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from authserver.fingerprint import fingerprint
+
+TOKEN_TYPES = ("R", "W", "RW")
+ACTIONS_PARAM = {"R": "R", "W": "W", "RW": "R,W"}
+
+
+def subject_tag(subject: str) -> str:
+    """A short, key-safe digest of a subject (subjects may hold any character)."""
+    return hashlib.sha256(subject.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+
+
+def token_key(
+    instance_id: str, subject: str, token_type: str, resources: tuple[str, ...], ttl: int
+) -> str:
+    """The cache key: instance, subject, type, exact resources and lifetime asked for.
+
+    A changed policy yields other resources and so another key: it can never be served a
+    token minted for the old grant.
+    """
+    material = "\x00".join((instance_id, subject, token_type, ",".join(resources), str(ttl)))
+    return hashlib.sha256(material.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
+@dataclass(frozen=True, slots=True)
+class TokenRecord:
+    """One token minted by ApplyToken, with what it grants and when it expires."""
+
+    token: str
+    type: str
+    resources: tuple[str, ...]
+    expire_ms: int
+    refresh_at_ms: int
+    issued_ms: int
+    subject: str
+    instance_id: str
+    client_id: str | None = None
+
+    @property
+    def fingerprint(self) -> str:
+        """Loggable identifier of the token value."""
+        return fingerprint(self.token)
+
+    def to_json(self) -> str:
+        """Serialise for the shared store."""
+        return json.dumps(
+            {
+                "token": self.token,
+                "type": self.type,
+                "resources": list(self.resources),
+                "expire_ms": self.expire_ms,
+                "refresh_at_ms": self.refresh_at_ms,
+                "issued_ms": self.issued_ms,
+                "subject": self.subject,
+                "instance_id": self.instance_id,
+                "client_id": self.client_id,
+            },
+            separators=(",", ":"),
+            ensure_ascii=False,
+        )
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> TokenRecord:
+        """Parse what to_json wrote."""
+        data: dict[str, Any] = json.loads(raw)
+        return cls(
+            token=str(data["token"]),
+            type=str(data["type"]),
+            resources=tuple(str(r) for r in data["resources"]),
+            expire_ms=int(data["expire_ms"]),
+            refresh_at_ms=int(data["refresh_at_ms"]),
+            issued_ms=int(data["issued_ms"]),
+            subject=str(data["subject"]),
+            instance_id=str(data["instance_id"]),
+            client_id=None if data.get("client_id") is None else str(data["client_id"]),
+        )
+
+    def public(self) -> dict[str, Any]:
+        """The device-facing view of this token."""
+        return {
+            "type": self.type,
+            "token": self.token,
+            "resources": list(self.resources),
+            "expireTime": self.expire_ms,
+        }
+
+    def summary(self) -> dict[str, Any]:
+        """The admin-facing view: everything but the token value."""
+        return {
+            "type": self.type,
+            "fingerprint": self.fingerprint,
+            "resources": list(self.resources),
+            "expireTime": self.expire_ms,
+            "issuedAt": self.issued_ms,
+            "clientId": self.client_id,
+        }

@@ -1,0 +1,233 @@
+"""The token service: reuse a cached token while it is fresh, else mint one, once per key."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from authserver.clock import Clock
+from authserver.errors import ServiceUnavailable, StoreUnavailable
+from authserver.tokens.model import ACTIONS_PARAM, TokenRecord, token_key
+from authserver.tokens.store import TokenStore
+
+log = logging.getLogger(__name__)
+
+MIN_TTL = 60
+MAX_TTL = 30 * 24 * 3600
+BROKER_NOTICE_SECONDS = 300
+# ExpireTime must be at least 60 s ahead when the upstream receives it, not when we send it.
+MIN_TTL_SLACK_MS = 2000
+
+Minter = Callable[[str, tuple[str, ...], str, int, float], Awaitable[str]]
+
+
+def clamp_ttl(ttl: float) -> int:
+    """A token lifetime the upstream accepts: within [60 s, 30 days]."""
+    return int(min(max(ttl, MIN_TTL), MAX_TTL))
+
+
+def refresh_margin_for(ttl: int, margin: float) -> int:
+    """Seconds before expiry at which a token stops being handed out.
+
+    The broker warns 5 minutes ahead, so the margin is at least that when the token
+    lives long enough; a short-lived token is refreshed at half its life.
+    """
+    return int(min(max(margin, BROKER_NOTICE_SECONDS), ttl / 2))
+
+
+@dataclass(frozen=True)
+class TokenRequest:
+    """What one device asked for, after the policy decided."""
+
+    subject: str
+    client_id: str | None
+    read: tuple[str, ...]
+    write: tuple[str, ...]
+    ttl: int
+
+
+@dataclass(frozen=True)
+class MqttCredentials:
+    """What a device needs to connect: username, password and the tokens behind them."""
+
+    instance_id: str
+    username: str
+    password: str
+    tokens: tuple[TokenRecord, ...]
+    expire_ms: int
+    refresh_at_ms: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON answer of POST /v1/token."""
+        return {
+            "instanceId": self.instance_id,
+            "username": self.username,
+            "password": self.password,
+            "tokens": [t.public() for t in self.tokens],
+            "expireTime": self.expire_ms,
+            "refreshAt": self.refresh_at_ms,
+        }
+
+
+def token_specs(read: tuple[str, ...], write: tuple[str, ...]) -> list[tuple[str, tuple[str, ...]]]:
+    """The tokens to hold: one `RW` when both sets are equal, else one per non-empty set."""
+    if read and read == write:
+        return [("RW", read)]
+    specs: list[tuple[str, tuple[str, ...]]] = []
+    if read:
+        specs.append(("R", read))
+    if write:
+        specs.append(("W", write))
+    return specs
+
+
+class TokenService:
+    """Hands out MQTT tokens: from the store while fresh, else one ApplyToken per key."""
+
+    def __init__(
+        self,
+        mint: Minter,
+        store: TokenStore,
+        *,
+        instance_id: str,
+        access_key_id: str,
+        clock: Clock,
+        refresh_margin: float = 600.0,
+        lock_ttl: float = 10.0,
+        poll_interval: float = 0.02,
+    ) -> None:
+        self._mint = mint
+        self.store = store
+        self.instance_id = instance_id
+        self._username = f"Token|{access_key_id}|{instance_id}"
+        self._clock = clock
+        self._margin = refresh_margin
+        self._lock_ttl = lock_ttl
+        self._poll = poll_interval
+        self._flights: dict[str, asyncio.Task[TokenRecord]] = {}
+
+    async def credentials(self, request: TokenRequest, deadline: float) -> MqttCredentials:
+        """MQTT credentials for `request`; `deadline` is an absolute monotonic time."""
+        specs = token_specs(request.read, request.write)
+        records = await asyncio.gather(
+            *(self._token(kind, resources, request, deadline) for kind, resources in specs)
+        )
+        password = "|".join(f"{r.type}|{r.token}" for r in records)
+        return MqttCredentials(
+            instance_id=self.instance_id,
+            username=self._username,
+            password=password,
+            tokens=tuple(records),
+            expire_ms=min(r.expire_ms for r in records),
+            refresh_at_ms=min(r.refresh_at_ms for r in records),
+        )
+
+    def _fresh(self, record: TokenRecord | None) -> bool:
+        return record is not None and record.refresh_at_ms > self._clock.time() * 1000
+
+    async def _token(
+        self, kind: str, resources: tuple[str, ...], request: TokenRequest, deadline: float
+    ) -> TokenRecord:
+        key = token_key(self.instance_id, request.subject, kind, resources, request.ttl)
+        record = await self.store.get(key, request.subject)
+        if record is not None and self._fresh(record):
+            return record
+        flight = self._flights.get(key)
+        if flight is None:
+            flight = asyncio.create_task(self._fill(key, kind, resources, request, deadline))
+            self._flights[key] = flight
+            flight.add_done_callback(functools.partial(self._landed, key))
+        remaining = deadline - self._clock.monotonic()
+        try:
+            return await asyncio.wait_for(asyncio.shield(flight), max(remaining, 0.001))
+        except TimeoutError as err:
+            raise ServiceUnavailable(
+                "token issuance did not finish within the request deadline",
+                headers={"Retry-After": "1"},
+            ) from err
+
+    def _landed(self, key: str, task: asyncio.Task[TokenRecord]) -> None:
+        if self._flights.get(key) is task:
+            del self._flights[key]
+        if not task.cancelled():
+            task.exception()  # retrieved here so a waiter that gave up leaves no warning
+
+    async def _fill(
+        self,
+        key: str,
+        kind: str,
+        resources: tuple[str, ...],
+        request: TokenRequest,
+        deadline: float,
+    ) -> TokenRecord:
+        while True:
+            record = await self.store.get(key, request.subject)
+            if self._fresh(record):
+                assert record is not None
+                return record
+            lock_id = await self.store.lock(key, request.subject, self._lock_ttl)
+            if lock_id is not None:
+                try:
+                    record = await self.store.get(key, request.subject)
+                    if self._fresh(record):
+                        assert record is not None
+                        return record
+                    return await self._apply(key, kind, resources, request, deadline)
+                finally:
+                    await self._unlock(key, request.subject, lock_id)
+            # Another process is minting this very token: wait for it to land.
+            if self._clock.monotonic() + self._poll >= deadline:
+                raise ServiceUnavailable(
+                    "another gateway process is issuing this token; try again",
+                    headers={"Retry-After": "1"},
+                )
+            await self._clock.sleep(self._poll)
+
+    async def _unlock(self, key: str, subject: str, lock_id: str) -> None:
+        try:
+            await self.store.unlock(key, subject, lock_id)
+        except StoreUnavailable:
+            log.warning("could not release an issuance lock; it expires by itself")
+
+    async def _apply(
+        self,
+        key: str,
+        kind: str,
+        resources: tuple[str, ...],
+        request: TokenRequest,
+        deadline: float,
+    ) -> TokenRecord:
+        now_ms = int(self._clock.time() * 1000)
+        ttl_ms = request.ttl * 1000
+        if request.ttl <= MIN_TTL:
+            ttl_ms += MIN_TTL_SLACK_MS
+        expire_ms = now_ms + ttl_ms
+        budget = deadline - self._clock.monotonic()
+        token = await self._mint(
+            self.instance_id, resources, ACTIONS_PARAM[kind], expire_ms, budget
+        )
+        margin_ms = refresh_margin_for(request.ttl, self._margin) * 1000
+        record = TokenRecord(
+            token=token,
+            type=kind,
+            resources=resources,
+            expire_ms=expire_ms,
+            refresh_at_ms=expire_ms - margin_ms,
+            issued_ms=now_ms,
+            subject=request.subject,
+            instance_id=self.instance_id,
+            client_id=request.client_id,
+        )
+        await self.store.put(key, record)
+        log.debug(
+            "minted %s token %s for subject key %s (%d resources)",
+            kind,
+            record.fingerprint,
+            key[:8],
+            len(resources),
+        )
+        return record

@@ -1,0 +1,61 @@
+"""The device endpoint: POST /v1/token turns an app JWT into MQTT credentials."""
+
+from __future__ import annotations
+
+import re
+
+from aiohttp import web
+
+from authserver import keys
+from authserver.errors import BadRequest
+from authserver.identity import Identity, bearer_token
+from authserver.policy.engine import check_limits, evaluate, restrict
+from authserver.tokens.service import MAX_TTL, MIN_TTL, TokenRequest, clamp_ttl
+from authserver.web.request import json_body, optional_int, optional_str, optional_str_list
+
+# <GroupId>@@@<DeviceId>; GroupId per 002 section 11.1, DeviceId letters, digits and -_.:
+CLIENT_ID = re.compile(r"GID[_-][A-Za-z0-9_-]{3,60}@@@[A-Za-z0-9_.:-]{1,64}")
+TOKEN_FIELDS = frozenset({"clientId", "topics", "actions", "ttlSeconds"})
+MAX_REQUESTED_TOPICS = 100
+
+
+async def authenticate(request: web.Request) -> Identity:
+    """Verify the bearer JWT of a request."""
+    token = bearer_token(request.headers.get("Authorization"))
+    return await request.app[keys.VERIFIER].verify(token)
+
+
+async def post_token(request: web.Request) -> web.Response:
+    """Issue (or reuse) MQTT tokens for the caller's grants."""
+    app = request.app
+    identity = await authenticate(request)
+    body = await json_body(request, TOKEN_FIELDS, optional=True)
+    client_id = optional_str(body, "clientId", max_length=128)
+    if client_id is not None and not CLIENT_ID.fullmatch(client_id):
+        raise BadRequest(
+            "clientId must look like GID_group@@@device (letters, digits, - _ . :)",
+            extra={"field": "clientId"},
+        )
+    topics = optional_str_list(body, "topics", max_items=MAX_REQUESTED_TOPICS)
+    actions = optional_str_list(body, "actions", max_items=2, allowed=("R", "W"))
+    ttl_asked = optional_int(body, "ttlSeconds", minimum=MIN_TTL, maximum=MAX_TTL)
+
+    policy = app[keys.POLICY].current
+    decision = evaluate(policy, identity.subject, identity.claims, client_id)
+    decision = restrict(decision, topics, actions)
+    check_limits(decision)
+    ttl = clamp_ttl(min(ttl_asked or decision.ttl_seconds, decision.max_ttl_seconds))
+
+    settings = app[keys.SETTINGS]
+    deadline = app[keys.CLOCK].monotonic() + settings.request_deadline
+    credentials = await app[keys.TOKENS].credentials(
+        TokenRequest(
+            subject=identity.subject,
+            client_id=client_id,
+            read=decision.read,
+            write=decision.write,
+            ttl=ttl,
+        ),
+        deadline,
+    )
+    return web.json_response(credentials.to_dict(), headers={"Cache-Control": "no-store"})

@@ -1,0 +1,176 @@
+"""The OpenAPI 3.1 description of the gateway; a test keeps it in step with the router."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from authserver import __version__
+
+PROBLEM = {"$ref": "#/components/schemas/Problem"}
+
+
+def _problem_responses(*statuses: int) -> dict[str, Any]:
+    names = {
+        400: "Malformed body or parameter",
+        401: "Missing, malformed, expired or revoked credential",
+        403: "Authenticated but not allowed",
+        404: "No such resource",
+        413: "Body too large",
+        422: "Grant too broad for one token",
+        429: "Rate limited; see Retry-After",
+        501: "Feature not configured",
+        502: "The upstream refused the call",
+        503: "Upstream or store unavailable; see Retry-After",
+    }
+    return {
+        str(s): {
+            "description": names[s],
+            "content": {"application/problem+json": {"schema": PROBLEM}},
+        }
+        for s in statuses
+    }
+
+
+def openapi_document() -> dict[str, Any]:
+    """The whole description, built fresh (it is small)."""
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "authserver",
+            "version": __version__,
+            "description": "Token gateway: device JWT in, MQTT credentials out.",
+        },
+        "components": {
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
+            },
+            "schemas": _schemas(),
+        },
+        "paths": {
+            "/v1/token": {
+                "post": {
+                    "operationId": "issueToken",
+                    "summary": "MQTT credentials for the caller's policy grants",
+                    "security": [{"bearer": []}],
+                    "requestBody": {
+                        "required": False,
+                        "content": {
+                            "application/json": {
+                                "schema": {"$ref": "#/components/schemas/TokenRequest"}
+                            }
+                        },
+                    },
+                    "responses": {
+                        "200": {
+                            "description": "Ready MQTT credentials",
+                            "content": {
+                                "application/json": {
+                                    "schema": {"$ref": "#/components/schemas/TokenResponse"}
+                                }
+                            },
+                        },
+                        **_problem_responses(400, 401, 403, 413, 422, 429, 502, 503),
+                    },
+                }
+            },
+            "/healthz": {
+                "get": {
+                    "operationId": "healthz",
+                    "summary": "Liveness",
+                    "responses": {"200": _json_ok("The process is alive")},
+                }
+            },
+            "/readyz": {
+                "get": {
+                    "operationId": "readyz",
+                    "summary": "Readiness: policy, keys, store, upstream circuit",
+                    "responses": {
+                        "200": _json_ok("Ready"),
+                        "503": _json_ok("Not ready; `checks` says why"),
+                    },
+                }
+            },
+            "/openapi.json": {
+                "get": {
+                    "operationId": "openapi",
+                    "summary": "This document",
+                    "responses": {"200": _json_ok("The OpenAPI description")},
+                }
+            },
+        },
+    }
+
+
+def _json_ok(description: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": {"type": "object"}}},
+    }
+
+
+def _schemas() -> dict[str, Any]:
+    return {
+        "Problem": {
+            "type": "object",
+            "required": ["type", "title", "status", "detail", "code"],
+            "properties": {
+                "type": {"type": "string"},
+                "title": {"type": "string"},
+                "status": {"type": "integer"},
+                "detail": {"type": "string"},
+                "code": {"type": "string"},
+            },
+        },
+        "TokenRequest": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "clientId": {
+                    "type": "string",
+                    "pattern": "^GID[_-][A-Za-z0-9_-]{3,60}@@@[A-Za-z0-9_.:-]{1,64}$",
+                },
+                "topics": {
+                    "type": "array",
+                    "items": {"type": "string"},
+                    "minItems": 1,
+                    "maxItems": 100,
+                },
+                "actions": {
+                    "type": "array",
+                    "items": {"enum": ["R", "W"]},
+                    "minItems": 1,
+                    "maxItems": 2,
+                },
+                "ttlSeconds": {"type": "integer", "minimum": 60, "maximum": 2592000},
+            },
+        },
+        "Token": {
+            "type": "object",
+            "required": ["type", "token", "resources", "expireTime"],
+            "properties": {
+                "type": {"enum": ["R", "W", "RW"]},
+                "token": {"type": "string"},
+                "resources": {"type": "array", "items": {"type": "string"}},
+                "expireTime": {"type": "integer", "description": "epoch milliseconds"},
+            },
+        },
+        "TokenResponse": {
+            "type": "object",
+            "required": [
+                "instanceId",
+                "username",
+                "password",
+                "tokens",
+                "expireTime",
+                "refreshAt",
+            ],
+            "properties": {
+                "instanceId": {"type": "string"},
+                "username": {"type": "string", "description": "Token|<AccessKeyId>|<InstanceId>"},
+                "password": {"type": "string", "description": "R|<t>|W|<t> or RW|<t>"},
+                "tokens": {"type": "array", "items": {"$ref": "#/components/schemas/Token"}},
+                "expireTime": {"type": "integer"},
+                "refreshAt": {"type": "integer"},
+            },
+        },
+    }
