@@ -117,7 +117,7 @@ class JWKSSource:
                 delay = min(RETRY_FIRST_DELAY * 2 ** (failures - 1), self._refresh_interval)
             else:
                 due = self._loaded_at + self._cache_ttl - self._clock.monotonic()
-                delay = max(due, 1.0)
+                delay = max(due, min(self._cache_ttl, 1.0))
             await asyncio.sleep(delay)
             if await self.refresh(rate_limited=False):
                 failures = 0

@@ -1,0 +1,255 @@
+"""JWKS over a real socket: load, rotation, rate-limited refresh, one fetch for many, failures."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import pytest
+
+from authserver.errors import InvalidToken, ServiceUnavailable
+from authserver.identity import JWTSettings, JWTVerifier
+from tests.identity.conftest import JWKSServer, MakeVerifier
+from tests.identity.test_verify import CountingVerifier
+from tests.identity.tokens import Keys, Minter, public_jwk
+
+ALGS = ("RS256", "ES256", "EdDSA")
+
+
+def settings(server: JWKSServer, **overrides: object) -> JWTSettings:
+    """JWKS settings for the test server."""
+    return JWTSettings(algorithms=ALGS, jwks_url=server.url, **overrides)  # type: ignore[arg-type]
+
+
+async def eventually(condition: Callable[[], bool], within: float = 5.0) -> None:
+    """Wait (briefly, on the loop) until a condition that a background task brings about."""
+    deadline = asyncio.get_running_loop().time() + within
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "condition never became true"
+        await asyncio.sleep(0.02)
+
+
+async def test_keys_of_every_family_are_loaded_at_start_and_chosen_by_kid(
+    jwks_server: JWKSServer, make_verifier: MakeVerifier, minter: Minter, keys: Keys
+) -> None:
+    jwks_server.publish(
+        public_jwk(keys.rsa, kid="r1", alg="RS256", use="sig"),
+        public_jwk(keys.ec, kid="e1"),  # no alg: inferred from the curve
+        public_jwk(keys.ed, kid="o1", alg="EdDSA"),
+    )
+    verifier = await make_verifier(settings(jwks_server))
+
+    assert verifier.ready
+    assert jwks_server.requests == 1
+    for key, alg, kid in [(keys.rsa, "RS256", "r1"), (keys.ec, "ES256", "e1"),
+                          (keys.ed, "EdDSA", "o1")]:  # fmt: skip
+        identity = await verifier.verify(minter.sign(key, alg, headers={"kid": kid}))
+        assert identity.subject == "dev1"
+    assert jwks_server.requests == 1
+
+
+async def test_keys_for_encryption_symmetric_or_other_algorithms_are_ignored(
+    jwks_server: JWKSServer, make_verifier: MakeVerifier, minter: Minter, keys: Keys
+) -> None:
+    jwks_server.publish(
+        public_jwk(keys.rsa, kid="enc", alg="RS256", use="enc"),
+        public_jwk(keys.rsa2, kid="other-alg", alg="RS384"),
+        {"kty": "oct", "kid": "sym", "k": "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXNlY3JldA"},
+        public_jwk(keys.ec, kid="ok"),
+    )
+    verifier = await make_verifier(settings(jwks_server))
+    jwks = verifier.jwks
+    assert jwks is not None
+    assert jwks.keys is not None
+    assert jwks.keys.kids == {"ok"}
+
+    with pytest.raises(InvalidToken, match="no trusted key"):
+        await verifier.verify(minter.sign(keys.rsa, "RS256", headers={"kid": "enc"}))
+
+
+async def test_a_kid_with_the_wrong_algorithm_is_refused_without_a_refresh(
+    jwks_server: JWKSServer, make_verifier: MakeVerifier, minter: Minter, keys: Keys
+) -> None:
+    jwks_server.publish(public_jwk(keys.ec, kid="e1", alg="ES256"))
+    verifier = await make_verifier(settings(jwks_server))
+    minter.clock.advance(60)
+
+    with pytest.raises(InvalidToken, match="not for its algorithm"):
+        await verifier.verify(minter.sign(keys.rsa, "RS256", headers={"kid": "e1"}))
+    assert jwks_server.requests == 1
+
+
+async def test_a_token_without_kid_uses_the_only_key_for_its_algorithm(
+    jwks_server: JWKSServer, make_verifier: MakeVerifier, minter: Minter, keys: Keys
+) -> None:
+    jwks_server.publish(public_jwk(keys.ec, kid="e1"), public_jwk(keys.ec2, kid="e2"),
+                        public_jwk(keys.rsa, kid="r1"))  # fmt: skip
+    verifier = await make_verifier(settings(jwks_server))
+
+    assert (await verifier.verify(minter.sign(keys.rsa, "RS256"))).subject == "dev1"
+    with pytest.raises(InvalidToken, match="no key id"):
+        await verifier.verify(minter.sign(keys.ec, "ES256"))
+
+
+async def test_rotation_is_picked_up_by_one_refresh_rate_limited_per_interval(
+    jwks_server: JWKSServer, make_verifier: MakeVerifier, minter: Minter, keys: Keys
+) -> None:
+    jwks_server.publish(public_jwk(keys.rsa, kid="k1"))
+    verifier = await make_verifier(settings(jwks_server))
+    jwks_server.publish(public_jwk(keys.rsa, kid="k1"), public_jwk(keys.rsa2, kid="k2"))
+    new_key_token = minter.sign(keys.rsa2, "RS256", headers={"kid": "k2"})
+
+    # Within 30 s of the start-up fetch an unknown kid refreshes nothing.
+    minter.clock.advance(29)
+    with pytest.raises(InvalidToken, match="no trusted key"):
+        await verifier.verify(new_key_token)
+    assert jwks_server.requests == 1
+
+    minter.clock.advance(2)
+    assert (await verifier.verify(new_key_token)).subject == "dev1"
+    assert jwks_server.requests == 2
+
+    # Unknown kids, however many, cost no further fetch until the interval has passed again.
+    for kid in ("k3", "k4", "../../etc/passwd"):
+        with pytest.raises(InvalidToken, match="no trusted key"):
+            await verifier.verify(minter.sign(keys.rsa2, "RS256", headers={"kid": kid}))
+    assert jwks_server.requests == 2
+    minter.clock.advance(30)
+    with pytest.raises(InvalidToken, match="no trusted key"):
+        await verifier.verify(minter.sign(keys.rsa2, "RS256", headers={"kid": "k5"}))
+    assert jwks_server.requests == 3
+
+
+async def test_concurrent_unknown_kids_share_one_fetch(
+    jwks_server: JWKSServer, make_verifier: MakeVerifier, minter: Minter, keys: Keys
+) -> None:
+    jwks_server.publish(public_jwk(keys.rsa, kid="k1"))
+    verifier = await make_verifier(settings(jwks_server))
+    jwks_server.publish(public_jwk(keys.rsa, kid="k1"), public_jwk(keys.rsa2, kid="k2"))
+    minter.clock.advance(31)
+    jwks_server.gate = asyncio.Event()
+    good = [minter.sign(keys.rsa2, "RS256", headers={"kid": "k2"}, claims={"n": n})
+            for n in range(20)]  # fmt: skip
+    unknown = [minter.sign(keys.rsa2, "RS256", headers={"kid": f"u{n}"}) for n in range(20)]
+
+    pending = [asyncio.ensure_future(verifier.verify(t)) for t in good + unknown]
+    await eventually(lambda: jwks_server.requests == 2)
+    await asyncio.sleep(0.05)
+    jwks_server.gate.set()
+    results = await asyncio.gather(*pending, return_exceptions=True)
+
+    assert jwks_server.requests == 2
+    assert all(not isinstance(r, BaseException) for r in results[:20])
+    assert all(isinstance(r, InvalidToken) for r in results[20:])
+
+
+@pytest.mark.parametrize(
+    "breakage",
+    ["http-500", "not-json", "no-keys-list", "no-usable-key", "nested-json-bomb"],
+)
+async def test_a_failed_fetch_keeps_the_old_keys(
+    jwks_server: JWKSServer,
+    make_verifier: MakeVerifier,
+    minter: Minter,
+    keys: Keys,
+    breakage: str,
+) -> None:
+    jwks_server.publish(public_jwk(keys.rsa, kid="k1"))
+    verifier = await make_verifier(settings(jwks_server))
+    if breakage == "http-500":
+        jwks_server.status = 500
+    elif breakage == "not-json":
+        jwks_server.raw = b"<html>maintenance</html>"
+    elif breakage == "no-keys-list":
+        jwks_server.raw = b'{"keys": "none"}'
+    elif breakage == "no-usable-key":
+        jwks_server.publish(public_jwk(keys.rsa, kid="enc-only", use="enc"))
+    else:
+        jwks_server.raw = b'{"keys": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    minter.clock.advance(31)
+
+    with pytest.raises(InvalidToken, match="no trusted key"):
+        await verifier.verify(minter.sign(keys.rsa2, "RS256", headers={"kid": "k2"}))
+    assert jwks_server.requests == 2
+
+    assert verifier.ready
+    assert await verifier.verify(minter.sign(keys.rsa, "RS256", headers={"kid": "k1"}))
+
+
+async def test_a_kid_dropped_from_the_jwks_drops_the_tokens_it_verified(
+    jwks_server: JWKSServer, make_verifier: MakeVerifier, minter: Minter, keys: Keys
+) -> None:
+    jwks_server.publish(public_jwk(keys.rsa, kid="k1"), public_jwk(keys.rsa2, kid="k2"))
+    verifier = await make_verifier(settings(jwks_server), cls=CountingVerifier)
+    assert isinstance(verifier, CountingVerifier)
+    old = minter.sign(keys.rsa, "RS256", headers={"kid": "k1"})
+    kept = minter.sign(keys.rsa2, "RS256", headers={"kid": "k2"})
+    await verifier.verify(old)
+    await verifier.verify(kept)
+    assert verifier.cached == 2
+
+    jwks_server.publish(public_jwk(keys.rsa2, kid="k2"), public_jwk(keys.ec, kid="k3"))
+    minter.clock.advance(31)
+    await verifier.verify(minter.sign(keys.ec, "ES256", headers={"kid": "k3"}))
+
+    assert verifier.cached == 2  # kept + the k3 token; the k1 token is gone
+    with pytest.raises(InvalidToken, match="no trusted key"):
+        await verifier.verify(old)
+    checks = verifier.signature_checks
+    await verifier.verify(kept)
+    assert verifier.signature_checks == checks
+
+
+async def test_a_kid_whose_key_material_changes_drops_the_tokens_it_verified(
+    jwks_server: JWKSServer, make_verifier: MakeVerifier, minter: Minter, keys: Keys
+) -> None:
+    jwks_server.publish(public_jwk(keys.rsa, kid="k1"))
+    verifier = await make_verifier(settings(jwks_server))
+    old = minter.sign(keys.rsa, "RS256", headers={"kid": "k1"})
+    await verifier.verify(old)
+
+    jwks_server.publish(public_jwk(keys.rsa2, kid="k1"))
+    jwks = verifier.jwks
+    assert jwks is not None
+    assert await jwks.refresh(rate_limited=False)
+
+    with pytest.raises(InvalidToken, match="signature does not verify"):
+        await verifier.verify(old)
+
+
+async def test_start_survives_a_jwks_outage_and_becomes_ready_when_it_ends(
+    jwks_server: JWKSServer, make_verifier: MakeVerifier, minter: Minter, keys: Keys
+) -> None:
+    jwks_server.status = 503
+    verifier = await make_verifier(settings(jwks_server))
+    assert not verifier.ready
+    token = minter.sign(keys.rsa, "RS256", headers={"kid": "k1"})
+    with pytest.raises(ServiceUnavailable) as caught:
+        await verifier.verify(token)
+    assert caught.value.headers["Retry-After"]
+
+    jwks_server.publish(public_jwk(keys.rsa, kid="k1"))
+    await eventually(lambda: verifier.ready)  # the background task retries after ~1 s
+
+    assert (await verifier.verify(token)).subject == "dev1"
+
+
+async def test_the_jwks_is_refreshed_periodically(
+    jwks_server: JWKSServer, make_verifier: MakeVerifier, keys: Keys
+) -> None:
+    jwks_server.publish(public_jwk(keys.rsa, kid="k1"))
+    await make_verifier(settings(jwks_server, jwks_cache_ttl=0.05))
+
+    await eventually(lambda: jwks_server.requests >= 3)
+
+
+async def test_close_stops_the_background_refresh(
+    jwks_server: JWKSServer, session: object, minter: Minter, keys: Keys
+) -> None:
+    jwks_server.publish(public_jwk(keys.rsa, kid="k1"))
+    verifier = JWTVerifier(settings(jwks_server, jwks_cache_ttl=0.05), clock=minter.clock)
+    await verifier.start()  # with its own session, closed by close()
+    await verifier.close()
+    seen = jwks_server.requests
+    await asyncio.sleep(0.2)
+    assert jwks_server.requests == seen

@@ -1,0 +1,316 @@
+"""Verification with keys from settings: every algorithm family, claims, leeway, the cache."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from authserver.errors import InvalidToken
+from authserver.identity import (
+    Identity,
+    JWTSettings,
+    JWTVerifier,
+    bearer_token,
+    fingerprint,
+)
+from authserver.identity.keys import VerificationKey
+from tests.identity.conftest import MakeVerifier
+from tests.identity.tokens import SECRET, Keys, Minter, public_pem
+
+
+class CountingVerifier(JWTVerifier):
+    """Counts signature checks, to prove which verifications the cache answered."""
+
+    signature_checks = 0
+
+    def _check_signature(self, key: VerificationKey, signing_input: bytes, sig: bytes) -> bool:
+        self.signature_checks += 1
+        return super()._check_signature(key, signing_input, sig)
+
+
+@pytest.mark.parametrize("alg", ["HS256", "HS384", "HS512"])
+async def test_hmac_algorithms_verify_with_the_secret(
+    make_verifier: MakeVerifier, minter: Minter, alg: str
+) -> None:
+    verifier = await make_verifier(JWTSettings(algorithms=(alg,), secret=SECRET))
+    token = minter.sign(SECRET, alg, claims={"groups": ["ops"]})
+
+    identity = await verifier.verify(token)
+
+    assert identity.subject == "dev1"
+    assert identity.claims["groups"] == ["ops"]
+    assert identity.expires_at == minter.clock.time() + 300
+    assert identity.issued_at == minter.clock.time()
+    assert identity.fingerprint == fingerprint(token)
+    with pytest.raises(TypeError):
+        identity.claims["sub"] = "someone-else"  # type: ignore[index]
+
+
+@pytest.mark.parametrize(
+    ("family", "alg"),
+    [("rsa", "RS256"), ("rsa", "RS512"), ("rsa", "PS256"), ("ec", "ES256"), ("ed", "EdDSA")],
+)
+async def test_public_key_algorithms_verify_with_the_pem(
+    make_verifier: MakeVerifier, minter: Minter, keys: Keys, family: str, alg: str
+) -> None:
+    private = getattr(keys, family)
+    verifier = await make_verifier(
+        JWTSettings(algorithms=(alg,), public_key_pem=public_pem(private))
+    )
+
+    identity = await verifier.verify(minter.sign(private, alg))
+
+    assert identity.subject == "dev1"
+    assert verifier.ready
+
+
+async def test_a_token_from_another_key_of_the_same_family_is_refused(
+    make_verifier: MakeVerifier, minter: Minter, keys: Keys
+) -> None:
+    verifier = await make_verifier(
+        JWTSettings(algorithms=("ES256",), public_key_pem=public_pem(keys.ec))
+    )
+    with pytest.raises(InvalidToken, match="signature does not verify"):
+        await verifier.verify(minter.sign(keys.ec2, "ES256"))
+
+
+async def test_issuer_audience_and_subject_claim_come_from_settings(
+    make_verifier: MakeVerifier, minter: Minter
+) -> None:
+    verifier = await make_verifier(
+        JWTSettings(
+            algorithms=("HS256",),
+            secret=SECRET,
+            issuer="https://idp.example",
+            audience="authserver",
+            subject_claim="device_id",
+        )
+    )
+    good = {"iss": "https://idp.example", "aud": ["other", "authserver"], "device_id": "d-7"}
+
+    identity = await verifier.verify(minter.sign(SECRET, claims=good))
+
+    assert identity.subject == "d-7"
+
+
+# --- time: the injected clock, the leeway, and why the verifier checks exp itself ---------------
+# PyJWT compares exp/nbf/iat with time.time(); the verifier checks them against its Clock so
+# that the verified-token cache, the leeway and these tests agree on "now".
+
+
+@pytest.mark.parametrize(("leeway", "accepted"), [(30.0, True), (0.0, False)])
+async def test_a_token_expired_ten_seconds_ago_passes_only_within_the_leeway(
+    make_verifier: MakeVerifier, minter: Minter, leeway: float, accepted: bool
+) -> None:
+    verifier = await make_verifier(JWTSettings(algorithms=("HS256",), secret=SECRET, leeway=leeway))
+    token = minter.sign(SECRET, lifetime=60)
+    minter.clock.advance(70)
+
+    if accepted:
+        assert (await verifier.verify(token)).subject == "dev1"
+    else:
+        with pytest.raises(InvalidToken, match="expired"):
+            await verifier.verify(token)
+
+
+@pytest.mark.parametrize(("leeway", "accepted"), [(30.0, True), (0.0, False)])
+async def test_nbf_ten_seconds_ahead_passes_only_within_the_leeway(
+    make_verifier: MakeVerifier, minter: Minter, leeway: float, accepted: bool
+) -> None:
+    verifier = await make_verifier(JWTSettings(algorithms=("HS256",), secret=SECRET, leeway=leeway))
+    token = minter.sign(SECRET, claims={"nbf": int(minter.clock.time()) + 10})
+
+    if accepted:
+        assert (await verifier.verify(token)).subject == "dev1"
+    else:
+        with pytest.raises(InvalidToken, match="not valid yet"):
+            await verifier.verify(token)
+
+
+async def test_iat_is_optional_but_not_from_the_future(hs256: JWTVerifier, minter: Minter) -> None:
+    assert (await hs256.verify(minter.sign(SECRET, drop=["iat"]))).issued_at is None
+    future = int(minter.clock.time()) + 3600
+    with pytest.raises(InvalidToken, match="issued in the future"):
+        await hs256.verify(minter.sign(SECRET, claims={"iat": future}))
+
+
+# --- the verified-token cache ---------------------------------------------------------------
+
+
+async def test_a_second_verify_of_the_same_token_skips_the_signature(
+    make_verifier: MakeVerifier, minter: Minter
+) -> None:
+    verifier = await make_verifier(
+        JWTSettings(algorithms=("HS256",), secret=SECRET), cls=CountingVerifier
+    )
+    assert isinstance(verifier, CountingVerifier)
+    token = minter.sign(SECRET)
+
+    first = await verifier.verify(token)
+    second = await verifier.verify(token)
+
+    assert second is first
+    assert verifier.signature_checks == 1
+    assert verifier.cached == 1
+
+
+async def test_a_cached_token_is_not_served_past_its_exp(
+    make_verifier: MakeVerifier, minter: Minter
+) -> None:
+    verifier = await make_verifier(
+        JWTSettings(algorithms=("HS256",), secret=SECRET, leeway=0), cls=CountingVerifier
+    )
+    assert isinstance(verifier, CountingVerifier)
+    token = minter.sign(SECRET, lifetime=60)
+    await verifier.verify(token)
+
+    minter.clock.advance(59)
+    await verifier.verify(token)
+    assert verifier.signature_checks == 1
+    minter.clock.advance(1)
+    with pytest.raises(InvalidToken, match="expired"):
+        await verifier.verify(token)
+    assert verifier.cached == 0
+
+
+async def test_within_the_leeway_after_exp_the_token_is_verified_again_not_cached(
+    make_verifier: MakeVerifier, minter: Minter
+) -> None:
+    verifier = await make_verifier(
+        JWTSettings(algorithms=("HS256",), secret=SECRET, leeway=30), cls=CountingVerifier
+    )
+    assert isinstance(verifier, CountingVerifier)
+    token = minter.sign(SECRET, lifetime=60)
+    await verifier.verify(token)
+
+    minter.clock.advance(70)
+    await verifier.verify(token)
+    assert verifier.signature_checks == 2
+    minter.clock.advance(25)
+    with pytest.raises(InvalidToken, match="expired"):
+        await verifier.verify(token)
+
+
+async def test_forget_drops_the_matching_identities(
+    make_verifier: MakeVerifier, minter: Minter
+) -> None:
+    verifier = await make_verifier(
+        JWTSettings(algorithms=("HS256",), secret=SECRET), cls=CountingVerifier
+    )
+    assert isinstance(verifier, CountingVerifier)
+    alice = minter.sign(SECRET, claims={"sub": "alice"})
+    alice_again = minter.sign(SECRET, claims={"sub": "alice", "jti": "2"})
+    bob = minter.sign(SECRET, claims={"sub": "bob"})
+    for token in (alice, alice_again, bob):
+        await verifier.verify(token)
+
+    def is_alice(identity: Identity) -> bool:
+        return identity.subject == "alice"
+
+    assert verifier.forget(is_alice) == 2
+    assert verifier.cached == 1
+    await verifier.verify(bob)
+    assert verifier.signature_checks == 3
+    await verifier.verify(alice)
+    assert verifier.signature_checks == 4
+
+
+async def test_the_cache_is_bounded(make_verifier: MakeVerifier, minter: Minter) -> None:
+    verifier = await make_verifier(JWTSettings(algorithms=("HS256",), secret=SECRET, cache_size=2))
+    for n in range(5):
+        await verifier.verify(minter.sign(SECRET, claims={"sub": f"d{n}"}))
+    assert verifier.cached == 2
+
+
+async def test_refusals_are_not_cached(make_verifier: MakeVerifier, minter: Minter) -> None:
+    verifier = await make_verifier(
+        JWTSettings(algorithms=("HS256",), secret=SECRET), cls=CountingVerifier
+    )
+    assert isinstance(verifier, CountingVerifier)
+    forged = minter.sign("another-secret-of-enough-length-for-hs256!")
+    for _ in range(2):
+        with pytest.raises(InvalidToken, match="signature"):
+            await verifier.verify(forged)
+    assert verifier.signature_checks == 2
+    assert verifier.cached == 0
+
+
+# --- the Authorization header ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("header", "token"),
+    [("Bearer abc.def.ghi", "abc.def.ghi"), ("bearer abc.d-f.g_i", "abc.d-f.g_i"),
+     ("BEARER  abc.def.ghi ", "abc.def.ghi")],
+)  # fmt: skip
+def test_bearer_token_parses_the_scheme_case_insensitively(header: str, token: str) -> None:
+    assert bearer_token(header) == token
+
+
+@pytest.mark.parametrize(
+    "header", [None, "", "   ", "Basic dXNlcjpwYXNz", "Bearer", "Bearer a b", "Bearer a\nb",
+               "Bearerabc", "Bearer a,b", "Token abc"],
+)  # fmt: skip
+def test_bearer_token_refuses_missing_or_malformed_headers(header: str | None) -> None:
+    with pytest.raises(InvalidToken) as caught:
+        bearer_token(header)
+    assert caught.value.headers["WWW-Authenticate"].startswith("Bearer")
+
+
+async def test_refusals_carry_the_bearer_challenge(hs256: JWTVerifier) -> None:
+    with pytest.raises(InvalidToken) as caught:
+        await hs256.verify("not-a-jwt")
+    assert caught.value.status == 401
+    assert caught.value.headers == {"WWW-Authenticate": 'Bearer error="invalid_token"'}
+
+
+# --- settings that cannot work fail at construction ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("settings", "problem"),
+    [
+        (JWTSettings(algorithms=()), "no JWT algorithm"),
+        (JWTSettings(algorithms=("none",), secret=SECRET), "unsupported JWT algorithm 'none'"),
+        (JWTSettings(algorithms=("HS256",)), "HS256 needs a secret"),
+        (JWTSettings(algorithms=("HS512",), secret="x" * 32), "HS512: The HMAC key is 32 bytes"),
+        (JWTSettings(algorithms=("RS256",)), "RS256 needs a fitting PEM public key"),
+        (JWTSettings(algorithms=("RS256",), public_key_pem="junk"), "not a usable PEM"),
+    ],
+)
+def test_unusable_settings_are_refused_at_construction(settings: JWTSettings, problem: str) -> None:
+    with pytest.raises(ValueError, match=problem):
+        JWTVerifier(settings)
+
+
+def test_a_pem_of_the_wrong_family_is_refused(keys: Keys) -> None:
+    with pytest.raises(ValueError, match="ES256 needs a fitting PEM"):
+        JWTVerifier(JWTSettings(algorithms=("ES256",), public_key_pem=public_pem(keys.rsa)))
+
+
+def test_a_pem_is_refused_as_an_hmac_secret(keys: Keys) -> None:
+    with pytest.raises(ValueError, match="HS256: the secret cannot be used"):
+        JWTVerifier(JWTSettings(algorithms=("HS256",), secret=public_pem(keys.rsa)))
+
+
+# --- logging ----------------------------------------------------------------------------------
+
+
+async def test_debug_logs_name_tokens_by_fingerprint_only(
+    hs256: JWTVerifier, minter: Minter, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="authserver")
+    good = minter.sign(SECRET)
+    bad = minter.sign(SECRET, drop=["exp"])
+
+    await hs256.verify(good)
+    with pytest.raises(InvalidToken):
+        await hs256.verify(bad)
+
+    logged = caplog.text
+    assert f"JWT {fingerprint(good)} verified" in logged
+    assert f"JWT {fingerprint(bad)} refused: the token has no 'exp' claim" in logged
+    assert good not in logged
+    assert bad not in logged
+    # the teardown fixture repeats this check for every token every identity test made
