@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import os
 import re
 import shutil
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import sysconfig
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -103,3 +105,53 @@ def secret_data(secret: Doc) -> dict[str, str]:
     data = {k: base64.b64decode(v).decode() for k, v in secret.get("data", {}).items()}
     data.update(secret.get("stringData", {}))
     return data
+
+
+DOCKERFILE = ROOT / "Dockerfile"
+
+
+@dataclass(frozen=True)
+class Instruction:
+    """One Dockerfile instruction, continuation lines joined."""
+
+    keyword: str
+    value: str
+
+    def exec_form(self) -> list[str]:
+        """The JSON-array argument of an exec-form instruction (ENTRYPOINT, CMD, ...)."""
+        text = self.value.split("CMD", 1)[1] if self.keyword == "HEALTHCHECK" else self.value
+        parsed = json.loads(text.strip())
+        assert isinstance(parsed, list), f"{self.keyword} is not in exec form"
+        return [str(part) for part in parsed]
+
+
+def dockerfile_stages(path: Path = DOCKERFILE) -> list[list[Instruction]]:
+    """The Dockerfile's build stages, each the list of its instructions from FROM on."""
+    logical: list[str] = []
+    pending = ""
+    for raw in path.read_text(encoding="utf-8").splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.endswith("\\"):
+            pending += line[:-1].strip() + " "
+            continue
+        logical.append(pending + line)
+        pending = ""
+    assert not pending, "the Dockerfile ends inside a continued line"
+    stages: list[list[Instruction]] = []
+    for line in logical:
+        keyword, _, value = line.partition(" ")
+        instruction = Instruction(keyword.upper(), value.strip())
+        if instruction.keyword == "FROM":
+            stages.append([])
+        elif instruction.keyword != "ARG":
+            assert stages, f"{line!r} before the first FROM"
+        if stages:
+            stages[-1].append(instruction)
+    return stages
+
+
+def instructions(stage: list[Instruction], keyword: str) -> list[Instruction]:
+    """The instructions of one kind in a stage."""
+    return [i for i in stage if i.keyword == keyword]
