@@ -320,9 +320,13 @@ class CloudClient:
         secret_param = params.get("Token")
         token_fp = fingerprint(secret_param) if secret_param else None
         attempt = 0
+        failure: Exception | None = None
         while True:
             if self.circuit.state == "open":
                 self._results[action]["circuit_open"] += 1
+                if failure is not None:
+                    # This call's own failures opened it: report what they were.
+                    raise _give_up(action, failure, self.circuit.retry_after())
                 raise UpstreamUnavailable(
                     f"{action}: the upstream circuit is open",
                     retry_after=self.circuit.retry_after(),
@@ -348,7 +352,7 @@ class CloudClient:
                     self.circuit.record_success()  # the upstream is alive and answering
                     raise
                 self.circuit.record_failure()
-                failure: Exception = err
+                failure = err
             except (TimeoutError, aiohttp.ClientError) as err:
                 kind = "timeout" if isinstance(err, TimeoutError) else "connection_error"
                 self._log(action, attempt, kind, None, token_fp)
@@ -363,7 +367,7 @@ class CloudClient:
             attempt += 1
             pause = self._rng.uniform(0, min(self.backoff_max, self.backoff_base * 2**attempt))
             if attempt >= self.max_attempts or self._clock.monotonic() + pause >= deadline:
-                raise _give_up(action, failure, deadline - self._clock.monotonic())
+                raise _give_up(action, failure, 1.0)
             await asyncio.sleep(pause)
 
     async def _attempt(
@@ -438,18 +442,25 @@ class CloudClient:
         )
 
 
-def _give_up(action: str, failure: Exception, remaining: float) -> Exception:
-    """The error a caller sees once retries are over, chained to the last failure."""
+def _give_up(action: str, failure: Exception, retry_after: float) -> Exception:
+    """The error a caller sees once retries are over, chained to the last failure.
+
+    Throttling becomes `UpstreamThrottled`, a vendor server error stays itself (502 with the
+    vendor's code), a timeout or connection error becomes `UpstreamUnavailable`.
+    """
     error: Exception
     if isinstance(failure, CloudThrottled):
         error = UpstreamThrottled(
             f"{action}: the upstream kept throttling until the deadline",
-            retry_after=max(1.0, remaining),
+            retry_after=retry_after,
         )
     elif isinstance(failure, CloudServerError):
         return failure
     else:
-        error = UpstreamUnavailable(f"{action}: the upstream did not answer ({failure!r})")
+        error = UpstreamUnavailable(
+            f"{action}: the upstream did not answer ({type(failure).__name__})",
+            retry_after=retry_after,
+        )
     error.__cause__ = failure
     return error
 
@@ -457,6 +468,8 @@ def _give_up(action: str, failure: Exception, remaining: float) -> Exception:
 async def _all_or_nothing(coros: Sequence[Coroutine[Any, Any, T]]) -> list[T]:
     """Run coroutines concurrently; on the first failure cancel the rest and raise it."""
     tasks = [asyncio.ensure_future(c) for c in coros]
+    if not tasks:
+        return []
     try:
         await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
     finally:
