@@ -34,7 +34,7 @@ from authserver.cloud.errors import (
     classify,
 )
 from authserver.cloud.quota import QuotaGovernor
-from authserver.cloud.signing import percent_encode, sign_v1
+from authserver.cloud.signing import canonical_query, percent_encode, sign_v1
 from authserver.errors import NotConfigured
 from authserver.fingerprint import fingerprint
 
@@ -421,8 +421,9 @@ class CloudClient:
         if creds.security_token:
             signed["SecurityToken"] = creds.security_token
         signed.update(params)
-        signed["Signature"] = sign_v1("POST", signed, creds.access_key_secret)
-        return "&".join(f"{percent_encode(k)}={percent_encode(v)}" for k, v in signed.items())
+        signature = sign_v1("POST", signed, creds.access_key_secret)
+        # The canonical query is a valid form body already (sorted, RFC 3986 encoded).
+        return f"{canonical_query(signed)}&Signature={percent_encode(signature)}"
 
     def _log(
         self,
