@@ -60,9 +60,11 @@ _REFUSED_CHARS = {
 
 
 def _shown(value: str) -> str:
-    """A log-safe, bounded rendering of an untrusted value."""
-    cut = value[:_SHOWN_CHARS]
-    return ascii(cut) + ("..." if len(value) > _SHOWN_CHARS else "")
+    """A log-safe (ASCII), bounded rendering of an untrusted value."""
+    text = ascii(value[:_SHOWN_CHARS])
+    if len(text) > _SHOWN_CHARS or len(value) > _SHOWN_CHARS:
+        return text[:_SHOWN_CHARS] + "..."
+    return text
 
 
 def subject_groups(
