@@ -236,10 +236,11 @@ def restrict(
         raise BadRequest("topics must be a list of topic filters, not a string")
     if not topics:
         raise BadRequest("topics must not be empty")
+    for topic in topics:  # before hashing: a JSON body may hold lists or objects here
+        validate_filter(topic)
     grants = {a: FilterSet(decision.grants(a)) for a in wanted}
     chosen: dict[str, list[str]] = {READ: [], WRITE: []}
     for topic in dict.fromkeys(topics):
-        validate_filter(topic)
         granting = [a for a in wanted if grants[a].covers(topic)]
         if actions is not None:
             missing = next((a for a in wanted if a not in granting), None)
@@ -268,8 +269,10 @@ def check_limits(decision: Decision, limit: int = DEFAULT_RESOURCE_LIMIT) -> Non
         if len(resources) <= limit:
             continue
         counts: Counter[str] = Counter()
-        for resource in resources:
-            counts.update(set(decision.granted_by(action, resource)))
+        for match in decision.matched:
+            if action in match.actions and match.topics:
+                granted = FilterSet(match.topics)
+                counts[match.rule] += sum(1 for r in resources if granted.covers(r))
         top = ", ".join(f"{rule} contributed {n}" for rule, n in counts.most_common(3))
         raise GrantTooBroad(
             f"{action} would carry {len(resources)} resources (limit {limit})"

@@ -278,7 +278,7 @@ def parse_policy(text: str, source: str) -> Policy:
     version = data.get("version")
     if "version" not in data:
         problems.add("version", "missing; write 'version: 1'")
-    elif version != 1 or isinstance(version, bool):
+    elif type(version) is not int or version != 1:
         problems.add("version", f"unsupported version {version!r}; this gateway reads version 1")
 
     ttl, max_ttl = DEFAULT_TTL_SECONDS, None

@@ -66,9 +66,12 @@ class Rule:
     actions: frozenset[str]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Policy:
-    """A validated policy file; ``version_id`` changes whenever the file's bytes change."""
+    """A validated policy file; ``version_id`` changes whenever the file's bytes change.
+
+    Compared and hashed by identity: use ``version_id`` to tell two loads of a file apart.
+    """
 
     source: str
     version_id: str

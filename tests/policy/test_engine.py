@@ -284,6 +284,11 @@ DENIALS: list[tuple[Any, Any, type[Exception], str, dict[str, str]]] = [
     (["devices/alice/x"], [], BadRequest, "actions must not be empty", {}),
     (["devices/alice/x"], "RW", BadRequest, "actions must be a list", {}),
     ([], None, BadRequest, "topics must not be empty", {}),
+    ([["a"]], None, InvalidTopicFilter, "must be a string, not list", {}),
+    ([{"a": 1}, "devices/alice/x"], None, InvalidTopicFilter, "not dict", {}),
+    ([None], None, InvalidTopicFilter, "not NoneType", {}),
+    (["devices/alice/x"], [["R"]], BadRequest, "unknown action ['R']", {}),
+    (["devices/alice/x"], [None], BadRequest, "unknown action None", {}),
     ("devices/alice/x", None, BadRequest, "topics must be a list", {}),
 ]  # fmt: skip
 

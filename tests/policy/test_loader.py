@@ -214,6 +214,8 @@ ERRORS = [
     ("version 2", "version: 2\n", "version: unsupported version 2; this gateway reads version 1"),
     ("version as text", "version: '1'\n", "unsupported version '1'"),
     ("version true", "version: true\n", "unsupported version True"),
+    ("version float", "version: 1.0\n", "unsupported version 1.0"),
+    ("control character", "version: 1\x01\n", "policies/x.yaml: invalid YAML"),
     (
         "ttl too short",
         "version: 1\ndefaults: {ttlSeconds: 59}\n",
