@@ -106,7 +106,7 @@ def test_every_file_under_deploy_is_used() -> None:
 
 def manifest_cases() -> list[tuple[Path, int, str]]:
     """(file, document index, Kubernetes version) for every listed manifest."""
-    cases = []
+    cases: list[tuple[Path, int, str]] = []
     for directory in KUSTOMIZATIONS.values():
         for path in resource_files(directory):
             for index in range(len(load_docs(path))):

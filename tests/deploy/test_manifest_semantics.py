@@ -32,6 +32,7 @@ def gateway(docs: list[Doc]) -> Doc:
 def container(deployment: Doc) -> dict[str, Any]:
     """The single container of a Deployment."""
     (only,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert isinstance(only, dict)
     return only
 
 
