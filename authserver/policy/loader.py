@@ -259,7 +259,7 @@ def parse_policy(text: str, source: str) -> Policy:
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         line = f"line {mark.line + 1}: " if mark is not None else ""
-        problem = getattr(err, "problem", None) or str(err)
+        problem = " ".join(str(getattr(err, "problem", None) or err).split())
         raise PolicyLoadError([f"{source}: {line}invalid YAML: {problem}"]) from None
     lines: dict[str, int] = {}
     dupes: list[str] = []
