@@ -205,7 +205,7 @@ _T_LEVELS = ["a", "c", "$x", ""]
 
 
 def _small_filters() -> list[str]:
-    out = []
+    out: list[str] = []
     for n in (1, 2, 3):
         for levels in itertools.product(_F_LEVELS, repeat=n):
             if "#" in levels[:-1]:
@@ -215,7 +215,7 @@ def _small_filters() -> list[str]:
 
 
 def _small_topics() -> list[str]:
-    out = []
+    out: list[str] = []
     for n in (1, 2, 3, 4):
         out.extend("/".join(levels) for levels in itertools.product(_T_LEVELS, repeat=n))
     return [t for t in out if t]
