@@ -331,7 +331,13 @@ class CloudClient:
                     f"{action}: the upstream circuit is open",
                     retry_after=self.circuit.retry_after(),
                 )
-            await self.governor.acquire(action, deadline)
+            try:
+                await self.governor.acquire(action, deadline)
+            except UpstreamThrottled as refused:
+                self._results[action]["quota_refused"] += 1
+                if failure is not None:
+                    raise refused from failure
+                raise
             if not self.circuit.allow():
                 self._results[action]["circuit_open"] += 1
                 raise UpstreamUnavailable(

@@ -145,6 +145,9 @@ async def test_redis_shares_one_bucket_between_governors(redis_url: str) -> None
         await governors[0].acquire("RevokeToken", time.monotonic() + 1)
         with pytest.raises(UpstreamThrottled):
             await governors[1].acquire("RevokeToken", time.monotonic() + 0.001)
+        # A Redis that lost its scripts (restart, failover) gets the script again.
+        await first.script_flush()
+        await governors[1].acquire("Unlimited", time.monotonic() + 1)
         keys = sorted(k.decode() for k in await first.keys("*"))
         assert keys == ["{authserver:quota}:RevokeToken", "{authserver:quota}:account"]
     finally:
