@@ -347,7 +347,9 @@ class CloudClient:
             remaining = deadline - self._clock.monotonic()
             if remaining <= 0:
                 self._results[action]["deadline"] += 1
-                raise UpstreamUnavailable(f"{action}: deadline exhausted before sending")
+                raise UpstreamUnavailable(
+                    f"{action}: deadline exhausted before sending"
+                ) from failure
             self._attempts[action] += 1
             try:
                 data = await self._attempt(action, params, url, version, remaining)
