@@ -29,7 +29,7 @@ class JWTSettings:
     cache_size: int = 100_000
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Identity:
     """A verified caller: the subject and the (read-only) claims of its JWT."""
 

@@ -10,7 +10,7 @@ import json
 import logging
 import math
 import re
-from base64 import urlsafe_b64decode, urlsafe_b64encode
+import sys
 from collections.abc import Callable
 from types import MappingProxyType
 from typing import Any, NamedTuple
@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 # Compact JWS: three unpadded base64url segments (RFC 7515 section 7.1); checked before decoding.
 _COMPACT_JWS = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
+_HEADER_CACHE_SIZE = 256
 _BEARER = re.compile(r"[Bb][Ee][Aa][Rr][Ee][Rr] +([A-Za-z0-9\-._~+/]+=*) *")
 
 
@@ -54,20 +55,28 @@ class _Verified(NamedTuple):
     key_ref: str
 
 
+_TO_STANDARD_ALPHABET = bytes.maketrans(b"-_", b"+/")
+_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+# The unused low bits of a segment's last character must be zero (4 bits when the length is
+# 2 mod 4, 2 bits when 3 mod 4); otherwise several spellings would decode to the same bytes.
+_STRAY_BITS = {2: 0x0F, 3: 0x03}
+_SIXBIT = {char: value for value, char in enumerate(_ALPHABET)}
+
+
 def _b64decode(segment: str, what: str) -> bytes:
-    try:
-        decoded = urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
-    except (binascii.Error, ValueError):
-        raise invalid_token(f"the token {what} is not base64url") from None
-    # Reject non-canonical encodings (stray low bits), so one token has exactly one spelling.
-    if urlsafe_b64encode(decoded).rstrip(b"=").decode() != segment:
+    """Decode an unpadded base64url segment already known to hold only its alphabet."""
+    tail = len(segment) % 4
+    if tail == 1:
+        raise invalid_token(f"the token {what} is not base64url")
+    if tail and _SIXBIT[segment[-1]] & _STRAY_BITS[tail]:
         raise invalid_token(f"the token {what} is not canonical base64url")
-    return decoded
+    standard = segment.encode("ascii").translate(_TO_STANDARD_ALPHABET)
+    return binascii.a2b_base64(standard + b"=" * (-len(segment) % 4))
 
 
 def _json_object(data: bytes, what: str) -> dict[str, Any]:
     try:
-        value = json.loads(data)
+        value = json.loads(data.decode("utf-8"))
     except (ValueError, RecursionError):
         raise invalid_token(f"the token {what} is not JSON") from None
     if not isinstance(value, dict):
@@ -110,6 +119,7 @@ class JWTVerifier:
         self._owned_session: aiohttp.ClientSession | None = None
         self._task: asyncio.Task[None] | None = None
         self._cache: LRUCache[bytes, _Verified] = LRUCache(maxsize=settings.cache_size)
+        self._headers: dict[str, tuple[str, str | None]] = {}
 
         self._static, problems = static_keys(
             settings.algorithms, settings.secret, settings.public_key_pem
@@ -212,8 +222,26 @@ class JWTVerifier:
                 raise invalid_token("the token does not have three dot-separated segments")
             raise invalid_token("the token has an empty or non-base64url segment")
         header_b64, payload_b64, signature_b64 = token.split(".")
-        header = _json_object(_b64decode(header_b64, "header"), "header")
+        alg, kid = self._header(header_b64)
+        key = self._static.get(alg)
+        if key is None:
+            assert self._jwks is not None  # __init__ refuses an algorithm without a key source
+            key = await self._jwks.key_for(alg, kid)
+        signature = _b64decode(signature_b64, "signature")
+        signing_input = token[: len(header_b64) + 1 + len(payload_b64)].encode("ascii")
+        if not self._check_signature(key, signing_input, signature):
+            raise invalid_token("the token signature does not verify")
+        claims = _json_object(_b64decode(payload_b64, "payload"), "payload")
+        # Up to 100k identities stay cached; claim names are the same few strings in all of them.
+        claims = {sys.intern(name): value for name, value in claims.items()}
+        return _Verified(self._identity(claims, fp), key.ref)
 
+    def _header(self, header_b64: str) -> tuple[str, str | None]:
+        """The accepted (alg, kid) of a header segment; most tokens share a handful of them."""
+        known = self._headers.get(header_b64)
+        if known is not None:
+            return known
+        header = _json_object(_b64decode(header_b64, "header"), "header")
         # The algorithm allow-list comes from settings and is checked before any key is chosen.
         alg = header.get("alg")
         if not isinstance(alg, str) or alg not in self._algorithms:
@@ -224,21 +252,10 @@ class JWTVerifier:
         if kid is not None and not isinstance(kid, str):
             raise invalid_token("the token's key id (kid) is not a string")
         # jku, x5u, jwk and x5c are never read: keys come only from settings or the JWKS URL.
-
-        key = await self._key_for(alg, kid)
-        signature = _b64decode(signature_b64, "signature")
-        signing_input = token[: len(header_b64) + 1 + len(payload_b64)].encode("ascii")
-        if not self._check_signature(key, signing_input, signature):
-            raise invalid_token("the token signature does not verify")
-        claims = _json_object(_b64decode(payload_b64, "payload"), "payload")
-        return _Verified(self._identity(claims, fp), key.ref)
-
-    async def _key_for(self, alg: str, kid: str | None) -> VerificationKey:
-        key = self._static.get(alg)
-        if key is not None:
-            return key
-        assert self._jwks is not None  # __init__ refuses an algorithm without a key source
-        return await self._jwks.key_for(alg, kid)
+        if len(self._headers) >= _HEADER_CACHE_SIZE:
+            self._headers.clear()
+        self._headers[header_b64] = (alg, kid)
+        return alg, kid
 
     def _check_signature(self, key: VerificationKey, signing_input: bytes, sig: bytes) -> bool:
         """The expensive step; a seam that tests count to prove the cache skips it."""

@@ -58,6 +58,14 @@ def tampered_signature(m: Minter, k: Keys) -> str:
     return m.remember(f"{head}.{signature[:middle]}{flipped}{signature[middle + 1 :]}")
 
 
+def non_canonical_signature(m: Minter, k: Keys) -> str:
+    token = m.sign(k.rsa, "RS256", claims={"iss": ISSUER, "aud": AUDIENCE})
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    assert len(token.rpartition(".")[2]) % 4 == 2  # 256 bytes: the last character has 4 spare bits
+    last = alphabet.index(token[-1])
+    return m.remember(token[:-1] + alphabet[last | 1])  # same bytes, another spelling
+
+
 def tampered_payload(m: Minter, k: Keys) -> str:
     token = m.sign(k.rsa, "RS256", claims={"iss": ISSUER, "aud": AUDIENCE})
     header, _, signature = token.split(".")
@@ -92,6 +100,7 @@ CORPUS: list[tuple[str, Case, str]] = [
     # signature
     ("bad signature", tampered_signature, "signature does not verify"),
     ("payload changed after signing", tampered_payload, "signature does not verify"),
+    ("signature spelled non-canonically", non_canonical_signature, "not canonical base64url"),
     ("signed by another RSA key",
      lambda m, k: m.sign(k.rsa2, "RS256", claims={"iss": ISSUER, "aud": AUDIENCE}),
      "signature does not verify"),
