@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
+import aiohttp
 import pytest
+from jwt.algorithms import RSAAlgorithm
 
 from authserver.errors import InvalidToken, ServiceUnavailable
 from authserver.identity import JWTSettings, JWTVerifier
@@ -54,6 +56,7 @@ async def test_keys_for_encryption_symmetric_or_other_algorithms_are_ignored(
     jwks_server.publish(
         public_jwk(keys.rsa, kid="enc", alg="RS256", use="enc"),
         public_jwk(keys.rsa2, kid="other-alg", alg="RS384"),
+        public_jwk(keys.ed, kid="sign-only", key_ops=["sign"]),
         {"kty": "oct", "kid": "sym", "k": "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXNlY3JldA"},
         public_jwk(keys.ec, kid="ok"),
     )
@@ -253,3 +256,30 @@ async def test_close_stops_the_background_refresh(
     seen = jwks_server.requests
     await asyncio.sleep(0.2)
     assert jwks_server.requests == seen
+
+
+async def test_without_start_the_first_token_loads_the_jwks(
+    jwks_server: JWKSServer, session: aiohttp.ClientSession, minter: Minter, keys: Keys
+) -> None:
+    jwks_server.publish(public_jwk(keys.rsa, kid="k1"))
+    verifier = JWTVerifier(settings(jwks_server), session=session, clock=minter.clock)
+    assert not verifier.ready
+    try:
+        token = minter.sign(keys.rsa, "RS256", headers={"kid": "k1"})
+        assert (await verifier.verify(token)).subject == "dev1"
+        assert verifier.ready
+    finally:
+        await verifier.close()
+
+
+async def test_private_parameters_in_a_jwks_are_never_used_for_more_than_verifying(
+    jwks_server: JWKSServer, make_verifier: MakeVerifier, minter: Minter, keys: Keys
+) -> None:
+    leaked = RSAAlgorithm.to_jwk(keys.rsa, as_dict=True) | {"kid": "k1"}
+    assert "d" in leaked
+    del leaked["key_ops"]  # PyJWT marks a private JWK ["sign"], which would (rightly) exclude it
+    jwks_server.publish(leaked)
+    verifier = await make_verifier(settings(jwks_server))
+
+    token = minter.sign(keys.rsa, "RS256", headers={"kid": "k1"})
+    assert (await verifier.verify(token)).subject == "dev1"

@@ -314,3 +314,7 @@ async def test_debug_logs_name_tokens_by_fingerprint_only(
     assert good not in logged
     assert bad not in logged
     # the teardown fixture repeats this check for every token every identity test made
+
+
+def test_fingerprint_is_the_first_8_hex_digits_of_sha256() -> None:
+    assert fingerprint("abc") == "ba7816bf"
