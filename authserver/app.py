@@ -16,6 +16,14 @@ from authserver.cloud.quota import QuotaGovernor
 from authserver.identity import JWTVerifier
 from authserver.policy_holder import PolicyHolder
 from authserver.settings import Settings
+from authserver.tokens.bus import InvalidationBus
+from authserver.tokens.revocation import (
+    MemoryState,
+    RedisState,
+    RevocationState,
+    RevocationWorker,
+    Revoker,
+)
 from authserver.tokens.service import TokenService
 from authserver.tokens.store import MemoryStore, RedisStore, TokenStore
 from authserver.web.middlewares import problem_middleware
@@ -100,14 +108,33 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         )
         return applied.token
 
-    app[keys.TOKENS] = TokenService(
+    tokens = TokenService(
         mint,
         store,
         instance_id=settings.instance_id,
         access_key_id=settings.credentials.access_key_id,
         clock=clock,
         refresh_margin=settings.refresh_margin,
+        l1_size=settings.token_cache_size,
     )
+    app[keys.TOKENS] = tokens
+
+    bus = InvalidationBus(redis_client, clock=clock)
+    state: RevocationState
+    if redis_client is not None:
+        state = RedisState(redis_client, bus.origin, claim_idle=settings.revocation_claim_idle)
+    else:
+        state = MemoryState()
+    app[keys.BUS] = bus
+    app[keys.REVOKER] = Revoker(tokens, state, bus, clock=clock)
+    await bus.start()
+
+    async def revoke(instance_id: str, token: str) -> None:
+        await cloud.revoke_token(instance_id, token, deadline=30.0)
+
+    worker = RevocationWorker(state, revoke, clock=clock)
+    app[keys.REVOCATION_WORKER] = worker
+    worker.start()
     log.info(
         "gateway ready: instance %s, endpoint %s, store %s, policy %s",
         settings.instance_id,
@@ -116,4 +143,6 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         app[keys.POLICY].current.version_id,
     )
     yield
+    await worker.stop()
+    await bus.close()
     await verifier.close()

@@ -10,6 +10,8 @@ from authserver.cloud.client import CloudClient
 from authserver.identity import JWTVerifier
 from authserver.policy_holder import PolicyHolder
 from authserver.settings import Settings
+from authserver.tokens.bus import InvalidationBus
+from authserver.tokens.revocation import RevocationWorker, Revoker
 from authserver.tokens.service import TokenService
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -19,3 +21,6 @@ CLOUD = web.AppKey("cloud", CloudClient)
 VERIFIER = web.AppKey("verifier", JWTVerifier)
 POLICY = web.AppKey("policy", PolicyHolder)
 TOKENS = web.AppKey("tokens", TokenService)
+BUS = web.AppKey("bus", InvalidationBus)
+REVOKER = web.AppKey("revoker", Revoker)
+REVOCATION_WORKER = web.AppKey("revocation_worker", RevocationWorker)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from authserver.policy.claims import referenced_claims
 from authserver.policy.loader import load_policy
 from authserver.policy.model import Policy, PolicyLoadError
 
@@ -17,6 +18,7 @@ class PolicyHolder:
     def __init__(self, path: Path, policy: Policy) -> None:
         self.path = path
         self.current = policy
+        self.claim_names = referenced_claims(policy)
         self.last_error: list[str] = []
 
     @classmethod
@@ -40,6 +42,7 @@ class PolicyHolder:
         self.last_error = []
         if policy.version_id == self.current.version_id:
             return False
+        self.claim_names = referenced_claims(policy)
         self.current = policy
         log.info("policy reloaded: version %s", policy.version_id)
         return True

@@ -53,6 +53,10 @@ class Settings:
     token_cache_size: int = 200_000
     quota: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_LIMITS))
     account_quota: float = 300.0
+    revocation_claim_idle: float = 30.0
+    redis_cluster: bool = False
+    policy_poll_interval: float = 1.0
+    shutdown_delay: float = 5.0
 
     @property
     def endpoint(self) -> str:
@@ -145,7 +149,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         )
 
     settings_kwargs = {
-        "refresh_margin": _number(env, "REFRESH_MARGIN", 600.0, problems, minimum=0),
+        "refresh_margin": _number(env, "REFRESH_MARGIN", 600.0, problems, minimum=300),
         "request_deadline": _number(env, "REQUEST_DEADLINE", 5.0, problems, minimum=0.1),
         "max_body_bytes": int(
             _number(env, "MAX_BODY_BYTES", 65536, problems, minimum=1024, integer=True)
@@ -154,7 +158,16 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             _number(env, "TOKEN_CACHE_SIZE", 200_000, problems, minimum=1, integer=True)
         ),
         "account_quota": _number(env, "QUOTA_ACCOUNT", 300.0, problems, minimum=0.1),
+        "revocation_claim_idle": _number(env, "REVOCATION_CLAIM_IDLE", 30.0, problems, minimum=0.1),
+        "policy_poll_interval": _number(env, "POLICY_POLL_INTERVAL", 1.0, problems, minimum=0.05),
+        "shutdown_delay": _number(env, "SHUTDOWN_DELAY", 5.0, problems, minimum=0),
     }
+    cluster_raw = (_env(env, "REDIS_CLUSTER") or "false").lower()
+    if cluster_raw not in {"true", "false", "1", "0", "yes", "no"}:
+        problems.append(f"{PREFIX}REDIS_CLUSTER={cluster_raw!r} is not true or false")
+    redis_cluster = cluster_raw in {"true", "1", "yes"}
+    if redis_cluster and redis_url is None:
+        problems.append(f"{PREFIX}REDIS_CLUSTER=true needs {PREFIX}REDIS_URL (any node)")
 
     if problems or credentials is None or instance_id is None or jwt_settings is None:
         raise SettingsError(problems or ["incomplete configuration"])
@@ -170,6 +183,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         iot_endpoint=iot_endpoint,
         iot_instance_id=iot_instance_id,
         redis_url=redis_url,
+        redis_cluster=redis_cluster,
         admin_scope=_env(env, "ADMIN_SCOPE") or "authserver:admin",
         admin_api_keys_file=keys_file,
         log_level=log_level,

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from authserver.fingerprint import fingerprint
@@ -19,14 +20,21 @@ def subject_tag(subject: str) -> str:
 
 
 def token_key(
-    instance_id: str, subject: str, token_type: str, resources: tuple[str, ...], ttl: int
+    instance_id: str,
+    subject: str,
+    token_type: str,
+    resources: tuple[str, ...],
+    ttl: int,
+    client_id: str | None = None,
 ) -> str:
-    """The cache key: instance, subject, type, exact resources and lifetime asked for.
+    """The cache key: instance, subject, client, type, exact resources and lifetime asked for.
 
     A changed policy yields other resources and so another key: it can never be served a
-    token minted for the old grant.
+    token minted for the old grant. The client id is part of the key so that revoking one
+    device never cuts off another device of the same user.
     """
-    material = "\x00".join((instance_id, subject, token_type, ",".join(resources), str(ttl)))
+    parts = (instance_id, subject, client_id or "", token_type, ",".join(resources), str(ttl))
+    material = "\x00".join(parts)
     return hashlib.sha256(material.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
@@ -43,6 +51,7 @@ class TokenRecord:
     subject: str
     instance_id: str
     client_id: str | None = None
+    claims: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def fingerprint(self) -> str:
@@ -62,6 +71,7 @@ class TokenRecord:
                 "subject": self.subject,
                 "instance_id": self.instance_id,
                 "client_id": self.client_id,
+                "claims": dict(self.claims),
             },
             separators=(",", ":"),
             ensure_ascii=False,
@@ -81,6 +91,7 @@ class TokenRecord:
             subject=str(data["subject"]),
             instance_id=str(data["instance_id"]),
             client_id=None if data.get("client_id") is None else str(data["client_id"]),
+            claims=dict(data.get("claims") or {}),
         )
 
     def public(self) -> dict[str, Any]:

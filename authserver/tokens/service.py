@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
+
+from cachetools import TLRUCache
 
 from authserver.clock import Clock
 from authserver.errors import ServiceUnavailable, StoreUnavailable
@@ -48,6 +50,7 @@ class TokenRequest:
     read: tuple[str, ...]
     write: tuple[str, ...]
     ttl: int
+    claims: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -98,6 +101,7 @@ class TokenService:
         clock: Clock,
         refresh_margin: float = 600.0,
         lock_ttl: float = 10.0,
+        l1_size: int = 200_000,
         poll_interval: float = 0.02,
     ) -> None:
         self._mint = mint
@@ -109,6 +113,38 @@ class TokenService:
         self._lock_ttl = lock_ttl
         self._poll = poll_interval
         self._flights: dict[str, asyncio.Task[TokenRecord]] = {}
+        # L1: in front of a shared store, entries live only while fresh; the invalidation
+        # bus drops them everywhere on revocation. The memory store needs no L1.
+        self._l1: TLRUCache[str, TokenRecord] | None = None
+        if store.shared:
+            self._l1 = TLRUCache(
+                maxsize=l1_size,
+                ttu=lambda _k, record, _now: record.refresh_at_ms / 1000.0,
+                timer=clock.time,
+            )
+        self.hits = {"l1": 0, "store": 0}
+        self.misses = 0
+        self.minted = 0
+
+    def drop(self, keys: Iterable[str]) -> None:
+        """Forget L1 entries (an invalidation event, from here or another process)."""
+        if self._l1 is not None:
+            for key in keys:
+                self._l1.pop(key, None)
+
+    def clear_l1(self) -> None:
+        """Forget every L1 entry (events may have been missed)."""
+        if self._l1 is not None:
+            self._l1.clear()
+
+    async def lookup(self, token: str) -> TokenRecord | None:
+        """A token we issued and still hold, by value."""
+        found = await self.store.lookup(token)
+        return None if found is None else found[1]
+
+    async def subject_tokens(self, subject: str) -> list[TokenRecord]:
+        """The subject's live tokens."""
+        return [record for _key, record in await self.store.subject_tokens(subject)]
 
     async def credentials(self, request: TokenRequest, deadline: float) -> MqttCredentials:
         """MQTT credentials for `request`; `deadline` is an absolute monotonic time."""
@@ -132,10 +168,22 @@ class TokenService:
     async def _token(
         self, kind: str, resources: tuple[str, ...], request: TokenRequest, deadline: float
     ) -> TokenRecord:
-        key = token_key(self.instance_id, request.subject, kind, resources, request.ttl)
+        key = token_key(
+            self.instance_id, request.subject, kind, resources, request.ttl, request.client_id
+        )
+        l1 = self._l1
+        if l1 is not None:
+            record = l1.get(key)
+            if record is not None:
+                self.hits["l1"] += 1
+                return record
         record = await self.store.get(key, request.subject)
         if record is not None and self._fresh(record):
+            self.hits["store"] += 1
+            if l1 is not None:
+                l1[key] = record
             return record
+        self.misses += 1
         flight = self._flights.get(key)
         if flight is None:
             flight = asyncio.create_task(self._fill(key, kind, resources, request, deadline))
@@ -143,12 +191,15 @@ class TokenService:
             flight.add_done_callback(functools.partial(self._landed, key))
         remaining = deadline - self._clock.monotonic()
         try:
-            return await asyncio.wait_for(asyncio.shield(flight), max(remaining, 0.001))
+            record = await asyncio.wait_for(asyncio.shield(flight), max(remaining, 0.001))
         except TimeoutError as err:
             raise ServiceUnavailable(
                 "token issuance did not finish within the request deadline",
                 headers={"Retry-After": "1"},
             ) from err
+        if l1 is not None and self._fresh(record):
+            l1[key] = record
+        return record
 
     def _landed(self, key: str, task: asyncio.Task[TokenRecord]) -> None:
         if self._flights.get(key) is task:
@@ -221,8 +272,10 @@ class TokenService:
             subject=request.subject,
             instance_id=self.instance_id,
             client_id=request.client_id,
+            claims=request.claims,
         )
         await self.store.put(key, record)
+        self.minted += 1
         log.debug(
             "minted %s token %s for subject key %s (%d resources)",
             kind,

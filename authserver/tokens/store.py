@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import secrets
+from collections.abc import AsyncIterator
 from typing import Protocol
 
 import redis.asyncio as aioredis
@@ -16,6 +19,11 @@ from authserver.tokens.model import TokenRecord, subject_tag
 KEY_PREFIX = "authserver:"
 
 
+def token_hash(token: str) -> str:
+    """The index key of a token value (the value itself is never a key)."""
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
+
+
 class TokenStore(Protocol):
     """The operations the token service needs from a store."""
 
@@ -26,15 +34,27 @@ class TokenStore(Protocol):
         ...
 
     async def put(self, key: str, record: TokenRecord) -> None:
-        """Keep `record` under `key` until it expires."""
+        """Keep `record` under `key` until it expires, indexed by subject, client and value."""
         ...
 
     async def subject_tokens(self, subject: str) -> list[tuple[str, TokenRecord]]:
         """Every live record of a subject, with its key."""
         ...
 
-    async def delete(self, key: str, subject: str) -> None:
-        """Forget one record."""
+    async def client_tokens(self, client_id: str) -> list[tuple[str, TokenRecord]]:
+        """Every live record handed to a client id, with its key."""
+        ...
+
+    async def lookup(self, token: str) -> tuple[str, TokenRecord] | None:
+        """The live record holding this token value, with its key."""
+        ...
+
+    def all_tokens(self) -> AsyncIterator[tuple[str, TokenRecord]]:
+        """Every live record (for policy narrowing and operations, not the hot path)."""
+        ...
+
+    async def delete(self, key: str, record: TokenRecord) -> None:
+        """Forget one record and its index entries."""
         ...
 
     async def lock(self, key: str, subject: str, ttl: float) -> str | None:
@@ -63,6 +83,8 @@ class MemoryStore:
             timer=clock.time,
         )
         self._by_subject: dict[str, set[str]] = {}
+        self._by_client: dict[str, set[str]] = {}
+        self._by_value: dict[str, str] = {}
 
     async def get(self, key: str, subject: str) -> TokenRecord | None:
         """The live record under `key`, or None."""
@@ -70,29 +92,73 @@ class MemoryStore:
 
     async def put(self, key: str, record: TokenRecord) -> None:
         """Keep `record` under `key` until it expires."""
+        old = self._records.get(key)
+        if old is not None:
+            self._unindex(key, old)
         self._records[key] = record
         self._by_subject.setdefault(record.subject, set()).add(key)
+        if record.client_id is not None:
+            self._by_client.setdefault(record.client_id, set()).add(key)
+        self._by_value[token_hash(record.token)] = key
 
-    async def subject_tokens(self, subject: str) -> list[tuple[str, TokenRecord]]:
-        """Every live record of a subject, with its key."""
-        keys = self._by_subject.get(subject, set())
+    def _live(self, index: dict[str, set[str]], name: str) -> list[tuple[str, TokenRecord]]:
+        keys = index.get(name, set())
         found = [(k, r) for k in list(keys) if (r := self._records.get(k)) is not None]
         live = {k for k, _ in found}
         if live != keys:
             if live:
-                self._by_subject[subject] = live
+                index[name] = live
             else:
-                self._by_subject.pop(subject, None)
+                index.pop(name, None)
         return found
 
-    async def delete(self, key: str, subject: str) -> None:
+    async def subject_tokens(self, subject: str) -> list[tuple[str, TokenRecord]]:
+        """Every live record of a subject, with its key."""
+        return [(k, r) for k, r in self._live(self._by_subject, subject) if r.subject == subject]
+
+    async def client_tokens(self, client_id: str) -> list[tuple[str, TokenRecord]]:
+        """Every live record handed to a client id, with its key."""
+        return [
+            (k, r) for k, r in self._live(self._by_client, client_id) if r.client_id == client_id
+        ]
+
+    async def lookup(self, token: str) -> tuple[str, TokenRecord] | None:
+        """The live record holding this token value, with its key."""
+        digest = token_hash(token)
+        key = self._by_value.get(digest)
+        if key is None:
+            return None
+        record = self._records.get(key)
+        if record is None or record.token != token:
+            self._by_value.pop(digest, None)
+            return None
+        return key, record
+
+    async def all_tokens(self) -> AsyncIterator[tuple[str, TokenRecord]]:
+        """Every live record."""
+        for key in list(self._records.keys()):
+            record = self._records.get(key)
+            if record is not None:
+                yield key, record
+
+    def _unindex(self, key: str, record: TokenRecord) -> None:
+        for index, name in (
+            (self._by_subject, record.subject),
+            (self._by_client, record.client_id),
+        ):
+            if name is None:
+                continue
+            keys = index.get(name)
+            if keys is not None:
+                keys.discard(key)
+                if not keys:
+                    del index[name]
+        self._by_value.pop(token_hash(record.token), None)
+
+    async def delete(self, key: str, record: TokenRecord) -> None:
         """Forget one record."""
-        self._records.pop(key, None)
-        keys = self._by_subject.get(subject)
-        if keys is not None:
-            keys.discard(key)
-            if not keys:
-                del self._by_subject[subject]
+        current = self._records.pop(key, None)
+        self._unindex(key, current or record)
 
     async def lock(self, key: str, subject: str, ttl: float) -> str | None:
         """One process: the in-process single-flight is the lock."""
@@ -113,13 +179,23 @@ end
 return 0
 """
 
+# KEYS: record, subject index. ARGV: json, ttl ms, expire ms, key, now ms.
 _PUT = """
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4])
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[5])
-local ttl = redis.call('PTTL', KEYS[2])
-if ttl < tonumber(ARGV[2]) then
+if redis.call('PTTL', KEYS[2]) < tonumber(ARGV[2]) then
   redis.call('PEXPIRE', KEYS[2], ARGV[2])
+end
+return 1
+"""
+
+# KEYS: index zset. ARGV: expire ms, member, now ms, ttl ms.
+_INDEX = """
+redis.call('ZADD', KEYS[1], ARGV[1], ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[3])
+if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[4]) then
+  redis.call('PEXPIRE', KEYS[1], ARGV[4])
 end
 return 1
 """
@@ -129,7 +205,10 @@ class RedisStore:
     """Tokens in Redis, shared by every process and replica.
 
     The keys of one subject share a hash tag, so the store works on Redis Cluster and the
-    record plus its subject index are written by one script, atomically.
+    record plus its subject index are written by one script, atomically. The client and
+    token-value indexes live in other slots and are written after the record: a crash
+    between the two leaves a record that is found by subject but not by client or value,
+    never an index entry pointing at nothing that matters (lookups re-check the record).
     """
 
     shared = True
@@ -138,6 +217,7 @@ class RedisStore:
         self._redis = client
         self._clock = clock
         self._put = client.register_script(_PUT)
+        self._index = client.register_script(_INDEX)
         self._unlock = client.register_script(_UNLOCK)
 
     @staticmethod
@@ -150,8 +230,24 @@ class RedisStore:
     def _index_key(self, subject: str) -> str:
         return f"{KEY_PREFIX}sub:{self._tag(subject)}"
 
+    def _client_key(self, client_id: str) -> str:
+        return f"{KEY_PREFIX}cli:{{{subject_tag(client_id)}}}"
+
+    def _value_key(self, token: str) -> str:
+        digest = token_hash(token)
+        return f"{KEY_PREFIX}val:{{{digest[:16]}}}:{digest}"
+
     def _lock_key(self, key: str, subject: str) -> str:
         return f"{KEY_PREFIX}lock:{self._tag(subject)}:{key}"
+
+    def _now_ms(self) -> int:
+        return int(self._clock.time() * 1000)
+
+    def _parse(self, raw: bytes | str | None) -> TokenRecord | None:
+        if raw is None:
+            return None
+        record = TokenRecord.from_json(raw)
+        return record if record.expire_ms > self._now_ms() else None
 
     async def get(self, key: str, subject: str) -> TokenRecord | None:
         """The live record under `key`, or None."""
@@ -159,47 +255,105 @@ class RedisStore:
             raw = await self._redis.get(self._record_key(key, subject))
         except RedisError as err:
             raise StoreUnavailable("the token store (Redis) is unreachable") from err
-        if raw is None:
-            return None
-        record = TokenRecord.from_json(raw)
-        if record.expire_ms <= self._clock.time() * 1000:
-            return None
-        return record
+        return self._parse(raw)
 
     async def put(self, key: str, record: TokenRecord) -> None:
-        """Keep `record` until it expires, and index it under its subject."""
-        now_ms = int(self._clock.time() * 1000)
+        """Keep `record` until it expires, indexed by subject, client and value."""
+        now_ms = self._now_ms()
         ttl_ms = record.expire_ms - now_ms
         if ttl_ms <= 0:
             return
+        locator = json.dumps([record.subject, key], ensure_ascii=False)
         try:
             await self._put(
                 keys=[self._record_key(key, record.subject), self._index_key(record.subject)],
                 args=[record.to_json(), ttl_ms, record.expire_ms, key, now_ms],
             )
+            await self._redis.set(self._value_key(record.token), locator, px=ttl_ms)
+            if record.client_id is not None:
+                await self._index(
+                    keys=[self._client_key(record.client_id)],
+                    args=[record.expire_ms, locator, now_ms, ttl_ms],
+                )
         except RedisError as err:
             raise StoreUnavailable("the token store (Redis) is unreachable") from err
 
+    async def _records(self, locators: list[tuple[str, str]]) -> list[tuple[str, TokenRecord]]:
+        found: list[tuple[str, TokenRecord]] = []
+        for subject, key in locators:
+            record = await self.get(key, subject)
+            if record is not None:
+                found.append((key, record))
+        return found
+
     async def subject_tokens(self, subject: str) -> list[tuple[str, TokenRecord]]:
         """Every live record of a subject, with its key."""
-        now_ms = int(self._clock.time() * 1000)
         try:
-            keys = await self._redis.zrangebyscore(self._index_key(subject), now_ms, "+inf")
+            keys = await self._redis.zrangebyscore(self._index_key(subject), self._now_ms(), "+inf")
             if not keys:
                 return []
             names = [k.decode() if isinstance(k, bytes) else str(k) for k in keys]
             raws = await self._redis.mget([self._record_key(k, subject) for k in names])
         except RedisError as err:
             raise StoreUnavailable("the token store (Redis) is unreachable") from err
-        return [(k, TokenRecord.from_json(raw)) for k, raw in zip(names, raws, strict=True) if raw]
+        return [
+            (k, record)
+            for k, raw in zip(names, raws, strict=True)
+            if (record := self._parse(raw)) is not None
+        ]
 
-    async def delete(self, key: str, subject: str) -> None:
-        """Forget one record and its index entry."""
+    async def client_tokens(self, client_id: str) -> list[tuple[str, TokenRecord]]:
+        """Every live record handed to a client id, with its key."""
+        try:
+            members = await self._redis.zrangebyscore(
+                self._client_key(client_id), self._now_ms(), "+inf"
+            )
+        except RedisError as err:
+            raise StoreUnavailable("the token store (Redis) is unreachable") from err
+        locators: list[tuple[str, str]] = []
+        for member in members:
+            subject, key = json.loads(member if isinstance(member, bytes | str) else str(member))
+            locators.append((str(subject), str(key)))
+        records = await self._records(locators)
+        return [(k, r) for k, r in records if r.client_id == client_id]
+
+    async def lookup(self, token: str) -> tuple[str, TokenRecord] | None:
+        """The live record holding this token value, with its key."""
+        try:
+            raw = await self._redis.get(self._value_key(token))
+        except RedisError as err:
+            raise StoreUnavailable("the token store (Redis) is unreachable") from err
+        if raw is None:
+            return None
+        subject, key = json.loads(raw)
+        record = await self.get(str(key), str(subject))
+        if record is None or record.token != token:
+            return None
+        return str(key), record
+
+    async def all_tokens(self) -> AsyncIterator[tuple[str, TokenRecord]]:
+        """Every live record, by SCAN (on a cluster, redis-py scans every node)."""
+        try:
+            async for name in self._redis.scan_iter(match=f"{KEY_PREFIX}tok:*", count=500):
+                raw = await self._redis.get(name)
+                record = self._parse(raw)
+                if record is not None:
+                    text = name.decode() if isinstance(name, bytes) else str(name)
+                    yield text.rsplit(":", 1)[1], record
+        except RedisError as err:
+            raise StoreUnavailable("the token store (Redis) is unreachable") from err
+
+    async def delete(self, key: str, record: TokenRecord) -> None:
+        """Forget one record and its index entries."""
+        locator = json.dumps([record.subject, key], ensure_ascii=False)
         try:
             async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.delete(self._record_key(key, subject))
-                pipe.zrem(self._index_key(subject), key)
+                pipe.delete(self._record_key(key, record.subject))
+                pipe.zrem(self._index_key(record.subject), key)
                 await pipe.execute()
+            await self._redis.delete(self._value_key(record.token))
+            if record.client_id is not None:
+                await self._redis.zrem(self._client_key(record.client_id), locator)
         except RedisError as err:
             raise StoreUnavailable("the token store (Redis) is unreachable") from err
 

@@ -9,6 +9,7 @@ from aiohttp import web
 from authserver import keys
 from authserver.errors import BadRequest
 from authserver.identity import Identity, bearer_token
+from authserver.policy.claims import relevant_claims
 from authserver.policy.engine import check_limits, evaluate, restrict
 from authserver.tokens.service import MAX_TTL, MIN_TTL, TokenRequest, clamp_ttl
 from authserver.web.request import json_body, optional_int, optional_str, optional_str_list
@@ -40,7 +41,9 @@ async def post_token(request: web.Request) -> web.Response:
     actions = optional_str_list(body, "actions", max_items=2, allowed=("R", "W"))
     ttl_asked = optional_int(body, "ttlSeconds", minimum=MIN_TTL, maximum=MAX_TTL)
 
-    policy = app[keys.POLICY].current
+    app[keys.REVOKER].check(identity, client_id)
+    holder = app[keys.POLICY]
+    policy = holder.current
     decision = evaluate(policy, identity.subject, identity.claims, client_id)
     decision = restrict(decision, topics, actions)
     check_limits(decision)
@@ -55,6 +58,7 @@ async def post_token(request: web.Request) -> web.Response:
             read=decision.read,
             write=decision.write,
             ttl=ttl,
+            claims=relevant_claims(holder.claim_names, identity.claims),
         ),
         deadline,
     )

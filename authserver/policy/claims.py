@@ -1,0 +1,24 @@
+"""Which claims a policy looks at: the part of an identity a decision depends on."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from authserver.policy.model import Policy, Var
+
+
+def referenced_claims(policy: Policy) -> frozenset[str]:
+    """The groups claim plus every `{claims.NAME}` used by a template."""
+    names = {policy.groups_claim}
+    for rule in policy.rules:
+        for template in rule.topics:
+            for part in template.parts:
+                if isinstance(part, Var) and part.claim is not None:
+                    names.add(part.claim)
+    return frozenset(names)
+
+
+def relevant_claims(names: frozenset[str], claims: Mapping[str, Any]) -> dict[str, Any]:
+    """The claims among `names` that the identity carries."""
+    return {name: claims[name] for name in names if name in claims}

@@ -1,0 +1,557 @@
+"""Revocation that is never lost: purge every cache, block old app JWTs, revoke upstream.
+
+An admin's revocation is accepted only once it is durable: the upstream RevokeToken jobs are
+in the queue (a Redis stream with a consumer group when Redis is configured; in memory in the
+embedded mode, where a restart loses them, as documented), the issued-before block is stored,
+and every process was told to drop its cached copies. A background worker drains the queue at
+no more than the RevokeToken quota, retrying until the upstream confirms. Revoking is
+idempotent upstream, so a job run twice (after a crash between call and acknowledgement)
+does no harm.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import json
+import logging
+import secrets
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError, ResponseError
+
+from authserver.clock import Clock
+from authserver.errors import GatewayError, StoreUnavailable, TokenRevoked
+from authserver.fingerprint import fingerprint
+from authserver.identity import Identity
+from authserver.tokens.bus import InvalidationBus
+from authserver.tokens.model import TokenRecord
+from authserver.tokens.service import TokenService
+from authserver.tokens.store import KEY_PREFIX, token_hash
+
+log = logging.getLogger(__name__)
+
+SUBJECT, CLIENT = "subject", "client"
+STREAM = KEY_PREFIX + "revocations"
+GROUP = "revokers"
+FAILURES = KEY_PREFIX + "revocations:failures"
+REVOKED = KEY_PREFIX + "revoked"
+BLOCKS = {SUBJECT: KEY_PREFIX + "block:subject", CLIENT: KEY_PREFIX + "block:client"}
+RECENT_FAILURES = 20
+# Unknown tokens have no known expiry; 30 days is the longest any token can live.
+MAX_TOKEN_LIFE_MS = 30 * 24 * 3600 * 1000
+
+Revoke = Callable[[str, str], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class RevocationResult:
+    """What one admin revocation did."""
+
+    revoked_locally: int
+    queued: int
+    blocked_before_ms: int | None
+    fingerprints: tuple[str, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON answer of POST /v1/admin/revoke."""
+        return {
+            "revokedLocally": self.revoked_locally,
+            "queued": self.queued,
+            "blockedIssuedBefore": self.blocked_before_ms,
+            "fingerprints": list(self.fingerprints),
+        }
+
+
+@dataclass(frozen=True)
+class Job:
+    """One upstream RevokeToken to perform."""
+
+    id: str
+    token: str
+    instance_id: str
+    enqueued_ms: int
+
+    @property
+    def fingerprint(self) -> str:
+        """Loggable name of the token."""
+        return fingerprint(self.token)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class RevocationState(Protocol):
+    """Where revocations are kept: the job queue, the blocklist, the revoked-token set."""
+
+    mode: str
+
+    async def enqueue(self, jobs: list[tuple[str, str]], now_ms: int) -> int:
+        """Queue (token, instance id) pairs durably; how many were queued."""
+        ...
+
+    async def claim(self, count: int, wait: float) -> list[Job]:
+        """Jobs to work on: stale ones first, then new ones (waits up to `wait` s)."""
+        ...
+
+    async def ack(self, job: Job) -> None:
+        """The upstream confirmed: forget the job."""
+        ...
+
+    async def failed(self, job: Job, reason: str, now_ms: int, *, final: bool) -> None:
+        """Record a failure; a final one drops the job, else it is retried later."""
+        ...
+
+    async def status(self, now_ms: int) -> dict[str, Any]:
+        """Queue depth, oldest pending age, recent failures."""
+        ...
+
+    async def mark_revoked(self, hashes: list[tuple[str, int]], now_ms: int) -> None:
+        """Remember token hashes as revoked until their expiry."""
+        ...
+
+    async def is_revoked(self, digest: str, now_ms: int) -> bool:
+        """Whether a token hash was revoked."""
+        ...
+
+    async def block(self, scope: str, name: str, before_ms: int) -> None:
+        """Store an issued-before block durably."""
+        ...
+
+    async def blocks(self) -> dict[str, dict[str, int]]:
+        """Every stored block, by scope."""
+        ...
+
+
+class MemoryState:
+    """The embedded mode: everything in this process (a restart loses queued jobs)."""
+
+    mode = "memory"
+
+    def __init__(self, retry_delay: float = 1.0) -> None:
+        self._pending: collections.OrderedDict[str, tuple[Job, float]] = collections.OrderedDict()
+        self._wakeup = asyncio.Event()
+        self._retry_delay = retry_delay
+        self._failures: collections.deque[dict[str, Any]] = collections.deque(
+            maxlen=RECENT_FAILURES
+        )
+        self._revoked: dict[str, int] = {}
+        self._blocks: dict[str, dict[str, int]] = {SUBJECT: {}, CLIENT: {}}
+        self._in_flight: set[str] = set()
+
+    async def enqueue(self, jobs: list[tuple[str, str]], now_ms: int) -> int:
+        """Queue jobs in this process."""
+        loop = asyncio.get_running_loop()
+        for token, instance_id in jobs:
+            job = Job(secrets.token_hex(8), token, instance_id, now_ms)
+            self._pending[job.id] = (job, loop.time())
+        if jobs:
+            self._wakeup.set()
+        return len(jobs)
+
+    async def claim(self, count: int, wait: float) -> list[Job]:
+        """Due jobs not being worked on."""
+        loop = asyncio.get_running_loop()
+        due = [
+            job
+            for job, at in self._pending.values()
+            if at <= loop.time() and job.id not in self._in_flight
+        ][:count]
+        if not due:
+            self._wakeup.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), timeout=wait)
+            return []
+        self._in_flight.update(j.id for j in due)
+        return due
+
+    async def ack(self, job: Job) -> None:
+        """Forget a confirmed job."""
+        self._pending.pop(job.id, None)
+        self._in_flight.discard(job.id)
+
+    async def failed(self, job: Job, reason: str, now_ms: int, *, final: bool) -> None:
+        """Retry later, or drop a job the upstream will never accept."""
+        self._failures.appendleft(
+            {"fingerprint": job.fingerprint, "reason": reason, "at": now_ms, "final": final}
+        )
+        self._in_flight.discard(job.id)
+        if final:
+            self._pending.pop(job.id, None)
+        elif job.id in self._pending:
+            self._pending[job.id] = (job, asyncio.get_running_loop().time() + self._retry_delay)
+
+    async def status(self, now_ms: int) -> dict[str, Any]:
+        """Depth, oldest age, failures."""
+        oldest = min((j.enqueued_ms for j, _ in self._pending.values()), default=None)
+        return {
+            "mode": self.mode,
+            "depth": len(self._pending),
+            "oldestPendingAgeSeconds": None if oldest is None else (now_ms - oldest) / 1000,
+            "recentFailures": list(self._failures),
+        }
+
+    async def mark_revoked(self, hashes: list[tuple[str, int]], now_ms: int) -> None:
+        """Remember revoked hashes; forget expired ones."""
+        for digest, until in hashes:
+            self._revoked[digest] = until
+        if len(self._revoked) > 10_000:
+            self._revoked = {d: u for d, u in self._revoked.items() if u > now_ms}
+
+    async def is_revoked(self, digest: str, now_ms: int) -> bool:
+        """Whether the hash was revoked and could still be alive."""
+        return self._revoked.get(digest, 0) > now_ms
+
+    async def block(self, scope: str, name: str, before_ms: int) -> None:
+        """Keep the block in this process."""
+        self._blocks[scope][name] = max(before_ms, self._blocks[scope].get(name, 0))
+
+    async def blocks(self) -> dict[str, dict[str, int]]:
+        """A copy of every block."""
+        return {scope: dict(entries) for scope, entries in self._blocks.items()}
+
+
+class RedisState:
+    """Revocations in Redis: a stream with a consumer group, hashes, a sorted set.
+
+    A job stays pending in the group until acknowledged; a consumer that died (or a job whose
+    call failed) leaves it pending, and XAUTOCLAIM hands it to a live consumer once it has
+    been idle for `claim_idle` seconds.
+    """
+
+    mode = "redis-stream"
+
+    def __init__(self, redis: aioredis.Redis, consumer: str, claim_idle: float = 30.0) -> None:
+        self._redis = redis
+        self._consumer = consumer
+        self._claim_idle_ms = int(claim_idle * 1000)
+        self._group_ready = False
+
+    async def _ensure_group(self) -> None:
+        if self._group_ready:
+            return
+        try:
+            await self._redis.xgroup_create(STREAM, GROUP, id="0", mkstream=True)
+        except ResponseError as err:
+            if "BUSYGROUP" not in str(err):
+                raise
+        self._group_ready = True
+
+    async def enqueue(self, jobs: list[tuple[str, str]], now_ms: int) -> int:
+        """XADD every job (one round trip)."""
+        if not jobs:
+            return 0
+        try:
+            await self._ensure_group()
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for token, instance_id in jobs:
+                    pipe.xadd(STREAM, {"token": token, "instance": instance_id, "at": str(now_ms)})
+                await pipe.execute()
+        except RedisError as err:
+            raise StoreUnavailable("cannot queue the revocation: Redis is unreachable") from err
+        return len(jobs)
+
+    def _jobs(self, entries: Iterable[Any]) -> list[Job]:
+        jobs = []
+        for entry_id, fields in entries:
+            if not fields:  # deleted while pending
+                continue
+            data = {_text(k): _text(v) for k, v in fields.items()}
+            jobs.append(Job(_text(entry_id), data["token"], data["instance"], int(data["at"])))
+        return jobs
+
+    async def claim(self, count: int, wait: float) -> list[Job]:
+        """Stale pending jobs first (dead consumers, failed calls), then new ones."""
+        await self._ensure_group()
+        claimed = await self._redis.xautoclaim(
+            STREAM, GROUP, self._consumer, min_idle_time=self._claim_idle_ms, count=count
+        )
+        stale = self._jobs(claimed[1])
+        deleted = claimed[2] if len(claimed) > 2 else []
+        if deleted:
+            await self._redis.xack(STREAM, GROUP, *deleted)
+        if stale:
+            return stale
+        fresh: Any = await self._redis.xreadgroup(
+            GROUP, self._consumer, {STREAM: ">"}, count=count, block=int(wait * 1000)
+        )
+        return self._jobs(entry for _stream, entries in fresh or [] for entry in entries)
+
+    async def ack(self, job: Job) -> None:
+        """XACK and XDEL: the job is done."""
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.xack(STREAM, GROUP, job.id)
+            pipe.xdel(STREAM, job.id)
+            await pipe.execute()
+
+    async def failed(self, job: Job, reason: str, now_ms: int, *, final: bool) -> None:
+        """Record the failure for everyone; a retryable job stays pending for XAUTOCLAIM."""
+        entry = {"fingerprint": job.fingerprint, "reason": reason, "at": now_ms, "final": final}
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.lpush(FAILURES, json.dumps(entry))
+            pipe.ltrim(FAILURES, 0, RECENT_FAILURES - 1)
+            if final:
+                pipe.xack(STREAM, GROUP, job.id)
+                pipe.xdel(STREAM, job.id)
+            await pipe.execute()
+
+    async def status(self, now_ms: int) -> dict[str, Any]:
+        """XLEN, the oldest entry's age (its id is its enqueue time), recent failures."""
+        try:
+            await self._ensure_group()
+            depth = await self._redis.xlen(STREAM)
+            oldest: Any = await self._redis.xrange(STREAM, count=1)
+            failures = await self._redis.lrange(FAILURES, 0, RECENT_FAILURES - 1)
+        except RedisError as err:
+            raise StoreUnavailable("Redis is unreachable") from err
+        age = None
+        if oldest:
+            age = max(0.0, (now_ms - int(_text(oldest[0][0]).split("-")[0])) / 1000)
+        return {
+            "mode": self.mode,
+            "depth": int(depth),
+            "oldestPendingAgeSeconds": age,
+            "recentFailures": [json.loads(f) for f in failures],
+        }
+
+    async def mark_revoked(self, hashes: list[tuple[str, int]], now_ms: int) -> None:
+        """ZADD hash -> expiry; prune expired members."""
+        if not hashes:
+            return
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.zadd(REVOKED, {digest: until for digest, until in hashes})
+                pipe.zremrangebyscore(REVOKED, "-inf", now_ms)
+                await pipe.execute()
+        except RedisError as err:
+            raise StoreUnavailable("cannot record the revocation: Redis is unreachable") from err
+
+    async def is_revoked(self, digest: str, now_ms: int) -> bool:
+        """ZSCORE against now."""
+        try:
+            score = await self._redis.zscore(REVOKED, digest)
+        except RedisError as err:
+            raise StoreUnavailable("Redis is unreachable") from err
+        return score is not None and score > now_ms
+
+    async def block(self, scope: str, name: str, before_ms: int) -> None:
+        """HSET the block (times only move forward)."""
+        try:
+            await self._redis.hset(BLOCKS[scope], name, before_ms)
+        except RedisError as err:
+            raise StoreUnavailable("cannot store the block: Redis is unreachable") from err
+
+    async def blocks(self) -> dict[str, dict[str, int]]:
+        """HGETALL of both block hashes."""
+        found: dict[str, dict[str, int]] = {}
+        for scope, key in BLOCKS.items():
+            raw = await self._redis.hgetall(key)
+            found[scope] = {_text(k): int(v) for k, v in raw.items()}
+        return found
+
+
+class Revoker:
+    """Admin revocations and the local mirror of blocks, kept coherent through the bus."""
+
+    def __init__(
+        self,
+        tokens: TokenService,
+        state: RevocationState,
+        bus: InvalidationBus,
+        *,
+        clock: Clock,
+    ) -> None:
+        self.tokens = tokens
+        self.state = state
+        self.bus = bus
+        self._clock = clock
+        self._blocks: dict[str, dict[str, int]] = {SUBJECT: {}, CLIENT: {}}
+        bus.on_event(self._on_event)
+        bus.on_resync(self.resync)
+
+    def _now_ms(self) -> int:
+        return int(self._clock.time() * 1000)
+
+    async def resync(self) -> None:
+        """Reload blocks and drop L1 entries: events may have been missed."""
+        self._blocks = await self.state.blocks()
+        self.tokens.clear_l1()
+
+    def _on_event(self, event: dict[str, Any]) -> None:
+        kind = event.get("kind")
+        if kind == "tokens":
+            self.tokens.drop(str(k) for k in event.get("keys", []))
+        elif kind == "block":
+            scope, name, before = event.get("scope"), event.get("name"), event.get("before_ms")
+            if scope in self._blocks and isinstance(name, str) and isinstance(before, int):
+                entries = self._blocks[scope]
+                entries[name] = max(before, entries.get(name, 0))
+        elif kind == "flush":
+            self.tokens.clear_l1()
+
+    def check(self, identity: Identity, client_id: str | None) -> None:
+        """Refuse an app JWT issued before a block of its subject or of the client id."""
+        checks = [(SUBJECT, identity.subject)]
+        if client_id is not None:
+            checks.append((CLIENT, client_id))
+        for scope, name in checks:
+            before = self._blocks[scope].get(name)
+            if before is None:
+                continue
+            issued = identity.issued_at
+            if issued is None or issued * 1000 < before:
+                raise TokenRevoked(
+                    f"this app token was issued before the {scope} was revoked; "
+                    "sign in again to get a new one",
+                    headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
+                )
+
+    async def _publish(self, event: dict[str, Any]) -> None:
+        try:
+            await self.bus.publish(event)
+        except (RedisError, OSError) as err:
+            raise StoreUnavailable(
+                "the revocation is stored but other processes could not be told; retry"
+            ) from err
+
+    async def _block(self, scope: str, name: str) -> int:
+        before = self._now_ms()
+        await self.state.block(scope, name, before)
+        await self._publish({"kind": "block", "scope": scope, "name": name, "before_ms": before})
+        return before
+
+    async def revoke_records(
+        self, records: list[tuple[str, TokenRecord]], extra_tokens: Iterable[str] = ()
+    ) -> RevocationResult:
+        """Queue upstream revocation, mark revoked, purge the store and every L1."""
+        now = self._now_ms()
+        instance = self.tokens.instance_id
+        jobs = [(record.token, record.instance_id) for _key, record in records]
+        jobs += [(token, instance) for token in extra_tokens]
+        queued = await self.state.enqueue(jobs, now)  # durable first: nothing lost after this
+        expiries = [(token_hash(r.token), r.expire_ms) for _k, r in records]
+        expiries += [(token_hash(t), now + MAX_TOKEN_LIFE_MS) for t in extra_tokens]
+        await self.state.mark_revoked(expiries, now)
+        for key, record in records:
+            await self.tokens.store.delete(key, record)
+        keys = [key for key, _record in records]
+        if keys:
+            await self._publish({"kind": "tokens", "keys": keys})
+        return RevocationResult(
+            revoked_locally=len(records),
+            queued=queued,
+            blocked_before_ms=None,
+            fingerprints=tuple(fingerprint(token) for token, _instance in jobs),
+        )
+
+    async def revoke_token(self, token: str) -> RevocationResult:
+        """Revoke one token by value (queued upstream even when we never held it)."""
+        found = await self.tokens.store.lookup(token)
+        if found is not None:
+            return await self.revoke_records([found])
+        return await self.revoke_records([], extra_tokens=[token])
+
+    async def revoke_subject(
+        self, subject: str, *, block_issued_before: bool = True
+    ) -> RevocationResult:
+        """Revoke every token of a subject; optionally refuse its older app JWTs."""
+        before = await self._block(SUBJECT, subject) if block_issued_before else None
+        result = await self.revoke_records(await self.tokens.store.subject_tokens(subject))
+        return _with_block(result, before)
+
+    async def revoke_client(
+        self, client_id: str, *, block_issued_before: bool = True
+    ) -> RevocationResult:
+        """Revoke every token handed to a client id; optionally refuse older app JWTs for it."""
+        before = await self._block(CLIENT, client_id) if block_issued_before else None
+        result = await self.revoke_records(await self.tokens.store.client_tokens(client_id))
+        return _with_block(result, before)
+
+    async def is_revoked(self, token: str) -> bool:
+        """Whether we revoked this token (and it could still be alive)."""
+        return await self.state.is_revoked(token_hash(token), self._now_ms())
+
+    async def status(self) -> dict[str, Any]:
+        """Queue depth, oldest pending age, recent failures."""
+        return await self.state.status(self._now_ms())
+
+
+def _with_block(result: RevocationResult, before: int | None) -> RevocationResult:
+    return RevocationResult(result.revoked_locally, result.queued, before, result.fingerprints)
+
+
+class RevocationWorker:
+    """Drains the queue through RevokeToken, paced by the quota governor."""
+
+    def __init__(
+        self,
+        state: RevocationState,
+        revoke: Revoke,
+        *,
+        clock: Clock,
+        batch: int = 5,
+        idle_wait: float = 1.0,
+        retry_pause: float = 1.0,
+    ) -> None:
+        self._state = state
+        self._revoke = revoke
+        self._clock = clock
+        self._batch = batch
+        self._idle_wait = idle_wait
+        self._retry_pause = retry_pause
+        self._task: asyncio.Task[None] | None = None
+        self.done = 0
+        self.failures = 0
+
+    def start(self) -> None:
+        """Run in the background until stop()."""
+        self._task = asyncio.create_task(self._run(), name="revocation-worker")
+
+    async def stop(self) -> None:
+        """Cancel and wait; an interrupted job stays pending and is retried."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                jobs = await self._state.claim(self._batch, self._idle_wait)
+                for job in jobs:
+                    await self._one(job)
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, OSError) as err:
+                log.warning("revocation worker: store unavailable (%s)", type(err).__name__)
+                await self._clock.sleep(self._retry_pause)
+            except Exception:
+                log.exception("revocation worker: unexpected error")
+                await self._clock.sleep(self._retry_pause)
+
+    async def _one(self, job: Job) -> None:
+        try:
+            await self._revoke(job.instance_id, job.token)
+        except GatewayError as err:
+            final = err.status == 502 and not getattr(err, "retryable", True)
+            self.failures += 1
+            log.warning(
+                "revocation of token %s failed (%s)%s",
+                job.fingerprint,
+                err.code,
+                "; giving up" if final else "; will retry",
+            )
+            await self._state.failed(
+                job, f"{err.code}: {err.detail}", int(self._clock.time() * 1000), final=final
+            )
+            if not final:
+                await self._clock.sleep(self._retry_pause)
+            return
+        await self._state.ack(job)
+        self.done += 1
+        log.debug("revoked token %s upstream", job.fingerprint)
