@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from authserver import __version__
+from authserver.web.openapi_admin import admin_paths, admin_schemas, admin_security_schemes
 
 PROBLEM = {"$ref": "#/components/schemas/Problem"}
 
@@ -43,8 +44,9 @@ def openapi_document() -> dict[str, Any]:
         "components": {
             "securitySchemes": {
                 "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
+                **admin_security_schemes(),
             },
-            "schemas": _schemas(),
+            "schemas": {**_schemas(), **admin_schemas()},
         },
         "paths": {
             "/v1/token": {
@@ -97,6 +99,7 @@ def openapi_document() -> dict[str, Any]:
                     "responses": {"200": _json_ok("The OpenAPI description")},
                 }
             },
+            **admin_paths(),
         },
     }
 

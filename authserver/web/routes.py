@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from authserver.web import device, health
+from authserver.web.admin import setup_admin_routes
 
 
 def setup_routes(app: web.Application) -> None:
@@ -13,3 +14,4 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get("/healthz", health.healthz, name="healthz", allow_head=False)
     app.router.add_get("/readyz", health.readyz, name="readyz", allow_head=False)
     app.router.add_get("/openapi.json", health.openapi_json, name="openapi", allow_head=False)
+    setup_admin_routes(app)

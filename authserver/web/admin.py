@@ -1,0 +1,397 @@
+"""The admin API under /v1/admin/: revoke and query tokens, look up devices, explain the policy.
+
+Every route here is guarded by `admin_auth.admin_middleware` (installed by
+`setup_admin_routes`), which also writes the one audit line per request; handlers add what
+they touched to `request[AUDIT]` (subjects, clientIds, token fingerprints, never values).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Collection, Mapping
+from typing import Any
+
+from aiohttp import web
+from cachetools import TTLCache
+
+from authserver import keys
+from authserver.errors import BadRequest, NotConfigured
+from authserver.fingerprint import fingerprint
+from authserver.policy.engine import evaluate, explain, token_plan
+from authserver.web.admin_auth import AUDIT, admin_middleware, load_api_keys
+from authserver.web.device import CLIENT_ID
+from authserver.web.request import json_body
+
+# GroupId per 002 section 11.1: GID_ or GID- then letters, digits, - and _; 7..64 in all.
+GROUP_ID = re.compile(r"GID[_-][A-Za-z0-9_-]{3,60}")
+# IoT Platform IotId: an opaque identifier of letters, digits and a few separators.
+IOT_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+MAX_SESSION_IDS = 100
+MAX_TOKEN_CHARS = 4096
+MAX_SUBJECT_CHARS = 1024
+MAX_NEXT_TOKEN_CHARS = 1024
+MAX_PAGE_NO = 1_000_000
+QUERY_CACHE_TTL = 5.0
+QUERY_CACHE_SIZE = 10_000
+
+QUERY_CACHE = web.AppKey("admin_query_cache", TTLCache[str, bool])
+
+
+def _audit(request: web.Request, **fields: Any) -> None:
+    request[AUDIT].update({k: v for k, v in fields.items() if v is not None})
+
+
+def query_params(request: web.Request, allowed: Collection[str]) -> dict[str, str]:
+    """The query string as a dict; refuses unknown and repeated parameters."""
+    params = request.query
+    unknown = sorted(set(params) - set(allowed))
+    if unknown:
+        raise BadRequest(
+            f"unknown query parameter(s): {', '.join(unknown)}",
+            extra={"unknownFields": unknown, "allowedFields": sorted(allowed)},
+        )
+    repeated = sorted(k for k in set(params) if len(params.getall(k)) > 1)
+    if repeated:
+        raise BadRequest(f"query parameter(s) given more than once: {', '.join(repeated)}")
+    return {k: params[k] for k in params}
+
+
+def _int_param(params: Mapping[str, str], name: str, default: int, lo: int, hi: int) -> int:
+    raw = params.get(name)
+    if raw is None:
+        return default
+    if not raw.isascii() or not raw.isdigit() or not lo <= int(raw) <= hi:
+        raise BadRequest(
+            f"{name} must be a whole number between {lo} and {hi}", extra={"field": name}
+        )
+    return int(raw)
+
+
+def _client_id(value: str, field: str = "clientId") -> str:
+    if not CLIENT_ID.fullmatch(value):
+        raise BadRequest(
+            f"{field} must look like GID_group@@@device (letters, digits, - _ . :)",
+            extra={"field": field},
+        )
+    return value
+
+
+def _checked_str(value: object, name: str, max_length: int) -> str:
+    if not isinstance(value, str) or not value or len(value) > max_length or "\x00" in value:
+        raise BadRequest(
+            f"{name} must be a non-empty string of at most {max_length} characters",
+            extra={"field": name},
+        )
+    return value
+
+
+def _required_str(data: Mapping[str, Any], name: str, max_length: int) -> str:
+    if name not in data:
+        raise BadRequest(f"{name} is required", extra={"field": name})
+    return _checked_str(data[name], name, max_length)
+
+
+def _optional_str(data: Mapping[str, Any], name: str, max_length: int) -> str | None:
+    """Absent is None; present must be a string (null is refused, as the schema says)."""
+    if name not in data:
+        return None
+    return _checked_str(data[name], name, max_length)
+
+
+# -- revocation ----------------------------------------------------------------------------
+
+REVOKE_SELECTORS = ("token", "subject", "clientId")
+
+
+async def revoke(request: web.Request) -> web.Response:
+    """Revoke one token, or every token of a subject or a clientId; 202 once it is durable."""
+    body = await json_body(request, (*REVOKE_SELECTORS, "blockIssuedBefore"))
+    chosen = [name for name in REVOKE_SELECTORS if name in body]
+    if len(chosen) != 1:
+        raise BadRequest(
+            "give exactly one of token, subject or clientId "
+            f"(found {', '.join(chosen) if chosen else 'none'})",
+            extra={"fields": chosen},
+        )
+    block = body.get("blockIssuedBefore")
+    if "blockIssuedBefore" in body and not isinstance(block, bool):
+        raise BadRequest(
+            "blockIssuedBefore must be true or false", extra={"field": "blockIssuedBefore"}
+        )
+    revoker = request.app[keys.REVOKER]
+    which = chosen[0]
+    if which == "token":
+        token = _required_str(body, "token", MAX_TOKEN_CHARS)
+        if block:
+            raise BadRequest(
+                "blockIssuedBefore applies to a subject or a clientId, not to one token",
+                extra={"field": "blockIssuedBefore"},
+            )
+        _audit(request, fingerprints=[fingerprint(token)])
+        result = await revoker.revoke_token(token)
+    elif which == "subject":
+        subject = _required_str(body, "subject", MAX_SUBJECT_CHARS)
+        _audit(request, subject=subject)
+        result = await revoker.revoke_subject(
+            subject, block_issued_before=True if block is None else block
+        )
+    else:
+        client_id = _client_id(_required_str(body, "clientId", MAX_SUBJECT_CHARS))
+        _audit(request, clientId=client_id)
+        result = await revoker.revoke_client(
+            client_id, block_issued_before=True if block is None else block
+        )
+    _audit(
+        request,
+        fingerprints=list(result.fingerprints) or None,
+        revokedLocally=result.revoked_locally,
+        queued=result.queued,
+        blockedIssuedBefore=result.blocked_before_ms,
+    )
+    return web.json_response(result.to_dict(), status=202)
+
+
+async def revocations(request: web.Request) -> web.Response:
+    """The upstream revocation queue: depth, oldest pending age, recent failures."""
+    query_params(request, ())
+    return web.json_response(await request.app[keys.REVOKER].status())
+
+
+# -- tokens --------------------------------------------------------------------------------
+
+
+async def query_token(request: web.Request) -> web.Response:
+    """Whether a token is valid: answered locally when we can, else QueryToken (cached 5 s)."""
+    body = await json_body(request, ("token",))
+    token = _required_str(body, "token", MAX_TOKEN_CHARS)
+    app = request.app
+    answer: dict[str, Any] = {"fingerprint": fingerprint(token)}
+    _audit(request, fingerprints=[answer["fingerprint"]])
+    if await app[keys.REVOKER].is_revoked(token):
+        return _query_answer(request, answer, valid=False, source="local", reason="revoked")
+    record = await app[keys.TOKENS].lookup(token)
+    if record is None:
+        return _query_answer(request, answer, valid=False, source="local", reason="unknown")
+    answer.update(
+        {"type": record.type, "resources": list(record.resources), "expireTime": record.expire_ms}
+    )
+    if record.expire_ms <= app[keys.CLOCK].time() * 1000:
+        return _query_answer(request, answer, valid=False, source="local", reason="expired")
+    cache = app[QUERY_CACHE]
+    digest = hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
+    valid = cache.get(digest)
+    answer["cached"] = valid is not None
+    if valid is None:
+        valid = await app[keys.CLOUD].query_token(app[keys.SETTINGS].instance_id, token)
+        cache[digest] = valid
+    return _query_answer(request, answer, valid=valid, source="upstream")
+
+
+def _query_answer(
+    request: web.Request,
+    answer: dict[str, Any],
+    *,
+    valid: bool,
+    source: str,
+    reason: str | None = None,
+) -> web.Response:
+    answer.update({"valid": valid, "source": source})
+    if reason is not None:
+        answer["reason"] = reason
+    _audit(request, valid=valid, source=source, reason=reason)
+    return web.json_response(answer)
+
+
+async def subject_tokens(request: web.Request) -> web.Response:
+    """The subject's live tokens: type, resources, expiry and fingerprint, never the value."""
+    query_params(request, ())
+    subject = _checked_str(request.match_info["subject"], "subject", MAX_SUBJECT_CHARS)
+    records = await request.app[keys.TOKENS].subject_tokens(subject)
+    records.sort(key=lambda r: (r.issued_ms, r.fingerprint))
+    _audit(request, subject=subject, fingerprints=[r.fingerprint for r in records])
+    return web.json_response({"subject": subject, "tokens": [r.summary() for r in records]})
+
+
+async def explain_policy(request: web.Request) -> web.Response:
+    """What the current policy would grant for these claims, and whether it is cached."""
+    body = await json_body(request, ("claims", "clientId", "subject"))
+    claims = body.get("claims")
+    if not isinstance(claims, dict):
+        raise BadRequest("claims must be a JSON object", extra={"field": "claims"})
+    client_id = _optional_str(body, "clientId", MAX_SUBJECT_CHARS)
+    if client_id is not None:
+        _client_id(client_id)
+    app = request.app
+    subject_claim = app[keys.SETTINGS].jwt.subject_claim
+    subject = _optional_str(body, "subject", MAX_SUBJECT_CHARS)
+    if subject is None:
+        found = claims.get(subject_claim)
+        if not isinstance(found, str) or not found:
+            raise BadRequest(
+                f"give subject, or a non-empty string '{subject_claim}' claim",
+                extra={"field": "subject"},
+            )
+        subject = _checked_str(found, "subject", MAX_SUBJECT_CHARS)
+    _audit(request, subject=subject, clientId=client_id)
+    policy = app[keys.POLICY].current
+    account = explain(policy, subject, claims, client_id)
+    held = await app[keys.TOKENS].subject_tokens(subject)
+    cached = []
+    for planned in token_plan(evaluate(policy, subject, claims, client_id)):
+        kind = planned.actions.replace(",", "")
+        match = next(
+            (
+                r
+                for r in held
+                if r.type == kind and r.resources == planned.resources and r.client_id == client_id
+            ),
+            None,
+        )
+        entry: dict[str, Any] = {
+            "type": kind,
+            "resources": list(planned.resources),
+            "cached": match is not None,
+        }
+        if match is not None:
+            entry.update({"fingerprint": match.fingerprint, "expireTime": match.expire_ms})
+        cached.append(entry)
+    account["cachedTokens"] = cached
+    return web.json_response(account)
+
+
+# -- sessions, device credentials, IoT ---------------------------------------------------
+
+
+async def get_session(request: web.Request) -> web.Response:
+    """Whether one MQTT client is online (QuerySessionByClientId)."""
+    query_params(request, ())
+    client_id = _client_id(request.match_info["clientId"])
+    _audit(request, clientId=client_id)
+    app = request.app
+    online = await app[keys.CLOUD].query_session(app[keys.SETTINGS].instance_id, client_id)
+    return web.json_response({"clientId": client_id, "online": online})
+
+
+async def query_sessions(request: web.Request) -> web.Response:
+    """Whether up to 100 MQTT clients are online (BatchQuerySessionByClientIds, 10 per call)."""
+    body = await json_body(request, ("clientIds",))
+    raw = body.get("clientIds")
+    if not isinstance(raw, list) or not all(isinstance(c, str) for c in raw):
+        raise BadRequest("clientIds must be a list of strings", extra={"field": "clientIds"})
+    if not 1 <= len(raw) <= MAX_SESSION_IDS:
+        raise BadRequest(
+            f"clientIds must hold 1 to {MAX_SESSION_IDS} items (found {len(raw)})",
+            extra={"field": "clientIds"},
+        )
+    client_ids = [_client_id(c, "clientIds") for c in dict.fromkeys(raw)]
+    _audit(request, clientIds=client_ids)
+    app = request.app
+    online = await app[keys.CLOUD].batch_query_sessions(app[keys.SETTINGS].instance_id, client_ids)
+    return web.json_response(
+        {"sessions": [{"clientId": c, "online": online.get(c, False)} for c in client_ids]}
+    )
+
+
+async def list_device_credentials(request: web.Request) -> web.Response:
+    """One page of a group's devices holding a device credential (ListDeviceCredentialClientId)."""
+    params = query_params(request, ("pageSize", "pageNo", "nextToken"))
+    group_id = request.match_info["groupId"]
+    if not GROUP_ID.fullmatch(group_id):
+        raise BadRequest(
+            "groupId must be GID_ or GID- followed by letters, digits, - or _ (7 to 64 in all)",
+            extra={"field": "groupId"},
+        )
+    page_size = _int_param(params, "pageSize", 50, 1, 100)
+    page_no = _int_param(params, "pageNo", 1, 1, MAX_PAGE_NO)
+    next_token = params.get("nextToken") or None
+    if next_token is not None and (
+        len(next_token) > MAX_NEXT_TOKEN_CHARS or not next_token.isprintable()
+    ):
+        raise BadRequest(
+            f"nextToken must be printable and at most {MAX_NEXT_TOKEN_CHARS} characters",
+            extra={"field": "nextToken"},
+        )
+    _audit(request, groupId=group_id)
+    app = request.app
+    page = await app[keys.CLOUD].list_device_credential_client_ids(
+        app[keys.SETTINGS].instance_id,
+        group_id,
+        page_no=page_no,
+        page_size=page_size,
+        next_token=next_token,
+    )
+    return web.json_response(
+        {
+            "groupId": group_id,
+            "total": page.total,
+            "clientIds": page.client_ids,
+            "pageNo": page.page_no,
+            "pageSize": page.page_size,
+            "nextToken": page.next_token,
+        }
+    )
+
+
+async def iot_client_ids(request: web.Request) -> web.Response:
+    """The ClientIDs registered for an IoT Platform device (QueryClientIds)."""
+    query_params(request, ())
+    settings = request.app[keys.SETTINGS]
+    if settings.iot_endpoint is None:
+        raise NotConfigured(
+            "IoT Platform lookups need AUTHSERVER_IOT_REGION_ID or AUTHSERVER_IOT_ENDPOINT",
+            extra={"missingSetting": ["AUTHSERVER_IOT_REGION_ID", "AUTHSERVER_IOT_ENDPOINT"]},
+        )
+    iot_id = request.match_info["iotId"]
+    if not IOT_ID.fullmatch(iot_id):
+        raise BadRequest(
+            "iotId must be 1 to 64 letters, digits, '.', '_' or '-'", extra={"field": "iotId"}
+        )
+    _audit(request, iotId=iot_id)
+    found = await request.app[keys.CLOUD].query_client_ids(iot_id, settings.iot_instance_id)
+    return web.json_response(
+        {
+            "iotId": iot_id,
+            "clientIds": [{"clientId": c.client_id, "createTime": c.create_time_ms} for c in found],
+        }
+    )
+
+
+# -- routes --------------------------------------------------------------------------------
+
+
+def setup_admin_routes(app: web.Application) -> None:
+    """Register the admin routes behind the admin middleware; load the API key file."""
+    load_api_keys(app)
+    app.middlewares.append(admin_middleware)
+    clock = app[keys.CLOCK]
+    app[QUERY_CACHE] = TTLCache(
+        maxsize=QUERY_CACHE_SIZE, ttl=QUERY_CACHE_TTL, timer=clock.monotonic
+    )
+    router = app.router
+    router.add_post("/v1/admin/revoke", revoke, name="admin.revoke")
+    router.add_get("/v1/admin/revocations", revocations, name="admin.revocations", allow_head=False)
+    router.add_post("/v1/admin/query", query_token, name="admin.query")
+    router.add_get(
+        "/v1/admin/subjects/{subject}/tokens",
+        subject_tokens,
+        name="admin.subject_tokens",
+        allow_head=False,
+    )
+    router.add_post("/v1/admin/explain", explain_policy, name="admin.explain")
+    router.add_get(
+        "/v1/admin/sessions/{clientId}", get_session, name="admin.session", allow_head=False
+    )
+    router.add_post("/v1/admin/sessions:query", query_sessions, name="admin.sessions_query")
+    router.add_get(
+        "/v1/admin/groups/{groupId}/device-credentials",
+        list_device_credentials,
+        name="admin.device_credentials",
+        allow_head=False,
+    )
+    router.add_get(
+        "/v1/admin/iot/devices/{iotId}/client-ids",
+        iot_client_ids,
+        name="admin.iot_client_ids",
+        allow_head=False,
+    )

@@ -1,0 +1,411 @@
+"""The admin part of the OpenAPI description: paths, schemas and the API key scheme."""
+
+from __future__ import annotations
+
+from typing import Any
+
+PROBLEM = {"$ref": "#/components/schemas/Problem"}
+ADMIN_SECURITY: list[dict[str, list[str]]] = [{"bearer": []}, {"adminApiKey": []}]
+
+# The same shapes the handlers check (device.CLIENT_ID, admin.GROUP_ID, admin.IOT_ID).
+CLIENT_ID_PATTERN = "^GID[_-][A-Za-z0-9_-]{3,60}@@@[A-Za-z0-9_.:-]{1,64}$"
+GROUP_ID_PATTERN = "^GID[_-][A-Za-z0-9_-]{3,60}$"
+IOT_ID_PATTERN = "^[A-Za-z0-9_.-]{1,64}$"
+NO_NUL = "^[^\\u0000]+$"
+
+_DESCRIPTIONS = {
+    400: "Malformed body or parameter",
+    401: "Missing, malformed or expired credential, or a wrong API key",
+    403: "A valid JWT without the admin scope or role",
+    413: "Body too large",
+    501: "Feature not configured; `detail` names the missing setting",
+    502: "The upstream refused the call",
+    503: "Upstream or store unavailable; see Retry-After",
+}
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _problems(*statuses: int) -> dict[str, Any]:
+    return {
+        str(s): {
+            "description": _DESCRIPTIONS[s],
+            "content": {"application/problem+json": {"schema": PROBLEM}},
+        }
+        for s in statuses
+    }
+
+
+def _json(description: str, schema: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": _ref(schema)}}}
+
+
+def _body(schema: str) -> dict[str, Any]:
+    return {"required": True, "content": {"application/json": {"schema": _ref(schema)}}}
+
+
+def _path_param(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "path",
+        "required": True,
+        "description": description,
+        "schema": {"type": "string", **schema},
+    }
+
+
+def _operation(
+    operation_id: str,
+    summary: str,
+    ok: tuple[int, str, str],
+    problems: tuple[int, ...],
+    *,
+    body: str | None = None,
+    parameters: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    status, description, schema = ok
+    op: dict[str, Any] = {
+        "operationId": operation_id,
+        "summary": summary,
+        "tags": ["admin"],
+        "security": ADMIN_SECURITY,
+        "responses": {str(status): _json(description, schema), **_problems(*problems)},
+    }
+    if parameters:
+        op["parameters"] = parameters
+    if body is not None:
+        op["requestBody"] = _body(body)
+    return op
+
+
+POST_PROBLEMS = (400, 401, 403, 413, 502, 503)
+GET_PROBLEMS = (400, 401, 403, 502, 503)
+
+
+def admin_paths() -> dict[str, Any]:
+    """Every /v1/admin/ path of the gateway."""
+    return {
+        "/v1/admin/revoke": {
+            "post": _operation(
+                "adminRevoke",
+                "Revoke one token, or every token of a subject or a clientId",
+                (202, "Revoked locally; upstream revocations queued durably", "RevocationResult"),
+                (400, 401, 403, 413, 503),
+                body="RevokeRequest",
+            )
+        },
+        "/v1/admin/revocations": {
+            "get": _operation(
+                "adminRevocations",
+                "The upstream revocation queue: depth, oldest pending age, recent failures",
+                (200, "Queue status", "RevocationStatus"),
+                (401, 403, 503),
+            )
+        },
+        "/v1/admin/query": {
+            "post": _operation(
+                "adminQueryToken",
+                "Is this MQTT token valid? Local answer when possible, else QueryToken",
+                (200, "The verdict and where it came from", "TokenQueryResult"),
+                POST_PROBLEMS,
+                body="TokenQueryRequest",
+            )
+        },
+        "/v1/admin/subjects/{subject}/tokens": {
+            "get": _operation(
+                "adminSubjectTokens",
+                "The subject's live tokens (no token values)",
+                (200, "The subject's tokens", "SubjectTokens"),
+                (400, 401, 403, 503),
+                parameters=[
+                    _path_param(
+                        "subject",
+                        {"minLength": 1, "maxLength": 1024, "pattern": "^[^/\\u0000]+$"},
+                        "The JWT subject",
+                    )
+                ],
+            )
+        },
+        "/v1/admin/sessions/{clientId}": {
+            "get": _operation(
+                "adminSession",
+                "Whether one MQTT client is online (QuerySessionByClientId)",
+                (200, "Online status", "Session"),
+                GET_PROBLEMS,
+                parameters=[
+                    _path_param("clientId", {"pattern": CLIENT_ID_PATTERN}, "GroupId@@@DeviceId")
+                ],
+            )
+        },
+        "/v1/admin/sessions:query": {
+            "post": _operation(
+                "adminQuerySessions",
+                "Whether up to 100 MQTT clients are online (sent upstream 10 at a time)",
+                (200, "Online status of each client, in request order", "Sessions"),
+                POST_PROBLEMS,
+                body="SessionsQuery",
+            )
+        },
+        "/v1/admin/groups/{groupId}/device-credentials": {
+            "get": _operation(
+                "adminDeviceCredentials",
+                "Devices of a group holding a device credential (ListDeviceCredentialClientId)",
+                (200, "One page", "DeviceCredentialPage"),
+                GET_PROBLEMS,
+                parameters=[
+                    _path_param("groupId", {"pattern": GROUP_ID_PATTERN}, "The MQTT group"),
+                    {
+                        "name": "pageSize",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 50},
+                    },
+                    {
+                        "name": "pageNo",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "integer", "minimum": 1, "maximum": 1000000},
+                    },
+                    {
+                        "name": "nextToken",
+                        "in": "query",
+                        "required": False,
+                        "description": "The nextToken of the previous page; wins over pageNo",
+                        "schema": {"type": "string", "maxLength": 1024},
+                    },
+                ],
+            )
+        },
+        "/v1/admin/iot/devices/{iotId}/client-ids": {
+            "get": _operation(
+                "adminIotClientIds",
+                "ClientIDs registered for an IoT Platform device (QueryClientIds)",
+                (200, "The device's ClientIDs", "IotClientIds"),
+                (*GET_PROBLEMS, 501),
+                parameters=[_path_param("iotId", {"pattern": IOT_ID_PATTERN}, "The IotId")],
+            )
+        },
+        "/v1/admin/explain": {
+            "post": _operation(
+                "adminExplain",
+                "What the current policy grants for these claims; whether a token is cached",
+                (200, "The policy's account", "Explanation"),
+                (400, 401, 403, 413, 503),
+                body="ExplainRequest",
+            )
+        },
+    }
+
+
+def _string(max_length: int) -> dict[str, Any]:
+    return {"type": "string", "minLength": 1, "maxLength": max_length, "pattern": NO_NUL}
+
+
+def admin_schemas() -> dict[str, Any]:
+    """The component schemas the admin paths refer to."""
+    token_type = {"enum": ["R", "W", "RW"]}
+    topics = {"type": "array", "items": {"type": "string"}}
+    return {
+        "RevokeRequest": {
+            "type": "object",
+            "description": "Exactly one of token, subject, clientId. blockIssuedBefore "
+            "(default true for subject and clientId) refuses the subject's app JWTs issued "
+            "before now; it cannot be set for a single token.",
+            "additionalProperties": False,
+            "properties": {
+                "token": _string(4096),
+                "subject": _string(1024),
+                "clientId": {"type": "string", "pattern": CLIENT_ID_PATTERN},
+                "blockIssuedBefore": {"type": "boolean"},
+            },
+            "oneOf": [
+                {"required": ["token"], "properties": {"blockIssuedBefore": {"const": False}}},
+                {"required": ["subject"]},
+                {"required": ["clientId"]},
+            ],
+        },
+        "RevocationResult": {
+            "type": "object",
+            "required": ["revokedLocally", "queued", "blockedIssuedBefore", "fingerprints"],
+            "properties": {
+                "revokedLocally": {"type": "integer", "minimum": 0},
+                "queued": {"type": "integer", "minimum": 0},
+                "blockedIssuedBefore": {
+                    "type": ["integer", "null"],
+                    "description": "epoch milliseconds",
+                },
+                "fingerprints": {"type": "array", "items": {"type": "string"}},
+            },
+        },
+        "RevocationStatus": {
+            "type": "object",
+            "required": ["mode", "depth", "oldestPendingAgeSeconds", "recentFailures"],
+            "properties": {
+                "mode": {"type": "string"},
+                "depth": {"type": "integer", "minimum": 0},
+                "oldestPendingAgeSeconds": {"type": ["number", "null"]},
+                "recentFailures": {"type": "array", "items": {"type": "object"}},
+            },
+        },
+        "TokenQueryRequest": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["token"],
+            "properties": {"token": _string(4096)},
+        },
+        "TokenQueryResult": {
+            "type": "object",
+            "required": ["valid", "source", "fingerprint"],
+            "properties": {
+                "valid": {"type": "boolean"},
+                "source": {"enum": ["local", "upstream"]},
+                "reason": {"enum": ["unknown", "revoked", "expired"]},
+                "fingerprint": {"type": "string"},
+                "cached": {
+                    "type": "boolean",
+                    "description": "an upstream answer served from the 5 s cache",
+                },
+                "type": token_type,
+                "resources": topics,
+                "expireTime": {"type": "integer"},
+            },
+        },
+        "TokenSummary": {
+            "type": "object",
+            "required": ["type", "fingerprint", "resources", "expireTime"],
+            "properties": {
+                "type": token_type,
+                "fingerprint": {"type": "string"},
+                "resources": topics,
+                "expireTime": {"type": "integer"},
+                "issuedAt": {"type": "integer"},
+                "clientId": {"type": ["string", "null"]},
+            },
+        },
+        "SubjectTokens": {
+            "type": "object",
+            "required": ["subject", "tokens"],
+            "properties": {
+                "subject": {"type": "string"},
+                "tokens": {"type": "array", "items": _ref("TokenSummary")},
+            },
+        },
+        "Session": {
+            "type": "object",
+            "required": ["clientId", "online"],
+            "properties": {"clientId": {"type": "string"}, "online": {"type": "boolean"}},
+        },
+        "SessionsQuery": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["clientIds"],
+            "properties": {
+                "clientIds": {
+                    "type": "array",
+                    "minItems": 1,
+                    "maxItems": 100,
+                    "items": {"type": "string", "pattern": CLIENT_ID_PATTERN},
+                }
+            },
+        },
+        "Sessions": {
+            "type": "object",
+            "required": ["sessions"],
+            "properties": {"sessions": {"type": "array", "items": _ref("Session")}},
+        },
+        "DeviceCredentialPage": {
+            "type": "object",
+            "required": ["groupId", "total", "clientIds", "pageNo", "pageSize", "nextToken"],
+            "properties": {
+                "groupId": {"type": "string"},
+                "total": {"type": "integer", "minimum": 0},
+                "clientIds": {"type": "array", "items": {"type": "string"}},
+                "pageNo": {"type": "integer"},
+                "pageSize": {"type": "integer"},
+                "nextToken": {"type": ["string", "null"]},
+            },
+        },
+        "IotClientIds": {
+            "type": "object",
+            "required": ["iotId", "clientIds"],
+            "properties": {
+                "iotId": {"type": "string"},
+                "clientIds": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["clientId", "createTime"],
+                        "properties": {
+                            "clientId": {"type": "string"},
+                            "createTime": {"type": "integer", "description": "epoch ms"},
+                        },
+                    },
+                },
+            },
+        },
+        "ExplainRequest": {
+            "type": "object",
+            "description": "The subject is `subject`, else the claims' `sub`.",
+            "additionalProperties": False,
+            "required": ["claims"],
+            "properties": {
+                "claims": {"type": "object"},
+                "clientId": {"type": "string", "pattern": CLIENT_ID_PATTERN},
+                "subject": _string(1024),
+            },
+            "anyOf": [
+                {"required": ["subject"]},
+                {
+                    "properties": {
+                        "claims": {"required": ["sub"], "properties": {"sub": _string(1024)}}
+                    }
+                },
+            ],
+        },
+        "Explanation": {
+            "type": "object",
+            "required": ["policy", "subject", "matched", "read", "write", "cachedTokens"],
+            "properties": {
+                "policy": {"type": "object"},
+                "subject": {"type": "string"},
+                "clientId": {"type": ["string", "null"]},
+                "groups": {"type": "object"},
+                "matched": {"type": "array", "items": {"type": "object"}},
+                "refused": {"type": "array", "items": {"type": "object"}},
+                "read": topics,
+                "write": topics,
+                "tokens": {"type": "array", "items": {"type": "object"}},
+                "ttlSeconds": {"type": "integer"},
+                "maxTtlSeconds": {"type": "integer"},
+                "tooBroad": {"type": ["string", "null"]},
+                "cachedTokens": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["type", "resources", "cached"],
+                        "properties": {
+                            "type": token_type,
+                            "resources": topics,
+                            "cached": {"type": "boolean"},
+                            "fingerprint": {"type": "string"},
+                            "expireTime": {"type": "integer"},
+                        },
+                    },
+                },
+            },
+        },
+    }
+
+
+def admin_security_schemes() -> dict[str, Any]:
+    """The API key scheme (the bearer scheme is the gateway's own)."""
+    return {
+        "adminApiKey": {
+            "type": "apiKey",
+            "in": "header",
+            "name": "X-API-Key",
+            "description": "An admin API key (also accepted as `Authorization: ApiKey <key>`)",
+        }
+    }
