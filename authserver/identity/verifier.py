@@ -11,12 +11,12 @@ import logging
 import math
 import re
 import sys
+from collections import OrderedDict
 from collections.abc import Callable
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
 import aiohttp
-from cachetools import LRUCache
 
 from authserver.clock import Clock, SystemClock
 from authserver.errors import InvalidToken
@@ -118,7 +118,10 @@ class JWTVerifier:
         self._session = session
         self._owned_session: aiohttp.ClientSession | None = None
         self._task: asyncio.Task[None] | None = None
-        self._cache: LRUCache[bytes, _Verified] = LRUCache(maxsize=settings.cache_size)
+        # Least-recently-used, keyed by sha256(token): 32 bytes a key whatever the token size.
+        # A plain OrderedDict rather than cachetools: forget() can scan it without reordering.
+        self._cache: OrderedDict[bytes, _Verified] = OrderedDict()
+        self._cache_size = max(settings.cache_size, 0)
         self._headers: dict[str, tuple[str, str | None]] = {}
 
         self._static, problems = static_keys(
@@ -204,6 +207,7 @@ class JWTVerifier:
             # A remembered token is served only until its exp; the leeway is granted by the
             # full check below, so the cache never stretches a token's life.
             if self._clock.time() < hit.identity.expires_at:
+                self._cache.move_to_end(digest)
                 return hit.identity
             self._cache.pop(digest, None)
         fp = digest.hex()[:8]
@@ -212,7 +216,7 @@ class JWTVerifier:
         except InvalidToken as err:
             log.debug("JWT %s refused: %s", fp, err.detail)
             raise
-        self._cache[digest] = verified
+        self._remember(digest, verified)
         log.debug("JWT %s verified (key %s)", fp, verified.key_ref)
         return verified.identity
 
@@ -310,6 +314,13 @@ class JWTVerifier:
             expires_at=expires_at,
             fingerprint=fp,
         )
+
+    def _remember(self, digest: bytes, verified: _Verified) -> None:
+        if self._cache_size == 0:
+            return
+        self._cache[digest] = verified
+        if len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
 
     def _drop_keys(self, refs: frozenset[str]) -> None:
         doomed = [k for k, v in list(self._cache.items()) if v.key_ref in refs]

@@ -216,11 +216,31 @@ async def test_forget_drops_the_matching_identities(
     assert verifier.signature_checks == 4
 
 
-async def test_the_cache_is_bounded(make_verifier: MakeVerifier, minter: Minter) -> None:
-    verifier = await make_verifier(JWTSettings(algorithms=("HS256",), secret=SECRET, cache_size=2))
-    for n in range(5):
-        await verifier.verify(minter.sign(SECRET, claims={"sub": f"d{n}"}))
+async def test_the_cache_is_bounded_and_evicts_the_least_recently_used(
+    make_verifier: MakeVerifier, minter: Minter
+) -> None:
+    verifier = await make_verifier(
+        JWTSettings(algorithms=("HS256",), secret=SECRET, cache_size=2), cls=CountingVerifier
+    )
+    assert isinstance(verifier, CountingVerifier)
+    a, b, c = (minter.sign(SECRET, claims={"sub": name}) for name in "abc")
+    for token in (a, b, a, c):
+        await verifier.verify(token)
     assert verifier.cached == 2
+    assert verifier.signature_checks == 3
+
+    await verifier.verify(a)
+    assert verifier.signature_checks == 3
+    await verifier.verify(b)
+    assert verifier.signature_checks == 4
+
+
+async def test_a_cache_size_of_zero_disables_the_cache(
+    make_verifier: MakeVerifier, minter: Minter
+) -> None:
+    verifier = await make_verifier(JWTSettings(algorithms=("HS256",), secret=SECRET, cache_size=0))
+    await verifier.verify(minter.sign(SECRET))
+    assert verifier.cached == 0
 
 
 async def test_refusals_are_not_cached(make_verifier: MakeVerifier, minter: Minter) -> None:
