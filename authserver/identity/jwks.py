@@ -41,7 +41,7 @@ class JWKSSource:
         cache_ttl: float,
         on_removed: Callable[[frozenset[str]], None],
     ) -> None:
-        """Configure; nothing is fetched until `load`, `run` or an unknown kid."""
+        """Configure; nothing is fetched until `refresh`, `run` or a first `key_for`."""
         self._url = url
         self._safe_url = str(URL(url).with_query(None).with_user(None))
         self._algorithms = tuple(algorithms)
