@@ -15,6 +15,7 @@ from authserver.cloud.client import CloudClient, make_session
 from authserver.cloud.quota import QuotaGovernor
 from authserver.identity import JWTVerifier
 from authserver.policy_holder import PolicyHolder
+from authserver.redis_conn import connect_redis
 from authserver.settings import Settings
 from authserver.tokens.bus import InvalidationBus
 from authserver.tokens.revocation import (
@@ -27,6 +28,7 @@ from authserver.tokens.revocation import (
 from authserver.tokens.service import TokenService
 from authserver.tokens.store import MemoryStore, RedisStore, TokenStore
 from authserver.web.middlewares import problem_middleware
+from authserver.web.observe import observe_middleware, setup_operations
 from authserver.web.routes import setup_routes
 
 log = logging.getLogger(__name__)
@@ -35,13 +37,17 @@ REDIS = web.AppKey("redis", aioredis.Redis)
 
 def create_app(settings: Settings, *, clock: Clock | None = None) -> web.Application:
     """Build the gateway application; resources start and stop with it."""
-    app = web.Application(middlewares=[problem_middleware], client_max_size=settings.max_body_bytes)
+    app = web.Application(
+        middlewares=[observe_middleware, problem_middleware],
+        client_max_size=settings.max_body_bytes,
+    )
     app[keys.SETTINGS] = settings
     app[keys.CLOCK] = clock or SystemClock()
     app[keys.POLICY] = PolicyHolder.load(settings.policy_file)
     app.cleanup_ctx.append(_http_session)
     app.cleanup_ctx.append(_redis)
     app.cleanup_ctx.append(_services)
+    setup_operations(app)
     setup_routes(app)
     return app
 
@@ -58,9 +64,7 @@ async def _redis(app: web.Application) -> AsyncIterator[None]:
     if url is None:
         yield
         return
-    client = aioredis.Redis.from_url(
-        url, socket_timeout=2.0, socket_connect_timeout=2.0, health_check_interval=15
-    )
+    client = connect_redis(url, cluster=app[keys.SETTINGS].redis_cluster)
     app[REDIS] = client
     yield
     await client.aclose()

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import aiohttp
 from aiohttp import web
 
 from authserver.clock import Clock
 from authserver.cloud.client import CloudClient
 from authserver.identity import JWTVerifier
+from authserver.metrics import Metrics
 from authserver.policy_holder import PolicyHolder
+from authserver.policy_watch import PolicyWatcher
 from authserver.settings import Settings
 from authserver.tokens.bus import InvalidationBus
 from authserver.tokens.revocation import RevocationWorker, Revoker
@@ -24,3 +28,6 @@ TOKENS = web.AppKey("tokens", TokenService)
 BUS = web.AppKey("bus", InvalidationBus)
 REVOKER = web.AppKey("revoker", Revoker)
 REVOCATION_WORKER = web.AppKey("revocation_worker", RevocationWorker)
+METRICS = web.AppKey("metrics", Metrics)
+DRAINING = web.AppKey("draining", asyncio.Event)
+POLICY_WATCHER = web.AppKey("policy_watcher", PolicyWatcher)

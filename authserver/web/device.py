@@ -6,7 +6,7 @@ import re
 
 from aiohttp import web
 
-from authserver import keys
+from authserver import keys, logs
 from authserver.errors import BadRequest
 from authserver.identity import Identity, bearer_token
 from authserver.policy.claims import relevant_claims
@@ -23,7 +23,9 @@ MAX_REQUESTED_TOPICS = 100
 async def authenticate(request: web.Request) -> Identity:
     """Verify the bearer JWT of a request."""
     token = bearer_token(request.headers.get("Authorization"))
-    return await request.app[keys.VERIFIER].verify(token)
+    identity = await request.app[keys.VERIFIER].verify(token)
+    logs.bind_subject(identity.subject)
+    return identity
 
 
 async def post_token(request: web.Request) -> web.Response:

@@ -14,7 +14,7 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """Ready: policy loaded, keys loaded, store reachable, upstream circuit not open."""
+    """Ready: policy and keys loaded, store reachable, circuit not open, not shutting down."""
     app = request.app
     checks: dict[str, str] = {}
     checks["policy"] = "ok" if app[keys.POLICY].current is not None else "not loaded"
@@ -22,6 +22,7 @@ async def readyz(request: web.Request) -> web.Response:
     checks["store"] = "ok" if await app[keys.TOKENS].store.ping() else "unreachable"
     circuit = app[keys.CLOUD].circuit.state
     checks["upstream"] = "ok" if circuit != "open" else "circuit open"
+    checks["shutdown"] = "draining" if app[keys.DRAINING].is_set() else "ok"
     ready = all(v == "ok" for v in checks.values())
     return web.json_response(
         {"status": "ready" if ready else "not ready", "checks": checks},

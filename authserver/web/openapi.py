@@ -99,6 +99,19 @@ def openapi_document() -> dict[str, Any]:
                     "responses": {"200": _json_ok("The OpenAPI description")},
                 }
             },
+            "/metrics": {
+                "get": {
+                    "operationId": "metrics",
+                    "summary": "Prometheus metrics of this process (unauthenticated: keep it "
+                    "off the public ingress, allow only the scraper by NetworkPolicy)",
+                    "responses": {
+                        "200": {
+                            "description": "Prometheus text exposition format 0.0.4",
+                            "content": {"text/plain": {"schema": {"type": "string"}}},
+                        }
+                    },
+                }
+            },
             **admin_paths(),
         },
     }

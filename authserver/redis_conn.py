@@ -1,0 +1,38 @@
+"""The one way the gateway connects to Redis: a single server or a Redis Cluster, TLS by URL.
+
+`rediss://` turns TLS on (certificates verified against the system store; a managed Redis
+with a private CA takes `?ssl_ca_certs=/path` in the URL). With `cluster=True` the URL names
+any node; the client discovers the others and follows MOVED/ASK redirections. Every key the
+gateway uses together in one script or transaction shares a `{hash tag}`, so each such
+operation lands in one slot.
+
+The cluster client answers the same commands the stores use, so it is typed as
+`redis.asyncio.Redis` for them (redis-py has no common base class of the two).
+"""
+
+from __future__ import annotations
+
+from typing import cast
+
+import redis.asyncio as aioredis
+
+SOCKET_TIMEOUT = 2.0
+HEALTH_CHECK_INTERVAL = 15
+
+
+def connect_redis(url: str, *, cluster: bool = False) -> aioredis.Redis:
+    """A client for `url` (redis://, rediss://, unix://); a cluster client when `cluster`."""
+    if cluster:
+        client = aioredis.RedisCluster.from_url(
+            url,
+            socket_timeout=SOCKET_TIMEOUT,
+            socket_connect_timeout=SOCKET_TIMEOUT,
+            health_check_interval=HEALTH_CHECK_INTERVAL,
+        )
+        return cast(aioredis.Redis, client)
+    return aioredis.Redis.from_url(
+        url,
+        socket_timeout=SOCKET_TIMEOUT,
+        socket_connect_timeout=SOCKET_TIMEOUT,
+        health_check_interval=HEALTH_CHECK_INTERVAL,
+    )

@@ -1,0 +1,218 @@
+"""Operations on the web side: request ids and metrics per request, /metrics, draining, reload.
+
+`observe_middleware` is the outermost middleware: it gives every request an id (the caller's
+`X-Request-Id` when sane, else a new one) that is returned in the response and attached to
+every log record of the request, and it counts the request by route template and status.
+It writes no per-request log line above DEBUG; a 5xx answer is logged at WARNING.
+
+`setup_operations(app)` wires the rest: the app's metrics registry, the draining flag that
+turns readiness false at SIGTERM, and the policy watcher that hot-reloads the policy file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from authserver import keys, logs
+from authserver.metrics import CONTENT_TYPE, Metrics, Sources, Stats
+from authserver.policy.model import Policy
+from authserver.policy_watch import PolicyWatcher, narrowed
+
+log = logging.getLogger(__name__)
+
+UNMATCHED = "<unmatched>"
+_BEARER = "bearer "
+
+
+def route_label(request: web.Request) -> str:
+    """The route template (`/v1/admin/subjects/{subject}/tokens`), never the raw path."""
+    resource = request.match_info.route.resource
+    if resource is None:
+        return UNMATCHED
+    return resource.canonical
+
+
+def _credential(header: str | None) -> str | None:
+    if header is None or header[:7].lower() != _BEARER:
+        return None
+    return header[7:].strip() or None
+
+
+@web.middleware
+async def observe_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Request id in and out, log context, request metrics; Connection: close while draining."""
+    app = request.app
+    started = time.perf_counter()
+    request_id = logs.request_id_from(request.headers.get(logs.REQUEST_ID_HEADER))
+    route = route_label(request)
+    context = logs.RequestContext(request_id, request.method, route)
+    context.set_credential(_credential(request.headers.get("Authorization")))
+    reset = logs.CURRENT.set(context)
+    status = 500
+    try:
+        try:
+            response = await handler(request)
+        except web.HTTPException as err:  # what problem_middleware lets through (< 400)
+            status = err.status
+            err.headers[logs.REQUEST_ID_HEADER] = request_id
+            raise
+        status = response.status
+        if not response.prepared:
+            response.headers[logs.REQUEST_ID_HEADER] = request_id
+            if app[keys.DRAINING].is_set():
+                # Clients stop reusing connections to a pod that is about to go away.
+                response.force_close()
+        return response
+    finally:
+        elapsed = time.perf_counter() - started
+        app[keys.METRICS].requests.observe(route, request.method, status, elapsed)
+        if status >= 500:
+            log.warning(
+                "%s %s answered %d",
+                request.method,
+                route,
+                status,
+                extra={"status": status, "durationMs": round(elapsed * 1000, 3)},
+            )
+        elif log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "%s %s answered %d",
+                request.method,
+                route,
+                status,
+                extra={"status": status, "durationMs": round(elapsed * 1000, 3)},
+            )
+        logs.CURRENT.reset(reset)
+
+
+async def metrics_handler(request: web.Request) -> web.Response:
+    """Prometheus text exposition of this process's metrics (unauthenticated: restrict it)."""
+    app = request.app
+    revocation: Stats | None = None
+    revoker = app.get(keys.REVOKER)
+    if revoker is not None:
+        try:
+            revocation = dict(await revoker.status())
+        except Exception:
+            log.warning("metrics: the revocation queue status is unavailable", exc_info=True)
+        else:
+            worker = app.get(keys.REVOCATION_WORKER)
+            if worker is not None:
+                revocation["done"] = worker.done
+                revocation["failures"] = worker.failures
+    metrics = app[keys.METRICS]
+    # Read synchronously right below, with no await in between: concurrent scrapes are safe.
+    metrics.components.sources.revocation = lambda: revocation
+    return web.Response(body=metrics.render(), headers={"Content-Type": CONTENT_TYPE})
+
+
+def _token_stats(app: web.Application) -> Stats | None:
+    """Cache lookups per layer, from the token service's (and verifier's) counters."""
+    tokens = app.get(keys.TOKENS)
+    if tokens is None:
+        return None
+    layers: dict[str, dict[str, int]] = {}
+    hits: Any = getattr(tokens, "hits", None)
+    misses = int(getattr(tokens, "misses", 0))
+    if isinstance(hits, dict):
+        store_hits = int(hits.get("store", 0))
+        if "l1" in hits and tokens.store.shared:
+            l1_hits = int(hits["l1"])
+            layers["l1"] = {"hits": l1_hits, "misses": store_hits + misses}
+        layers["store"] = {"hits": store_hits, "misses": misses}
+    elif isinstance(hits, int):
+        layers["store"] = {"hits": hits, "misses": misses}
+    verifier = app.get(keys.VERIFIER)
+    jwt_hits = getattr(verifier, "hits", None)
+    if isinstance(jwt_hits, int):
+        layers["jwt"] = {"hits": jwt_hits, "misses": int(getattr(verifier, "misses", 0))}
+    return {"layers": layers, "minted": int(getattr(tokens, "minted", 0))}
+
+
+def _sources(app: web.Application) -> Sources:
+    def cloud() -> Stats | None:
+        client = app.get(keys.CLOUD)
+        return None if client is None else client.stats()
+
+    def quota() -> Stats | None:
+        client = app.get(keys.CLOUD)
+        return None if client is None else client.governor.stats()
+
+    def policy() -> Stats | None:
+        watcher = app.get(keys.POLICY_WATCHER)
+        if watcher is not None:
+            return watcher.stats()
+        return {"version": app[keys.POLICY].current.version_id}
+
+    return Sources(tokens=lambda: _token_stats(app), cloud=cloud, quota=quota, policy=policy)
+
+
+def reload_policy(app: web.Application, reason: str = "SIGHUP") -> None:
+    """Force a policy reload now (the SIGHUP handler); a no-op before start-up."""
+    watcher = app.get(keys.POLICY_WATCHER)
+    if watcher is None:
+        log.warning("policy reload asked (%s) before the watcher started; ignored", reason)
+        return
+    watcher.request_reload(reason)
+
+
+def start_draining(app: web.Application) -> None:
+    """Turn readiness false (SIGTERM): the ingress stops routing here, requests still served."""
+    if not app[keys.DRAINING].is_set():
+        log.warning("draining: readiness is now false; still serving until shutdown")
+        app[keys.DRAINING].set()
+
+
+async def revoke_narrowed(app: web.Application, old: Policy, new: Policy) -> int:
+    """Revoke the cached tokens that grant more than the new policy allows; how many."""
+    tokens = app[keys.TOKENS]
+    # Every process sweeps when it switches: a replica still on the old policy may mint a
+    # wide token until its own watcher sees the change, and its own sweep then catches it.
+    # Records revoked by an earlier sweeper are gone from the shared store already.
+    doomed = await narrowed(new, tokens.store.all_tokens())
+    if not doomed:
+        return 0
+    revoker = app.get(keys.REVOKER)
+    if revoker is None:
+        log.error("policy narrowed %d cached token(s) but no revoker is configured", len(doomed))
+        return 0
+    await revoker.revoke_records(doomed)
+    log.warning(
+        "policy %s narrowed grants: revoked %d cached token(s) of %d subject(s)",
+        new.version_id,
+        len(doomed),
+        len({record.subject for _key, record in doomed}),
+    )
+    return len(doomed)
+
+
+async def _policy_watch(app: web.Application) -> AsyncIterator[None]:
+    settings = app[keys.SETTINGS]
+
+    async def on_change(old: Policy, new: Policy) -> int:
+        return await revoke_narrowed(app, old, new)
+
+    watcher = PolicyWatcher(
+        app[keys.POLICY],
+        interval=settings.policy_poll_interval,
+        on_change=on_change,
+        wall_time=app[keys.CLOCK].time,
+    )
+    app[keys.POLICY_WATCHER] = watcher
+    await watcher.start()
+    yield
+    await watcher.close()
+
+
+def setup_operations(app: web.Application) -> None:
+    """Metrics, the draining flag and the policy watcher; call after the services' contexts."""
+    app[keys.METRICS] = Metrics(_sources(app))
+    app[keys.DRAINING] = asyncio.Event()
+    app.cleanup_ctx.append(_policy_watch)

@@ -1,0 +1,116 @@
+"""/metrics over a real socket: the named series move as requests are made."""
+
+from __future__ import annotations
+
+from authserver import keys
+from authserver.web.openapi import openapi_document
+from tests.fixtures.emulator import EmulatorHandle
+from tests.fixtures.gateway import MakeGateway, bearer, make_jwt
+from tests.ops.helpers import samples, scrape, value
+
+TOKEN = {"route": "/v1/token", "method": "POST"}
+
+
+async def test_series_move_with_requests(
+    emulator: EmulatorHandle, make_gateway: MakeGateway
+) -> None:
+    client = await make_gateway(emulator)
+    before = await scrape(client)
+    assert value(before, "authserver_http_requests_total", status="200", **TOKEN) == 0
+    assert value(before, "authserver_circuit_state") == 0
+    assert value(before, "authserver_policy_last_reload_success") == 1
+
+    jwt = make_jwt("alice", groups=["ops"], tenant="t1")
+    for _ in range(3):
+        resp = await client.post("/v1/token", headers=bearer(jwt))
+        assert resp.status == 200
+    resp = await client.post("/v1/token", headers=bearer("not-a-jwt"))
+    assert resp.status == 401
+
+    after = await scrape(client)
+    assert value(after, "authserver_http_requests_total", status="200", **TOKEN) == 3
+    assert value(after, "authserver_http_requests_total", status="401", **TOKEN) == 1
+    assert value(after, "authserver_http_request_duration_seconds_count", route="/v1/token") == 4
+    assert value(after, "authserver_http_request_duration_seconds_sum", route="/v1/token") > 0
+    # Two tokens (R and W) minted once, then found in the store twice each.
+    assert value(after, "authserver_cache_lookups_total", layer="store", result="miss") == 2
+    assert value(after, "authserver_cache_lookups_total", layer="store", result="hit") == 4
+    assert value(after, "authserver_tokens_minted_total") == 2
+    assert value(after, "authserver_upstream_calls_total", action="ApplyToken", code="ok") == 2
+    assert value(after, "authserver_quota_acquired_total", action="ApplyToken") == 2
+    assert value(after, "authserver_quota_mode", mode="local") == 1
+    assert value(after, "authserver_revocation_queue_depth") == 0
+    # The scrape before this one was counted too.
+    assert value(after, "authserver_http_requests_total", route="/metrics", method="GET",
+                 status="200") == 1
+
+
+async def test_route_label_is_the_template_not_the_path(
+    emulator: EmulatorHandle, make_gateway: MakeGateway
+) -> None:
+    client = await make_gateway(emulator)
+    for subject in ("bob", "carol", "dave"):
+        await client.get(f"/v1/admin/subjects/{subject}/tokens")
+    for path in ("/nope", "/nope/2", "/v2/token"):
+        assert (await client.get(path)).status == 404
+    text = await scrape(client)
+    routes = {
+        dict(labels)["route"]
+        for (name, labels) in samples(text)
+        if name == "authserver_http_requests_total"
+    }
+    assert routes == {"/v1/admin/subjects/{subject}/tokens", "<unmatched>"}
+    unmatched = value(text, "authserver_http_requests_total", route="<unmatched>", method="GET",
+                      status="404")
+    assert unmatched == 3
+
+
+async def test_policy_version_is_exposed(
+    emulator: EmulatorHandle, make_gateway: MakeGateway
+) -> None:
+    client = await make_gateway(emulator)
+    assert client.app is not None
+    current = client.app[keys.POLICY].current.version_id
+    text = await scrape(client)
+    assert value(text, "authserver_policy_info", version=current) == 1
+
+
+async def test_upstream_failures_and_circuit_are_counted(
+    emulator: EmulatorHandle, make_gateway: MakeGateway
+) -> None:
+    # Nothing listens on the endpoint: every ApplyToken fails at connect.
+    await emulator.runner.cleanup()
+    client = await make_gateway(emulator, request_deadline=0.5)
+    for _ in range(2):
+        resp = await client.post("/v1/token", headers=bearer(make_jwt("bob")))
+        assert resp.status == 503
+    text = await scrape(client)
+    failed = sum(
+        v
+        for (name, labels), v in samples(text).items()
+        if name == "authserver_upstream_calls_total"
+        and dict(labels)["action"] == "ApplyToken"
+        and dict(labels)["code"] != "ok"
+    )
+    assert failed >= 2
+    assert value(text, "authserver_http_requests_total", status="503", **TOKEN) == 2
+
+
+async def test_metrics_is_described_and_needs_no_credentials(
+    emulator: EmulatorHandle, make_gateway: MakeGateway
+) -> None:
+    assert "/metrics" in openapi_document()["paths"]
+    client = await make_gateway(emulator)
+    resp = await client.get("/metrics")
+    assert resp.status == 200
+    assert "X-Request-Id" in resp.headers
+
+
+async def test_each_app_has_its_own_registry(
+    emulator: EmulatorHandle, make_gateway: MakeGateway
+) -> None:
+    one = await make_gateway(emulator)
+    two = await make_gateway(emulator)
+    await one.post("/v1/token", headers=bearer(make_jwt("bob")))
+    assert value(await scrape(two), "authserver_http_requests_total", status="200", **TOKEN) == 0
+    assert value(await scrape(one), "authserver_http_requests_total", status="200", **TOKEN) == 1
