@@ -12,11 +12,14 @@ CLIENT_ID_PATTERN = "^GID[_-][A-Za-z0-9_-]{3,60}@@@[A-Za-z0-9_.:-]{1,64}$"
 GROUP_ID_PATTERN = "^GID[_-][A-Za-z0-9_-]{3,60}$"
 IOT_ID_PATTERN = "^[A-Za-z0-9_.-]{1,64}$"
 NO_NUL = "^[^\\u0000]+$"
+# A path segment of "." or ".." would be folded away by URL normalisation.
+SUBJECT_SEGMENT = "^(?!\\.\\.?$)[^\\u0000]+$"
 
 _DESCRIPTIONS = {
     400: "Malformed body or parameter",
     401: "Missing, malformed or expired credential, or a wrong API key",
     403: "A valid JWT without the admin scope or role",
+    404: "No such path (for example a path segment that normalises away)",
     413: "Body too large",
     501: "Feature not configured; `detail` names the missing setting",
     502: "The upstream refused the call",
@@ -118,12 +121,12 @@ def admin_paths() -> dict[str, Any]:
                 "adminSubjectTokens",
                 "The subject's live tokens (no token values)",
                 (200, "The subject's tokens", "SubjectTokens"),
-                (400, 401, 403, 503),
+                (400, 401, 403, 404, 503),
                 parameters=[
                     _path_param(
                         "subject",
-                        {"minLength": 1, "maxLength": 1024, "pattern": "^[^/\\u0000]+$"},
-                        "The JWT subject",
+                        {"minLength": 1, "maxLength": 1024, "pattern": SUBJECT_SEGMENT},
+                        "The JWT subject, percent-encoded ('/' as %2F)",
                     )
                 ],
             )
