@@ -148,5 +148,6 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     )
     yield
     await worker.stop()
+    await tokens.close()
     await bus.close()
     await verifier.close()

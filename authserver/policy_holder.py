@@ -2,24 +2,88 @@
 
 from __future__ import annotations
 
+import json
 import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from authserver.policy.claims import referenced_claims
+from cachetools import LRUCache
+
+from authserver.policy.claims import referenced_claims, relevant_claims
+from authserver.policy.engine import check_limits, evaluate, restrict
 from authserver.policy.loader import load_policy
 from authserver.policy.model import Policy, PolicyLoadError
 
 log = logging.getLogger(__name__)
 
 
-class PolicyHolder:
-    """Holds the current Policy; a failed reload keeps the previous one."""
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What to ask the upstream for: the decided resource sets, lifetime and claims kept."""
 
-    def __init__(self, path: Path, policy: Policy) -> None:
+    read: tuple[str, ...]
+    write: tuple[str, ...]
+    ttl_seconds: int
+    max_ttl_seconds: int
+    claims: Mapping[str, Any]
+
+
+class PolicyHolder:
+    """Holds the current Policy; a failed reload keeps the previous one.
+
+    Decisions are cached per (policy version, subject, client id, the claims the policy
+    looks at, requested topics and actions), so a device that comes back skips evaluation;
+    a reload changes the version and so every key.
+    """
+
+    def __init__(self, path: Path, policy: Policy, plan_cache_size: int = 100_000) -> None:
         self.path = path
         self.current = policy
         self.claim_names = referenced_claims(policy)
         self.last_error: list[str] = []
+        self._plans: LRUCache[tuple[Any, ...], Plan] = LRUCache(maxsize=plan_cache_size)
+
+    def plan(
+        self,
+        subject: str,
+        claims: Mapping[str, Any],
+        client_id: str | None,
+        topics: Sequence[str] | None,
+        actions: Sequence[str] | None,
+    ) -> Plan:
+        """The decision for one request; PolicyDenied / GrantTooBroad / BadRequest raise."""
+        policy = self.current
+        kept = relevant_claims(self.claim_names, claims)
+        key = (
+            policy.version_id,
+            subject,
+            client_id,
+            json.dumps(kept, sort_keys=True, default=str) if kept else "",
+            tuple(topics) if topics is not None else None,
+            tuple(sorted(actions)) if actions is not None else None,
+        )
+        found = self._plans.get(key)
+        if found is not None:
+            return found
+        decision = restrict(evaluate(policy, subject, claims, client_id), topics, actions)
+        check_limits(decision)
+        made = Plan(
+            decision.read,
+            decision.write,
+            decision.ttl_seconds,
+            decision.max_ttl_seconds,
+            kept,
+        )
+        self._plans[key] = made
+        return made
+
+    def swap(self, policy: Policy) -> None:
+        """Put a validated policy in force (on the event loop's thread)."""
+        self.claim_names = referenced_claims(policy)
+        self.current = policy
+        self._plans.clear()
 
     @classmethod
     def load(cls, path: Path) -> PolicyHolder:
@@ -42,7 +106,6 @@ class PolicyHolder:
         self.last_error = []
         if policy.version_id == self.current.version_id:
             return False
-        self.claim_names = referenced_claims(policy)
-        self.current = policy
+        self.swap(policy)
         log.info("policy reloaded: version %s", policy.version_id)
         return True

@@ -215,8 +215,14 @@ def _jwt_settings(env: Mapping[str, str], found: list[str]) -> JWTSettings | Non
             f"{PREFIX}JWT_ALGORITHMS: {', '.join(bad)} cannot be used with {kind} "
             f"(allowed: {', '.join(sorted(allowed))})"
         )
-    if secret is not None and len(secret.encode()) < 32:
-        problems.append(f"{PREFIX}JWT_SECRET must be at least 32 bytes (RFC 7518 section 3.2)")
+    if secret is not None:
+        # RFC 7518 section 3.2: a key at least as long as the hash output.
+        needed = max((int(a[2:]) // 8 for a in algorithms if a in HMAC_ALGORITHMS), default=32)
+        if len(secret.encode()) < needed:
+            problems.append(
+                f"{PREFIX}JWT_SECRET must be at least {needed} bytes for "
+                f"{', '.join(algorithms)} (RFC 7518 section 3.2)"
+            )
     public_key: str | None = None
     if key_file is not None:
         try:

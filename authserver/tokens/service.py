@@ -23,6 +23,8 @@ MAX_TTL = 30 * 24 * 3600
 BROKER_NOTICE_SECONDS = 300
 # ExpireTime must be at least 60 s ahead when the upstream receives it, not when we send it.
 MIN_TTL_SLACK_MS = 2000
+EARLY_REFRESH_MS = 60_000
+RENEW_DEADLINE = 30.0
 
 Minter = Callable[[str, tuple[str, ...], str, int, float], Awaitable[str]]
 
@@ -125,6 +127,9 @@ class TokenService:
         self.hits = {"l1": 0, "store": 0}
         self.misses = 0
         self.minted = 0
+        self.renewed = 0
+        self._renewing: set[str] = set()
+        self._background: set[asyncio.Task[None]] = set()
 
     def drop(self, keys: Iterable[str]) -> None:
         """Forget L1 entries (an invalidation event, from here or another process)."""
@@ -149,41 +154,126 @@ class TokenService:
     async def credentials(self, request: TokenRequest, deadline: float) -> MqttCredentials:
         """MQTT credentials for `request`; `deadline` is an absolute monotonic time."""
         specs = token_specs(request.read, request.write)
-        records = await asyncio.gather(
-            *(self._token(kind, resources, request, deadline) for kind, resources in specs)
-        )
-        password = "|".join(f"{r.type}|{r.token}" for r in records)
+        records: list[TokenRecord | None] = []
+        missing: list[tuple[int, str, str, tuple[str, ...]]] = []
+        for kind, resources in specs:
+            key = token_key(
+                self.instance_id, request.subject, kind, resources, request.ttl, request.client_id
+            )
+            record = await self._cached(key, request.subject)
+            if record is None:
+                missing.append((len(records), key, kind, resources))
+            else:
+                self._refresh_early(key, kind, resources, request, record)
+            records.append(record)
+        if missing:
+            self.misses += len(missing)
+            issued = await asyncio.gather(
+                *(self._issue(key, kind, res, request, deadline) for _i, key, kind, res in missing)
+            )
+            for (index, *_rest), record in zip(missing, issued, strict=True):
+                records[index] = record
+        done = [r for r in records if r is not None]
+        password = "|".join(f"{r.type}|{r.token}" for r in done)
         return MqttCredentials(
             instance_id=self.instance_id,
             username=self._username,
             password=password,
-            tokens=tuple(records),
-            expire_ms=min(r.expire_ms for r in records),
-            refresh_at_ms=min(r.refresh_at_ms for r in records),
+            tokens=tuple(done),
+            expire_ms=min(r.expire_ms for r in done),
+            refresh_at_ms=min(r.refresh_at_ms for r in done),
         )
 
     def _fresh(self, record: TokenRecord | None) -> bool:
         return record is not None and record.refresh_at_ms > self._clock.time() * 1000
 
-    async def _token(
-        self, kind: str, resources: tuple[str, ...], request: TokenRequest, deadline: float
-    ) -> TokenRecord:
-        key = token_key(
-            self.instance_id, request.subject, kind, resources, request.ttl, request.client_id
-        )
+    async def _cached(self, key: str, subject: str) -> TokenRecord | None:
+        """A fresh token from L1, else from the store (then kept in L1)."""
         l1 = self._l1
         if l1 is not None:
             record = l1.get(key)
             if record is not None:
                 self.hits["l1"] += 1
                 return record
-        record = await self.store.get(key, request.subject)
-        if record is not None and self._fresh(record):
-            self.hits["store"] += 1
-            if l1 is not None:
-                l1[key] = record
-            return record
-        self.misses += 1
+        record = await self.store.get(key, subject)
+        if record is None or not self._fresh(record):
+            return None
+        self.hits["store"] += 1
+        if l1 is not None:
+            l1[key] = record
+        return record
+
+    def _refresh_early(
+        self,
+        key: str,
+        kind: str,
+        resources: tuple[str, ...],
+        request: TokenRequest,
+        record: TokenRecord,
+    ) -> None:
+        """Stampede protection: renew a token in use shortly before its refresh time.
+
+        Each token gets its own point in a window before refreshAt (at most a minute, or a
+        tenth of its life), derived from the token, so a fleet that fetched its tokens in
+        the same second is renewed over a spread of time, in the background, by the first
+        request that comes by; devices keep getting the current token meanwhile.
+        """
+        window = min(EARLY_REFRESH_MS, (record.refresh_at_ms - record.issued_ms) // 10)
+        jitter = int(record.fingerprint, 16) % max(window, 1)
+        if self._clock.time() * 1000 < record.refresh_at_ms - jitter:
+            return
+        if key in self._flights or key in self._renewing:
+            return
+        self._renewing.add(key)
+        task = asyncio.create_task(self._renew(key, kind, resources, request, record))
+        self._background.add(task)
+        task.add_done_callback(functools.partial(self._renewed, key))
+
+    def _renewed(self, key: str, task: asyncio.Task[None]) -> None:
+        self._background.discard(task)
+        self._renewing.discard(key)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("background token renewal failed: %s", type(task.exception()).__name__)
+
+    async def _renew(
+        self,
+        key: str,
+        kind: str,
+        resources: tuple[str, ...],
+        request: TokenRequest,
+        old: TokenRecord,
+    ) -> None:
+        deadline = self._clock.monotonic() + RENEW_DEADLINE
+        lock_id = await self.store.lock(key, request.subject, self._lock_ttl)
+        if lock_id is None:
+            return  # another process renews it
+        try:
+            current = await self.store.get(key, request.subject)
+            if current is not None and current.token != old.token:
+                if self._l1 is not None:
+                    self._l1[key] = current
+                return
+            record = await self._apply(key, kind, resources, request, deadline)
+            if self._l1 is not None:
+                self._l1[key] = record
+            self.renewed += 1
+        finally:
+            await self._unlock(key, request.subject, lock_id)
+
+    async def close(self) -> None:
+        """Cancel background renewals (they are an optimisation, never owed to anyone)."""
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+
+    async def _issue(
+        self,
+        key: str,
+        kind: str,
+        resources: tuple[str, ...],
+        request: TokenRequest,
+        deadline: float,
+    ) -> TokenRecord:
         flight = self._flights.get(key)
         if flight is None:
             flight = asyncio.create_task(self._fill(key, kind, resources, request, deadline))
@@ -197,8 +287,8 @@ class TokenService:
                 "token issuance did not finish within the request deadline",
                 headers={"Retry-After": "1"},
             ) from err
-        if l1 is not None and self._fresh(record):
-            l1[key] = record
+        if self._l1 is not None and self._fresh(record):
+            self._l1[key] = record
         return record
 
     def _landed(self, key: str, task: asyncio.Task[TokenRecord]) -> None:

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import re
 
+import orjson
 from aiohttp import web
 
 from authserver import keys, logs
 from authserver.errors import BadRequest
 from authserver.identity import Identity, bearer_token
-from authserver.policy.claims import relevant_claims
-from authserver.policy.engine import check_limits, evaluate, restrict
 from authserver.tokens.service import MAX_TTL, MIN_TTL, TokenRequest, clamp_ttl
 from authserver.web.request import json_body, optional_int, optional_str, optional_str_list
 
@@ -18,6 +17,7 @@ from authserver.web.request import json_body, optional_int, optional_str, option
 CLIENT_ID = re.compile(r"GID[_-][A-Za-z0-9_-]{3,60}@@@[A-Za-z0-9_.:-]{1,64}")
 TOKEN_FIELDS = frozenset({"clientId", "topics", "actions", "ttlSeconds"})
 MAX_REQUESTED_TOPICS = 100
+NO_STORE = {"Cache-Control": "no-store"}
 
 
 async def authenticate(request: web.Request) -> Identity:
@@ -44,12 +44,8 @@ async def post_token(request: web.Request) -> web.Response:
     ttl_asked = optional_int(body, "ttlSeconds", minimum=MIN_TTL, maximum=MAX_TTL)
 
     app[keys.REVOKER].check(identity, client_id)
-    holder = app[keys.POLICY]
-    policy = holder.current
-    decision = evaluate(policy, identity.subject, identity.claims, client_id)
-    decision = restrict(decision, topics, actions)
-    check_limits(decision)
-    ttl = clamp_ttl(min(ttl_asked or decision.ttl_seconds, decision.max_ttl_seconds))
+    plan = app[keys.POLICY].plan(identity.subject, identity.claims, client_id, topics, actions)
+    ttl = clamp_ttl(min(ttl_asked or plan.ttl_seconds, plan.max_ttl_seconds))
 
     settings = app[keys.SETTINGS]
     deadline = app[keys.CLOCK].monotonic() + settings.request_deadline
@@ -57,11 +53,15 @@ async def post_token(request: web.Request) -> web.Response:
         TokenRequest(
             subject=identity.subject,
             client_id=client_id,
-            read=decision.read,
-            write=decision.write,
+            read=plan.read,
+            write=plan.write,
             ttl=ttl,
-            claims=relevant_claims(holder.claim_names, identity.claims),
+            claims=plan.claims,
         ),
         deadline,
     )
-    return web.json_response(credentials.to_dict(), headers={"Cache-Control": "no-store"})
+    return web.Response(
+        body=orjson.dumps(credentials.to_dict()),
+        content_type="application/json",
+        headers=NO_STORE,
+    )

@@ -158,16 +158,54 @@ async def test_ttl_is_clamped_by_policy_and_refreshed_near_expiry(
     assert short["refreshAt"] == short["expireTime"] - 300_000
     assert apply_calls(emulator) == 4
 
-    # Just before refreshAt the cached token is still handed out ...
-    clock.advance((body["refreshAt"] - clock.time() * 1000) / 1000 - 1)
+    # Over a minute before refreshAt the cached token is handed out, nothing renewed.
+    clock.advance((body["refreshAt"] - clock.time() * 1000) / 1000 - 61)
     again = await (await client.post("/v1/token", headers=bearer(jwt))).json()
     assert again["password"] == body["password"]
+    await asyncio.sleep(0.05)
     assert apply_calls(emulator) == 4
-    # ... and past it a new one is minted.
+
+    # Just before refreshAt the device still gets the current token, while a background
+    # renewal (stampede protection) mints the next one for each type ...
+    clock.advance(60)
+    again = await (await client.post("/v1/token", headers=bearer(jwt))).json()
+    assert again["password"] == body["password"]
+    for _ in range(100):
+        if apply_calls(emulator) == 6:
+            break
+        await asyncio.sleep(0.02)
+    assert apply_calls(emulator) == 6
+    # ... which is served once refreshAt has passed, with no further upstream call.
     clock.advance(2)
     renewed = await (await client.post("/v1/token", headers=bearer(jwt))).json()
     assert renewed["password"] != body["password"]
+    assert renewed["refreshAt"] > body["refreshAt"]
     assert apply_calls(emulator) == 6
+
+
+async def test_a_fleet_in_the_renewal_window_causes_one_renewal_per_token(
+    make_emulator: MakeEmulator, make_gateway: MakeGateway
+) -> None:
+    clock = ManualClock(start=1_900_000_000.0)
+    emulator = await make_emulator(clock=clock)
+    client = await make_gateway(emulator, clock=clock)
+    jwt = make_jwt("zoe", now=clock.time())
+    body = await (await client.post("/v1/token", headers=bearer(jwt))).json()
+    clock.advance((body["refreshAt"] - clock.time() * 1000) / 1000 - 0.5)
+
+    async def fetch() -> str:
+        resp = await client.post("/v1/token", headers=bearer(jwt))
+        assert resp.status == 200
+        return str((await resp.json())["password"])
+
+    passwords = await asyncio.gather(*(fetch() for _ in range(100)))
+    assert set(passwords) == {body["password"]}
+    for _ in range(100):
+        if apply_calls(emulator) == 4:
+            break
+        await asyncio.sleep(0.02)
+    await asyncio.sleep(0.05)
+    assert apply_calls(emulator) == 4
 
 
 async def test_two_gateways_sharing_redis_serve_each_others_tokens(
