@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -81,9 +82,7 @@ async def test_request_line_carries_context_and_never_the_jwt(
         assert token["token"] not in text
 
 
-@pytest.mark.parametrize(
-    "given", ["", "x" * 129, "has space", "semi;colon", "naïve", "a/b"]
-)
+@pytest.mark.parametrize("given", ["", "x" * 129, "has space", "semi;colon", "naïve", "a/b"])
 async def test_unusable_request_id_is_replaced(
     emulator: EmulatorHandle, make_gateway: MakeGateway, given: str
 ) -> None:
@@ -135,13 +134,13 @@ async def test_5xx_is_logged_at_warning(
 
 
 def test_formatter_outside_a_request_and_with_exception() -> None:
-    record = logging.LogRecord("authserver.x", logging.ERROR, __file__, 1, "boom %s", ("now",), None)
+    record = logging.LogRecord(
+        "authserver.x", logging.ERROR, __file__, 1, "boom %s", ("now",), None
+    )
     record.problems = ["a", "b"]
     try:
         raise ValueError("inner")
     except ValueError:
-        import sys
-
         record.exc_info = sys.exc_info()
     entry = json.loads(logs.JsonFormatter().format(record))
     assert entry["message"] == "boom now"
