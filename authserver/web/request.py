@@ -32,6 +32,8 @@ async def json_body(
         data = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as err:
         raise BadRequest("the body is not valid JSON") from err
+    except RecursionError as err:  # nesting deeper than the parser's recursion limit
+        raise BadRequest("the body is nested too deeply") from err
     if not isinstance(data, dict):
         raise BadRequest("the body must be a JSON object")
     unknown = sorted(set(data) - set(allowed))

@@ -85,6 +85,16 @@ async def test_bad_bodies_are_400(
     assert emulator.state.stats()["calls"].get("ApplyToken", 0) == 0
 
 
+async def test_deeply_nested_json_is_400(gateway: TestClient[Any, Any]) -> None:
+    body = b'{"topics": ' + b"[" * 30_000 + b"]" * 30_000 + b"}"
+    resp = await gateway.post(
+        "/v1/token",
+        data=body,
+        headers={**bearer(make_jwt("bob")), "Content-Type": "application/json"},
+    )
+    await problem_of(resp, 400, "bad_request")
+
+
 async def test_too_many_topics_is_refused(gateway: TestClient[Any, Any]) -> None:
     jwt = make_jwt("bob")
     topics = [f"devices/bob/{i}" for i in range(101)]
