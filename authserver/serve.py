@@ -1,40 +1,99 @@
-"""`authserver serve`: load settings, configure logging, run the gateway."""
+"""`authserver serve`: run the gateway, one process or a supervisor of N workers on one port.
+
+Shutdown on SIGTERM (or SIGINT), in this order, within Kubernetes' 30 s grace period:
+
+1. readiness turns false at once (`/readyz` answers 503, check `shutdown: draining`) and every
+   answer carries `Connection: close`, so clients stop reusing connections to this pod;
+2. the gateway keeps serving for `AUTHSERVER_SHUTDOWN_DELAY` seconds (default 5), the time the
+   ingress and the Service endpoints take to stop routing here;
+3. the listening socket closes, requests in flight finish (at most `DRAIN_TIMEOUT` seconds),
+   idle connections close;
+4. the application's cleanup contexts stop the background workers and close Redis and HTTP.
+
+A second SIGTERM during the delay skips the rest of it. SIGHUP reloads the policy file now.
+
+With `--workers N`, a small supervisor starts N worker processes (`authserver serve` each,
+binding the port with SO_REUSEPORT so the kernel spreads connections), forwards SIGTERM,
+SIGINT and SIGHUP to them, and exits when they have all exited; if one dies on its own, it
+stops the others and exits 1, so the container restarts as a whole.
+"""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
+import importlib
 import logging
+import os
+import signal
+import subprocess
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
+from types import FrameType
 
 from aiohttp import web
 
-from authserver.settings import SettingsError, load_settings
+from authserver import logs
+from authserver.settings import Settings, SettingsError, load_settings
+
+log = logging.getLogger(__name__)
+
+# In-flight requests get this long to finish once the listener is closed. With the default
+# 5 s delay before it, a pod is gone well within the default 30 s terminationGracePeriod.
+DRAIN_TIMEOUT = 15.0
+WORKER_FLAG = "--reuse-port"
+SUPERVISOR_GRACE = 28.0
 
 
-def configure_logging(level: str) -> None:
-    """Plain structured-enough logs on stderr; never a token (modules log fingerprints)."""
-    logging.basicConfig(
-        level=getattr(logging, level, logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-        stream=sys.stderr,
-    )
+def configure_logging(level: str, *, json: bool = False) -> None:
+    """Log to stderr: plain text by default (the demo), JSON lines for the server."""
+    logs.configure_logging(level, json=json)
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's event loop when it is installed (it is optional), else asyncio's."""
+    try:
+        uvloop = importlib.import_module("uvloop")
+    except ImportError:
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
 
 
 def serve_main(argv: Sequence[str]) -> int:
-    """Run the gateway until interrupted; exit 2 on bad configuration."""
+    """Run the gateway until SIGTERM; exit 2 on bad configuration."""
     parser = argparse.ArgumentParser(
         prog="authserver serve",
         description="Run the gateway. Configuration comes from AUTHSERVER_* variables "
         "and ALIBABA_CLOUD_ACCESS_KEY_ID / _SECRET / _SECURITY_TOKEN (see README).",
     )
-    parser.parse_args(list(argv))
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="worker processes sharing the port with SO_REUSEPORT (default 1); "
+        "with more than one, configure AUTHSERVER_REDIS_URL so they share cache and quota",
+    )
+    parser.add_argument(WORKER_FLAG, action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(list(argv))
+    if args.workers < 1:
+        parser.error("--workers must be at least 1")
     try:
         settings = load_settings()
     except SettingsError as err:
         print(f"authserver: {err}", file=sys.stderr)
         return 2
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, json=settings.log_format == "json")
+    if args.workers > 1:
+        return supervise(settings, args.workers)
+    return run_worker(settings, reuse_port=bool(args.reuse_port))
+
+
+def run_worker(settings: Settings, *, reuse_port: bool = False) -> int:
+    """Build the app and serve it in this process until SIGTERM; the exit code."""
     from authserver.app import create_app
     from authserver.policy.model import PolicyLoadError
 
@@ -43,5 +102,129 @@ def serve_main(argv: Sequence[str]) -> int:
     except PolicyLoadError as err:
         print("authserver: invalid policy:\n  - " + "\n  - ".join(err.problems), file=sys.stderr)
         return 2
-    web.run_app(app, host=settings.host, port=settings.port, access_log=None, print=None)
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        return runner.run(serve_app(app, settings, reuse_port=reuse_port))
+
+
+async def serve_app(app: web.Application, settings: Settings, *, reuse_port: bool = False) -> int:
+    """Serve `app` until SIGTERM/SIGINT, then drain and shut down in order; the exit code."""
+    from authserver.web.observe import reload_policy, start_draining
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, reload_policy, app)
+    runner = web.AppRunner(
+        app, access_log=None, handle_signals=False, shutdown_timeout=DRAIN_TIMEOUT
+    )
+    try:
+        await runner.setup()
+        site = web.TCPSite(
+            runner, settings.host, settings.port, reuse_port=reuse_port or None, backlog=1024
+        )
+        await site.start()
+        log.info(
+            "listening on %s:%d (pid %d%s)",
+            settings.host,
+            settings.port,
+            os.getpid(),
+            ", SO_REUSEPORT" if reuse_port else "",
+        )
+        await stop.wait()
+        stop.clear()
+        started = loop.time()
+        start_draining(app)
+        with contextlib.suppress(TimeoutError):  # the delay ran out: the usual case
+            await asyncio.wait_for(stop.wait(), settings.shutdown_delay)
+        log.warning(
+            "shutting down after %.1f s of draining: closing the listener, "
+            "finishing requests in flight",
+            loop.time() - started,
+        )
+    finally:
+        await runner.cleanup()
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.remove_signal_handler(sig)
+    log.warning("stopped (pid %d)", os.getpid())
     return 0
+
+
+def supervise(settings: Settings, workers: int) -> int:
+    """Start `workers` worker processes on one port; forward signals; exit when they do."""
+    from authserver.policy.loader import load_policy
+    from authserver.policy.model import PolicyLoadError
+
+    try:
+        load_policy(settings.policy_file)  # refuse a broken policy once, not N times
+    except PolicyLoadError as err:
+        print("authserver: invalid policy:\n  - " + "\n  - ".join(err.problems), file=sys.stderr)
+        return 2
+    if settings.redis_url is None:
+        log.warning(
+            "%d workers without AUTHSERVER_REDIS_URL: each has its own token cache and its own "
+            "share of nothing: every worker applies for its own tokens and counts the upstream "
+            "quota alone, so together they can exceed it. Configure Redis for --workers.",
+            workers,
+        )
+    command = [sys.executable, "-m", "authserver", "serve", WORKER_FLAG]
+    children: list[subprocess.Popen[bytes]] = []
+    stopping = False
+
+    def forward(signum: int, _frame: FrameType | None) -> None:
+        nonlocal stopping
+        if signum in (signal.SIGTERM, signal.SIGINT):
+            stopping = True
+            signum = signal.SIGTERM
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signum)
+
+    previous = {
+        sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+    }
+    try:
+        for _ in range(workers):
+            children.append(subprocess.Popen(command))  # noqa: S603 - our own interpreter
+        log.info(
+            "supervisor %d started %d workers on %s:%d: pids %s",
+            os.getpid(),
+            workers,
+            settings.host,
+            settings.port,
+            " ".join(str(c.pid) for c in children),
+        )
+        failed = _wait_all(children, lambda: stopping)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 1 if failed else 0
+
+
+def _wait_all(children: list[subprocess.Popen[bytes]], stopping: Callable[[], bool]) -> bool:
+    """Wait for every child; if one exits unasked, stop the rest. True when any failed."""
+    failed = False
+    deadline: float | None = None
+    while any(c.poll() is None for c in children):
+        for child in children:
+            code = child.poll()
+            if code is None or stopping() or deadline is not None:
+                continue
+            log.error("worker %d exited with %d; stopping the others", child.pid, code)
+            failed = True
+            deadline = time.monotonic() + SUPERVISOR_GRACE
+            for other in children:
+                if other.poll() is None:
+                    other.terminate()
+        if stopping() and deadline is None:
+            deadline = time.monotonic() + SUPERVISOR_GRACE
+        if deadline is not None and time.monotonic() > deadline:
+            for child in children:
+                if child.poll() is None:
+                    log.error("worker %d did not stop in time; killing it", child.pid)
+                    child.kill()
+        time.sleep(0.1)  # the supervisor has no event loop: polling is its whole job
+    for child in children:
+        if child.returncode not in (0, -signal.SIGTERM):
+            failed = True
+    return failed

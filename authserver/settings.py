@@ -47,6 +47,7 @@ class Settings:
     admin_scope: str = "authserver:admin"
     admin_api_keys_file: Path | None = None
     log_level: str = "INFO"
+    log_format: str = "json"
     refresh_margin: float = 600.0
     request_deadline: float = 5.0
     max_body_bytes: int = 65536
@@ -141,6 +142,9 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     log_level = (_env(env, "LOG_LEVEL") or "INFO").upper()
     if log_level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
         problems.append(f"{PREFIX}LOG_LEVEL={log_level!r} is not DEBUG, INFO, WARNING or ERROR")
+    log_format = (_env(env, "LOG_FORMAT") or "json").lower()
+    if log_format not in {"json", "text"}:
+        problems.append(f"{PREFIX}LOG_FORMAT={log_format!r} is not json or text")
 
     quota = dict(DEFAULT_LIMITS)
     for action in DEFAULT_LIMITS:
@@ -187,6 +191,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         admin_scope=_env(env, "ADMIN_SCOPE") or "authserver:admin",
         admin_api_keys_file=keys_file,
         log_level=log_level,
+        log_format=log_format,
         quota=quota,
         **settings_kwargs,  # type: ignore[arg-type]
     )
