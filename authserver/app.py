@@ -119,6 +119,9 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         access_key_id=settings.credentials.access_key_id,
         clock=clock,
         refresh_margin=settings.refresh_margin,
+        # A lock only has to outlive one minting call, which the deadline bounds; a holder
+        # that died frees the key this soon.
+        lock_ttl=settings.request_deadline + 2.0,
         l1_size=settings.token_cache_size,
     )
     app[keys.TOKENS] = tokens
