@@ -1,0 +1,584 @@
+"""The gateway benchmark of issue 6: baseline, W1 warm, W2 new JWTs, W3 cold, W1 on Redis, memory.
+
+    python bench/run.py            # 3 runs of 10 s per workload, medians (about 5 minutes)
+    python bench/run.py --quick    # 1 run of 3 s per workload
+    python bench/run.py --profile /tmp/w1   # also py-spy the gateway during one more W1 run
+
+Everything runs on this machine: the gateway (`authserver serve`, one worker) and the baseline
+app pinned to core 0; wrk (1 thread), the emulator, redis-server and this script on core 1.
+Prints a markdown table and writes it to bench/results.md. Needs wrk (`apt-get install -y
+wrk`) and redis-server; `--profile` needs py-spy (`pip install py-spy`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench import harness as h  # noqa: E402
+from bench.jwts import make_jwts, subjects, write_jwt_file  # noqa: E402
+from bench.pyspy_summary import report as pyspy_report  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results.md"
+HIGH_QUOTA = 100_000.0
+COLD_QUOTA = 100.0
+MEMORY_TARGET_MB = 300.0
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How long and how hard each workload runs."""
+
+    runs: int
+    duration: float
+    warmup: float
+    connections: int
+    subjects: int
+    cold_runs: int
+    cold_duration: float
+    cold_connections: int
+    memory_subjects: int
+    profile_seconds: float
+
+
+FULL = Plan(
+    runs=3,
+    duration=10,
+    warmup=3,
+    connections=64,
+    subjects=10_000,
+    cold_runs=3,
+    cold_duration=10,
+    cold_connections=16,
+    memory_subjects=50_000,
+    profile_seconds=10,
+)
+QUICK = Plan(
+    runs=1,
+    duration=3,
+    warmup=1,
+    connections=64,
+    subjects=10_000,
+    cold_runs=1,
+    cold_duration=3,
+    cold_connections=16,
+    memory_subjects=50_000,
+    profile_seconds=5,
+)
+
+
+@dataclass
+class Workload:
+    """The wrk runs of one workload and what the upstream saw meanwhile."""
+
+    name: str
+    runs: list[dict[str, Any]] = field(default_factory=list)
+    upstream_calls: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    def median(self, key: str) -> float:
+        """Median over runs of a top-level number (e.g. rps)."""
+        return statistics.median(float(r[key]) for r in self.runs)
+
+    def latency_ms(self, percentile: str) -> float:
+        """Median over runs of a latency percentile, in milliseconds."""
+        return statistics.median(r["latency_us"][percentile] for r in self.runs) / 1000
+
+    def total(self, key: str) -> int:
+        """Sum over runs of a top-level count."""
+        return sum(int(r[key]) for r in self.runs)
+
+    def status_count(self, predicate: Any) -> int:
+        """Responses, over all runs, whose status code satisfies `predicate`."""
+        return sum(
+            n for r in self.runs for code, n in r["statuses"].items() if predicate(int(code))
+        )
+
+
+@dataclass
+class Cold:
+    """W3: what the upstream received against what was asked for."""
+
+    workload: Workload
+    keys_requested: int = 0
+    keys_served: int = 0
+    tokens_per_answer: str = ""
+    max_per_second: int = 0
+    quota: float = COLD_QUOTA
+    wrapped: bool = False
+    counted_by: str = "the gateway's /metrics (requests answered)"
+
+
+@dataclass
+class Memory:
+    """Resident size of a gateway before and after filling its token cache."""
+
+    before_mb: float
+    after_mb: float
+    tokens: int
+    subjects: int
+    seconds: float
+
+
+def log(message: str) -> None:
+    """Progress on stderr, so stdout stays the table."""
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def measure(name: str, url: str, jwt_file: Path, plan: Plan, emulator: h.Server | None) -> Workload:
+    """Warm up, then `plan.runs` wrk runs; upstream calls counted from after the warm-up."""
+    work = Workload(name)
+    if plan.warmup > 0:
+        h.run_wrk(url, jwt_file, duration=plan.warmup, connections=plan.connections)
+    if emulator is not None:
+        h.emulator_reset(emulator)
+    for i in range(plan.runs):
+        result = h.run_wrk(url, jwt_file, duration=plan.duration, connections=plan.connections)
+        work.runs.append(result)
+        log(f"{name} run {i + 1}: {result['rps']:.0f} req/s, p99 {result['latency_us']['p99']} us")
+    if emulator is not None:
+        work.upstream_calls = h.apply_token_calls(h.emulator_stats(emulator))
+    return work
+
+
+def baseline(fleet: h.Fleet, jwt_file: Path, plan: Plan) -> Workload:
+    """The bare aiohttp app, pinned like the gateway."""
+    port = h.free_port()
+    app = fleet.start(
+        "baseline",
+        h.python_argv(str(ROOT / "bench" / "baseline_app.py"), "--port", str(port)),
+        port,
+        core=h.SERVER_CORE,
+    )
+    work = measure("baseline", app.url, jwt_file, plan, None)
+    work.notes.append(f"answer {len(h.fetch_token(app.url, 'x'))} bytes")
+    fleet.stop(app)
+    return work
+
+
+def start_gateway(
+    fleet: h.Fleet,
+    name: str,
+    emulator: h.Server,
+    *,
+    quota: float,
+    account_quota: float,
+    redis_url: str | None = None,
+) -> h.Server:
+    """`authserver serve` (one worker) on the server core, configured through its environment."""
+    port = h.free_port()
+    env = h.gateway_env(
+        port,
+        emulator.url,
+        quota_apply_token=quota,
+        quota_account=account_quota,
+        redis_url=redis_url,
+    )
+    return fleet.start(
+        name, h.python_argv("-m", "authserver", "serve"), port, core=h.SERVER_CORE, env=env
+    )
+
+
+def start_emulator(fleet: h.Fleet, name: str, qps: float) -> h.Server:
+    """The vendor OpenAPI emulator on the load core, ApplyToken limited to `qps`."""
+    port = h.free_port()
+    return fleet.start(
+        name, h.emulator_argv(port, qps), port, core=h.LOAD_CORE, ready="/_emulator/stats"
+    )
+
+
+def fill(gateway: h.Server, tokens: list[str], work: Workload | None = None) -> None:
+    """Request each JWT once (tokens minted, JWTs verified and cached); retry failures."""
+    started = time.monotonic()
+    todo, concurrency = tokens, 64
+    for attempt in range(4):
+        posted = h.post_all(gateway.url, todo, concurrency)
+        if not posted.failed:
+            break
+        what = f"fill pass {attempt + 1}: {dict(posted.statuses)}, e.g. {posted.first_failure}"
+        log(what)
+        if work is not None:
+            work.notes.append(what)
+        todo, concurrency = posted.failed, max(1, concurrency // 4)
+    else:
+        raise RuntimeError(f"{len(todo)} JWTs still failing after 4 passes")
+    log(f"fill: {len(tokens)} JWTs requested once in {time.monotonic() - started:.1f} s")
+
+
+def profile_w1(gateway: h.Server, jwt_file: Path, plan: Plan, prefix: Path) -> str:
+    """py-spy the gateway during one more W1 run; the markdown summary of the samples."""
+    py_spy = shutil.which("py-spy")
+    if py_spy is None:
+        return "py-spy is not installed (pip install py-spy); no profile\n"
+    raw = prefix.with_suffix(".txt")
+    seconds = max(1, round(plan.profile_seconds))
+    spy = subprocess.Popen(
+        h.pinned(
+            h.LOAD_CORE,
+            [
+                py_spy,
+                "record",
+                "--pid",
+                str(gateway.pid),
+                "--duration",
+                str(seconds),
+                "--rate",
+                "200",
+                "--format",
+                "raw",
+                "--output",
+                str(raw),
+            ],
+        ),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    result = h.run_wrk(gateway.url, jwt_file, duration=seconds, connections=plan.connections)
+    _, err = spy.communicate(timeout=seconds + 60)
+    if spy.returncode != 0 or not raw.exists():
+        return f"py-spy failed ({spy.returncode}): {err.decode(errors='replace')[-500:]}\n"
+    log(f"profile: {raw} (collapsed stacks; speedscope.app opens it)")
+    header = (
+        f"W1 under py-spy (200 Hz, {seconds} s, the sampler slows the gateway): "
+        f"{result['rps']:.0f} req/s. Raw stacks: `{raw}`.\n\n"
+    )
+    return header + pyspy_report(raw.read_text())
+
+
+def warm_workloads(
+    fleet: h.Fleet, emulator: h.Server, w1_tokens: list[str], w1_file: Path, plan: Plan, args: Any
+) -> tuple[Workload, Workload, str, float]:
+    """W1 and W2 on one in-memory gateway; the optional profile; its RSS after W1."""
+    gateway = start_gateway(
+        fleet, "gateway-memory", emulator, quota=HIGH_QUOTA, account_quota=HIGH_QUOTA
+    )
+    fill(gateway, w1_tokens)
+    w1 = measure("W1 warm", gateway.url, w1_file, plan, emulator)
+    rss = gateway.rss_mb()
+    profile = ""
+    if args.profile is not None:
+        profile = profile_w1(gateway, w1_file, plan, Path(args.profile))
+
+    w2 = Workload("W2 new JWTs")
+    h.emulator_reset(emulator)
+    names = subjects("bench", plan.subjects)
+    # Every request must carry a JWT never seen: as many as W1's pace could send, plus room.
+    needed = max(plan.subjects, math.ceil(w1.median("rps") * plan.duration * 1.5))
+    for i in range(plan.runs):
+        tokens = make_jwts((names * math.ceil(needed / len(names)))[:needed], tag=f"w2-{i}")
+        w2_file = write_jwt_file(args.workdir / f"w2-{i}.txt", tokens)
+        result = h.run_wrk(
+            gateway.url, w2_file, duration=plan.duration, connections=plan.connections
+        )
+        w2.runs.append(result)
+        log(f"W2 run {i + 1}: {result['rps']:.0f} req/s, {len(tokens)} fresh JWTs")
+        if result["wrapped"]:
+            w2.notes.append(f"run {i + 1} reused JWTs (file too short)")
+    w2.upstream_calls = h.apply_token_calls(h.emulator_stats(emulator))
+    w2.notes.append(f"{plan.subjects} subjects, a fresh JWT per request")
+    fleet.stop(gateway)
+    return w1, w2, profile, rss
+
+
+def redis_workload(
+    fleet: h.Fleet, emulator: h.Server, w1_tokens: list[str], w1_file: Path, plan: Plan
+) -> Workload:
+    """W1 again with Redis as the shared store (redis-server on the load core)."""
+    if shutil.which("redis-server") is None:
+        work = Workload("W1 + Redis")
+        work.notes.append("redis-server not installed (apt-get install -y redis-server)")
+        return work
+    port = h.free_port()
+    redis = fleet.start(
+        "redis",
+        [
+            "redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ],
+        port,
+        core=h.LOAD_CORE,
+        ready=None,
+    )
+    h.wait_redis(redis)
+    h.emulator_reset(emulator, state=True)
+    gateway = start_gateway(
+        fleet,
+        "gateway-redis",
+        emulator,
+        quota=HIGH_QUOTA,
+        account_quota=HIGH_QUOTA,
+        redis_url=f"redis://127.0.0.1:{port}/0",
+    )
+    fill_notes = Workload("W1 + Redis")
+    fill(gateway, w1_tokens, fill_notes)
+    work = measure("W1 + Redis", gateway.url, w1_file, plan, emulator)
+    work.notes = fill_notes.notes
+    fleet.stop(gateway)
+    fleet.stop(redis)
+    return work
+
+
+def cold_workload(fleet: h.Fleet, plan: Plan, workdir: Path) -> Cold:
+    """W3: subjects never seen, every request needs ApplyToken at the real quota."""
+    emulator = start_emulator(fleet, "emulator-quota", COLD_QUOTA)
+    gateway = start_gateway(fleet, "gateway-cold", emulator, quota=COLD_QUOTA, account_quota=300.0)
+    cold = Cold(Workload("W3 cold"))
+    per_answer: set[int] = set()
+    for i in range(plan.cold_runs):
+        tokens = make_jwts(subjects(f"cold{i}", plan.subjects), tag=f"w3-{i}")
+        cold_file = write_jwt_file(workdir / f"w3-{i}.txt", tokens)
+        h.emulator_reset(emulator)
+        handled_before = h.token_requests_handled(gateway)
+        result = h.run_wrk(
+            gateway.url,
+            cold_file,
+            duration=plan.cold_duration,
+            connections=plan.cold_connections,
+            cold=True,
+        )
+        # Requests still in flight when wrk stopped go on to the upstream: let them land.
+        stats = h.settle_upstream(emulator, limit=10)
+        handled_after = h.token_requests_handled(gateway)
+        asked = result["sent"]
+        if handled_before is not None and handled_after is not None:
+            # wrk counts requests it wrote; some die unread when it closes its connections.
+            asked = handled_after - handled_before
+        else:
+            cold.counted_by = "wrk (requests written)"
+        cold.workload.runs.append(result)
+        calls = h.apply_token_calls(stats)
+        cold.workload.upstream_calls += calls
+        if result["tokens_max"] > 0:
+            per_answer.update({result["tokens_min"], result["tokens_max"]})
+        per = result["tokens_max"] if result["tokens_max"] > 0 else 2
+        cold.keys_requested += asked * per
+        cold.keys_served += result["served_subjects"] * per
+        cold.max_per_second = max(
+            cold.max_per_second, int(stats.get("maxPerSecond", {}).get("ApplyToken", 0))
+        )
+        cold.wrapped = cold.wrapped or bool(result["wrapped"])
+        log(
+            f"W3 run {i + 1}: {result['rps']:.0f} req/s, {asked} subjects asked "
+            f"({result['sent']} written by wrk), "
+            f"{calls} ApplyToken, max {cold.max_per_second}/s"
+        )
+    cold.tokens_per_answer = "/".join(str(n) for n in sorted(per_answer)) or "?"
+    fleet.stop(gateway)
+    fleet.stop(emulator)
+    return cold
+
+
+def memory_workload(fleet: h.Fleet, emulator: h.Server, plan: Plan) -> Memory:
+    """RSS of a fresh in-memory gateway before and after caching 2 tokens per subject."""
+    h.emulator_reset(emulator, state=True)
+    gateway = start_gateway(
+        fleet, "gateway-rss", emulator, quota=HIGH_QUOTA, account_quota=HIGH_QUOTA
+    )
+    before = gateway.rss_mb()
+    tokens = make_jwts(subjects("mem", plan.memory_subjects), tag="mem")
+    started = time.monotonic()
+    fill(gateway, tokens)
+    seconds = time.monotonic() - started
+    stats = h.settle_upstream(emulator)
+    minted = int(stats.get("success", {}).get("ApplyToken", 0))
+    after = gateway.rss_mb()
+    log(f"memory: {minted} tokens for {len(tokens)} subjects in {seconds:.0f} s, {after:.0f} MiB")
+    fleet.stop(gateway)
+    return Memory(before, after, minted, len(tokens), seconds)
+
+
+def verdict(ok: bool) -> str:
+    """PASS or MISS."""
+    return "PASS" if ok else "MISS"
+
+
+def table(
+    base: Workload,
+    w1: Workload,
+    w2: Workload,
+    w1r: Workload,
+    cold: Cold,
+    memory: Memory,
+    w1_rss: float,
+) -> str:
+    """The results as a markdown table with targets, verdicts and notes."""
+    base_rps = base.median("rps")
+    base_p99 = base.latency_ms("p99")
+
+    def ratio(work: Workload) -> str:
+        return f"{work.median('rps') / base_rps:.1%}" if work.runs and base_rps else "-"
+
+    def row(work: Workload, target: str, ok: str) -> str:
+        if not work.runs:
+            return f"| {work.name} | - | - | - | - | - | - | - | {target} | {ok} |"
+        return (
+            f"| {work.name} | {work.median('rps'):,.0f} | {work.latency_ms('p50'):.2f} | "
+            f"{work.latency_ms('p99'):.2f} | {work.status_count(lambda c: not 200 <= c < 300)} | "
+            f"{work.total('socket_errors')} | {work.upstream_calls} | {ratio(work)} | "
+            f"{target} | {ok} |"
+        )
+
+    w1_ok = bool(w1.runs) and (
+        w1.median("rps") >= 0.7 * base_rps and w1.latency_ms("p99") <= 2 * base_p99
+    )
+    w2_ok = bool(w2.runs) and w2.median("rps") >= 0.4 * base_rps
+    c = cold.workload
+    other_5xx = c.status_count(lambda s: s >= 500 and s != 503)
+    s503 = c.status_count(lambda s: s == 503)
+    bare_503 = s503 - c.total("retry_after_503")
+    calls_ok = c.upstream_calls == cold.keys_requested or (
+        s503 > 0 and cold.keys_served <= c.upstream_calls <= cold.keys_requested
+    )
+    cold_ok = calls_ok and cold.max_per_second <= cold.quota and other_5xx == 0 and bare_503 == 0
+    mem_ok = memory.after_mb < MEMORY_TARGET_MB
+
+    lines = [
+        "| workload | req/s | p50 ms | p99 ms | non-2xx | socket errors | ApplyToken calls "
+        "| vs baseline | target | verdict |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |",
+        row(base, "-", "-"),
+        row(w1, f">= 70% and p99 <= {2 * base_p99:.2f} ms", verdict(w1_ok)),
+        row(w2, ">= 40%", verdict(w2_ok)),
+        row(w1r, "(none; W1's for reference: >= 70%)", "-"),
+        row(
+            c,
+            "calls == keys, max/s <= quota, no 5xx but 503+Retry-After",
+            verdict(cold_ok),
+        ),
+        f"| memory | - | - | - | - | - | {memory.tokens:,} tokens cached | - | "
+        f"RSS < {MEMORY_TARGET_MB:.0f} MB | {verdict(mem_ok)} |",
+        "",
+        f"**W3 cold**: ApplyToken calls {c.upstream_calls:,} vs distinct (subject, token type) "
+        f"keys requested {cold.keys_requested:,} (requests counted by {cold.counted_by}, "
+        f"each a new subject, x {cold.tokens_per_answer} tokens per answer; "
+        f"keys answered 200: {cold.keys_served:,}); emulator maxPerSecond for ApplyToken "
+        f"{cold.max_per_second} (quota {cold.quota:.0f}); 503 {s503} "
+        f"(with Retry-After {c.total('retry_after_503')}); other 5xx {other_5xx}"
+        + ("; the subject file wrapped, keys repeat" if cold.wrapped else "")
+        + ".",
+        "",
+        f"**Memory**: gateway RSS {memory.before_mb:.1f} MiB at start, {memory.after_mb:.1f} MiB "
+        f"with {memory.tokens:,} tokens cached ({memory.subjects:,} subjects x 2 types, filled "
+        f"through the gateway in {memory.seconds:.0f} s; its verified-JWT cache holds those "
+        f"JWTs too). RSS after W1 (10,000 subjects): {w1_rss:.1f} MiB.",
+    ]
+    notes = [f"{w.name}: {'; '.join(w.notes)}" for w in (base, w1, w2, w1r, c) if w.notes]
+    if notes:
+        lines += ["", "Notes: " + " | ".join(notes) + "."]
+    return "\n".join(lines) + "\n"
+
+
+def revision() -> str:
+    """The commit measured, marked `+changes` when the work tree differs from it."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no", "authserver"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+    except OSError:
+        return "an unknown revision"
+    return f"commit {head or '?'}" + (" +uncommitted changes in authserver/" if dirty else "")
+
+
+def describe(plan: Plan, command: str) -> str:
+    """How the numbers were made: command, machine, pinning, run lengths."""
+    cpu = "unknown CPU"
+    with open("/proc/cpuinfo") as info:
+        for line in info:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    pinning = (
+        "gateway/baseline on core 0; wrk (1 thread), emulator, redis-server and the driver "
+        "on core 1"
+        if h.two_cores()
+        else "NOT pinned (fewer than two cores)"
+    )
+    return (
+        f"`{command}` on {time.strftime('%Y-%m-%d %H:%M')} at {revision()}, "
+        f"{os.cpu_count()} x {cpu}, "
+        f"Python {platform.python_version()}, aiohttp {aiohttp.__version__}. {pinning}. "
+        f"Medians of {plan.runs} run(s) of {plan.duration:.0f} s after a {plan.warmup:.0f} s "
+        f"warm-up, {plan.connections} connections; W3 {plan.cold_runs} run(s) of "
+        f"{plan.cold_duration:.0f} s at {plan.cold_connections} connections, no warm-up (it "
+        f"would use up cold subjects). W1/W2/Redis: {plan.subjects:,} subjects, one JWT each, "
+        f"each requested once before measuring; gateway and emulator quotas raised for the fills, "
+        f"W3 at ApplyToken quota {COLD_QUOTA:.0f}/s on both sides. Latency from wrk "
+        f"(no coordinated-omission correction). One `authserver serve` worker, "
+        f"AUTHSERVER_LOG_LEVEL=WARNING, policy policies/example.yaml.\n"
+    )
+
+
+def main() -> int:
+    """Run every workload and print the table; exit 2 when a tool is missing."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--quick", action="store_true", help="1 run of 3 s per workload")
+    parser.add_argument("--profile", metavar="PREFIX", help="py-spy W1 into PREFIX.txt")
+    parser.add_argument("--output", type=Path, default=RESULTS, help="markdown file to write")
+    parser.add_argument("--memory-subjects", type=int, help="subjects for the memory fill")
+    args = parser.parse_args()
+    plan = QUICK if args.quick else FULL
+    if args.memory_subjects:
+        plan = Plan(**{**plan.__dict__, "memory_subjects": args.memory_subjects})
+    if h.wrk_path() is None:
+        print("wrk is not installed: apt-get install -y wrk", file=sys.stderr)
+        return 2
+    if h.two_cores():
+        os.sched_setaffinity(0, {h.LOAD_CORE})
+    else:
+        log("fewer than two cores: server and load are NOT pinned apart")
+    args.workdir = Path(tempfile.mkdtemp(prefix="authserver-bench-"))
+    log(f"logs and JWT files in {args.workdir}")
+    command = "python bench/run.py" + (" --quick" if args.quick else "")
+
+    w1_tokens = make_jwts(subjects("bench", plan.subjects), tag="w1")
+    w1_file = write_jwt_file(args.workdir / "w1.txt", w1_tokens)
+    with h.fleet(args.workdir) as fleet:
+        base = baseline(fleet, w1_file, plan)
+        emulator = start_emulator(fleet, "emulator", HIGH_QUOTA)
+        w1, w2, profile, w1_rss = warm_workloads(fleet, emulator, w1_tokens, w1_file, plan, args)
+        w1r = redis_workload(fleet, emulator, w1_tokens, w1_file, plan)
+        cold = cold_workload(fleet, plan, args.workdir)
+        memory = memory_workload(fleet, emulator, plan)
+
+    text = "## Benchmark results\n\n" + describe(plan, command) + "\n"
+    text += table(base, w1, w2, w1r, cold, memory, w1_rss)
+    if profile:
+        text += "\n### W1 profile (py-spy)\n\n" + profile
+    print(text)
+    args.output.write_text(text)
+    log(f"written to {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

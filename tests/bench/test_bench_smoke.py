@@ -1,0 +1,120 @@
+"""The benchmark's pieces work: baseline app, JWT files the gateway accepts, wrk + rotate.lua.
+
+Nothing here is timed; the benchmark itself is `python bench/run.py`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import jwt
+import pytest
+from aiohttp.test_utils import TestClient
+
+from authserver.identity import JWTSettings
+from authserver.settings import load_settings
+from bench import harness
+from bench.baseline_app import answer_body, create_baseline_app
+from bench.jwts import (
+    AUDIENCE,
+    ISSUER,
+    SECRET,
+    make_jwts,
+    read_jwt_file,
+    subjects,
+    write_jwt_file,
+)
+from bench.pyspy_summary import summarize
+from tests.fixtures.emulator import EmulatorHandle
+from tests.fixtures.gateway import MakeGateway
+
+BENCH_JWT = JWTSettings(algorithms=("HS256",), secret=SECRET, issuer=ISSUER, audience=AUDIENCE)
+needs_wrk = pytest.mark.skipif(harness.wrk_path() is None, reason="wrk is not installed")
+
+
+def server_url(client: TestClient[Any, Any]) -> str:
+    """The base URL of a test client's server."""
+    return str(client.make_url("")).rstrip("/")
+
+
+async def test_baseline_answers_a_token_shaped_body(aiohttp_client: Any) -> None:
+    client = await aiohttp_client(create_baseline_app())
+    resp = await client.post("/v1/token", headers={"Authorization": "Bearer x"})
+    assert resp.status == 200
+    body = await resp.json()
+    assert set(body) == {"instanceId", "username", "password", "tokens", "expireTime", "refreshAt"}
+    assert body == answer_body()
+
+
+def test_jwt_file_round_trip_and_fresh_tags(tmp_path: Path) -> None:
+    names = subjects("bench", 3)
+    first = make_jwts(names, tag="a")
+    again = make_jwts(names, tag="b")
+    assert not set(first) & set(again)  # a new tag means JWTs never seen
+    path = write_jwt_file(tmp_path / "jwts.txt", first)
+    assert read_jwt_file(path) == first
+    claims = jwt.decode(first[1], SECRET, algorithms=["HS256"], audience=AUDIENCE, issuer=ISSUER)
+    assert claims["sub"] == "bench-000001"
+
+
+def test_gateway_env_is_a_valid_configuration() -> None:
+    env = harness.gateway_env(
+        8080, "http://127.0.0.1:1", quota_apply_token=100, quota_account=300, redis_url=None
+    )
+    settings = load_settings(env)
+    assert settings.jwt.secret == SECRET
+    assert settings.quota["ApplyToken"] == 100
+    assert settings.log_level == "WARNING"
+
+
+async def test_gateway_accepts_the_generated_jwts(
+    emulator: EmulatorHandle, make_gateway: MakeGateway
+) -> None:
+    client = await make_gateway(emulator, jwt=BENCH_JWT)
+    for token in make_jwts(subjects("smoke", 3), tag="t"):
+        resp = await client.post("/v1/token", headers={"Authorization": f"Bearer {token}"})
+        assert resp.status == 200, await resp.text()
+        assert {t["type"] for t in (await resp.json())["tokens"]} == {"R", "W"}
+
+
+@needs_wrk
+async def test_wrk_script_rotates_and_reports(aiohttp_client: Any, tmp_path: Path) -> None:
+    client = await aiohttp_client(create_baseline_app())
+    jwt_file = write_jwt_file(tmp_path / "jwts.txt", make_jwts(subjects("w", 3), tag="w"))
+    result = await asyncio.to_thread(
+        harness.run_wrk, server_url(client), jwt_file, duration=1, connections=2
+    )
+    assert result["statuses"].get("200", 0) == result["requests"] > 3
+    assert result["wrapped"] == 1  # three JWTs for many requests
+    assert result["non_2xx"] == result["socket_errors"] == 0
+    assert 0 < result["latency_us"]["p50"] <= result["latency_us"]["p99"]
+
+
+@needs_wrk
+async def test_wrk_cold_mode_counts_subjects_and_tokens(
+    emulator: EmulatorHandle, make_gateway: MakeGateway, tmp_path: Path
+) -> None:
+    client = await make_gateway(emulator, jwt=BENCH_JWT)
+    jwt_file = write_jwt_file(tmp_path / "cold.txt", make_jwts(subjects("c", 5), tag="c"))
+    result = await asyncio.to_thread(
+        harness.run_wrk, server_url(client), jwt_file, duration=1, connections=1, cold=True
+    )
+    assert result["statuses"].get("200", 0) >= 1
+    assert 1 <= result["served_subjects"] <= 5
+    assert result["tokens_min"] == result["tokens_max"] == 2  # R and W for this policy
+
+
+def test_pyspy_summary_counts_self_and_total() -> None:
+    raw = "\n".join(
+        [
+            "process 1:main;run (a.py:1);handle (b.py:2);dumps (json/__init__.py:3) 6",
+            "process 1:main;run (a.py:1);handle (b.py:9) 4",
+        ]
+    )
+    total, own, inclusive = summarize(raw)
+    assert total == 10
+    assert own["dumps (json/__init__.py)"] == 6
+    assert own["handle (b.py)"] == 4  # line numbers folded into one frame
+    assert inclusive["run (a.py)"] == 10
