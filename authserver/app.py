@@ -15,6 +15,7 @@ from authserver.cloud.client import CloudClient, make_session
 from authserver.cloud.quota import QuotaGovernor
 from authserver.identity import JWTVerifier
 from authserver.policy_holder import PolicyHolder
+from authserver.ratelimit import Limit, RateLimiter, parse_networks
 from authserver.redis_conn import connect_redis
 from authserver.settings import Settings
 from authserver.tokens.bus import InvalidationBus
@@ -104,9 +105,20 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     else:
         store = MemoryStore(clock, maxsize=settings.token_cache_size)
 
+    limiter = RateLimiter(
+        subject=Limit(settings.rate_limit_subject, settings.rate_limit_subject_burst),
+        ip=Limit(settings.rate_limit_ip, settings.rate_limit_ip_burst),
+        clock=clock,
+        trusted_proxies=parse_networks(settings.trusted_proxies),
+        redis=redis_client,
+    )
+    app[keys.RATE_LIMITER] = limiter
+
     async def mint(
         instance_id: str, resources: tuple[str, ...], actions: str, expire_ms: int, budget: float
     ) -> str:
+        # Only here, when the upstream is about to be called, do the limits go to Redis.
+        await limiter.check_shared()
         applied = await cloud.apply_token(
             instance_id, resources, actions, expire_ms, deadline=budget
         )

@@ -13,6 +13,7 @@ from authserver.identity import JWTVerifier
 from authserver.metrics import Metrics
 from authserver.policy_holder import PolicyHolder
 from authserver.policy_watch import PolicyWatcher
+from authserver.ratelimit import RateLimiter
 from authserver.settings import Settings
 from authserver.tokens.bus import InvalidationBus
 from authserver.tokens.revocation import RevocationWorker, Revoker
@@ -31,3 +32,4 @@ REVOCATION_WORKER = web.AppKey("revocation_worker", RevocationWorker)
 METRICS = web.AppKey("metrics", Metrics)
 DRAINING = web.AppKey("draining", asyncio.Event)
 POLICY_WATCHER = web.AppKey("policy_watcher", PolicyWatcher)
+RATE_LIMITER = web.AppKey("rate_limiter", RateLimiter)

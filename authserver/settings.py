@@ -11,6 +11,7 @@ from authserver.cloud.client import endpoint_for_region, iot_endpoint_for_region
 from authserver.cloud.credentials import Credentials, credentials_from_env
 from authserver.cloud.quota import DEFAULT_LIMITS
 from authserver.identity import JWTSettings
+from authserver.ratelimit import parse_networks
 
 PREFIX = "AUTHSERVER_"
 HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
@@ -58,6 +59,11 @@ class Settings:
     redis_cluster: bool = False
     policy_poll_interval: float = 1.0
     shutdown_delay: float = 5.0
+    rate_limit_subject: float = 10.0
+    rate_limit_subject_burst: int = 20
+    rate_limit_ip: float = 0.0
+    rate_limit_ip_burst: int = 200
+    trusted_proxies: tuple[str, ...] = ()
 
     @property
     def endpoint(self) -> str:
@@ -165,6 +171,15 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         "revocation_claim_idle": _number(env, "REVOCATION_CLAIM_IDLE", 30.0, problems, minimum=0.1),
         "policy_poll_interval": _number(env, "POLICY_POLL_INTERVAL", 1.0, problems, minimum=0.05),
         "shutdown_delay": _number(env, "SHUTDOWN_DELAY", 5.0, problems, minimum=0),
+        "rate_limit_subject": _number(env, "RATE_LIMIT_SUBJECT", 10.0, problems, minimum=0),
+        "rate_limit_subject_burst": int(
+            _number(env, "RATE_LIMIT_SUBJECT_BURST", 20, problems, minimum=1, integer=True)
+        ),
+        "rate_limit_ip": _number(env, "RATE_LIMIT_IP", 0.0, problems, minimum=0),
+        "rate_limit_ip_burst": int(
+            _number(env, "RATE_LIMIT_IP_BURST", 200, problems, minimum=1, integer=True)
+        ),
+        "trusted_proxies": _trusted_proxies(env, problems),
     }
     cluster_raw = (_env(env, "REDIS_CLUSTER") or "false").lower()
     if cluster_raw not in {"true", "false", "1", "0", "yes", "no"}:
@@ -195,6 +210,19 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         quota=quota,
         **settings_kwargs,  # type: ignore[arg-type]
     )
+
+
+def _trusted_proxies(env: Mapping[str, str], problems: list[str]) -> tuple[str, ...]:
+    raw = _env(env, "TRUSTED_PROXIES")
+    if raw is None:
+        return ()
+    values = tuple(v.strip() for v in raw.split(",") if v.strip())
+    try:
+        parse_networks(values)
+    except ValueError as err:
+        problems.append(f"{PREFIX}TRUSTED_PROXIES: {err} (expected comma-separated CIDRs)")
+        return ()
+    return values
 
 
 def _jwt_settings(env: Mapping[str, str], found: list[str]) -> JWTSettings | None:

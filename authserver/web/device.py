@@ -31,7 +31,10 @@ async def authenticate(request: web.Request) -> Identity:
 async def post_token(request: web.Request) -> web.Response:
     """Issue (or reuse) MQTT tokens for the caller's grants."""
     app = request.app
+    limiter = app[keys.RATE_LIMITER]
+    ip = limiter.check_ip(request.remote, request.headers.get("X-Forwarded-For"))
     identity = await authenticate(request)
+    limiter.check_subject(identity.subject, ip)
     body = await json_body(request, TOKEN_FIELDS, optional=True)
     client_id = optional_str(body, "clientId", max_length=128)
     if client_id is not None and not CLIENT_ID.fullmatch(client_id):

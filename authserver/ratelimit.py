@@ -1,0 +1,291 @@
+"""Inbound rate limits per client IP and per subject: GCRA buckets, local and shared via Redis.
+
+Two tiers, so the hot path stays cheap and the upstream quota stays protected:
+
+- **local**, on every request: a dict lookup and a little arithmetic per bucket, in this
+  process only. The IP check runs before the JWT is verified (an attacker without a valid
+  token pays nothing but a lookup), the subject check right after.
+- **shared**, only when a request is about to call the upstream (a cache miss, a renewal):
+  one Redis round trip per bucket, a GCRA script on the server's `TIME`, so every gateway
+  process draws from the same bucket. A device in a retry loop spread over many replicas, or
+  asking for ever-different token shapes to defeat the cache, is refused before it spends
+  the quota everyone shares. Cache hits never pay the round trip; they cost the upstream
+  nothing and the local tier bounds them per process.
+
+The shared check learns who is asking from a context variable set by `check_subject`: the
+token service mints in a task created from the request's context, so the value follows the
+request into the single-flight without being threaded through the token service. When
+Redis fails the shared tier is skipped (the local tier already ran), with one warning per
+outage and a retry after `redis_retry_interval`: a Redis outage must not turn into 429s or
+500s.
+
+Client IP: the peer address, unless the peer is a trusted proxy (`trusted_proxies`, CIDRs);
+then the right-most address of `X-Forwarded-For` that is not itself a trusted proxy (the
+left part of that header is whatever the client wrote, and proves nothing).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import hashlib
+import ipaddress
+import logging
+import math
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+import redis.exceptions
+
+from authserver.clock import Clock
+from authserver.errors import RateLimited
+
+log = logging.getLogger(__name__)
+
+SUBJECT, IP = "subject", "ip"
+KEY_PREFIX = "authserver:rl:"
+DEFAULT_MAX_KEYS = 100_000
+UNKNOWN_IP = "unknown"
+
+# KEYS[1]: the bucket. ARGV[1]: emission interval (us), ARGV[2]: burst tolerance (us).
+# Returns 0 when the request is admitted (and counted), else the microseconds to wait.
+GCRA_SCRIPT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tat < now then tat = now end
+local wait = tat - tonumber(ARGV[2]) - now
+if wait > 0 then return wait end
+local new = tat + tonumber(ARGV[1])
+redis.call('SET', KEYS[1], string.format('%d', new), 'PX', math.ceil((new - now) / 1000) + 1)
+return 0
+"""
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class _Asking:
+    """Who the current request is, for the shared tier; charged once per request."""
+
+    __slots__ = ("charge", "keys")
+
+    def __init__(self, keys: tuple[tuple[str, str], ...]) -> None:
+        self.keys = keys
+        self.charge: asyncio.Future[None] | None = None
+
+
+_ASKING: contextvars.ContextVar[_Asking | None] = contextvars.ContextVar(
+    "ratelimit_asking", default=None
+)
+
+
+@dataclass(frozen=True)
+class Limit:
+    """A sustained rate (requests per second; 0 disables) and a burst on top of it."""
+
+    rate: float
+    burst: int = 1
+
+    @property
+    def enabled(self) -> bool:
+        """Whether this limit applies at all."""
+        return self.rate > 0
+
+    @property
+    def interval(self) -> float:
+        """Seconds between two requests at the sustained rate."""
+        return 1.0 / self.rate
+
+    @property
+    def tolerance(self) -> float:
+        """How far ahead of now a bucket may run: `burst - 1` intervals."""
+        return self.interval * (max(self.burst, 1) - 1)
+
+
+class LocalBuckets:
+    """GCRA buckets of one scope in this process: key -> theoretical arrival time.
+
+    Bounded: past `max_keys`, buckets that have fully refilled (equivalent to absent) are
+    dropped, then the oldest; a flood of new keys costs memory, never correctness.
+    """
+
+    __slots__ = ("_clock", "_interval", "_max_keys", "_tat", "_tolerance")
+
+    def __init__(self, limit: Limit, clock: Clock, max_keys: int = DEFAULT_MAX_KEYS) -> None:
+        self._clock = clock
+        self._interval = limit.interval
+        self._tolerance = limit.tolerance
+        self._max_keys = max_keys
+        self._tat: dict[str, float] = {}
+
+    def __len__(self) -> int:
+        """How many buckets are held."""
+        return len(self._tat)
+
+    def take(self, key: str) -> float:
+        """Count one request; 0.0 when admitted, else the seconds until it would be."""
+        now = self._clock.monotonic()
+        tat = self._tat.get(key, now)
+        if tat < now:
+            tat = now
+        wait = tat - self._tolerance - now
+        if wait > 0:
+            return wait
+        self._tat[key] = tat + self._interval
+        if len(self._tat) > self._max_keys:
+            self._prune(now)
+        return 0.0
+
+    def _prune(self, now: float) -> None:
+        self._tat = {k: t for k, t in self._tat.items() if t > now}
+        excess = len(self._tat) - self._max_keys * 9 // 10
+        if excess > 0:
+            for key in list(self._tat)[:excess]:
+                del self._tat[key]
+
+
+def parse_networks(values: Iterable[str]) -> tuple[Network, ...]:
+    """CIDRs (or single addresses) as networks; ValueError names the first bad one."""
+    return tuple(ipaddress.ip_network(v.strip(), strict=False) for v in values if v.strip())
+
+
+def _bucket_key(scope: str, key: str) -> str:
+    digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+    return f"{KEY_PREFIX}{{{scope}:{digest}}}"
+
+
+def _retry_after(seconds: float) -> dict[str, str]:
+    return {"Retry-After": str(max(1, math.ceil(seconds)))}
+
+
+class RateLimiter:
+    """The gateway's inbound limits: per client IP (before auth) and per subject (after)."""
+
+    def __init__(
+        self,
+        *,
+        subject: Limit,
+        ip: Limit,
+        clock: Clock,
+        trusted_proxies: Iterable[Network] = (),
+        redis: aioredis.Redis | None = None,
+        max_keys: int = DEFAULT_MAX_KEYS,
+        redis_retry_interval: float = 5.0,
+    ) -> None:
+        self.limits = {SUBJECT: subject, IP: ip}
+        self._clock = clock
+        self._trusted = tuple(trusted_proxies)
+        self._local = {
+            scope: LocalBuckets(limit, clock, max_keys)
+            for scope, limit in self.limits.items()
+            if limit.enabled
+        }
+        self._redis = redis
+        self._script = redis.register_script(GCRA_SCRIPT) if redis is not None else None
+        self._redis_retry_interval = redis_retry_interval
+        self._redis_down_until = -math.inf
+        self._redis_down = False
+        self.refused: Counter[str] = Counter()
+        self.redis_errors = 0
+
+    @property
+    def mode(self) -> str:
+        """`local` (no Redis), `shared` or `local-fallback` (Redis failing)."""
+        if self._redis is None:
+            return "local"
+        return "local-fallback" if self._redis_down else "shared"
+
+    def client_ip(self, peer: str | None, forwarded_for: str | None) -> str:
+        """Who is calling: the peer, or what trusted proxies in front of us say it is."""
+        if peer is None:
+            return UNKNOWN_IP
+        if not self._trusted or not forwarded_for or not self._is_trusted(peer):
+            return peer
+        for hop in reversed(forwarded_for.split(",")):
+            address = hop.strip()
+            if not address:
+                continue
+            if not self._is_trusted(address):
+                return address
+        return peer  # every hop is one of our proxies
+
+    def _is_trusted(self, address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False  # garbage in the header is the client's; it ends the trusted chain
+        return any(ip in network for network in self._trusted)
+
+    def check_ip(self, peer: str | None, forwarded_for: str | None) -> str:
+        """Count a request of the calling IP (local tier); its address, or RateLimited."""
+        if IP not in self._local:
+            return peer or UNKNOWN_IP
+        ip = self.client_ip(peer, forwarded_for)
+        self._refuse_if(IP, self._local[IP].take(ip))
+        return ip
+
+    def check_subject(self, subject: str, ip: str) -> None:
+        """Count a request of a verified subject (local tier); mark both for the shared tier."""
+        _ASKING.set(_Asking(((SUBJECT, subject), (IP, ip))))
+        buckets = self._local.get(SUBJECT)
+        if buckets is not None:
+            self._refuse_if(SUBJECT, buckets.take(subject))
+
+    async def check_shared(self) -> None:
+        """Before an upstream call: count the asking subject and IP in the shared buckets.
+
+        A request is counted once however many tokens it mints (a read and a write token
+        are minted side by side, each in its own task sharing the request's marker).
+        """
+        asking = _ASKING.get()
+        if asking is None or self._script is None:
+            return
+        if asking.charge is None:
+            if self._clock.monotonic() < self._redis_down_until:
+                return
+            # The other mints of this request wait for the same answer, 429 included.
+            asking.charge = asyncio.ensure_future(self._charge(asking.keys))
+        await asking.charge
+
+    async def _charge(self, asking: tuple[tuple[str, str], ...]) -> None:
+        assert self._script is not None
+        for scope, key in asking:
+            limit = self.limits[scope]
+            if not limit.enabled:
+                continue
+            try:
+                wait_us = await self._script(
+                    keys=[_bucket_key(scope, key)],
+                    args=[round(limit.interval * 1e6), round(limit.tolerance * 1e6)],
+                )
+            except (redis.exceptions.RedisError, OSError) as err:
+                self._redis_failed(err)
+                return
+            if self._redis_down:
+                self._redis_down = False
+                log.warning("rate limiter: Redis is back, limits are shared again")
+            self._refuse_if(scope, int(wait_us) / 1e6)
+
+    def _refuse_if(self, scope: str, wait: float) -> None:
+        if wait <= 0:
+            return
+        self.refused[scope] += 1
+        limit = self.limits[scope]
+        raise RateLimited(
+            f"too many requests for this {scope}: at most {limit.rate:g}/s "
+            f"(burst {limit.burst}); retry later",
+            headers=_retry_after(wait),
+            extra={"limit": scope},
+        )
+
+    def _redis_failed(self, err: Exception) -> None:
+        self.redis_errors += 1
+        self._redis_down_until = self._clock.monotonic() + self._redis_retry_interval
+        if not self._redis_down:
+            self._redis_down = True
+            log.warning(
+                "rate limiter: Redis failed (%s); limiting per process until it is back",
+                type(err).__name__,
+            )

@@ -1,0 +1,218 @@
+"""Overload: inbound limits per subject and per client IP answer 429 with Retry-After."""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+from aiohttp.test_utils import TestClient
+
+from authserver import keys
+from authserver.clock import ManualClock
+from authserver.ratelimit import Limit, LocalBuckets, RateLimiter, parse_networks
+from authserver.settings import SettingsError, load_settings
+from tests.fixtures.emulator import EmulatorHandle, MakeEmulator
+from tests.fixtures.gateway import EXAMPLE_POLICY, MakeGateway, bearer, make_jwt
+from tests.fixtures.redis import free_port
+
+
+def apply_calls(emulator: EmulatorHandle) -> int:
+    """ApplyToken calls the emulator received."""
+    return int(emulator.state.stats()["calls"].get("ApplyToken", 0))
+
+
+async def post(client: TestClient[Any, Any], jwt: str, **kwargs: Any) -> Any:
+    """POST /v1/token with this JWT; the response, body read."""
+    resp = await client.post("/v1/token", headers={**bearer(jwt), **kwargs.pop("headers", {})},
+                             **kwargs)  # fmt: skip
+    await resp.read()
+    return resp
+
+
+async def assert_limited(resp: Any, scope: str) -> None:
+    """A 429 rate_limited problem naming the limit, with a whole-second Retry-After."""
+    assert resp.status == 429, await resp.text()
+    assert resp.content_type == "application/problem+json"
+    body = await resp.json()
+    assert body["code"] == "rate_limited"
+    assert body["limit"] == scope
+    assert int(resp.headers["Retry-After"]) >= 1
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock()
+
+
+@pytest.fixture
+async def manual_emulator(make_emulator: MakeEmulator, clock: ManualClock) -> EmulatorHandle:
+    return await make_emulator(clock=clock)
+
+
+async def test_a_device_in_a_retry_loop_gets_429_and_others_are_unaffected(
+    manual_emulator: EmulatorHandle, make_gateway: MakeGateway, clock: ManualClock
+) -> None:
+    client = await make_gateway(
+        manual_emulator, clock=clock, rate_limit_subject=2.0, rate_limit_subject_burst=5
+    )
+    looping = make_jwt("looper", now=clock.time())
+    answers = [await post(client, looping) for _ in range(8)]
+    assert [r.status for r in answers] == [200] * 5 + [429] * 3
+    await assert_limited(answers[-1], "subject")
+    assert apply_calls(manual_emulator) == 2  # the loop never reached the upstream again
+
+    assert (await post(client, make_jwt("bystander", now=clock.time()))).status == 200
+    # The bucket refills at the sustained rate: one more request every half second.
+    clock.advance(0.5)
+    assert (await post(client, looping)).status == 200
+    assert (await post(client, looping)).status == 429
+    assert client.app[keys.RATE_LIMITER].refused["subject"] == 4
+
+
+async def test_the_ip_limit_applies_before_the_jwt_is_even_read(
+    manual_emulator: EmulatorHandle, make_gateway: MakeGateway, clock: ManualClock
+) -> None:
+    client = await make_gateway(
+        manual_emulator, clock=clock, rate_limit_ip=1.0, rate_limit_ip_burst=3
+    )
+    statuses = [(await post(client, make_jwt(f"d{i}", now=clock.time()))).status for i in range(3)]
+    assert statuses == [200, 200, 200]
+    refused = await post(client, "not-a-jwt")
+    await assert_limited(refused, "ip")
+    await assert_limited(await post(client, make_jwt("d9", now=clock.time())), "ip")
+    clock.advance(1.0)
+    assert (await post(client, "not-a-jwt")).status == 401
+
+
+async def test_forwarded_for_counts_only_behind_a_trusted_proxy(
+    manual_emulator: EmulatorHandle, make_gateway: MakeGateway, clock: ManualClock
+) -> None:
+    jwt = make_jwt("shared-device", now=clock.time())
+    untrusted = await make_gateway(
+        manual_emulator, clock=clock, rate_limit_ip=1.0, rate_limit_ip_burst=2
+    )
+    # Without trusted proxies the header is the client's word: ignored, one bucket for all.
+    for n in range(2):
+        xff = {"X-Forwarded-For": f"198.51.100.{n}"}
+        assert (await post(untrusted, jwt, headers=xff)).status == 200
+    await assert_limited(
+        await post(untrusted, jwt, headers={"X-Forwarded-For": "198.51.100.9"}), "ip"
+    )
+
+    proxied = await make_gateway(
+        manual_emulator,
+        clock=clock,
+        rate_limit_ip=1.0,
+        rate_limit_ip_burst=2,
+        trusted_proxies=("127.0.0.0/8", "10.0.0.0/8"),
+    )
+    first = {"X-Forwarded-For": "198.51.100.7, 10.1.2.3"}  # client, then an inner proxy
+    assert (await post(proxied, jwt, headers=first)).status == 200
+    assert (await post(proxied, jwt, headers=first)).status == 200
+    # A forged left part does not give the same client a fresh bucket ...
+    forged = {"X-Forwarded-For": "203.0.113.99, 198.51.100.7, 10.1.2.3"}
+    await assert_limited(await post(proxied, jwt, headers=forged), "ip")
+    # ... while another real client behind the same proxy has its own.
+    other = {"X-Forwarded-For": "198.51.100.8"}
+    assert (await post(proxied, jwt, headers=other)).status == 200
+
+
+def test_client_ip_takes_the_rightmost_untrusted_address() -> None:
+    limiter = RateLimiter(
+        subject=Limit(0),
+        ip=Limit(1, 1),
+        clock=ManualClock(),
+        trusted_proxies=parse_networks(["10.0.0.0/8", "2001:db8::/32"]),
+    )
+    assert limiter.client_ip("10.0.0.1", "203.0.113.9, 10.0.0.5") == "203.0.113.9"
+    assert limiter.client_ip("10.0.0.1", "1.1.1.1, 203.0.113.9") == "203.0.113.9"
+    assert limiter.client_ip("2001:db8::1", "2001:db8::2, 2001:db8::3") == "2001:db8::1"
+    assert limiter.client_ip("10.0.0.1", "garbage") == "garbage"  # what our proxy saw
+    assert limiter.client_ip("10.0.0.1", " , ") == "10.0.0.1"
+    assert limiter.client_ip("192.0.2.1", "203.0.113.9") == "192.0.2.1"  # untrusted peer
+    assert limiter.client_ip(None, "203.0.113.9") == "unknown"
+
+
+async def test_the_shared_tier_spans_gateways_and_only_upstream_calls_pay_for_it(
+    emulator: EmulatorHandle, make_gateway: MakeGateway, redis_url: str
+) -> None:
+    # A rate this slow does not refill during the test; each gateway's own burst is 3.
+    limits = {"rate_limit_subject": 0.2, "rate_limit_subject_burst": 3}
+    one = await make_gateway(emulator, redis_url=redis_url, **limits)
+    two = await make_gateway(emulator, redis_url=redis_url, **limits)
+    jwt = make_jwt("shape-shifter")
+    # Asking for another lifetime each time defeats the cache: every request mints.
+    assert (await post(one, jwt, json={"ttlSeconds": 600})).status == 200
+    assert (await post(one, jwt, json={"ttlSeconds": 601})).status == 200
+    assert (await post(one, jwt, json={"ttlSeconds": 602})).status == 200
+    calls = apply_calls(emulator)
+    # The second gateway has its local burst left, but the shared bucket is empty.
+    await assert_limited(await post(two, jwt, json={"ttlSeconds": 603}), "subject")
+    assert apply_calls(emulator) == calls
+    # A cache hit costs the upstream nothing and is not counted in the shared bucket.
+    assert (await post(two, jwt, json={"ttlSeconds": 600})).status == 200
+    assert (await post(two, make_jwt("someone-else"))).status == 200
+    assert two.app[keys.RATE_LIMITER].mode == "shared"
+
+
+async def test_a_redis_failure_falls_back_to_local_limits() -> None:
+    dead = aioredis.Redis(port=free_port(), socket_connect_timeout=0.5, retry=None)
+    try:
+        limiter = RateLimiter(subject=Limit(1, 2), ip=Limit(0), clock=ManualClock(), redis=dead)
+        limiter.check_subject("dev", "127.0.0.1")
+        await limiter.check_shared()  # Redis is down: no 429, no 500
+        assert limiter.mode == "local-fallback"
+        assert limiter.redis_errors == 1
+        limiter.check_subject("dev", "127.0.0.1")  # the next request
+        await limiter.check_shared()  # does not try Redis again at once
+        assert limiter.redis_errors == 1
+        with pytest.raises(Exception, match="too many requests"):
+            limiter.check_subject("dev", "127.0.0.1")
+    finally:
+        await dead.aclose()
+
+
+def test_local_buckets_stay_bounded() -> None:
+    clock = ManualClock()
+    buckets = LocalBuckets(Limit(1.0, 1), clock, max_keys=100)
+    for n in range(1000):
+        assert buckets.take(f"k{n}") == 0.0
+    assert len(buckets) <= 100
+    assert buckets.take("k999") > 0  # recent keys are kept
+    clock.advance(2)
+    buckets.take("new")
+    assert buckets.take("k999") == 0.0
+
+
+def test_settings_read_the_limits_and_refuse_bad_proxies(tmp_path: Any) -> None:
+    env = {
+        "ALIBABA_CLOUD_ACCESS_KEY_ID": "id",
+        "ALIBABA_CLOUD_ACCESS_KEY_SECRET": "secret",
+        "AUTHSERVER_MQTT_INSTANCE_ID": "post-cn-x",
+        "AUTHSERVER_POLICY_FILE": str(EXAMPLE_POLICY),
+        "AUTHSERVER_JWT_SECRET": "s" * 32,
+    }
+    defaults = load_settings(env)
+    assert (defaults.rate_limit_subject, defaults.rate_limit_subject_burst) == (10.0, 20)
+    assert defaults.rate_limit_ip == 0.0
+    tuned = load_settings(
+        {
+            **env,
+            "AUTHSERVER_RATE_LIMIT_SUBJECT": "0",
+            "AUTHSERVER_RATE_LIMIT_IP": "50",
+            "AUTHSERVER_RATE_LIMIT_IP_BURST": "80",
+            "AUTHSERVER_TRUSTED_PROXIES": "10.0.0.0/8, fd00::/8",
+        }
+    )
+    assert dataclasses.astuple(Limit(tuned.rate_limit_ip, tuned.rate_limit_ip_burst)) == (50, 80)
+    assert tuned.rate_limit_subject == 0
+    assert parse_networks(tuned.trusted_proxies)[0] == ipaddress.ip_network("10.0.0.0/8")
+    with pytest.raises(SettingsError) as caught:
+        load_settings({**env, "AUTHSERVER_TRUSTED_PROXIES": "10.0.0.0/8,not-a-cidr",
+                       "AUTHSERVER_RATE_LIMIT_SUBJECT": "-1"})  # fmt: skip
+    text = str(caught.value)
+    assert "TRUSTED_PROXIES" in text
+    assert "RATE_LIMIT_SUBJECT" in text
