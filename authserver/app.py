@@ -16,7 +16,7 @@ from authserver.cloud.quota import QuotaGovernor
 from authserver.identity import JWTVerifier
 from authserver.policy_holder import PolicyHolder
 from authserver.ratelimit import Limit, RateLimiter, parse_networks
-from authserver.redis_conn import connect_redis
+from authserver.redis_conn import open_redis
 from authserver.settings import Settings
 from authserver.tokens.bus import InvalidationBus
 from authserver.tokens.revocation import (
@@ -65,7 +65,7 @@ async def _redis(app: web.Application) -> AsyncIterator[None]:
     if url is None:
         yield
         return
-    client = connect_redis(url, cluster=app[keys.SETTINGS].redis_cluster)
+    client = await open_redis(url, cluster=app[keys.SETTINGS].redis_cluster)
     app[REDIS] = client
     yield
     await client.aclose()

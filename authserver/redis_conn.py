@@ -20,6 +20,23 @@ SOCKET_TIMEOUT = 2.0
 HEALTH_CHECK_INTERVAL = 15
 
 
+async def open_redis(url: str, *, cluster: bool = False) -> aioredis.Redis:
+    """`connect_redis`, and for a cluster its slot map loaded now (pub/sub needs it first).
+
+    A single server is connected lazily, so the gateway starts while Redis is down (readiness
+    reports it). A cluster client must learn the slot map before anything else; when no node
+    answers, start-up fails with the Redis error and the orchestrator restarts the process.
+    """
+    client = connect_redis(url, cluster=cluster)
+    if cluster:
+        try:
+            await cast(aioredis.RedisCluster, client).initialize()
+        except Exception:
+            await client.aclose()
+            raise
+    return client
+
+
 def connect_redis(url: str, *, cluster: bool = False) -> aioredis.Redis:
     """A client for `url` (redis://, rediss://, unix://); a cluster client when `cluster`."""
     if cluster:

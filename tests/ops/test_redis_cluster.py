@@ -1,0 +1,148 @@
+"""Against a real 3-node Redis Cluster: tokens shared by two gateways, revocation, narrowing."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from authserver import keys
+from authserver.redis_conn import connect_redis
+from authserver.settings import SettingsError, load_settings
+from tests.admin.conftest import admin_headers
+from tests.fixtures.emulator import EmulatorHandle
+from tests.fixtures.gateway import MakeGateway, bearer, make_jwt
+from tests.ops.test_policy_reload import NARROW, WIDE, ConfigMapDir
+
+
+def apply_calls(emulator: EmulatorHandle) -> int:
+    """Successful ApplyToken calls the emulator answered."""
+    return int(emulator.state.stats()["success"].get("ApplyToken", 0))
+
+
+async def wait_for(check: Any, within: float = 5.0) -> None:
+    """Poll `check()` until true."""
+    end = time.monotonic() + within
+    while not check():
+        assert time.monotonic() < end, "condition not met in time"
+        await asyncio.sleep(0.05)
+
+
+async def test_client_spreads_keys_over_the_nodes(redis_cluster_url: str) -> None:
+    client = connect_redis(redis_cluster_url, cluster=True)
+    try:
+        for i in range(30):
+            await client.set(f"spread:{i}", i)
+        nodes = client.get_primaries()
+        assert len(nodes) == 3
+        sizes = [await client.dbsize(target_nodes=node) for node in nodes]
+        assert all(size > 0 for size in sizes), sizes
+    finally:
+        await client.aclose()
+
+
+async def test_two_gateways_share_tokens_through_the_cluster(
+    emulator: EmulatorHandle, make_gateway: MakeGateway, redis_cluster_url: str
+) -> None:
+    one = await make_gateway(emulator, redis_url=redis_cluster_url, redis_cluster=True)
+    two = await make_gateway(emulator, redis_url=redis_cluster_url, redis_cluster=True)
+    subjects = [f"dev-{i}" for i in range(12)]  # their keys land on every node
+    first: dict[str, str] = {}
+    for subject in subjects:
+        resp = await one.post("/v1/token", headers=bearer(make_jwt(subject)))
+        assert resp.status == 200, await resp.text()
+        first[subject] = (await resp.json())["password"]
+    assert apply_calls(emulator) == 2 * len(subjects)  # one R and one W each
+    for subject in subjects:
+        resp = await two.post("/v1/token", headers=bearer(make_jwt(subject)))
+        assert resp.status == 200
+        assert (await resp.json())["password"] == first[subject]
+    assert apply_calls(emulator) == 2 * len(subjects)
+    assert (await two.get("/readyz")).status == 200
+
+
+async def test_concurrent_first_requests_mint_once_across_gateways(
+    emulator: EmulatorHandle, make_gateway: MakeGateway, redis_cluster_url: str
+) -> None:
+    one = await make_gateway(emulator, redis_url=redis_cluster_url, redis_cluster=True)
+    two = await make_gateway(emulator, redis_url=redis_cluster_url, redis_cluster=True)
+    jwt = make_jwt("carol")
+    answers = await asyncio.gather(
+        *(c.post("/v1/token", headers=bearer(jwt)) for c in (one, two) for _ in range(5))
+    )
+    passwords = {(await a.json())["password"] for a in answers}
+    assert len(passwords) == 1
+    assert apply_calls(emulator) == 2  # the issuance lock works across gateways in the cluster
+
+
+async def test_revocation_through_the_cluster(
+    emulator: EmulatorHandle, make_gateway: MakeGateway, redis_cluster_url: str
+) -> None:
+    one = await make_gateway(emulator, redis_url=redis_cluster_url, redis_cluster=True)
+    two = await make_gateway(emulator, redis_url=redis_cluster_url, redis_cluster=True)
+    jwt = make_jwt("alice")
+    creds = await (await one.post("/v1/token", headers=bearer(jwt))).json()
+    tokens = [t["token"] for t in creds["tokens"]]
+    # Gateway two has the tokens in its L1 after serving them once.
+    served = await (await two.post("/v1/token", headers=bearer(jwt))).json()
+    assert served["password"] == creds["password"]
+
+    resp = await one.post(
+        "/v1/admin/revoke",
+        json={"subject": "alice", "blockIssuedBefore": False},
+        headers=admin_headers(),
+    )
+    assert resp.status == 202, await resp.text()
+    answer = await resp.json()
+    assert answer["revokedLocally"] == 2
+    await wait_for(lambda: all(emulator.state.is_revoked(t) for t in tokens))
+
+    # Gateway two forgets them too (the invalidation reached it) and mints new ones.
+    async def fresh_on_two() -> bool:
+        body = await (await two.post("/v1/token", headers=bearer(jwt))).json()
+        return not set(tokens) & {t["token"] for t in body["tokens"]}
+
+    end = time.monotonic() + 2
+    while not await fresh_on_two():
+        assert time.monotonic() < end, "gateway two still serves revoked tokens"
+        await asyncio.sleep(0.05)
+    # The durable queue (a stream in the cluster) drains to empty.
+    end = time.monotonic() + 5
+    while True:
+        status = await (await one.get("/v1/admin/revocations", headers=admin_headers())).json()
+        if status["depth"] == 0:
+            break
+        assert time.monotonic() < end, status
+        await asyncio.sleep(0.05)
+
+
+async def test_narrowing_sweeps_every_node(
+    emulator: EmulatorHandle, make_gateway: MakeGateway, redis_cluster_url: str, tmp_path: Path
+) -> None:
+    config = ConfigMapDir(tmp_path / "config", WIDE)
+    client = await make_gateway(
+        emulator,
+        redis_url=redis_cluster_url,
+        redis_cluster=True,
+        policy_file=config.path,
+        policy_poll_interval=0.05,
+    )
+    assert client.app is not None
+    read_tokens = []
+    for i in range(9):
+        body = await (await client.post("/v1/token", headers=bearer(make_jwt(f"n{i}")))).json()
+        read_tokens += [t["token"] for t in body["tokens"] if t["type"] == "R"]
+    config.update(NARROW)
+    watcher = client.app[keys.POLICY_WATCHER]
+    await wait_for(lambda: watcher.narrowed == 9)
+    await wait_for(lambda: all(emulator.state.is_revoked(t) for t in read_tokens), within=8)
+
+
+def test_cluster_setting_needs_a_url() -> None:
+    with pytest.raises(SettingsError, match="REDIS_CLUSTER=true needs"):
+        load_settings({"AUTHSERVER_REDIS_CLUSTER": "true"})
+    with pytest.raises(SettingsError, match="REDIS_CLUSTER='maybe' is not true or false"):
+        load_settings({"AUTHSERVER_REDIS_CLUSTER": "maybe"})
