@@ -27,8 +27,13 @@ def short_frame(frame: str) -> str:
     return f"{match['func']} ({path})"
 
 
-def summarize(raw: str) -> tuple[int, Counter[str], Counter[str]]:
-    """Sample count, self samples per frame and total (inclusive) samples per frame."""
+def summarize(raw: str, *, main_only: bool = True) -> tuple[int, Counter[str], Counter[str]]:
+    """Sample count, self samples per frame and total (inclusive) samples per frame.
+
+    With `main_only`, stacks of other threads (rooted in `Thread._bootstrap`: the executor
+    that reads the policy file, mostly parked in a queue) are left out; the event loop is
+    what serves requests.
+    """
     own: Counter[str] = Counter()
     inclusive: Counter[str] = Counter()
     total = 0
@@ -40,7 +45,7 @@ def summarize(raw: str) -> tuple[int, Counter[str], Counter[str]]:
         frames = [short_frame(f) for f in stack.split(";")]
         # The first element is the thread ("process 123:..." / "thread ..."), not code.
         frames = [f for f in frames if not f.startswith(("process ", "thread "))]
-        if not frames:
+        if not frames or (main_only and frames[0].startswith("Thread._bootstrap")):
             continue
         total += count
         own[frames[-1]] += count
@@ -54,7 +59,12 @@ def report(raw: str, top: int = 25) -> str:
     total, own, inclusive = summarize(raw)
     if total == 0:
         return "no samples\n"
-    lines = [f"{total} samples", "", "| self % | frame |", "| ---: | --- |"]
+    lines = [
+        f"{total} samples of the main thread (event loop)",
+        "",
+        "| self % | frame |",
+        "| ---: | --- |",
+    ]
     lines += [f"| {100 * n / total:.1f} | `{f}` |" for f, n in own.most_common(top)]
     lines += ["", "| total % | frame |", "| ---: | --- |"]
     lines += [f"| {100 * n / total:.1f} | `{f}` |" for f, n in inclusive.most_common(top)]

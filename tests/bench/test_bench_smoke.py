@@ -111,6 +111,7 @@ def test_pyspy_summary_counts_self_and_total() -> None:
         [
             "process 1:main;run (a.py:1);handle (b.py:2);dumps (json/__init__.py:3) 6",
             "process 1:main;run (a.py:1);handle (b.py:9) 4",
+            "Thread._bootstrap (threading.py:1002);_worker (concurrent/futures/thread.py:81) 5",
         ]
     )
     total, own, inclusive = summarize(raw)
@@ -118,3 +119,4 @@ def test_pyspy_summary_counts_self_and_total() -> None:
     assert own["dumps (json/__init__.py)"] == 6
     assert own["handle (b.py)"] == 4  # line numbers folded into one frame
     assert inclusive["run (a.py)"] == 10
+    assert "_worker (concurrent/futures/thread.py)" not in own  # only the event loop thread
