@@ -110,6 +110,16 @@ class StoreUnavailable(ServiceUnavailable):
     code = "store_unavailable"
     title = "Token store unavailable"
 
+    def __init__(
+        self,
+        detail: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> None:
+        # A store outage is usually a failover or a restart: worth retrying soon.
+        super().__init__(detail, headers={"Retry-After": "2", **(headers or {})}, extra=extra)
+
 
 class NotConfigured(GatewayError):
     """The feature needs a setting that is not configured."""

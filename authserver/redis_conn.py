@@ -15,6 +15,9 @@ from __future__ import annotations
 from typing import cast
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 SOCKET_TIMEOUT = 2.0
 HEALTH_CHECK_INTERVAL = 15
@@ -52,4 +55,8 @@ def connect_redis(url: str, *, cluster: bool = False) -> aioredis.Redis:
         socket_timeout=SOCKET_TIMEOUT,
         socket_connect_timeout=SOCKET_TIMEOUT,
         health_check_interval=HEALTH_CHECK_INTERVAL,
+        # A pooled connection left idle through a Redis restart fails on first use; one
+        # immediate retry on a fresh connection hides that. Timeouts are not retried: an
+        # unreachable Redis would double every wait.
+        retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
     )

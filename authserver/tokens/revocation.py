@@ -267,6 +267,16 @@ class RedisState:
 
     async def claim(self, count: int, wait: float) -> list[Job]:
         """Stale pending jobs first (dead consumers, failed calls), then new ones."""
+        try:
+            return await self._claim(count, wait)
+        except ResponseError as err:
+            if "NOGROUP" in str(err):
+                # The group vanished with the stream (Redis restarted without persistence,
+                # or was flushed): create it again next round rather than fail forever.
+                self._group_ready = False
+            raise
+
+    async def _claim(self, count: int, wait: float) -> list[Job]:
         await self._ensure_group()
         claimed = await self._redis.xautoclaim(
             STREAM, GROUP, self._consumer, min_idle_time=self._claim_idle_ms, count=count
