@@ -41,8 +41,10 @@ async def test_series_move_with_requests(
     assert value(after, "authserver_quota_mode", mode="local") == 1
     assert value(after, "authserver_revocation_queue_depth") == 0
     # The scrape before this one was counted too.
-    assert value(after, "authserver_http_requests_total", route="/metrics", method="GET",
-                 status="200") == 1
+    assert (
+        value(after, "authserver_http_requests_total", route="/metrics", method="GET", status="200")
+        == 1
+    )
 
 
 async def test_route_label_is_the_template_not_the_path(
@@ -60,8 +62,9 @@ async def test_route_label_is_the_template_not_the_path(
         if name == "authserver_http_requests_total"
     }
     assert routes == {"/v1/admin/subjects/{subject}/tokens", "<unmatched>"}
-    unmatched = value(text, "authserver_http_requests_total", route="<unmatched>", method="GET",
-                      status="404")
+    unmatched = value(
+        text, "authserver_http_requests_total", route="<unmatched>", method="GET", status="404"
+    )
     assert unmatched == 3
 
 
