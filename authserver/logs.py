@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import sys
-import uuid
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any, TextIO
@@ -40,16 +40,19 @@ class RequestContext:
         self._bearer: str | None = None
         self._fingerprint: str | None = None
 
-    def set_credential(self, credential: str | None) -> None:
-        """Remember the bearer credential, so records can name its fingerprint (never it)."""
-        self._bearer = credential
+    def set_credential(self, authorization: str | None) -> None:
+        """Remember the Authorization header, so records can name the bearer's fingerprint."""
+        self._bearer = authorization
         self._fingerprint = None
 
     @property
     def token_fingerprint(self) -> str | None:
-        """First 8 hex of the credential's sha256, computed once and only when logged."""
-        if self._fingerprint is None and self._bearer:
-            self._fingerprint = fingerprint(self._bearer)
+        """First 8 hex of the bearer token's sha256, computed once and only when logged."""
+        header = self._bearer
+        if self._fingerprint is None and header and header[:7].lower() == "bearer ":
+            token = header[7:].strip()
+            if token:
+                self._fingerprint = fingerprint(token)
         return self._fingerprint
 
 
@@ -60,7 +63,7 @@ def request_id_from(header: str | None) -> str:
     """The caller's X-Request-Id when it is a sane id (<= 128 of [A-Za-z0-9._-]), else a new one."""
     if header is not None and _REQUEST_ID.fullmatch(header):
         return header
-    return uuid.uuid4().hex
+    return os.urandom(16).hex()  # uuid4's randomness and length, without building a UUID
 
 
 def bind_subject(subject: str) -> None:

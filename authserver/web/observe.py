@@ -28,7 +28,6 @@ from authserver.policy_watch import PolicyWatcher, narrowed
 log = logging.getLogger(__name__)
 
 UNMATCHED = "<unmatched>"
-_BEARER = "bearer "
 
 
 def route_label(request: web.Request) -> str:
@@ -39,12 +38,6 @@ def route_label(request: web.Request) -> str:
     return resource.canonical
 
 
-def _credential(header: str | None) -> str | None:
-    if header is None or header[:7].lower() != _BEARER:
-        return None
-    return header[7:].strip() or None
-
-
 @web.middleware
 async def observe_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Request id in and out, log context, request metrics; Connection: close while draining."""
@@ -53,7 +46,7 @@ async def observe_middleware(request: web.Request, handler: Handler) -> web.Stre
     request_id = logs.request_id_from(request.headers.get(logs.REQUEST_ID_HEADER))
     route = route_label(request)
     context = logs.RequestContext(request_id, request.method, route)
-    context.set_credential(_credential(request.headers.get("Authorization")))
+    context.set_credential(request.headers.get("Authorization"))
     reset = logs.CURRENT.set(context)
     status = 500
     try:
@@ -119,6 +112,10 @@ def _token_stats(app: web.Application) -> Stats | None:
     if tokens is None:
         return None
     layers: dict[str, dict[str, int]] = {}
+    answers = getattr(tokens, "answers", None)  # finished answers, in front of everything
+    answer_hits = getattr(answers, "hits", None)
+    if isinstance(answer_hits, int):
+        layers["answer"] = {"hits": answer_hits, "misses": int(getattr(answers, "misses", 0))}
     hits: Any = getattr(tokens, "hits", None)
     misses = int(getattr(tokens, "misses", 0))
     if isinstance(hits, dict):
