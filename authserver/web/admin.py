@@ -16,7 +16,8 @@ from aiohttp import web
 from cachetools import TTLCache
 
 from authserver import keys
-from authserver.errors import BadRequest, NotConfigured
+from authserver.cloud.errors import CloudRejected
+from authserver.errors import BadRequest, NotConfigured, NotFound
 from authserver.fingerprint import fingerprint
 from authserver.policy.engine import evaluate, explain, token_plan
 from authserver.web.admin_auth import AUDIT, admin_middleware, load_api_keys
@@ -314,13 +315,22 @@ async def list_device_credentials(request: web.Request) -> web.Response:
         )
     _audit(request, groupId=group_id)
     app = request.app
-    page = await app[keys.CLOUD].list_device_credential_client_ids(
-        app[keys.SETTINGS].instance_id,
-        group_id,
-        page_no=page_no,
-        page_size=page_size,
-        next_token=next_token,
-    )
+    try:
+        page = await app[keys.CLOUD].list_device_credential_client_ids(
+            app[keys.SETTINGS].instance_id,
+            group_id,
+            page_no=page_no,
+            page_size=page_size,
+            next_token=next_token,
+        )
+    except CloudRejected as err:
+        if err.vendor_code != "InvalidParameter.NextToken":
+            raise
+        # The caller's own nextToken was refused: their mistake (400), not an upstream fault.
+        raise BadRequest(
+            "nextToken is not one this API returned (or it has expired)",
+            extra={"field": "nextToken"},
+        ) from err
     return web.json_response(
         {
             "groupId": group_id,
@@ -348,7 +358,14 @@ async def iot_client_ids(request: web.Request) -> web.Response:
             "iotId must be 1 to 64 letters, digits, '.', '_' or '-'", extra={"field": "iotId"}
         )
     _audit(request, iotId=iot_id)
-    found = await request.app[keys.CLOUD].query_client_ids(iot_id, settings.iot_instance_id)
+    try:
+        found = await request.app[keys.CLOUD].query_client_ids(iot_id, settings.iot_instance_id)
+    except CloudRejected as err:
+        if err.vendor_code != "iot.device.NotExistedDevice":
+            raise
+        raise NotFound(
+            "no IoT Platform device has this iotId", extra={"upstream_code": err.vendor_code}
+        ) from err
     return web.json_response(
         {
             "iotId": iot_id,

@@ -19,7 +19,7 @@ _DESCRIPTIONS = {
     400: "Malformed body or parameter",
     401: "Missing, malformed or expired credential, or a wrong API key",
     403: "A valid JWT without the admin scope or role",
-    404: "No such path (for example a path segment that normalises away)",
+    404: "No such path (a path segment that normalises away) or no such IoT device",
     413: "Body too large",
     501: "Feature not configured; `detail` names the missing setting",
     502: "The upstream refused the call",
@@ -186,7 +186,7 @@ def admin_paths() -> dict[str, Any]:
                 "adminIotClientIds",
                 "ClientIDs registered for an IoT Platform device (QueryClientIds)",
                 (200, "The device's ClientIDs", "IotClientIds"),
-                (*GET_PROBLEMS, 501),
+                (*GET_PROBLEMS, 404, 501),
                 parameters=[_path_param("iotId", {"pattern": IOT_ID_PATTERN}, "The IotId")],
             )
         },

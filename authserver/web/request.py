@@ -46,10 +46,10 @@ async def json_body(
 
 
 def optional_str(data: dict[str, Any], name: str, *, max_length: int = 256) -> str | None:
-    """A string field that may be absent; bounded length, no NUL."""
-    value = data.get(name)
-    if value is None:
+    """A string field that may be absent (null is not absent); bounded length, no NUL."""
+    if name not in data:
         return None
+    value = data[name]
     if not isinstance(value, str) or not value or len(value) > max_length or "\x00" in value:
         raise BadRequest(
             f"{name} must be a non-empty string of at most {max_length} characters",
@@ -62,9 +62,9 @@ def optional_str_list(
     data: dict[str, Any], name: str, *, max_items: int, allowed: Collection[str] | None = None
 ) -> list[str] | None:
     """A list-of-strings field that may be absent; bounded size, optional allowed values."""
-    value = data.get(name)
-    if value is None:
+    if name not in data:
         return None
+    value = data[name]
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise BadRequest(f"{name} must be a list of strings", extra={"field": name})
     if not value:
@@ -86,9 +86,9 @@ def optional_str_list(
 
 def optional_int(data: dict[str, Any], name: str, *, minimum: int, maximum: int) -> int | None:
     """An integer field that may be absent, within [minimum, maximum]."""
-    value = data.get(name)
-    if value is None:
+    if name not in data:
         return None
+    value = data[name]
     if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
         raise BadRequest(
             f"{name} must be a whole number between {minimum} and {maximum}",

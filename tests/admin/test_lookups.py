@@ -150,7 +150,7 @@ async def test_device_credentials_validation(
     assert (await ok.json())["total"] == 0
 
 
-async def test_bad_next_token_is_an_upstream_rejection(
+async def test_a_next_token_the_upstream_never_issued_is_the_callers_mistake(
     emulator: EmulatorHandle, make_gateway: MakeGateway
 ) -> None:
     client = await make_gateway(emulator)
@@ -159,9 +159,10 @@ async def test_bad_next_token_is_an_upstream_rejection(
         params={"nextToken": "garbage"},
         headers=admin_headers(),
     )
-    assert resp.status == 502
+    assert resp.status == 400
     body = await resp.json()
-    assert body["code"] == "upstream_rejected"
+    assert body["code"] == "bad_request"
+    assert body["field"] == "nextToken"
 
 
 async def test_iot_client_ids(emulator: EmulatorHandle, make_gateway: MakeGateway) -> None:
@@ -175,7 +176,7 @@ async def test_iot_client_ids(emulator: EmulatorHandle, make_gateway: MakeGatewa
     assert all(isinstance(c["createTime"], int) for c in body["clientIds"])
 
     missing = await client.get("/v1/admin/iot/devices/nobody/client-ids", headers=admin_headers())
-    assert missing.status == 502
+    assert missing.status == 404
     assert (await missing.json())["upstream_code"] == "iot.device.NotExistedDevice"
 
 

@@ -91,7 +91,7 @@ async def test_every_admin_answer_matches_the_description(
             "/v1/admin/groups/GID_fleet/device-credentials?nextToken=bad",
             "/v1/admin/groups/{groupId}/device-credentials",
             {},
-            502,
+            400,
         ),
         (
             "GET",
