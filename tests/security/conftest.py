@@ -1,14 +1,15 @@
-"""Fixtures for the hostile-input tests: keys, a manual clock, JWKS and attacker servers."""
+"""Fixtures for the hostile-input tests: keys, a clock, JWKS and attacker servers, API keys."""
 
 from __future__ import annotations
 
 import pytest
 
 from authserver.clock import ManualClock
+from tests.admin.conftest import api_keys_file
 from tests.identity.conftest import attacker_server, jwks_server
 from tests.identity.tokens import Keys, Minter, generate_keys
 
-__all__ = ["attacker_server", "jwks_server"]
+__all__ = ["api_keys_file", "attacker_server", "jwks_server"]
 
 
 @pytest.fixture(scope="session")
