@@ -135,6 +135,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         # that died frees the key this soon.
         lock_ttl=settings.request_deadline + 2.0,
         l1_size=settings.token_cache_size,
+        answer_cache_size=settings.answer_cache_size,
     )
     app[keys.TOKENS] = tokens
 

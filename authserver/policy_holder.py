@@ -28,6 +28,7 @@ class Plan:
     ttl_seconds: int
     max_ttl_seconds: int
     claims: Mapping[str, Any]
+    policy_version: str
 
 
 class PolicyHolder:
@@ -75,6 +76,7 @@ class PolicyHolder:
             decision.ttl_seconds,
             decision.max_ttl_seconds,
             kept,
+            policy.version_id,
         )
         self._plans[key] = made
         return made

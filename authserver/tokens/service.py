@@ -13,6 +13,7 @@ from cachetools import TLRUCache
 
 from authserver.clock import Clock
 from authserver.errors import ServiceUnavailable, StoreUnavailable
+from authserver.tokens.answers import AnswerCache
 from authserver.tokens.model import ACTIONS_PARAM, TokenRecord, token_key
 from authserver.tokens.store import TokenStore
 
@@ -55,6 +56,17 @@ class TokenRequest:
     claims: Mapping[str, Any] = field(default_factory=dict)
 
 
+def renew_at_ms(record: TokenRecord) -> int:
+    """When a token in use is renewed in the background: its own point before refreshAt.
+
+    Each token gets a point in a window before refreshAt (at most a minute, or a tenth of
+    its life) derived from the token, so a fleet that fetched its tokens in the same second
+    is renewed spread over that window rather than at once.
+    """
+    window = min(EARLY_REFRESH_MS, (record.refresh_at_ms - record.issued_ms) // 10)
+    return record.refresh_at_ms - int(record.fingerprint, 16) % max(window, 1)
+
+
 @dataclass(frozen=True)
 class MqttCredentials:
     """What a device needs to connect: username, password and the tokens behind them."""
@@ -65,6 +77,8 @@ class MqttCredentials:
     tokens: tuple[TokenRecord, ...]
     expire_ms: int
     refresh_at_ms: int
+    keys: tuple[str, ...] = ()
+    renew_at_ms: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON answer of POST /v1/token."""
@@ -104,6 +118,7 @@ class TokenService:
         refresh_margin: float = 600.0,
         lock_ttl: float = 10.0,
         l1_size: int = 200_000,
+        answer_cache_size: int = 20_000,
         poll_interval: float = 0.02,
     ) -> None:
         self._mint = mint
@@ -124,6 +139,7 @@ class TokenService:
                 ttu=lambda _k, record, _now: record.refresh_at_ms / 1000.0,
                 timer=clock.time,
             )
+        self.answers = AnswerCache(answer_cache_size)
         self.hits = {"l1": 0, "store": 0}
         self.misses = 0
         self.minted = 0
@@ -132,13 +148,16 @@ class TokenService:
         self._background: set[asyncio.Task[None]] = set()
 
     def drop(self, keys: Iterable[str]) -> None:
-        """Forget L1 entries (an invalidation event, from here or another process)."""
+        """Forget L1 entries and answers (an invalidation event, from here or elsewhere)."""
+        keys = list(keys)
+        self.answers.drop(keys)
         if self._l1 is not None:
             for key in keys:
                 self._l1.pop(key, None)
 
     def clear_l1(self) -> None:
-        """Forget every L1 entry (events may have been missed)."""
+        """Forget every L1 entry and answer (events may have been missed)."""
+        self.answers.clear()
         if self._l1 is not None:
             self._l1.clear()
 
@@ -155,11 +174,13 @@ class TokenService:
         """MQTT credentials for `request`; `deadline` is an absolute monotonic time."""
         specs = token_specs(request.read, request.write)
         records: list[TokenRecord | None] = []
+        keys: list[str] = []
         missing: list[tuple[int, str, str, tuple[str, ...]]] = []
         for kind, resources in specs:
             key = token_key(
                 self.instance_id, request.subject, kind, resources, request.ttl, request.client_id
             )
+            keys.append(key)
             record = await self._cached(key, request.subject)
             if record is None:
                 missing.append((len(records), key, kind, resources))
@@ -182,6 +203,8 @@ class TokenService:
             tokens=tuple(done),
             expire_ms=min(r.expire_ms for r in done),
             refresh_at_ms=min(r.refresh_at_ms for r in done),
+            keys=tuple(keys),
+            renew_at_ms=min(renew_at_ms(r) for r in done),
         )
 
     def _fresh(self, record: TokenRecord | None) -> bool:
@@ -211,16 +234,12 @@ class TokenService:
         request: TokenRequest,
         record: TokenRecord,
     ) -> None:
-        """Stampede protection: renew a token in use shortly before its refresh time.
+        """Stampede protection: renew a token in use from its renew_at_ms on.
 
-        Each token gets its own point in a window before refreshAt (at most a minute, or a
-        tenth of its life), derived from the token, so a fleet that fetched its tokens in
-        the same second is renewed over a spread of time, in the background, by the first
-        request that comes by; devices keep getting the current token meanwhile.
+        The first request that comes by starts the renewal in the background; devices keep
+        getting the current token meanwhile.
         """
-        window = min(EARLY_REFRESH_MS, (record.refresh_at_ms - record.issued_ms) // 10)
-        jitter = int(record.fingerprint, 16) % max(window, 1)
-        if self._clock.time() * 1000 < record.refresh_at_ms - jitter:
+        if self._clock.time() * 1000 < renew_at_ms(record):
             return
         if key in self._flights or key in self._renewing:
             return

@@ -11,23 +11,25 @@ from aiohttp import web
 from authserver.errors import BadRequest, PayloadTooLarge
 
 
-async def json_body(
-    request: web.Request, allowed: Collection[str], *, optional: bool = False
-) -> dict[str, Any]:
-    """The request's JSON object; refuses non-objects, unknown fields and oversized bodies."""
+async def read_body(request: web.Request) -> bytes:
+    """The raw body (b"" when none), refused with 413 past the app's size limit."""
     limit = request.app._client_max_size  # aiohttp keeps the limit only here
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(f"the body is {request.content_length} bytes; the limit is {limit}")
     if not request.body_exists:
+        return b""
+    try:
+        return await request.read()
+    except web.HTTPRequestEntityTooLarge as err:
+        raise PayloadTooLarge(f"the body exceeds the limit of {limit} bytes") from err
+
+
+def parse_object(raw: bytes, allowed: Collection[str], *, optional: bool = False) -> dict[str, Any]:
+    """The JSON object in `raw`; refuses non-objects and unknown fields."""
+    if not raw.strip():
         if optional:
             return {}
         raise BadRequest("a JSON object body is required")
-    try:
-        raw = await request.read()
-    except web.HTTPRequestEntityTooLarge as err:
-        raise PayloadTooLarge(f"the body exceeds the limit of {limit} bytes") from err
-    if not raw.strip() and optional:
-        return {}
     try:
         data = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as err:
@@ -43,6 +45,13 @@ async def json_body(
             extra={"unknownFields": unknown, "allowedFields": sorted(allowed)},
         )
     return data
+
+
+async def json_body(
+    request: web.Request, allowed: Collection[str], *, optional: bool = False
+) -> dict[str, Any]:
+    """The request's JSON object; refuses non-objects, unknown fields and oversized bodies."""
+    return parse_object(await read_body(request), allowed, optional=optional)
 
 
 def optional_str(data: dict[str, Any], name: str, *, max_length: int = 256) -> str | None:
