@@ -150,4 +150,6 @@ def test_every_operation_with_and_without_credentials(case: Any) -> None:
 
 
 def _checks() -> list[Any]:
-    return [getattr(spec_checks, name) for name in CHECKS]
+    return [
+        getattr(spec_checks, name, None) or getattr(schemathesis.checks, name) for name in CHECKS
+    ]
