@@ -21,6 +21,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 SOCKET_TIMEOUT = 2.0
 HEALTH_CHECK_INTERVAL = 15
+MAX_CONNECTIONS = 1000
 
 
 async def open_redis(url: str, *, cluster: bool = False) -> aioredis.Redis:
@@ -55,6 +56,10 @@ def connect_redis(url: str, *, cluster: bool = False) -> aioredis.Redis:
         socket_timeout=SOCKET_TIMEOUT,
         socket_connect_timeout=SOCKET_TIMEOUT,
         health_check_interval=HEALTH_CHECK_INTERVAL,
+        # redis-py's pool raises "Too many connections" past 100 by default: a 64-connection
+        # load, with the R and W lookups of a request running at once, crossed it (503s).
+        # Connections are opened only as concurrency needs them, so a high cap costs nothing.
+        max_connections=MAX_CONNECTIONS,
         # A pooled connection left idle through a Redis restart fails on first use; one
         # immediate retry on a fresh connection hides that. Timeouts are not retried: an
         # unreachable Redis would double every wait.

@@ -116,6 +116,11 @@ class InvalidationBus:
                         "invalidation bus lost Redis (%s); resubscribing", type(err).__name__
                     )
                 self.connected = False
+            except Exception:
+                # Anything else (a cluster client without its slot map, a bug in a resync
+                # handler) must not end the listener: caches would silently stop being coherent.
+                log.exception("invalidation bus failed; resubscribing")
+                self.connected = False
             finally:
                 await _close_quietly(pubsub)
             await asyncio.sleep(self._retry)

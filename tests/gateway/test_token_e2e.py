@@ -234,3 +234,22 @@ async def test_concurrent_requests_across_gateways_mint_once(
     passwords = await asyncio.gather(*(fetch(i) for i in range(60)))
     assert len(set(passwords)) == 1
     assert apply_calls(emulator) == 2
+
+
+async def test_hundreds_of_concurrent_redis_lookups_do_not_exhaust_the_pool(
+    make_emulator: MakeEmulator, make_gateway: MakeGateway, redis_url: str
+) -> None:
+    emulator = await make_emulator(qps={"ApplyToken": 5000.0})
+    quota = {"ApplyToken": 5000.0}
+    warm = await make_gateway(emulator, redis_url=redis_url, quota=quota, account_quota=5000.0)
+    jwts = [make_jwt(f"pool-{n}") for n in range(150)]
+    for start in range(0, len(jwts), 30):
+        batch = jwts[start : start + 30]
+        answers = await asyncio.gather(*(warm.post("/v1/token", headers=bearer(j)) for j in batch))
+        assert {r.status for r in answers} == {200}
+    # A fresh gateway (empty L1): every request reads its R and W tokens from Redis at once,
+    # 300 commands in flight, past redis-py's default pool cap of 100.
+    cold = await make_gateway(emulator, redis_url=redis_url, quota=quota, account_quota=5000.0)
+    answers = await asyncio.gather(*(cold.post("/v1/token", headers=bearer(j)) for j in jwts))
+    assert [r.status for r in answers] == [200] * len(jwts)
+    assert apply_calls(emulator) == 300
