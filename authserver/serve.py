@@ -96,11 +96,15 @@ def run_worker(settings: Settings, *, reuse_port: bool = False) -> int:
     """Build the app and serve it in this process until SIGTERM; the exit code."""
     from authserver.app import create_app
     from authserver.policy.model import PolicyLoadError
+    from authserver.web.admin_auth import ApiKeysFileError
 
     try:
         app = create_app(settings)
     except PolicyLoadError as err:
         print("authserver: invalid policy:\n  - " + "\n  - ".join(err.problems), file=sys.stderr)
+        return 2
+    except ApiKeysFileError as err:
+        print(f"authserver: {err}", file=sys.stderr)
         return 2
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
         return runner.run(serve_app(app, settings, reuse_port=reuse_port))

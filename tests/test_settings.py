@@ -101,3 +101,25 @@ def test_serve_exits_2_with_one_message(tmp_path: Path) -> None:
     assert "invalid configuration" in done.stderr
     assert "AUTHSERVER_MQTT_INSTANCE_ID" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_serve_exits_2_on_a_bad_api_key_file(tmp_path: Path) -> None:
+    keys_file = tmp_path / "keys.txt"
+    keys_file.write_text("not-a-sha256-hash\n")
+    env = {
+        **GOOD,
+        "AUTHSERVER_ADMIN_API_KEYS_FILE": str(keys_file),
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(tmp_path),
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "authserver", "serve"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert str(keys_file) in done.stderr
+    assert "Traceback" not in done.stderr
