@@ -159,7 +159,7 @@ async def test_the_shared_tier_spans_gateways_and_only_upstream_calls_pay_for_it
 
 
 async def test_a_redis_failure_falls_back_to_local_limits() -> None:
-    dead = aioredis.Redis(port=free_port(), socket_connect_timeout=0.5, retry=None)
+    dead = aioredis.Redis(port=free_port(), socket_connect_timeout=0.5)
     try:
         limiter = RateLimiter(subject=Limit(1, 2), ip=Limit(0), clock=ManualClock(), redis=dead)
         limiter.check_subject("dev", "127.0.0.1")

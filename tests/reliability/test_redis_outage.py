@@ -90,8 +90,8 @@ async def test_redis_outage_under_load(
         await asyncio.to_thread(redis_server.stop)
         stopped_at = time.monotonic()
         await asyncio.sleep(1.0)
-        ready = await client.get("/readyz")
-        outage["readyz"] = (ready.status, await ready.json())
+        readiness = await client.get("/readyz")
+        outage["readyz"] = (readiness.status, await readiness.json())
         revokes = [
             {"token": held[0]["token"]},
             {"subject": "warm-1"},
@@ -111,7 +111,7 @@ async def test_redis_outage_under_load(
     during = len(load.answers)
 
     async def bus_connected() -> bool:
-        return client.app[keys.BUS].connected
+        return bool(client.app[keys.BUS].connected)
 
     async def issuing() -> bool:
         async with client.post("/v1/token", headers=bearer(next(fresh))) as resp:

@@ -94,13 +94,14 @@ async def test_jwks_gateway_kids_headers_and_rotation(
     for kid in ["../../../../etc/passwd", "' OR '1'='1' --", "k1; DROP TABLE keys", "/dev/zero"]:
         await refused_everywhere(client, signed(keys.rsa2, kid=kid))
     attacker_jwk = public_jwk(keys.rsa2, kid="k1", alg="RS256")
-    for headers in [
+    hostile: list[dict[str, Any]] = [
         {"kid": "k1", "jku": attacker_server.url("/jwks.json")},
         {"kid": "evil", "jku": attacker_server.url("/jwks.json")},
         {"kid": "k1", "x5u": attacker_server.url("/cert.pem")},
         {"kid": "k1", "jwk": attacker_jwk},
         {"jwk": attacker_jwk},
-    ]:
+    ]
+    for headers in hostile:
         await refused_everywhere(client, signed(keys.rsa2, **headers))
     assert attacker_server.requests == []
     assert jwks_server.requests <= 2
