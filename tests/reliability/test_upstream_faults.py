@@ -27,7 +27,8 @@ async def timed(client: TestClient[Any, Any], subject: str) -> tuple[int, float,
         body = await resp.json()
         if resp.status != 200:
             assert resp.content_type == "application/problem+json"
-            assert int(resp.headers["Retry-After"]) >= 1
+        if resp.status in (429, 503):  # a 502 passes the vendor's own error on as it was
+            assert int(resp.headers.get("Retry-After", "0")) >= 1, (resp.status, body)
         return resp.status, time.monotonic() - started, body
 
 
