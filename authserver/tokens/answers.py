@@ -10,6 +10,7 @@ served past the point where its first token is due for renewal.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -30,7 +31,9 @@ class AnswerCache:
 
     def __init__(self, maxsize: int) -> None:
         self._maxsize = maxsize
-        self._entries: dict[tuple[str, bytes], Answer] = {}
+        # OrderedDict: evicting the oldest is O(1); a plain dict's first item gets slower to
+        # find as deletions pile up at its front.
+        self._entries: OrderedDict[tuple[str, bytes], Answer] = OrderedDict()
         self._by_key: dict[str, set[tuple[str, bytes]]] = {}
         # Bumped by every invalidation: an answer built across one is not kept, since the
         # tokens it was built from may be the very ones just revoked.
@@ -61,15 +64,17 @@ class AnswerCache:
         slot = (jwt, body)
         self._forget(slot)
         while len(self._entries) >= self._maxsize:
-            self._forget(next(iter(self._entries)))
+            self._unindex(*self._entries.popitem(last=False))
         self._entries[slot] = answer
         for key in answer.keys:
             self._by_key.setdefault(key, set()).add(slot)
 
     def _forget(self, slot: tuple[str, bytes]) -> None:
         answer = self._entries.pop(slot, None)
-        if answer is None:
-            return
+        if answer is not None:
+            self._unindex(slot, answer)
+
+    def _unindex(self, slot: tuple[str, bytes], answer: Answer) -> None:
         for key in answer.keys:
             slots = self._by_key.get(key)
             if slots is not None:

@@ -11,6 +11,7 @@ from typing import Any
 from authserver.fingerprint import fingerprint
 
 TOKEN_TYPES = ("R", "W", "RW")
+EARLY_REFRESH_MS = 60_000
 ACTIONS_PARAM = {"R": "R", "W": "W", "RW": "R,W"}
 
 
@@ -52,6 +53,21 @@ class TokenRecord:
     instance_id: str
     client_id: str | None = None
     claims: Mapping[str, Any] = field(default_factory=dict)
+    # Derived, not stored: computed once here rather than hashed on every request.
+    renew_at_ms: int = field(default=0, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        """Place the background renewal of this token (stampede protection).
+
+        Each token gets its own point in a window before refreshAt (at most a minute, or a
+        tenth of its life) derived from the token, so a fleet that fetched its tokens in the
+        same second is renewed spread over that window rather than at once.
+        """
+        if not self.renew_at_ms:
+            window = max(min(EARLY_REFRESH_MS, (self.refresh_at_ms - self.issued_ms) // 10), 1)
+            jitter = int(fingerprint(self.token), 16) % window
+            # Strictly before refreshAt, so the renewal always starts before devices need it.
+            object.__setattr__(self, "renew_at_ms", self.refresh_at_ms - 1 - jitter)
 
     @property
     def fingerprint(self) -> str:

@@ -9,11 +9,10 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from cachetools import TLRUCache
-
 from authserver.clock import Clock
 from authserver.errors import ServiceUnavailable, StoreUnavailable
 from authserver.tokens.answers import AnswerCache
+from authserver.tokens.expiring import ExpiringMap
 from authserver.tokens.model import ACTIONS_PARAM, TokenRecord, token_key
 from authserver.tokens.store import TokenStore
 
@@ -24,7 +23,6 @@ MAX_TTL = 30 * 24 * 3600
 BROKER_NOTICE_SECONDS = 300
 # ExpireTime must be at least 60 s ahead when the upstream receives it, not when we send it.
 MIN_TTL_SLACK_MS = 2000
-EARLY_REFRESH_MS = 60_000
 RENEW_DEADLINE = 30.0
 
 Minter = Callable[[str, tuple[str, ...], str, int, float], Awaitable[str]]
@@ -54,17 +52,6 @@ class TokenRequest:
     write: tuple[str, ...]
     ttl: int
     claims: Mapping[str, Any] = field(default_factory=dict)
-
-
-def renew_at_ms(record: TokenRecord) -> int:
-    """When a token in use is renewed in the background: its own point before refreshAt.
-
-    Each token gets a point in a window before refreshAt (at most a minute, or a tenth of
-    its life) derived from the token, so a fleet that fetched its tokens in the same second
-    is renewed spread over that window rather than at once.
-    """
-    window = min(EARLY_REFRESH_MS, (record.refresh_at_ms - record.issued_ms) // 10)
-    return record.refresh_at_ms - int(record.fingerprint, 16) % max(window, 1)
 
 
 @dataclass(frozen=True)
@@ -132,13 +119,9 @@ class TokenService:
         self._flights: dict[str, asyncio.Task[TokenRecord]] = {}
         # L1: in front of a shared store, entries live only while fresh; the invalidation
         # bus drops them everywhere on revocation. The memory store needs no L1.
-        self._l1: TLRUCache[str, TokenRecord] | None = None
+        self._l1: ExpiringMap[str, TokenRecord] | None = None
         if store.shared:
-            self._l1 = TLRUCache(
-                maxsize=l1_size,
-                ttu=lambda _k, record, _now: record.refresh_at_ms / 1000.0,
-                timer=clock.time,
-            )
+            self._l1 = ExpiringMap(l1_size, lambda record: record.refresh_at_ms)
         self.answers = AnswerCache(answer_cache_size)
         self.hits = {"l1": 0, "store": 0}
         self.misses = 0
@@ -153,7 +136,7 @@ class TokenService:
         self.answers.drop(keys)
         if self._l1 is not None:
             for key in keys:
-                self._l1.pop(key, None)
+                self._l1.pop(key)
 
     def clear_l1(self) -> None:
         """Forget every L1 entry and answer (events may have been missed)."""
@@ -204,7 +187,7 @@ class TokenService:
             expire_ms=min(r.expire_ms for r in done),
             refresh_at_ms=min(r.refresh_at_ms for r in done),
             keys=tuple(keys),
-            renew_at_ms=min(renew_at_ms(r) for r in done),
+            renew_at_ms=min(r.renew_at_ms for r in done),
         )
 
     def _fresh(self, record: TokenRecord | None) -> bool:
@@ -214,7 +197,7 @@ class TokenService:
         """A fresh token from L1, else from the store (then kept in L1)."""
         l1 = self._l1
         if l1 is not None:
-            record = l1.get(key)
+            record = l1.get(key, self._clock.time() * 1000)
             if record is not None:
                 self.hits["l1"] += 1
                 return record
@@ -223,7 +206,7 @@ class TokenService:
             return None
         self.hits["store"] += 1
         if l1 is not None:
-            l1[key] = record
+            l1.put(key, record)
         return record
 
     def _refresh_early(
@@ -239,7 +222,7 @@ class TokenService:
         The first request that comes by starts the renewal in the background; devices keep
         getting the current token meanwhile.
         """
-        if self._clock.time() * 1000 < renew_at_ms(record):
+        if self._clock.time() * 1000 < record.renew_at_ms:
             return
         if key in self._flights or key in self._renewing:
             return
@@ -270,11 +253,11 @@ class TokenService:
             current = await self.store.get(key, request.subject)
             if current is not None and current.token != old.token:
                 if self._l1 is not None:
-                    self._l1[key] = current
+                    self._l1.put(key, current)
                 return
             record = await self._apply(key, kind, resources, request, deadline)
             if self._l1 is not None:
-                self._l1[key] = record
+                self._l1.put(key, record)
             self.renewed += 1
         finally:
             await self._unlock(key, request.subject, lock_id)
@@ -307,7 +290,7 @@ class TokenService:
                 headers={"Retry-After": "1"},
             ) from err
         if self._l1 is not None and self._fresh(record):
-            self._l1[key] = record
+            self._l1.put(key, record)
         return record
 
     def _landed(self, key: str, task: asyncio.Task[TokenRecord]) -> None:

@@ -9,11 +9,11 @@ from collections.abc import AsyncIterator
 from typing import Protocol
 
 import redis.asyncio as aioredis
-from cachetools import TLRUCache
 from redis.exceptions import RedisError
 
 from authserver.clock import Clock
 from authserver.errors import StoreUnavailable
+from authserver.tokens.expiring import ExpiringMap
 from authserver.tokens.model import TokenRecord, subject_tag
 
 KEY_PREFIX = "authserver:"
@@ -77,25 +77,30 @@ class MemoryStore:
 
     def __init__(self, clock: Clock, maxsize: int = 200_000) -> None:
         self._clock = clock
-        self._records: TLRUCache[str, TokenRecord] = TLRUCache(
-            maxsize=maxsize,
-            ttu=lambda _key, record, _now: record.expire_ms / 1000.0,
-            timer=clock.time,
+        # Evicted or expired records take their index entries with them.
+        self._records: ExpiringMap[str, TokenRecord] = ExpiringMap(
+            maxsize, lambda record: record.expire_ms, on_drop=self._unindex
         )
         self._by_subject: dict[str, set[str]] = {}
         self._by_client: dict[str, set[str]] = {}
         self._by_value: dict[str, str] = {}
 
+    def _now_ms(self) -> float:
+        return self._clock.time() * 1000
+
+    def _live_record(self, key: str) -> TokenRecord | None:
+        return self._records.get(key, self._now_ms())
+
     async def get(self, key: str, subject: str) -> TokenRecord | None:
         """The live record under `key`, or None."""
-        return self._records.get(key)
+        return self._records.get(key, self._now_ms())
 
     async def put(self, key: str, record: TokenRecord) -> None:
         """Keep `record` under `key` until it expires."""
-        old = self._records.get(key)
+        old = self._records.pop(key)
         if old is not None:
             self._unindex(key, old)
-        self._records[key] = record
+        self._records.put(key, record)
         self._by_subject.setdefault(record.subject, set()).add(key)
         if record.client_id is not None:
             self._by_client.setdefault(record.client_id, set()).add(key)
@@ -103,7 +108,7 @@ class MemoryStore:
 
     def _live(self, index: dict[str, set[str]], name: str) -> list[tuple[str, TokenRecord]]:
         keys = index.get(name, set())
-        found = [(k, r) for k in list(keys) if (r := self._records.get(k)) is not None]
+        found = [(k, r) for k in list(keys) if (r := self._live_record(k)) is not None]
         live = {k for k, _ in found}
         if live != keys:
             if live:
@@ -128,7 +133,7 @@ class MemoryStore:
         key = self._by_value.get(digest)
         if key is None:
             return None
-        record = self._records.get(key)
+        record = self._live_record(key)
         if record is None or record.token != token:
             self._by_value.pop(digest, None)
             return None
@@ -136,10 +141,8 @@ class MemoryStore:
 
     async def all_tokens(self) -> AsyncIterator[tuple[str, TokenRecord]]:
         """Every live record."""
-        for key in list(self._records.keys()):
-            record = self._records.get(key)
-            if record is not None:
-                yield key, record
+        for key, record in self._records.items(self._now_ms()):
+            yield key, record
 
     def _unindex(self, key: str, record: TokenRecord) -> None:
         for index, name in (
@@ -157,7 +160,7 @@ class MemoryStore:
 
     async def delete(self, key: str, record: TokenRecord) -> None:
         """Forget one record."""
-        current = self._records.pop(key, None)
+        current = self._records.pop(key)
         self._unindex(key, current or record)
 
     async def lock(self, key: str, subject: str, ttl: float) -> str | None:

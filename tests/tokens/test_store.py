@@ -1,0 +1,79 @@
+"""The in-process store and its expiring map: live entries only, indexes that do not leak."""
+
+from __future__ import annotations
+
+from authserver.clock import ManualClock
+from authserver.tokens.expiring import ExpiringMap
+from authserver.tokens.model import TokenRecord
+from authserver.tokens.store import MemoryStore
+
+
+def record(token: str, subject: str, expire_ms: int, client_id: str | None = None) -> TokenRecord:
+    return TokenRecord(
+        token=token,
+        type="R",
+        resources=("a/#",),
+        expire_ms=expire_ms,
+        refresh_at_ms=expire_ms - 1000,
+        issued_ms=expire_ms - 10_000,
+        subject=subject,
+        instance_id="post-cn-test",
+        client_id=client_id,
+    )
+
+
+def test_expiring_map_serves_until_and_evicts_oldest() -> None:
+    dropped: list[str] = []
+    data: ExpiringMap[str, int] = ExpiringMap(
+        2, lambda v: v, on_drop=lambda k, _v: dropped.append(k)
+    )
+    data.put("a", 100)
+    data.put("b", 200)
+    assert data.get("a", 99) == 100
+    assert data.get("a", 100) is None  # expired at 100, dropped when met
+    data.put("c", 300)
+    data.put("d", 400)  # full: the oldest ("b") goes
+    assert data.get("b", 0) is None
+    assert dropped == ["a", "b"]
+    assert [k for k, _ in data.items(0)] == ["c", "d"]
+    assert [k for k, _ in data.items(350)] == ["d"]
+
+
+async def test_memory_store_indexes_follow_expiry_and_eviction() -> None:
+    clock = ManualClock(start=1000.0)
+    store = MemoryStore(clock, maxsize=2)
+    now = int(clock.time() * 1000)
+    await store.put("k1", record("t1", "alice", now + 5000, "GID_a@@@1"))
+    await store.put("k2", record("t2", "alice", now + 50_000))
+    assert {k for k, _ in await store.subject_tokens("alice")} == {"k1", "k2"}
+    assert await store.lookup("t1") is not None
+    assert [k for k, _ in await store.client_tokens("GID_a@@@1")] == ["k1"]
+
+    clock.advance(6)  # t1 expired
+    assert await store.get("k1", "alice") is None
+    assert await store.lookup("t1") is None
+    assert await store.client_tokens("GID_a@@@1") == []
+
+    await store.put("k3", record("t3", "bob", now + 90_000))
+    await store.put("k4", record("t4", "bob", now + 90_000))  # evicts k2
+    assert await store.lookup("t2") is None
+    assert await store.subject_tokens("alice") == []
+    # Nothing left behind for what is gone.
+    assert len(store._by_value) == 2
+    assert "alice" not in store._by_subject
+    assert "GID_a@@@1" not in store._by_client
+
+
+async def test_memory_store_delete_and_replace() -> None:
+    clock = ManualClock(start=1000.0)
+    store = MemoryStore(clock)
+    now = int(clock.time() * 1000)
+    first = record("t1", "carol", now + 5000)
+    await store.put("k", first)
+    await store.put("k", record("t2", "carol", now + 5000))  # renewed under the same key
+    assert await store.lookup("t1") is None
+    found = await store.lookup("t2")
+    assert found is not None
+    await store.delete("k", found[1])
+    assert await store.get("k", "carol") is None
+    assert await store.subject_tokens("carol") == []
