@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import importlib
 import logging
 import os
@@ -43,6 +44,7 @@ log = logging.getLogger(__name__)
 # In-flight requests get this long to finish once the listener is closed. With the default
 # 5 s delay before it, a pod is gone well within the default 30 s terminationGracePeriod.
 DRAIN_TIMEOUT = 15.0
+GC_GEN0_THRESHOLD = 20_000
 WORKER_FLAG = "--reuse-port"
 SUPERVISOR_GRACE = 28.0
 
@@ -92,6 +94,19 @@ def serve_main(argv: Sequence[str]) -> int:
     return run_worker(settings, reuse_port=bool(args.reuse_port))
 
 
+def tune_gc() -> None:
+    """Keep the collector's full passes rare and short on a long-lived cache-heavy server.
+
+    Everything alive after start-up (modules, settings, the policy) is frozen out of the
+    collector's sight; the young generation is collected after more allocations, so a
+    request-heavy loop does not keep promoting short-lived objects into passes that then
+    walk every cached token and identity (seen as 80-100 ms p99 stalls under W2 load).
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_GEN0_THRESHOLD, 20, 20)
+
+
 def run_worker(settings: Settings, *, reuse_port: bool = False) -> int:
     """Build the app and serve it in this process until SIGTERM; the exit code."""
     from authserver.app import create_app
@@ -124,6 +139,7 @@ async def serve_app(app: web.Application, settings: Settings, *, reuse_port: boo
     )
     try:
         await runner.setup()
+        tune_gc()
         site = web.TCPSite(
             runner, settings.host, settings.port, reuse_port=reuse_port or None, backlog=1024
         )
