@@ -28,7 +28,6 @@ from authserver.tokens.revocation import (
 )
 from authserver.tokens.service import TokenService
 from authserver.tokens.store import MemoryStore, RedisStore, TokenStore
-from authserver.web.middlewares import problem_middleware
 from authserver.web.observe import observe_middleware, setup_operations
 from authserver.web.routes import setup_routes
 
@@ -39,7 +38,7 @@ REDIS = web.AppKey("redis", aioredis.Redis)
 def create_app(settings: Settings, *, clock: Clock | None = None) -> web.Application:
     """Build the gateway application; resources start and stop with it."""
     app = web.Application(
-        middlewares=[observe_middleware, problem_middleware],
+        middlewares=[observe_middleware],
         client_max_size=settings.max_body_bytes,
     )
     app[keys.SETTINGS] = settings

@@ -1,8 +1,8 @@
 """The admin API under /v1/admin/: revoke and query tokens, look up devices, explain the policy.
 
-Every route here is guarded by `admin_auth.admin_middleware` (installed by
-`setup_admin_routes`), which also writes the one audit line per request; handlers add what
-they touched to `request[AUDIT]` (subjects, clientIds, token fingerprints, never values).
+Every route here is registered through `admin_auth.guarded` (by `setup_admin_routes`), which
+authenticates and writes the one audit line per request; handlers add what they touched to
+`request[AUDIT]` (subjects, clientIds, token fingerprints, never values).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from collections.abc import Collection, Mapping
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 from cachetools import TTLCache
 
 from authserver import keys
@@ -20,7 +21,7 @@ from authserver.cloud.errors import CloudRejected
 from authserver.errors import BadRequest, NotConfigured, NotFound
 from authserver.fingerprint import fingerprint
 from authserver.policy.engine import evaluate, explain, token_plan
-from authserver.web.admin_auth import AUDIT, admin_middleware, load_api_keys
+from authserver.web.admin_auth import ADMIN_PREFIX, AUDIT, guarded, load_api_keys
 from authserver.web.device import CLIENT_ID
 from authserver.web.request import json_body
 
@@ -378,37 +379,37 @@ async def iot_client_ids(request: web.Request) -> web.Response:
 
 
 def setup_admin_routes(app: web.Application) -> None:
-    """Register the admin routes behind the admin middleware; load the API key file."""
+    """Register the admin routes, each behind admin authentication; load the API key file."""
     load_api_keys(app)
-    app.middlewares.append(admin_middleware)
     clock = app[keys.CLOCK]
     app[QUERY_CACHE] = TTLCache(
         maxsize=QUERY_CACHE_SIZE, ttl=QUERY_CACHE_TTL, timer=clock.monotonic
     )
+    routes: list[tuple[str, str, Handler, str]] = [
+        ("POST", "revoke", revoke, "admin.revoke"),
+        ("GET", "revocations", revocations, "admin.revocations"),
+        ("POST", "query", query_token, "admin.query"),
+        ("GET", "subjects/{subject}/tokens", subject_tokens, "admin.subject_tokens"),
+        ("POST", "explain", explain_policy, "admin.explain"),
+        ("GET", "sessions/{clientId}", get_session, "admin.session"),
+        ("POST", "sessions:query", query_sessions, "admin.sessions_query"),
+        (
+            "GET",
+            "groups/{groupId}/device-credentials",
+            list_device_credentials,
+            "admin.device_credentials",
+        ),
+        ("GET", "iot/devices/{iotId}/client-ids", iot_client_ids, "admin.iot_client_ids"),
+    ]
     router = app.router
-    router.add_post("/v1/admin/revoke", revoke, name="admin.revoke")
-    router.add_get("/v1/admin/revocations", revocations, name="admin.revocations", allow_head=False)
-    router.add_post("/v1/admin/query", query_token, name="admin.query")
-    router.add_get(
-        "/v1/admin/subjects/{subject}/tokens",
-        subject_tokens,
-        name="admin.subject_tokens",
-        allow_head=False,
-    )
-    router.add_post("/v1/admin/explain", explain_policy, name="admin.explain")
-    router.add_get(
-        "/v1/admin/sessions/{clientId}", get_session, name="admin.session", allow_head=False
-    )
-    router.add_post("/v1/admin/sessions:query", query_sessions, name="admin.sessions_query")
-    router.add_get(
-        "/v1/admin/groups/{groupId}/device-credentials",
-        list_device_credentials,
-        name="admin.device_credentials",
-        allow_head=False,
-    )
-    router.add_get(
-        "/v1/admin/iot/devices/{iotId}/client-ids",
-        iot_client_ids,
-        name="admin.iot_client_ids",
-        allow_head=False,
-    )
+    for method, path, handler, name in routes:
+        router.add_route(method, ADMIN_PREFIX + path, guarded(handler), name=name)
+    # Last, so it matches only what no admin route does: authenticate, then 404, so an
+    # unauthenticated caller cannot probe which admin paths exist.
+    for method in ("GET", "POST", "PUT", "PATCH", "DELETE"):
+        router.add_route(method, ADMIN_PREFIX + "{tail:.*}", guarded(unknown_admin_path))
+
+
+async def unknown_admin_path(request: web.Request) -> web.StreamResponse:
+    """An authenticated request for an admin path that does not exist."""
+    raise NotFound(f"no admin endpoint {request.method} {request.path}")

