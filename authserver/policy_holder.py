@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -31,6 +30,17 @@ class Plan:
     policy_version: str
 
 
+def _freeze(value: Any) -> Any:
+    """A hashable stand-in for a JSON value; types kept apart (1, 1.0 and True differ)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list):
+        return ("list", tuple(_freeze(v) for v in value))
+    if isinstance(value, dict):
+        return ("dict", tuple(sorted((str(k), _freeze(v)) for k, v in value.items())))
+    return (type(value).__name__, value if isinstance(value, int | float | bool) else None)
+
+
 class PolicyHolder:
     """Holds the current Policy; a failed reload keeps the previous one.
 
@@ -43,6 +53,7 @@ class PolicyHolder:
         self.path = path
         self.current = policy
         self.claim_names = referenced_claims(policy)
+        self._claim_order = tuple(sorted(self.claim_names))
         self.last_error: list[str] = []
         self._plans: LRUCache[tuple[Any, ...], Plan] = LRUCache(maxsize=plan_cache_size)
 
@@ -56,12 +67,11 @@ class PolicyHolder:
     ) -> Plan:
         """The decision for one request; PolicyDenied / GrantTooBroad / BadRequest raise."""
         policy = self.current
-        kept = relevant_claims(self.claim_names, claims)
         key = (
             policy.version_id,
             subject,
             client_id,
-            json.dumps(kept, sort_keys=True, default=str) if kept else "",
+            self.claims_key(claims),
             tuple(topics) if topics is not None else None,
             tuple(sorted(actions)) if actions is not None else None,
         )
@@ -70,6 +80,7 @@ class PolicyHolder:
             return found
         decision = restrict(evaluate(policy, subject, claims, client_id), topics, actions)
         check_limits(decision)
+        kept = relevant_claims(self.claim_names, claims)
         made = Plan(
             decision.read,
             decision.write,
@@ -81,9 +92,14 @@ class PolicyHolder:
         self._plans[key] = made
         return made
 
+    def claims_key(self, claims: Mapping[str, Any]) -> tuple[Any, ...]:
+        """A hashable key of the claims the policy looks at (what a decision depends on)."""
+        return tuple((name, _freeze(claims.get(name))) for name in self._claim_order)
+
     def swap(self, policy: Policy) -> None:
         """Put a validated policy in force (on the event loop's thread)."""
         self.claim_names = referenced_claims(policy)
+        self._claim_order = tuple(sorted(self.claim_names))
         self.current = policy
         self._plans.clear()
 

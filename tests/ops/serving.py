@@ -7,8 +7,9 @@ import contextlib
 import json
 import os
 import sys
+import tempfile
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,17 +24,29 @@ REPO = Path(__file__).resolve().parents[2]
 
 @dataclass
 class ServeProcess:
-    """A running `authserver serve` and everything it wrote to stderr."""
+    """A running `authserver serve` and everything it wrote to stderr.
+
+    stderr goes to a file, not a pipe: a pipe transport outlives a process killed with
+    SIGKILL (or shared with its workers) and is then reported unclosed at a random later
+    garbage collection, failing whatever test runs then.
+    """
 
     process: asyncio.subprocess.Process
     port: int
-    lines: list[str] = field(default_factory=list)
-    reader: asyncio.Task[None] | None = None
+    log_path: Path
+    kept: list[str] | None = None  # what stderr held when the process was reaped
 
     @property
     def url(self) -> str:
         """The gateway's base URL."""
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def lines(self) -> list[str]:
+        """Every line written to stderr so far."""
+        if self.kept is not None:
+            return self.kept
+        return self.log_path.read_text(errors="replace").splitlines()
 
     def records(self) -> list[dict[str, Any]]:
         """The JSON log lines written so far (anything else on stderr is skipped)."""
@@ -86,29 +99,25 @@ async def serve(
 ) -> AsyncIterator[ServeProcess]:
     """Start `python -m authserver serve ARGS`; killed at exit if still running."""
     port = free_port()
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "authserver",
-        "serve",
-        *args,
-        env=serve_env(emulator, port, **extra_env),
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    handle = ServeProcess(process, port)
-
-    async def read() -> None:
-        assert process.stderr is not None
-        async for raw in process.stderr:
-            handle.lines.append(raw.decode(errors="replace").rstrip())
-
-    handle.reader = asyncio.create_task(read())
-    try:
-        yield handle
-    finally:
-        if process.returncode is None:
-            process.kill()
+    with tempfile.TemporaryDirectory(prefix="authserver-serve-") as workdir:
+        log_path = Path(workdir) / "stderr.log"
+        with log_path.open("wb") as log_file:
+            process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "authserver",
+                "serve",
+                *args,
+                env=serve_env(emulator, port, **extra_env),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=log_file,
+            )
+        handle = ServeProcess(process, port, log_path)
+        try:
+            yield handle
+        finally:
+            if process.returncode is None:
+                process.kill()
             await process.wait()
-        await handle.reader
+            handle.kept = handle.lines
