@@ -216,6 +216,16 @@ class MemoryState:
         return {scope: dict(entries) for scope, entries in self._blocks.items()}
 
 
+# Times only move forward: a replica with a lagging clock must not lower a block.
+_BLOCK_MAX = """
+local current = redis.call('HGET', KEYS[1], ARGV[1])
+if (not current) or tonumber(current) < tonumber(ARGV[2]) then
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+end
+return 1
+"""
+
+
 class RedisState:
     """Revocations in Redis: a stream with a consumer group, hashes, a sorted set.
 
@@ -231,6 +241,7 @@ class RedisState:
         self._consumer = consumer
         self._claim_idle_ms = int(claim_idle * 1000)
         self._group_ready = False
+        self._block = redis.register_script(_BLOCK_MAX)
 
     async def _ensure_group(self) -> None:
         if self._group_ready:
@@ -352,7 +363,7 @@ class RedisState:
     async def block(self, scope: str, name: str, before_ms: int) -> None:
         """HSET the block (times only move forward)."""
         try:
-            await self._redis.hset(BLOCKS[scope], name, before_ms)
+            await self._block(keys=[BLOCKS[scope]], args=[name, before_ms])
         except RedisError as err:
             raise StoreUnavailable("cannot store the block: Redis is unreachable") from err
 
@@ -381,6 +392,9 @@ class Revoker:
         self.bus = bus
         self._clock = clock
         self._blocks: dict[str, dict[str, int]] = {SUBJECT: {}, CLIENT: {}}
+        # In the embedded mode every block is made here; with Redis they must be read first
+        # (readiness waits for it, so a restarted pod never serves a blocked JWT).
+        self.blocks_loaded = state.mode == MemoryState.mode
         bus.on_event(self._on_event)
         bus.on_resync(self.resync)
 
@@ -389,7 +403,13 @@ class Revoker:
 
     async def resync(self) -> None:
         """Reload blocks and drop L1 entries: events may have been missed."""
-        self._blocks = await self.state.blocks()
+        stored = await self.state.blocks()
+        # Merged, not replaced: a block made here while the read was in flight stays.
+        for scope, entries in stored.items():
+            mine = self._blocks.setdefault(scope, {})
+            for name, before in entries.items():
+                mine[name] = max(before, mine.get(name, 0))
+        self.blocks_loaded = True
         self.tokens.clear_l1()
 
     def _on_event(self, event: dict[str, Any]) -> None:
@@ -447,11 +467,15 @@ class Revoker:
         expiries = [(token_hash(r.token), r.expire_ms) for _k, r in records]
         expiries += [(token_hash(t), now + MAX_TOKEN_LIFE_MS) for t in extra_tokens]
         await self.state.mark_revoked(expiries, now)
-        for key, record in records:
-            await self.tokens.store.delete(key, record)
         keys = [key for key, _record in records]
-        if keys:
-            await self._publish({"kind": "tokens", "keys": keys})
+        try:
+            for key, record in records:
+                await self.tokens.store.delete(key, record)
+        finally:
+            # Even after a partial failure: a retry would no longer find the deleted records,
+            # so this is the one chance to tell the other processes to drop them.
+            if keys:
+                await self._publish({"kind": "tokens", "keys": keys})
         return RevocationResult(
             revoked_locally=len(records),
             queued=queued,
@@ -533,8 +557,15 @@ class RevocationWorker:
         while True:
             try:
                 jobs = await self._state.claim(self._batch, self._idle_wait)
-                for job in jobs:
-                    await self._one(job)
+                for index, job in enumerate(jobs):
+                    try:
+                        await self._one(job)
+                    except Exception:
+                        # Hand the rest of the batch back, or they would stay claimed.
+                        now = int(self._clock.time() * 1000)
+                        for left in jobs[index:]:
+                            await self._state.failed(left, "worker error", now, final=False)
+                        raise
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError) as err:

@@ -154,7 +154,30 @@ class TokenService:
         return [record for _key, record in await self.store.subject_tokens(subject)]
 
     async def credentials(self, request: TokenRequest, deadline: float) -> MqttCredentials:
-        """MQTT credentials for `request`; `deadline` is an absolute monotonic time."""
+        """MQTT credentials for `request`; `deadline` is an absolute monotonic time.
+
+        An invalidation (revocation) that lands while the tokens are being gathered may be
+        about exactly these tokens: they are then checked against the store, which a
+        revocation clears before it tells anyone, and gathered again if one is gone.
+        """
+        for _attempt in range(3):
+            generation = self.answers.generation
+            found = await self._gather(request, deadline)
+            if self.answers.generation == generation or await self._still_stored(found):
+                return found
+        raise ServiceUnavailable(
+            "the tokens were revoked while being issued; try again",
+            headers={"Retry-After": "1"},
+        )
+
+    async def _still_stored(self, found: MqttCredentials) -> bool:
+        for key, record in zip(found.keys, found.tokens, strict=True):
+            current = await self.store.get(key, record.subject)
+            if current is None or current.token != record.token:
+                return False
+        return True
+
+    async def _gather(self, request: TokenRequest, deadline: float) -> MqttCredentials:
         specs = token_specs(request.read, request.write)
         records: list[TokenRecord | None] = []
         keys: list[str] = []
@@ -201,11 +224,14 @@ class TokenService:
             if record is not None:
                 self.hits["l1"] += 1
                 return record
+        generation = self.answers.generation
         record = await self.store.get(key, subject)
         if record is None or not self._fresh(record):
             return None
         self.hits["store"] += 1
-        if l1 is not None:
+        # Kept in L1 only if no invalidation landed meanwhile: the record read before a
+        # revocation must not be put back after the revocation dropped the key.
+        if l1 is not None and self.answers.generation == generation:
             l1.put(key, record)
         return record
 
@@ -246,27 +272,29 @@ class TokenService:
         old: TokenRecord,
     ) -> None:
         deadline = self._clock.monotonic() + RENEW_DEADLINE
-        lock_id = await self.store.lock(key, request.subject, self._lock_ttl)
+        generation = self.answers.generation
+        # The lock must outlive the renewal's own deadline (quota waits included), or
+        # another process would renew the same key at the same time.
+        lock_id = await self.store.lock(key, request.subject, RENEW_DEADLINE + 2.0)
         if lock_id is None:
             return  # another process renews it
         try:
             current = await self.store.get(key, request.subject)
-            if current is not None and current.token != old.token:
-                if self._l1 is not None:
-                    self._l1.put(key, current)
-                return
-            record = await self._apply(key, kind, resources, request, deadline)
-            if self._l1 is not None:
+            if current is None or current.token != old.token:
+                return  # renewed elsewhere, or revoked: nothing to do here
+            record = await self._apply(key, kind, resources, request, deadline, previous=current)
+            if self._l1 is not None and self.answers.generation == generation:
                 self._l1.put(key, record)
             self.renewed += 1
         finally:
             await self._unlock(key, request.subject, lock_id)
 
     async def close(self) -> None:
-        """Cancel background renewals (they are an optimisation, never owed to anyone)."""
-        for task in list(self._background):
+        """Cancel background renewals and issuances still running (the app is stopping)."""
+        tasks = [*self._background, *self._flights.values()]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._background, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _issue(
         self,
@@ -282,6 +310,7 @@ class TokenService:
             self._flights[key] = flight
             flight.add_done_callback(functools.partial(self._landed, key))
         remaining = deadline - self._clock.monotonic()
+        generation = self.answers.generation
         try:
             record = await asyncio.wait_for(asyncio.shield(flight), max(remaining, 0.001))
         except TimeoutError as err:
@@ -289,7 +318,7 @@ class TokenService:
                 "token issuance did not finish within the request deadline",
                 headers={"Retry-After": "1"},
             ) from err
-        if self._l1 is not None and self._fresh(record):
+        if self._l1 is not None and self._fresh(record) and self.answers.generation == generation:
             self._l1.put(key, record)
         return record
 
@@ -319,7 +348,9 @@ class TokenService:
                     if self._fresh(record):
                         assert record is not None
                         return record
-                    return await self._apply(key, kind, resources, request, deadline)
+                    return await self._apply(
+                        key, kind, resources, request, deadline, previous=record
+                    )
                 finally:
                     await self._unlock(key, request.subject, lock_id)
             # Another process is minting this very token: wait for it to land.
@@ -343,6 +374,8 @@ class TokenService:
         resources: tuple[str, ...],
         request: TokenRequest,
         deadline: float,
+        *,
+        previous: TokenRecord | None = None,
     ) -> TokenRecord:
         now_ms = int(self._clock.time() * 1000)
         ttl_ms = request.ttl * 1000
@@ -366,6 +399,11 @@ class TokenService:
             client_id=request.client_id,
             claims=request.claims,
         )
+        if previous is not None and previous.expire_ms > now_ms:
+            # Devices still hold the token being replaced and it stays valid upstream until
+            # it expires: keep it findable (by subject, client and value) for revocation and
+            # policy narrowing, under a key no request looks up.
+            await self.store.put(f"{key}~{previous.fingerprint}", previous)
         await self.store.put(key, record)
         self.minted += 1
         log.debug(

@@ -20,6 +20,7 @@ async def readyz(request: web.Request) -> web.Response:
     checks["policy"] = "ok" if app[keys.POLICY].current is not None else "not loaded"
     checks["jwtKeys"] = "ok" if app[keys.VERIFIER].ready else "not loaded"
     checks["store"] = "ok" if await app[keys.TOKENS].store.ping() else "unreachable"
+    checks["blocklist"] = "ok" if app[keys.REVOKER].blocks_loaded else "not loaded"
     circuit = app[keys.CLOUD].circuit.state
     checks["upstream"] = "ok" if circuit != "open" else "circuit open"
     checks["shutdown"] = "draining" if app[keys.DRAINING].is_set() else "ok"

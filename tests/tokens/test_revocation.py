@@ -218,3 +218,40 @@ async def test_failed_upstream_calls_are_retried_until_confirmed(
         pass
     await eventually(lambda: emulator.state.is_revoked(token), within=15)
     assert (await revoker_of(client).status())["depth"] == 0
+
+
+async def test_a_renewed_token_stays_revocable_until_it_expires(
+    make_emulator: MakeEmulator, make_gateway: MakeGateway
+) -> None:
+    clock = ManualClock(start=1_900_000_000.0)
+    emulator = await make_emulator(clock=clock)
+    client = await make_gateway(emulator, clock=clock)
+    jwt = make_jwt("hugo", now=clock.time())
+    first = await fetch(client, jwt)
+    # Into the renewal window: the background renewal replaces both tokens in the store,
+    # while devices may still hold the first ones, valid upstream for 10 more minutes.
+    clock.advance((first["refreshAt"] - clock.time() * 1000) / 1000 - 0.0005)
+    await fetch(client, jwt)
+    await eventually(lambda: emulator.state.stats()["success"].get("ApplyToken", 0) == 4)
+    clock.advance(1)
+    renewed = await fetch(client, jwt)
+    assert set(tokens_of(renewed)).isdisjoint(tokens_of(first))
+
+    listed = await client.server.app[keys.TOKENS].subject_tokens("hugo")
+    assert {r.token for r in listed} == set(tokens_of(first)) | set(tokens_of(renewed))
+    result = await revoker_of(client).revoke_subject("hugo", block_issued_before=False)
+    assert result.revoked_locally == 4
+    everything = tokens_of(first) + tokens_of(renewed)
+    await eventually(lambda: all(emulator.state.is_revoked(t) for t in everything))
+
+
+async def test_blocks_only_move_forward_in_redis(
+    emulator: EmulatorHandle, make_gateway: MakeGateway, redis_url: str
+) -> None:
+    client = await make_gateway(emulator, redis_url=redis_url)
+    state = revoker_of(client).state
+    await state.block("subject", "ivy", 2_000)
+    await state.block("subject", "ivy", 1_000)  # a replica with a lagging clock
+    assert (await state.blocks())["subject"]["ivy"] == 2_000
+    ready = await (await client.get("/readyz")).json()
+    assert ready["checks"]["blocklist"] == "ok"
