@@ -49,11 +49,13 @@ class PolicyHolder:
     a reload changes the version and so every key.
     """
 
-    def __init__(self, path: Path, policy: Policy, plan_cache_size: int = 100_000) -> None:
+    def __init__(self, path: Path, policy: Policy, plan_cache_size: int = 20_000) -> None:
         self.path = path
         self.current = policy
         self.claim_names = referenced_claims(policy)
         self._claim_order = tuple(sorted(self.claim_names))
+        self._claim_keys: dict[int, tuple[Mapping[str, Any], tuple[Any, ...]]] = {}
+        self._claim_keys_max = plan_cache_size
         self.last_error: list[str] = []
         self._plans: LRUCache[tuple[Any, ...], Plan] = LRUCache(maxsize=plan_cache_size)
 
@@ -93,13 +95,25 @@ class PolicyHolder:
         return made
 
     def claims_key(self, claims: Mapping[str, Any]) -> tuple[Any, ...]:
-        """A hashable key of the claims the policy looks at (what a decision depends on)."""
-        return tuple((name, _freeze(claims.get(name))) for name in self._claim_order)
+        """A hashable key of the claims the policy looks at (what a decision depends on).
+
+        Memoised per claims object: the verifier hands out the same (immutable) claims for a
+        JWT it has seen, so a returning device costs one lookup here.
+        """
+        memo = self._claim_keys.get(id(claims))
+        if memo is not None and memo[0] is claims:
+            return memo[1]
+        key = tuple((name, _freeze(claims.get(name))) for name in self._claim_order)
+        if len(self._claim_keys) >= self._claim_keys_max:
+            self._claim_keys.clear()
+        self._claim_keys[id(claims)] = (claims, key)
+        return key
 
     def swap(self, policy: Policy) -> None:
         """Put a validated policy in force (on the event loop's thread)."""
         self.claim_names = referenced_claims(policy)
         self._claim_order = tuple(sorted(self.claim_names))
+        self._claim_keys.clear()
         self.current = policy
         self._plans.clear()
 
