@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,9 +12,7 @@ from cachetools import LRUCache
 from authserver.policy.claims import referenced_claims, relevant_claims
 from authserver.policy.engine import check_limits, evaluate, restrict
 from authserver.policy.loader import load_policy
-from authserver.policy.model import Policy, PolicyLoadError
-
-log = logging.getLogger(__name__)
+from authserver.policy.model import Policy
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,7 +39,7 @@ def _freeze(value: Any) -> Any:
 
 
 class PolicyHolder:
-    """Holds the current Policy; a failed reload keeps the previous one.
+    """Holds the current Policy; `policy_watch` swaps a new one in, a failed reload keeps it.
 
     Decisions are cached per (policy version, subject, client id, the claims the policy
     looks at, requested topics and actions), so a device that comes back skips evaluation;
@@ -56,7 +53,6 @@ class PolicyHolder:
         self._claim_order = tuple(sorted(self.claim_names))
         self._claim_keys: dict[int, tuple[Mapping[str, Any], tuple[Any, ...]]] = {}
         self._claim_keys_max = plan_cache_size
-        self.last_error: list[str] = []
         self._plans: LRUCache[tuple[Any, ...], Plan] = LRUCache(maxsize=plan_cache_size)
 
     def plan(
@@ -121,23 +117,3 @@ class PolicyHolder:
     def load(cls, path: Path) -> PolicyHolder:
         """Load the policy at start-up; PolicyLoadError propagates."""
         return cls(path, load_policy(path))
-
-    def reload(self) -> bool:
-        """Re-read the file; swap only when it is valid. True when the policy changed."""
-        try:
-            policy = load_policy(self.path)
-        except (PolicyLoadError, OSError) as err:
-            problems = err.problems if isinstance(err, PolicyLoadError) else [str(err)]
-            self.last_error = problems
-            log.error(
-                "policy reload failed, keeping version %s: %s",
-                self.current.version_id,
-                "; ".join(problems),
-            )
-            return False
-        self.last_error = []
-        if policy.version_id == self.current.version_id:
-            return False
-        self.swap(policy)
-        log.info("policy reloaded: version %s", policy.version_id)
-        return True

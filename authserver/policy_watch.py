@@ -7,8 +7,7 @@ rely on inotify events of the file itself: every `interval` seconds, in a worker
 stats the path as resolved now (inode, device, size, mtime) and hashes the bytes when that
 changed. A new hash triggers a reload, which validates the file and swaps it in
 only when it is valid; a broken file keeps the old policy, is logged, and counts as a failure.
-(The watcher does what `PolicyHolder.reload()` does, but reads the file in a worker thread and
-swaps on the event loop.)
+The file is read and parsed in a worker thread; `PolicyHolder.swap` runs on the event loop.
 
 After a change, `narrowed()` finds the cached tokens whose resources the new policy no longer
 grants their subject; the caller revokes them.
@@ -150,7 +149,6 @@ class PolicyWatcher:
                 policy = await asyncio.to_thread(load_policy, holder.path)
             except (PolicyLoadError, OSError) as err:
                 problems = err.problems if isinstance(err, PolicyLoadError) else [str(err)]
-                holder.last_error = problems
                 self.failures += 1
                 self.last_ok = False
                 self.last_errors = list(problems)
@@ -162,7 +160,6 @@ class PolicyWatcher:
                     extra={"problems": problems},
                 )
                 return False
-            holder.last_error = []
             self.last_ok = True
             self.last_errors = []
             if policy.version_id == old.version_id:
