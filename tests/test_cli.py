@@ -94,3 +94,8 @@ def test_demo_works_as_the_readme_says() -> None:
         assert proc.wait(timeout=15) == 0
         if proc.stdout is not None:
             proc.stdout.close()
+
+
+def test_the_demo_policy_is_the_example_policy() -> None:
+    packaged = REPO / "authserver" / "data" / "example-policy.yaml"
+    assert packaged.read_text() == EXAMPLE_POLICY.read_text()
