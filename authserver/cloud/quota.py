@@ -3,9 +3,10 @@
 Each limit is a GCRA (leaky) bucket with a burst of one: calls of one action are spaced by
 `(1 + margin) / limit` seconds (margin 10% by default), so any sliding one-second window sees
 at most `limit` of them even when event-loop lag bunches some calls on the way (a 5% margin
-was crossed once in a loaded test run: 201 calls in one window at a 200/s limit). Every call takes a slot in its action's bucket (when
-the action has a limit) and in the account bucket (the vendor's 300 calls/s per source IP,
-over which the IP is blocked, not throttled), both at the same instant or neither.
+was crossed once in a loaded test run: 201 calls in one window at a 200/s limit). Every call
+takes a slot in its action's bucket (when the action has a limit) and in the account bucket
+(the vendor's 300 calls/s per source IP, over which the IP is blocked, not throttled), both at
+the same instant or neither.
 
 A caller passes an absolute deadline on `clock.monotonic()`; when its slot would come later,
 it gets `UpstreamThrottled` at once with the time until a slot would be free, and nothing is
