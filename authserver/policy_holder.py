@@ -29,12 +29,14 @@ class Plan:
 
 def _freeze(value: Any) -> Any:
     """A hashable stand-in for a JSON value; types kept apart (1, 1.0 and True differ)."""
-    if isinstance(value, str):
+    if value is None or value.__class__ is str:  # the common cases first: absent, a string
         return value
     if isinstance(value, list):
-        return ("list", tuple(_freeze(v) for v in value))
+        return ("list", tuple([_freeze(v) for v in value]))
     if isinstance(value, dict):
         return ("dict", tuple(sorted((str(k), _freeze(v)) for k, v in value.items())))
+    if isinstance(value, str):  # a str subclass
+        return str(value)
     return (type(value).__name__, value if isinstance(value, int | float | bool) else None)
 
 
@@ -99,7 +101,7 @@ class PolicyHolder:
         memo = self._claim_keys.get(id(claims))
         if memo is not None and memo[0] is claims:
             return memo[1]
-        key = tuple((name, _freeze(claims.get(name))) for name in self._claim_order)
+        key = tuple([(name, _freeze(claims.get(name))) for name in self._claim_order])
         if len(self._claim_keys) >= self._claim_keys_max:
             self._claim_keys.clear()
         self._claim_keys[id(claims)] = (claims, key)
