@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 
@@ -67,7 +69,9 @@ async def _redis(app: web.Application) -> AsyncIterator[None]:
     client = await open_redis(url, cluster=app[keys.SETTINGS].redis_cluster)
     app[REDIS] = client
     yield
-    await client.aclose()
+    # Bounded: a node that stopped answering must not hold up shutdown.
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(client.aclose(), timeout=5.0)
 
 
 async def _services(app: web.Application) -> AsyncIterator[None]:

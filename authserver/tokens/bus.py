@@ -25,6 +25,7 @@ from authserver.clock import Clock
 log = logging.getLogger(__name__)
 
 CHANNEL = "authserver:invalidate"
+STOP_TIMEOUT = 2.0
 Handler = Callable[[dict[str, Any]], None]
 Resync = Callable[[], Awaitable[None]]
 
@@ -72,7 +73,8 @@ class InvalidationBus:
         """Stop listening."""
         if self._task is not None:
             self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            # Bounded: shutdown must not hang on a Redis connection that never answers.
+            await asyncio.wait([self._task], timeout=STOP_TIMEOUT)
             self._task = None
 
     async def publish(self, event: dict[str, Any]) -> None:
@@ -138,5 +140,5 @@ class InvalidationBus:
 
 
 async def _close_quietly(pubsub: Any) -> None:
-    with contextlib.suppress(RedisError, OSError, RuntimeError):
-        await pubsub.aclose()
+    with contextlib.suppress(RedisError, OSError, RuntimeError, TimeoutError):
+        await asyncio.wait_for(pubsub.aclose(), timeout=STOP_TIMEOUT)

@@ -28,7 +28,7 @@ from authserver.clock import Clock
 from authserver.errors import GatewayError, StoreUnavailable, TokenRevoked
 from authserver.fingerprint import fingerprint
 from authserver.identity import Identity
-from authserver.tokens.bus import InvalidationBus
+from authserver.tokens.bus import STOP_TIMEOUT, InvalidationBus
 from authserver.tokens.model import TokenRecord
 from authserver.tokens.service import TokenService
 from authserver.tokens.store import KEY_PREFIX, token_hash
@@ -547,10 +547,10 @@ class RevocationWorker:
         self._task = asyncio.create_task(self._run(), name="revocation-worker")
 
     async def stop(self) -> None:
-        """Cancel and wait; an interrupted job stays pending and is retried."""
+        """Cancel and wait (bounded); an interrupted job stays pending and is retried."""
         if self._task is not None:
             self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            await asyncio.wait([self._task], timeout=STOP_TIMEOUT)
             self._task = None
 
     async def _run(self) -> None:

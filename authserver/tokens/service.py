@@ -12,6 +12,7 @@ from typing import Any
 from authserver.clock import Clock
 from authserver.errors import ServiceUnavailable, StoreUnavailable
 from authserver.tokens.answers import AnswerCache
+from authserver.tokens.bus import STOP_TIMEOUT
 from authserver.tokens.expiring import ExpiringMap
 from authserver.tokens.model import ACTIONS_PARAM, TokenRecord, token_key
 from authserver.tokens.store import TokenStore
@@ -294,7 +295,8 @@ class TokenService:
         tasks = [*self._background, *self._flights.values()]
         for task in tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        if tasks:
+            await asyncio.wait(tasks, timeout=STOP_TIMEOUT)
 
     async def _issue(
         self,
