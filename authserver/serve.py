@@ -205,7 +205,12 @@ def supervise(settings: Settings, workers: int) -> int:
     }
     try:
         for _ in range(workers):
+            if stopping:  # SIGTERM while starting: start no more
+                break
             children.append(subprocess.Popen(command))  # noqa: S603 - our own interpreter
+        if stopping:
+            # A worker started after the signal was forwarded never got it: tell them all.
+            forward(signal.SIGTERM, None)
         log.info(
             "supervisor %d started %d workers on %s:%d: pids %s",
             os.getpid(),
