@@ -10,7 +10,6 @@ from typing import Any
 
 from authserver.fingerprint import fingerprint
 
-TOKEN_TYPES = ("R", "W", "RW")
 EARLY_REFRESH_MS = 60_000
 ACTIONS_PARAM = {"R": "R", "W": "W", "RW": "R,W"}
 

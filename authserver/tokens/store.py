@@ -93,7 +93,7 @@ class MemoryStore:
 
     async def get(self, key: str, subject: str) -> TokenRecord | None:
         """The live record under `key`, or None."""
-        return self._records.get(key, self._now_ms())
+        return self._live_record(key)
 
     async def put(self, key: str, record: TokenRecord) -> None:
         """Keep `record` under `key` until it expires."""
