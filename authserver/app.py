@@ -30,7 +30,7 @@ from authserver.tokens.revocation import (
 )
 from authserver.tokens.service import TokenService
 from authserver.tokens.store import MemoryStore, RedisStore, TokenStore
-from authserver.web.observe import observe_middleware, setup_operations
+from authserver.web.observe import setup_operations
 from authserver.web.routes import setup_routes
 
 log = logging.getLogger(__name__)
@@ -39,10 +39,8 @@ REDIS = web.AppKey("redis", aioredis.Redis)
 
 def create_app(settings: Settings, *, clock: Clock | None = None) -> web.Application:
     """Build the gateway application; resources start and stop with it."""
-    app = web.Application(
-        middlewares=[observe_middleware],
-        client_max_size=settings.max_body_bytes,
-    )
+    # No middleware: every route's handler is wrapped instead (see web.observe.observed).
+    app = web.Application(client_max_size=settings.max_body_bytes)
     app[keys.SETTINGS] = settings
     app[keys.CLOCK] = clock or SystemClock()
     app[keys.POLICY] = PolicyHolder.load(settings.policy_file)

@@ -12,7 +12,7 @@ Two tiers, so the hot path stays cheap and the upstream quota stays protected:
   the quota everyone shares. Cache hits never pay the round trip; they cost the upstream
   nothing and the local tier bounds them per process.
 
-The shared check learns who is asking from a context variable set by `check_subject`: the
+The shared check learns who is asking from a context variable set by `asking`: the
 token service mints in a task created from the request's context, so the value follows the
 request into the single-flight without being threaded through the token service. When
 Redis fails the shared tier is skipped (the local tier already ran), with one warning per
@@ -182,6 +182,8 @@ class RateLimiter:
             for scope, limit in self.limits.items()
             if limit.enabled
         }
+        self._ip_buckets = self._local.get(IP)
+        self._subject_buckets = self._local.get(SUBJECT)
         self._redis = redis
         self._script = redis.register_script(GCRA_SCRIPT) if redis is not None else None
         self._redis_retry_interval = redis_retry_interval
@@ -218,20 +220,31 @@ class RateLimiter:
             return False  # garbage in the header is the client's; it ends the trusted chain
         return any(ip in network for network in self._trusted)
 
+    @property
+    def per_ip(self) -> bool:
+        """Whether the local tier limits client IPs (off by default; see `check_ip`)."""
+        return self._ip_buckets is not None
+
     def check_ip(self, peer: str | None, forwarded_for: str | None) -> str:
         """Count a request of the calling IP (local tier); its address, or RateLimited."""
-        if IP not in self._local:
+        if self._ip_buckets is None:
             return peer or UNKNOWN_IP
         ip = self.client_ip(peer, forwarded_for)
-        self._refuse_if(IP, self._local[IP].take(ip))
+        self._refuse_if(IP, self._ip_buckets.take(ip))
         return ip
 
-    def check_subject(self, subject: str, ip: str) -> None:
-        """Count a request of a verified subject (local tier); mark both for the shared tier."""
-        _ASKING.set(_Asking(((SUBJECT, subject), (IP, ip))))
-        buckets = self._local.get(SUBJECT)
-        if buckets is not None:
-            self._refuse_if(SUBJECT, buckets.take(subject))
+    def check_subject(self, subject: str) -> None:
+        """Count a request of a verified subject (local tier)."""
+        if self._subject_buckets is not None:
+            self._refuse_if(SUBJECT, self._subject_buckets.take(subject))
+
+    def asking(self, subject: str, ip: str | None) -> None:
+        """Name who the current request is, for the shared tier, before it may go upstream.
+
+        `ip` is None when IPs are not limited; the shared tier then counts the subject only.
+        """
+        keys = ((SUBJECT, subject),) if ip is None else ((SUBJECT, subject), (IP, ip))
+        _ASKING.set(_Asking(keys))
 
     async def check_shared(self) -> None:
         """Before an upstream call: count the asking subject and IP in the shared buckets.

@@ -23,6 +23,7 @@ from authserver.fingerprint import fingerprint
 from authserver.policy.engine import evaluate, explain, token_plan
 from authserver.web.admin_auth import ADMIN_PREFIX, AUDIT, guarded, load_api_keys
 from authserver.web.device import CLIENT_ID
+from authserver.web.observe import observed
 from authserver.web.request import json_body
 
 # GroupId per 002 section 11.1: GID_ or GID- then letters, digits, - and _; 7..64 in all.
@@ -403,11 +404,11 @@ def setup_admin_routes(app: web.Application) -> None:
     ]
     router = app.router
     for method, path, handler, name in routes:
-        router.add_route(method, ADMIN_PREFIX + path, guarded(handler), name=name)
+        router.add_route(method, ADMIN_PREFIX + path, observed(guarded(handler)), name=name)
     # Last, so it matches only what no admin route does: authenticate, then 404, so an
     # unauthenticated caller cannot probe which admin paths exist.
     for method in ("GET", "POST", "PUT", "PATCH", "DELETE"):
-        router.add_route(method, ADMIN_PREFIX + "{tail:.*}", guarded(unknown_admin_path))
+        router.add_route(method, ADMIN_PREFIX + "{tail:.*}", observed(guarded(unknown_admin_path)))
 
 
 async def unknown_admin_path(request: web.Request) -> web.StreamResponse:

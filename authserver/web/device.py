@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 import orjson
 from aiohttp import web
 
 from authserver import keys, logs
+from authserver.clock import Clock
 from authserver.errors import BadRequest
-from authserver.identity import bearer_token
+from authserver.identity import JWTVerifier, bearer_token
+from authserver.policy_holder import PolicyHolder
+from authserver.ratelimit import RateLimiter
 from authserver.tokens.answers import Answer
-from authserver.tokens.service import MAX_TTL, MIN_TTL, TokenRequest, clamp_ttl
+from authserver.tokens.revocation import Revoker
+from authserver.tokens.service import MAX_TTL, MIN_TTL, TokenRequest, TokenService, clamp_ttl
 from authserver.web.request import (
     optional_int,
     optional_str,
@@ -24,33 +29,68 @@ from authserver.web.request import (
 CLIENT_ID = re.compile(r"GID[_-][A-Za-z0-9_-]{3,60}@@@[A-Za-z0-9_.:-]{1,64}")
 TOKEN_FIELDS = frozenset({"clientId", "topics", "actions", "ttlSeconds"})
 MAX_REQUESTED_TOPICS = 100
-NO_STORE = {"Cache-Control": "no-store"}
-JSON = "application/json"
+ANSWER_HEADERS = {"Content-Type": "application/json", "Cache-Control": "no-store"}
+BEARER = "Bearer "
+
+
+@dataclass(frozen=True, slots=True)
+class _Services:
+    """What POST /v1/token uses, looked up once at start-up rather than on every request."""
+
+    limiter: RateLimiter
+    verifier: JWTVerifier
+    tokens: TokenService
+    holder: PolicyHolder
+    revoker: Revoker
+    clock: Clock
+
+
+SERVICES = web.AppKey("token_endpoint_services", _Services)
+
+
+async def bind_services(app: web.Application) -> None:
+    """on_startup, after the services' cleanup contexts: resolve what the handler uses."""
+    app[SERVICES] = _Services(
+        limiter=app[keys.RATE_LIMITER],
+        verifier=app[keys.VERIFIER],
+        tokens=app[keys.TOKENS],
+        holder=app[keys.POLICY],
+        revoker=app[keys.REVOKER],
+        clock=app[keys.CLOCK],
+    )
 
 
 async def post_token(request: web.Request) -> web.Response:
     """Issue (or reuse) MQTT tokens for the caller's grants."""
-    app = request.app
-    limiter = app[keys.RATE_LIMITER]
-    ip = limiter.check_ip(request.remote, request.headers.get("X-Forwarded-For"))
-    jwt = bearer_token(request.headers.get("Authorization"))
-    identity = await app[keys.VERIFIER].verify(jwt)
+    services = request.app[SERVICES]
+    limiter = services.limiter
+    headers = request.headers
+    ip = None
+    if limiter.per_ip:
+        ip = limiter.check_ip(request.remote, headers.get("X-Forwarded-For"))
+    authorization = headers.get("Authorization")
+    identity = None
+    if authorization is not None and authorization.startswith(BEARER):
+        # A token verified before, sent the usual way: no parsing, no coroutine.
+        identity = services.verifier.remembered(authorization[len(BEARER) :])
+    if identity is None:
+        identity = await services.verifier.verify(bearer_token(authorization))
     logs.bind_subject(identity.subject)
-    limiter.check_subject(identity.subject, ip)
+    limiter.check_subject(identity.subject)
     raw = await read_body(request)
-    tokens = app[keys.TOKENS]
-    holder = app[keys.POLICY]
-    revoker = app[keys.REVOKER]
+    tokens = services.tokens
+    holder = services.holder
+    revoker = services.revoker
 
     # The hot path: the same user (same claims) asking the same thing again.
     who = (identity.subject, holder.claims_key(identity.claims))
-    answer = tokens.answers.fresh(
-        who, raw, holder.current.version_id, app[keys.CLOCK].time() * 1000
-    )
+    answer = tokens.answers.fresh(who, raw, holder.current.version_id, services.clock.time() * 1000)
     if answer is not None:
         revoker.check(identity, answer.client_id)
-        return web.Response(body=answer.body, content_type=JSON, headers=NO_STORE)
+        return web.Response(body=answer.body, headers=ANSWER_HEADERS)
 
+    # From here on the request may reach the upstream: the shared rate limits need to know who.
+    limiter.asking(identity.subject, ip)
     body = parse_object(raw, TOKEN_FIELDS, optional=True)
     client_id = optional_str(body, "clientId", max_length=128)
     if client_id is not None and not CLIENT_ID.fullmatch(client_id):
@@ -66,8 +106,8 @@ async def post_token(request: web.Request) -> web.Response:
     plan = holder.plan(identity.subject, identity.claims, client_id, topics, actions)
     ttl = clamp_ttl(min(ttl_asked or plan.ttl_seconds, plan.max_ttl_seconds))
 
-    settings = app[keys.SETTINGS]
-    deadline = app[keys.CLOCK].monotonic() + settings.request_deadline
+    settings = request.app[keys.SETTINGS]
+    deadline = services.clock.monotonic() + settings.request_deadline
     generation = tokens.answers.generation
     credentials = await tokens.credentials(
         TokenRequest(
@@ -87,4 +127,4 @@ async def post_token(request: web.Request) -> web.Response:
         Answer(data, plan.policy_version, credentials.renew_at_ms, credentials.keys, client_id),
         generation,
     )
-    return web.Response(body=data, content_type=JSON, headers=NO_STORE)
+    return web.Response(body=data, headers=ANSWER_HEADERS)

@@ -1,6 +1,6 @@
 """Errors as answers: every error becomes problem+json; nothing unexpected leaks.
 
-Not a middleware of its own: `observe_middleware` (the app's only middleware) calls
+Not a middleware of its own: `observe.observed` (the wrapper of every route) calls
 `error_response` from its except clause, since every middleware layer costs a noticeable
 share of a cached request (three pass-through middlewares took 18% off a bare app's rate).
 """

@@ -13,11 +13,11 @@ from authserver.errors import BadRequest, PayloadTooLarge
 
 async def read_body(request: web.Request) -> bytes:
     """The raw body (b"" when none), refused with 413 past the app's size limit."""
+    if not request.body_exists:  # no Content-Length (or 0) and not chunked
+        return b""
     limit = request.app._client_max_size  # aiohttp keeps the limit only here
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(f"the body is {request.content_length} bytes; the limit is {limit}")
-    if not request.body_exists:
-        return b""
     try:
         return await request.read()
     except web.HTTPRequestEntityTooLarge as err:

@@ -4,15 +4,19 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from authserver.web import device, health, observe
+from authserver.web import device, health
 from authserver.web.admin import setup_admin_routes
+from authserver.web.observe import add_fallback_route, metrics_handler, observed
 
 
 def setup_routes(app: web.Application) -> None:
-    """Register every route on `app`."""
-    app.router.add_post("/v1/token", device.post_token, name="token")
-    app.router.add_get("/healthz", health.healthz, name="healthz", allow_head=False)
-    app.router.add_get("/readyz", health.readyz, name="readyz", allow_head=False)
-    app.router.add_get("/openapi.json", health.openapi_json, name="openapi", allow_head=False)
-    app.router.add_get("/metrics", observe.metrics_handler, name="metrics", allow_head=False)
+    """Register every route on `app`, each handler wrapped by `observe.observed`."""
+    router = app.router
+    router.add_post("/v1/token", observed(device.post_token), name="token")
+    app.on_startup.append(device.bind_services)
+    router.add_get("/healthz", observed(health.healthz), name="healthz", allow_head=False)
+    router.add_get("/readyz", observed(health.readyz), name="readyz", allow_head=False)
+    router.add_get("/openapi.json", observed(health.openapi_json), name="openapi", allow_head=False)
+    router.add_get("/metrics", observed(metrics_handler), name="metrics", allow_head=False)
     setup_admin_routes(app)
+    add_fallback_route(app)

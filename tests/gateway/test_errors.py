@@ -179,7 +179,12 @@ async def test_upstream_throttling_is_503_with_retry_after(
 
 
 async def test_unknown_path_and_method_are_problems(gateway: TestClient[Any, Any]) -> None:
-    await problem_of(await gateway.get("/nope"), 404, "not_found")
+    resp = await gateway.get("/nope")
+    await problem_of(resp, 404, "not_found")
+    assert resp.headers["X-Request-Id"]
     resp = await gateway.get("/v1/token")
     await problem_of(resp, 405, "method_not_allowed")
-    assert "POST" in resp.headers["Allow"]
+    assert resp.headers["Allow"] == "POST"
+    assert resp.headers["X-Request-Id"]
+    # Under /v1/admin/ the admin catch-all authenticates first: no probing without a key.
+    assert (await gateway.request("PUT", "/v1/admin/revoke")).status == 401

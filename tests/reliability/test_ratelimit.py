@@ -162,15 +162,16 @@ async def test_a_redis_failure_falls_back_to_local_limits() -> None:
     dead = aioredis.Redis(port=free_port(), socket_connect_timeout=0.5)
     try:
         limiter = RateLimiter(subject=Limit(1, 2), ip=Limit(0), clock=ManualClock(), redis=dead)
-        limiter.check_subject("dev", "127.0.0.1")
+        limiter.asking("dev", "127.0.0.1")
+        limiter.check_subject("dev")
         await limiter.check_shared()  # Redis is down: no 429, no 500
         assert limiter.mode == "local-fallback"
         assert limiter.redis_errors == 1
-        limiter.check_subject("dev", "127.0.0.1")  # the next request
+        limiter.check_subject("dev")  # the next request
         await limiter.check_shared()  # does not try Redis again at once
         assert limiter.redis_errors == 1
         with pytest.raises(Exception, match="too many requests"):
-            limiter.check_subject("dev", "127.0.0.1")
+            limiter.check_subject("dev")
     finally:
         await dead.aclose()
 
