@@ -33,18 +33,15 @@ class RequestContext:
 
     __slots__ = ("_bearer", "_fingerprint", "method", "request_id", "route", "subject")
 
-    def __init__(self, request_id: str, method: str, route: str) -> None:
+    def __init__(
+        self, request_id: str, method: str, route: str, authorization: str | None = None
+    ) -> None:
         self.request_id = request_id
         self.method = method
         self.route = route
         self.subject: str | None = None
-        self._bearer: str | None = None
-        self._fingerprint: str | None = None
-
-    def set_credential(self, authorization: str | None) -> None:
-        """Remember the Authorization header, so records can name the bearer's fingerprint."""
         self._bearer = authorization
-        self._fingerprint = None
+        self._fingerprint: str | None = None
 
     @property
     def token_fingerprint(self) -> str | None:

@@ -183,6 +183,8 @@ class RateLimiter:
             if limit.enabled
         }
         self._ip_buckets = self._local.get(IP)
+        # Whether the local tier limits client IPs (off by default; see `check_ip`).
+        self.per_ip = self._ip_buckets is not None
         self._subject_buckets = self._local.get(SUBJECT)
         self._redis = redis
         self._script = redis.register_script(GCRA_SCRIPT) if redis is not None else None
@@ -219,11 +221,6 @@ class RateLimiter:
         except ValueError:
             return False  # garbage in the header is the client's; it ends the trusted chain
         return any(ip in network for network in self._trusted)
-
-    @property
-    def per_ip(self) -> bool:
-        """Whether the local tier limits client IPs (off by default; see `check_ip`)."""
-        return self._ip_buckets is not None
 
     def check_ip(self, peer: str | None, forwarded_for: str | None) -> str:
         """Count a request of the calling IP (local tier); its address, or RateLimited."""

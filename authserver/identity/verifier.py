@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import binascii
 import contextlib
-import hashlib
 import json
 import logging
 import math
@@ -13,6 +12,7 @@ import re
 import sys
 from collections import OrderedDict
 from collections.abc import Callable
+from hashlib import sha256
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
@@ -123,6 +123,10 @@ class JWTVerifier:
         self._cache: OrderedDict[bytes, _Verified] = OrderedDict()
         self._cache_size = max(settings.cache_size, 0)
         self._headers: dict[str, tuple[str, str | None]] = {}
+        # Bumped whenever remembered tokens are dropped for a reason other than their own
+        # expiry (a key left the JWKS, a revocation): whoever keeps identities of its own
+        # (the repeat answers) compares it before trusting one.
+        self.epoch = 0
 
         self._static, problems = static_keys(
             settings.algorithms, settings.secret, settings.public_key_pem
@@ -188,6 +192,7 @@ class JWTVerifier:
 
     def forget(self, predicate: Callable[[Identity], bool]) -> int:
         """Drop remembered tokens whose identity matches (revocation); returns how many."""
+        self.epoch += 1
         doomed = [k for k, v in list(self._cache.items()) if predicate(v.identity)]
         for key in doomed:
             self._cache.pop(key, None)
@@ -201,7 +206,12 @@ class JWTVerifier:
         """
         if len(token) > self._max_token_bytes or not token.isascii():
             return None
-        return self._recall(hashlib.sha256(token.encode("ascii")).digest())
+        digest = sha256(token.encode("ascii")).digest()
+        hit = self._cache.get(digest)
+        if hit is not None and self._clock.time() < hit.identity.expires_at:
+            self._cache.move_to_end(digest)
+            return hit.identity
+        return None  # an expired one is dropped by `verify`, which comes next
 
     def _recall(self, digest: bytes) -> Identity | None:
         hit = self._cache.get(digest)
@@ -223,7 +233,7 @@ class JWTVerifier:
             raise invalid_token(f"the token is larger than {self._max_token_bytes} bytes")
         if not token.isascii():
             raise invalid_token("the token is not ASCII")
-        digest = hashlib.sha256(token.encode("ascii")).digest()
+        digest = sha256(token.encode("ascii")).digest()
         known = self._recall(digest)
         if known is not None:
             return known
@@ -340,6 +350,7 @@ class JWTVerifier:
             self._cache.popitem(last=False)
 
     def _drop_keys(self, refs: frozenset[str]) -> None:
+        self.epoch += 1
         doomed = [k for k, v in list(self._cache.items()) if v.key_ref in refs]
         for digest in doomed:
             self._cache.pop(digest, None)

@@ -7,6 +7,13 @@ verified and its blocks checked. An entry names the token
 keys it holds: revoking any of them drops the entry in every process (the same invalidation
 events that drop L1 entries), a policy reload makes it stale by version, and it is never
 served past the point where its first token is due for renewal.
+
+In front of it, for the commonest request of all (a device repeating a bodyless request
+with the JWT it sent before), `repeats` maps the exact Authorization header to the answer
+and identity it got: one dict lookup instead of hashing and verifying the token, keying
+its claims and finding the answer. Whoever reads it re-checks what can change: the answer
+is still held (`Answer.live`, unset when it is dropped or replaced), its policy version and
+freshness, and (the caller's part) the JWT's expiry, its key and the revocation blocks.
 """
 
 from __future__ import annotations
@@ -15,18 +22,30 @@ from collections import OrderedDict
 from collections.abc import Hashable, Iterable
 from dataclasses import dataclass
 
+from authserver.identity.model import Identity
+
 Slot = tuple[Hashable, bytes]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, eq=False)
 class Answer:
-    """One finished answer and what it depends on."""
+    """One finished answer and what it depends on; `live` while the cache holds it."""
 
     body: bytes
     policy_version: str
     fresh_until_ms: int
     keys: tuple[str, ...]
     client_id: str | None
+    live: bool = False
+
+
+@dataclass(slots=True, eq=False)
+class Repeat:
+    """What a bodyless request with this exact Authorization header was answered."""
+
+    answer: Answer
+    identity: Identity
+    verifier_epoch: int
 
 
 class AnswerCache:
@@ -38,6 +57,8 @@ class AnswerCache:
         # find as deletions pile up at its front.
         self._entries: OrderedDict[Slot, Answer] = OrderedDict()
         self._by_key: dict[str, set[Slot]] = {}
+        # Authorization header -> Repeat; at most `maxsize`, the oldest goes first.
+        self._repeats: OrderedDict[str, Repeat] = OrderedDict()
         # Bumped by every invalidation: an answer built across one is not kept, since the
         # tokens it was built from may be the very ones just revoked.
         self.generation = 0
@@ -46,6 +67,11 @@ class AnswerCache:
 
     def __len__(self) -> int:
         return len(self._entries)
+
+    @property
+    def repeats(self) -> int:
+        """How many Authorization headers are remembered for repeated requests."""
+        return len(self._repeats)
 
     def fresh(
         self, who: Hashable, body: bytes, policy_version: str, now_ms: float
@@ -62,6 +88,38 @@ class AnswerCache:
         self.hits += 1
         return answer
 
+    def repeat(self, authorization: str, policy_version: str, now_ms: float) -> Repeat | None:
+        """The answer a bodyless request with this header got, if still held and fresh.
+
+        The caller still checks the identity: its expiry, its key, the revocation blocks.
+        """
+        repeat = self._repeats.get(authorization)
+        if repeat is None:
+            return None
+        answer = repeat.answer
+        if (
+            answer.live
+            and answer.policy_version == policy_version
+            and now_ms < answer.fresh_until_ms
+        ):
+            self.hits += 1
+            return repeat
+        del self._repeats[authorization]
+        return None
+
+    def remember_repeat(self, authorization: str, repeat: Repeat) -> None:
+        """Answer the next bodyless request with this exact header from `repeat`."""
+        if self._maxsize <= 0 or not repeat.answer.live:
+            return
+        repeats = self._repeats
+        repeats[authorization] = repeat
+        if len(repeats) > self._maxsize:
+            repeats.popitem(last=False)
+
+    def forget_repeat(self, authorization: str) -> None:
+        """Stop answering this header from the repeats (its identity no longer holds)."""
+        self._repeats.pop(authorization, None)
+
     def put(self, who: Hashable, body: bytes, answer: Answer, generation: int) -> None:
         """Keep `answer` built at `generation`; the oldest entry goes when full."""
         if self._maxsize <= 0 or generation != self.generation:
@@ -69,14 +127,18 @@ class AnswerCache:
         slot = (who, body)
         self._forget(slot)
         while len(self._entries) >= self._maxsize:
-            self._unindex(*self._entries.popitem(last=False))
+            evicted_slot, evicted = self._entries.popitem(last=False)
+            evicted.live = False
+            self._unindex(evicted_slot, evicted)
         self._entries[slot] = answer
+        answer.live = True
         for key in answer.keys:
             self._by_key.setdefault(key, set()).add(slot)
 
     def _forget(self, slot: Slot) -> None:
         answer = self._entries.pop(slot, None)
         if answer is not None:
+            answer.live = False  # and so every repeat holding it
             self._unindex(slot, answer)
 
     def _unindex(self, slot: Slot, answer: Answer) -> None:
@@ -97,5 +159,8 @@ class AnswerCache:
     def clear(self) -> None:
         """Forget everything."""
         self.generation += 1
+        for answer in self._entries.values():
+            answer.live = False
         self._entries.clear()
         self._by_key.clear()
+        self._repeats.clear()

@@ -426,20 +426,24 @@ class Revoker:
 
     def check(self, identity: Identity, client_id: str | None) -> None:
         """Refuse an app JWT issued before a block of its subject or of the client id."""
-        checks = [(SUBJECT, identity.subject)]
+        blocks = self._blocks
+        before = blocks[SUBJECT].get(identity.subject)
+        if before is not None:
+            self._refuse_if_before(identity, SUBJECT, before)
         if client_id is not None:
-            checks.append((CLIENT, client_id))
-        for scope, name in checks:
-            before = self._blocks[scope].get(name)
-            if before is None:
-                continue
-            issued = identity.issued_at
-            if issued is None or issued * 1000 < before:
-                raise TokenRevoked(
-                    f"this app token was issued before the {scope} was revoked; "
-                    "sign in again to get a new one",
-                    headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
-                )
+            before = blocks[CLIENT].get(client_id)
+            if before is not None:
+                self._refuse_if_before(identity, CLIENT, before)
+
+    @staticmethod
+    def _refuse_if_before(identity: Identity, scope: str, before_ms: int) -> None:
+        issued = identity.issued_at
+        if issued is None or issued * 1000 < before_ms:
+            raise TokenRevoked(
+                f"this app token was issued before the {scope} was revoked; "
+                "sign in again to get a new one",
+                headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
+            )
 
     async def _publish(self, event: dict[str, Any]) -> None:
         try:

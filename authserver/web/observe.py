@@ -24,7 +24,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from authserver import keys, logs
-from authserver.metrics import CONTENT_TYPE, Metrics, Sources, Stats
+from authserver.metrics import CONTENT_TYPE, Metrics, RequestMetrics, Sources, Stats
 from authserver.policy.model import Policy
 from authserver.policy_watch import PolicyWatcher, narrowed
 from authserver.web.middlewares import error_response
@@ -51,17 +51,22 @@ def observed(handler: Handler, *, label: str | None = None) -> Handler:
     default its template, read once. A redirect is passed on, with the request id.
     """
     route: str | None = label
+    # Read at the first request, once the app exists: (draining flag, request metrics).
+    app_state: tuple[asyncio.Event, RequestMetrics] | None = None
 
     @functools.wraps(handler)
     async def observe(request: web.Request) -> web.StreamResponse:
-        nonlocal route
+        nonlocal route, app_state
         started = perf_counter()
-        if route is None:
-            route = route_label(request)
+        if route is None or app_state is None:
+            route = route_label(request) if route is None else route
+            app = request.app
+            app_state = (app[keys.DRAINING], app[keys.METRICS].requests)
+        draining, metrics = app_state
         headers = request.headers
         request_id = logs.request_id_from(headers.get(logs.REQUEST_ID_HEADER))
-        context = logs.RequestContext(request_id, request.method, route)
-        context.set_credential(headers.get("Authorization"))
+        method = request.method
+        context = logs.RequestContext(request_id, method, route, headers.get("Authorization"))
         reset = logs.CURRENT.set(context)
         status = 500
         try:
@@ -79,17 +84,17 @@ def observed(handler: Handler, *, label: str | None = None) -> Handler:
             status = response.status
             if not response.prepared:
                 response.headers[logs.REQUEST_ID_HEADER] = request_id
-                if request.app[keys.DRAINING].is_set():
+                if draining.is_set():
                     # Clients stop reusing connections to a pod that is about to go away.
                     response.force_close()
             return response
         finally:
             elapsed = perf_counter() - started
-            request.app[keys.METRICS].requests.observe(route, request.method, status, elapsed)
+            metrics.observe(route, method, status, elapsed)
             if status >= 500:
                 log.warning(
                     "%s %s answered %d",
-                    request.method,
+                    method,
                     route,
                     status,
                     extra={"status": status, "durationMs": round(elapsed * 1000, 3)},
@@ -97,7 +102,7 @@ def observed(handler: Handler, *, label: str | None = None) -> Handler:
             elif log.isEnabledFor(logging.DEBUG):
                 log.debug(
                     "%s %s answered %d",
-                    request.method,
+                    method,
                     route,
                     status,
                     extra={"status": status, "durationMs": round(elapsed * 1000, 3)},

@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
+from authserver import keys as app_keys
 from authserver.clock import ManualClock
 from authserver.identity import JWTSettings
 from tests.fixtures.emulator import EmulatorHandle, MakeEmulator
@@ -114,3 +115,26 @@ async def test_jwks_gateway_kids_headers_and_rotation(
     clock.advance(31)
     await refused_everywhere(client, signed(keys.rsa, kid="k1"))
     assert attacker_server.requests == []
+
+
+async def test_a_repeated_jwt_stops_working_when_its_key_leaves_the_jwks(
+    emulator: EmulatorHandle,
+    make_gateway: MakeGateway,
+    clock: ManualClock,
+    minter: Minter,
+    keys: Keys,
+    jwks_server: JWKSServer,
+) -> None:
+    jwks_server.publish(public_jwk(keys.rsa, kid="k1", alg="RS256"))
+    client = await make_gateway(
+        emulator, clock=clock, jwt=JWTSettings(algorithms=("RS256",), jwks_url=jwks_server.url)
+    )
+    token = minter.sign(keys.rsa, "RS256", headers={"kid": "k1"})
+    for _ in range(3):  # the third is answered from the repeats
+        async with client.post("/v1/token", headers=bearer(token)) as resp:
+            assert resp.status == 200, await resp.text()
+    assert client.server.app[app_keys.TOKENS].answers.repeats == 1
+    jwks_server.publish(public_jwk(keys.rsa2, kid="k2", alg="RS256"))
+    clock.advance(31)
+    await client.server.app[app_keys.VERIFIER].jwks.refresh(rate_limited=False)  # type: ignore[union-attr]
+    await refused_everywhere(client, token)

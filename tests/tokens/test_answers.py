@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from authserver.tokens.answers import Answer, AnswerCache
+from types import MappingProxyType
+
+from authserver.identity import Identity
+from authserver.tokens.answers import Answer, AnswerCache, Repeat
 
 
 def answer(*keys: str, version: str = "v1", fresh_until: int = 2000) -> Answer:
@@ -54,3 +57,46 @@ def test_size_zero_disables() -> None:
     cache = AnswerCache(0)
     cache.put("a", b"", answer("k"), cache.generation)
     assert len(cache) == 0
+
+
+def repeat_of(cache: AnswerCache, who: str, *keys: str) -> Repeat:
+    cache.put(who, b"", answer(*keys), cache.generation)
+    held = cache.fresh(who, b"", "v1", 0)
+    assert held is not None
+    identity = Identity(who, MappingProxyType({}), None, 9e9, "fp")
+    return Repeat(held, identity, verifier_epoch=0)
+
+
+def test_repeats_follow_their_answers() -> None:
+    cache = AnswerCache(2)
+    cache.remember_repeat("Bearer a", repeat_of(cache, "a", "k-a"))
+    cache.remember_repeat("Bearer b", repeat_of(cache, "b", "k-b"))
+    assert cache.repeat("Bearer a", "v1", 1999) is not None
+    assert cache.repeat("Bearer a", "v2", 0) is None  # another policy: forgotten
+    assert cache.repeats == 1
+    cache.drop(["k-b"])
+    assert cache.repeat("Bearer b", "v1", 0) is None
+    cache.remember_repeat("Bearer c", repeat_of(cache, "c", "k-c"))
+    cache.put("d", b"", answer("k-d"), cache.generation)
+    cache.put("e", b"", answer("k-e"), cache.generation)  # c's answer is evicted
+    assert cache.repeat("Bearer c", "v1", 0) is None
+    assert cache.repeats == 0
+
+
+def test_an_answer_not_held_is_not_remembered_and_clear_forgets_repeats() -> None:
+    cache = AnswerCache(10)
+    identity = Identity("x", MappingProxyType({}), None, 9e9, "fp")
+    cache.remember_repeat("Bearer x", Repeat(answer("k"), identity, 0))  # never put
+    assert cache.repeats == 0
+    cache.remember_repeat("Bearer y", repeat_of(cache, "y", "k-y"))
+    cache.clear()
+    assert cache.repeats == 0
+
+
+def test_repeats_are_bounded_oldest_first() -> None:
+    cache = AnswerCache(2)
+    for name in ("a", "b", "c"):
+        cache.remember_repeat(f"Bearer {name}", repeat_of(cache, name, f"k-{name}"))
+    assert cache.repeats <= 2
+    assert cache.repeat("Bearer a", "v1", 0) is None
+    assert cache.repeat("Bearer c", "v1", 0) is not None

@@ -1,0 +1,177 @@
+"""Repeated requests: a bodyless request with a JWT sent before is answered from one lookup.
+
+Each test first makes the repeat (the third request with the same header is answered from
+`AnswerCache.repeat`), then changes one thing the repeat must notice.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from aiohttp.test_utils import TestClient
+
+from authserver import keys
+from authserver.clock import ManualClock
+from authserver.policy.loader import load_policy
+from authserver.tokens.answers import AnswerCache
+from tests.fixtures.emulator import EmulatorHandle, MakeEmulator
+from tests.fixtures.gateway import MakeGateway, bearer, make_jwt
+
+
+def answers_of(client: TestClient[Any, Any]) -> AnswerCache:
+    return client.server.app[keys.TOKENS].answers
+
+
+async def fetch(client: TestClient[Any, Any], jwt: str, **body: Any) -> dict[str, Any]:
+    resp = await client.post("/v1/token", headers=bearer(jwt), json=body or None)
+    assert resp.status == 200, await resp.text()
+    result: dict[str, Any] = await resp.json()
+    return result
+
+
+async def repeated(client: TestClient[Any, Any], jwt: str) -> dict[str, Any]:
+    """Ask three times; the third answer comes from the repeats. Returns it."""
+    first = await fetch(client, jwt)
+    assert answers_of(client).repeats == 0  # a JWT seen once is not remembered yet
+    assert await fetch(client, jwt) == first
+    assert answers_of(client).repeats == 1
+    hits = answers_of(client).hits
+    assert await fetch(client, jwt) == first
+    assert answers_of(client).hits == hits + 1
+    return first
+
+
+def token_of(body: dict[str, Any], kind: str) -> str:
+    return next(t["token"] for t in body["tokens"] if t["type"] == kind)
+
+
+async def test_only_bodyless_requests_are_remembered(
+    emulator: EmulatorHandle, make_gateway: MakeGateway
+) -> None:
+    client = await make_gateway(emulator)
+    jwt = make_jwt("alice", groups=["ops"], tenant="t1")
+    for _ in range(3):
+        await fetch(client, jwt, ttlSeconds=900)
+    assert answers_of(client).repeats == 0
+    await repeated(client, jwt)
+
+
+async def test_a_subject_block_refuses_the_repeated_jwt(
+    make_emulator: MakeEmulator, make_gateway: MakeGateway
+) -> None:
+    clock = ManualClock(start=1_900_000_000.0)
+    emulator = await make_emulator(clock=clock)
+    client = await make_gateway(emulator, clock=clock)
+    jwt = make_jwt("bob", now=clock.time())
+    await repeated(client, jwt)
+    clock.advance(1)
+    await client.server.app[keys.REVOKER].revoke_subject("bob")
+    resp = await client.post("/v1/token", headers=bearer(jwt))
+    assert resp.status == 401
+    assert (await resp.json())["code"] == "token_revoked"
+
+
+async def test_a_revoked_token_is_not_repeated(
+    emulator: EmulatorHandle, make_gateway: MakeGateway
+) -> None:
+    client = await make_gateway(emulator)
+    jwt = make_jwt("erin")
+    body = await repeated(client, jwt)
+    await client.server.app[keys.REVOKER].revoke_token(token_of(body, "R"))
+    again = await fetch(client, jwt)
+    assert token_of(again, "R") != token_of(body, "R")
+    assert token_of(again, "W") == token_of(body, "W")
+
+
+async def test_an_evicted_answer_is_not_repeated_after_its_token_is_revoked(
+    emulator: EmulatorHandle, make_gateway: MakeGateway
+) -> None:
+    # Room for one answer: bob's pushes erin's out, so a revocation can no longer find it.
+    client = await make_gateway(emulator, answer_cache_size=1)
+    jwt = make_jwt("erin")
+    body = await repeated(client, jwt)
+    await fetch(client, make_jwt("bob"))
+    await client.server.app[keys.REVOKER].revoke_token(token_of(body, "R"))
+    assert token_of(await fetch(client, jwt), "R") != token_of(body, "R")
+
+
+async def test_a_new_policy_is_applied_to_the_repeated_jwt(
+    emulator: EmulatorHandle, make_gateway: MakeGateway, tmp_path: Path
+) -> None:
+    client = await make_gateway(emulator)
+    jwt = make_jwt("carol")
+    body = await repeated(client, jwt)
+    assert [t["type"] for t in body["tokens"]] == ["R", "W"]
+    policy = tmp_path / "rw.yaml"
+    policy.write_text(
+        "version: 1\neveryone:\n  - topics: ['devices/{sub}/#']\n    actions: [R, W]\n"
+    )
+    client.server.app[keys.POLICY].swap(load_policy(policy))
+    again = await fetch(client, jwt)
+    assert [t["type"] for t in again["tokens"]] == ["RW"]
+
+
+async def test_an_expired_jwt_is_not_repeated(
+    make_emulator: MakeEmulator, make_gateway: MakeGateway
+) -> None:
+    clock = ManualClock(start=1_900_000_000.0)
+    emulator = await make_emulator(clock=clock)
+    client = await make_gateway(emulator, clock=clock)
+    jwt = make_jwt("dave", now=clock.time(), lifetime=120)
+    body = await repeated(client, jwt)
+    clock.advance(119)
+    assert await fetch(client, jwt) == body  # the tokens last an hour; the JWT two minutes
+    clock.advance(2 + 30)  # past exp and the verifier's default leeway of 30 s
+    resp = await client.post("/v1/token", headers=bearer(jwt))
+    assert resp.status == 401
+    assert "expired" in (await resp.json())["detail"]
+
+
+async def test_a_repeat_runs_out_with_its_answer(
+    make_emulator: MakeEmulator, make_gateway: MakeGateway
+) -> None:
+    clock = ManualClock(start=1_900_000_000.0)
+    emulator = await make_emulator(clock=clock)
+    client = await make_gateway(emulator, clock=clock)
+    jwt = make_jwt("frank", now=clock.time(), lifetime=7 * 24 * 3600)
+    body = await repeated(client, jwt)
+    clock.advance((body["refreshAt"] - clock.time() * 1000) / 1000 + 1)
+    again = await fetch(client, jwt)
+    assert again["refreshAt"] > body["refreshAt"]
+
+
+async def test_the_subject_limit_applies_to_repeats(
+    make_emulator: MakeEmulator, make_gateway: MakeGateway
+) -> None:
+    clock = ManualClock()
+    emulator = await make_emulator(clock=clock)
+    client = await make_gateway(
+        emulator, clock=clock, rate_limit_subject=0.1, rate_limit_subject_burst=4
+    )
+    jwt = make_jwt("gina", now=clock.time())
+    await repeated(client, jwt)
+    await fetch(client, jwt)  # the fourth of the burst, a repeat too
+    resp = await client.post("/v1/token", headers=bearer(jwt))
+    assert resp.status == 429
+    assert json.loads(await resp.text())["code"] == "rate_limited"
+
+
+async def test_a_block_alone_refuses_the_repeated_jwt(
+    make_emulator: MakeEmulator, make_gateway: MakeGateway
+) -> None:
+    clock = ManualClock(start=1_900_000_000.0)
+    emulator = await make_emulator(clock=clock)
+    # Room for two token records: bob's push alice's out of the store, so revoking alice
+    # finds no token to drop and only the block stands between her old JWT and its answer.
+    client = await make_gateway(emulator, clock=clock, token_cache_size=2)
+    jwt = make_jwt("alice", now=clock.time())
+    await repeated(client, jwt)
+    await fetch(client, make_jwt("bob", now=clock.time()))
+    clock.advance(1)
+    result = await client.server.app[keys.REVOKER].revoke_subject("alice")
+    assert result.revoked_locally == 0
+    resp = await client.post("/v1/token", headers=bearer(jwt))
+    assert resp.status == 401
+    assert (await resp.json())["code"] == "token_revoked"
