@@ -120,3 +120,14 @@ def test_pyspy_summary_counts_self_and_total() -> None:
     assert own["handle (b.py)"] == 4  # line numbers folded into one frame
     assert inclusive["run (a.py)"] == 10
     assert "_worker (concurrent/futures/thread.py)" not in own  # only the event loop thread
+
+
+def test_ratios_pair_each_run_with_the_baseline_run_just_before_it() -> None:
+    from bench.run import Workload
+
+    work = Workload("W1")
+    work.runs = [{"rps": 70.0}, {"rps": 90.0}, {"rps": 40.0}]
+    work.paired = [{"rps": 100.0}, {"rps": 100.0}, {"rps": 50.0}]
+    assert work.ratio() == 0.8  # 0.7, 0.9, 0.8: a slow baseline run pairs with a slow W1 run
+    work.paired = work.paired[:2]
+    assert work.ratio() is None  # unpaired runs give no ratio
