@@ -25,6 +25,9 @@ from dataclasses import dataclass
 from authserver.identity.model import Identity
 
 Slot = tuple[Hashable, bytes]
+# The repeats are keyed by the Authorization header itself: a bound on its length bounds
+# their memory (20,000 x 1 KiB at most by default). Longer JWTs take the cached path.
+REPEAT_MAX_HEADER = 1024
 
 
 @dataclass(slots=True, eq=False)
@@ -108,8 +111,11 @@ class AnswerCache:
         return None
 
     def remember_repeat(self, authorization: str, repeat: Repeat) -> None:
-        """Answer the next bodyless request with this exact header from `repeat`."""
-        if self._maxsize <= 0 or not repeat.answer.live:
+        """Answer the next bodyless request with this exact header from `repeat`.
+
+        Headers longer than REPEAT_MAX_HEADER are not kept (the key is the header itself).
+        """
+        if self._maxsize <= 0 or not repeat.answer.live or len(authorization) > REPEAT_MAX_HEADER:
             return
         repeats = self._repeats
         repeats[authorization] = repeat

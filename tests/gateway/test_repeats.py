@@ -15,7 +15,7 @@ from aiohttp.test_utils import TestClient
 from authserver import keys
 from authserver.clock import ManualClock
 from authserver.policy.loader import load_policy
-from authserver.tokens.answers import AnswerCache
+from authserver.tokens.answers import REPEAT_MAX_HEADER, AnswerCache
 from tests.fixtures.emulator import EmulatorHandle, MakeEmulator
 from tests.fixtures.gateway import MakeGateway, bearer, make_jwt
 
@@ -175,3 +175,14 @@ async def test_a_block_alone_refuses_the_repeated_jwt(
     resp = await client.post("/v1/token", headers=bearer(jwt))
     assert resp.status == 401
     assert (await resp.json())["code"] == "token_revoked"
+
+
+async def test_a_long_authorization_header_is_not_remembered(
+    emulator: EmulatorHandle, make_gateway: MakeGateway
+) -> None:
+    client = await make_gateway(emulator)
+    jwt = make_jwt("henry", padding="x" * REPEAT_MAX_HEADER)
+    for _ in range(3):
+        await fetch(client, jwt)
+    assert answers_of(client).repeats == 0
+    assert answers_of(client).hits == 2  # still answered from the finished answers
