@@ -124,8 +124,8 @@ class JWTVerifier:
         self._cache_size = max(settings.cache_size, 0)
         self._headers: dict[str, tuple[str, str | None]] = {}
         # Bumped whenever remembered tokens are dropped for a reason other than their own
-        # expiry (a key left the JWKS, a revocation): whoever keeps identities of its own
-        # (the repeat answers) compares it before trusting one.
+        # expiry (a key left the JWKS, `forget`): whoever keeps identities of its own (the
+        # repeat answers) compares it before trusting one.
         self.epoch = 0
 
         self._static, problems = static_keys(

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Hashable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from authserver.identity.model import Identity
 
@@ -40,6 +40,8 @@ class Answer:
     keys: tuple[str, ...]
     client_id: str | None
     live: bool = False
+    # The repeat headers that point here, so they go when the answer does.
+    repeat_headers: list[str] = field(default_factory=list)
 
 
 @dataclass(slots=True, eq=False)
@@ -91,10 +93,14 @@ class AnswerCache:
         self.hits += 1
         return answer
 
-    def repeat(self, authorization: str, policy_version: str, now_ms: float) -> Repeat | None:
-        """The answer a bodyless request with this header got, if still held and fresh.
+    def repeat(
+        self, authorization: str, policy_version: str, now: float, verifier_epoch: int
+    ) -> Repeat | None:
+        """The answer a bodyless request with this header got, if everything still holds.
 
-        The caller still checks the identity: its expiry, its key, the revocation blocks.
+        Held and fresh under this policy, its JWT unexpired (`now` in seconds) and its key
+        still trusted (`verifier_epoch` unchanged). The caller still applies the subject's
+        rate limit and the revocation blocks, which answer with errors of their own.
         """
         repeat = self._repeats.get(authorization)
         if repeat is None:
@@ -103,7 +109,9 @@ class AnswerCache:
         if (
             answer.live
             and answer.policy_version == policy_version
-            and now_ms < answer.fresh_until_ms
+            and now * 1000 < answer.fresh_until_ms
+            and now < repeat.identity.expires_at
+            and repeat.verifier_epoch == verifier_epoch
         ):
             self.hits += 1
             return repeat
@@ -115,16 +123,15 @@ class AnswerCache:
 
         Headers longer than REPEAT_MAX_HEADER are not kept (the key is the header itself).
         """
-        if self._maxsize <= 0 or not repeat.answer.live or len(authorization) > REPEAT_MAX_HEADER:
+        answer = repeat.answer
+        if self._maxsize <= 0 or not answer.live or len(authorization) > REPEAT_MAX_HEADER:
             return
         repeats = self._repeats
         repeats[authorization] = repeat
+        if authorization not in answer.repeat_headers:
+            answer.repeat_headers.append(authorization)
         if len(repeats) > self._maxsize:
             repeats.popitem(last=False)
-
-    def forget_repeat(self, authorization: str) -> None:
-        """Stop answering this header from the repeats (its identity no longer holds)."""
-        self._repeats.pop(authorization, None)
 
     def put(self, who: Hashable, body: bytes, answer: Answer, generation: int) -> None:
         """Keep `answer` built at `generation`; the oldest entry goes when full."""
@@ -133,9 +140,7 @@ class AnswerCache:
         slot = (who, body)
         self._forget(slot)
         while len(self._entries) >= self._maxsize:
-            evicted_slot, evicted = self._entries.popitem(last=False)
-            evicted.live = False
-            self._unindex(evicted_slot, evicted)
+            self._let_go(*self._entries.popitem(last=False))
         self._entries[slot] = answer
         answer.live = True
         for key in answer.keys:
@@ -144,8 +149,17 @@ class AnswerCache:
     def _forget(self, slot: Slot) -> None:
         answer = self._entries.pop(slot, None)
         if answer is not None:
-            answer.live = False  # and so every repeat holding it
-            self._unindex(slot, answer)
+            self._let_go(slot, answer)
+
+    def _let_go(self, slot: Slot, answer: Answer) -> None:
+        """An answer leaves the cache: unindex it, end its repeats, mark it for any holder."""
+        answer.live = False
+        for header in answer.repeat_headers:
+            repeat = self._repeats.get(header)
+            if repeat is not None and repeat.answer is answer:
+                del self._repeats[header]
+        answer.repeat_headers.clear()
+        self._unindex(slot, answer)
 
     def _unindex(self, slot: Slot, answer: Answer) -> None:
         for key in answer.keys:
@@ -156,8 +170,17 @@ class AnswerCache:
                     del self._by_key[key]
 
     def drop(self, keys: Iterable[str]) -> None:
-        """Forget every answer holding one of these token keys."""
+        """Forget every answer holding one of these token keys (an invalidation)."""
         self.generation += 1
+        self.forget_keys(keys)
+
+    def forget_keys(self, keys: Iterable[str]) -> None:
+        """Forget every answer holding one of these token keys, which the store let go of.
+
+        Not an invalidation (the tokens are still good): answers being built stay welcome.
+        An answer must not outlive its records, though: a revocation finds tokens through
+        the store, and would miss the ones only an answer still hands out.
+        """
         for key in keys:
             for slot in list(self._by_key.get(key, ())):
                 self._forget(slot)

@@ -124,6 +124,9 @@ class TokenService:
         if store.shared:
             self._l1 = ExpiringMap(l1_size, lambda record: record.refresh_at_ms)
         self.answers = AnswerCache(answer_cache_size)
+        # An answer must not hand out tokens the store no longer knows: revocations find
+        # tokens through the store.
+        store.watch_evictions(lambda key: self.answers.forget_keys((key,)))
         self.hits = {"l1": 0, "store": 0}
         self.misses = 0
         self.minted = 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Protocol
 
 import redis.asyncio as aioredis
@@ -69,6 +69,10 @@ class TokenStore(Protocol):
         """True when the store answers."""
         ...
 
+    def watch_evictions(self, callback: Callable[[str], None]) -> None:
+        """Have `callback(key)` told of records the store lets go of before anyone asks."""
+        ...
+
 
 class MemoryStore:
     """The embedded store: a bounded in-process cache, entries dropped at expiry."""
@@ -79,11 +83,21 @@ class MemoryStore:
         self._clock = clock
         # Evicted or expired records take their index entries with them.
         self._records: ExpiringMap[str, TokenRecord] = ExpiringMap(
-            maxsize, lambda record: record.expire_ms, on_drop=self._unindex
+            maxsize, lambda record: record.expire_ms, on_drop=self._dropped
         )
         self._by_subject: dict[str, set[str]] = {}
         self._by_client: dict[str, set[str]] = {}
         self._by_value: dict[str, str] = {}
+        self._evicted: Callable[[str], None] | None = None
+
+    def watch_evictions(self, callback: Callable[[str], None]) -> None:
+        """Have `callback(key)` told of records evicted (the store is full) or expired."""
+        self._evicted = callback
+
+    def _dropped(self, key: str, record: TokenRecord) -> None:
+        self._unindex(key, record)
+        if self._evicted is not None:
+            self._evicted(key)
 
     def _now_ms(self) -> float:
         return self._clock.time() * 1000
@@ -384,3 +398,11 @@ class RedisStore:
             return bool(await self._redis.ping())
         except (RedisError, OSError):
             return False
+
+    def watch_evictions(self, callback: Callable[[str], None]) -> None:
+        """Nothing to watch: Redis expires and evicts keys without telling this process.
+
+        A record Redis evicted (maxmemory) can still be held by an answer here until that
+        answer is due for renewal, and a revocation will not find it; run Redis without
+        eviction (`maxmemory-policy noeviction`, as the README says).
+        """

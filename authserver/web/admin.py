@@ -408,7 +408,9 @@ def setup_admin_routes(app: web.Application) -> None:
     # Last, so it matches only what no admin route does: authenticate, then 404, so an
     # unauthenticated caller cannot probe which admin paths exist.
     for method in ("GET", "POST", "PUT", "PATCH", "DELETE"):
-        router.add_route(method, ADMIN_PREFIX + "{tail:.*}", observed(guarded(unknown_admin_path)))
+        router.add_route(
+            method, ADMIN_PREFIX + r"{tail:[\s\S]*}", observed(guarded(unknown_admin_path))
+        )
 
 
 async def unknown_admin_path(request: web.Request) -> web.StreamResponse:

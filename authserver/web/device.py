@@ -85,11 +85,9 @@ async def post_token(request: web.Request) -> web.Response:
 
     # The hottest path: a device repeating a bodyless request with the same JWT.
     if bodyless and authorization is not None:
-        repeat = answers.repeat(authorization, holder.current.version_id, now * 1000)
+        repeat = answers.repeat(authorization, holder.current.version_id, now, verifier.epoch)
         if repeat is not None:
-            if now < repeat.identity.expires_at and repeat.verifier_epoch == verifier.epoch:
-                return _answer(services, repeat.identity, repeat.answer)
-            answers.forget_repeat(authorization)
+            return _answer(services, repeat.identity, repeat.answer)
 
     known = None
     if authorization is not None and authorization.startswith(BEARER):

@@ -127,7 +127,8 @@ async def _unmatched(request: web.Request) -> web.StreamResponse:
 
 def add_fallback_route(app: web.Application) -> None:
     """Last: answer what no route matches as problem+json, with a request id, counted."""
-    app.router.add_route("*", "/{tail:.*}", observed(_unmatched, label=UNMATCHED))
+    # [\s\S], not `.`: a path may hold a newline (%0A), and `.` would leave it to aiohttp.
+    app.router.add_route("*", r"/{tail:[\s\S]*}", observed(_unmatched, label=UNMATCHED))
 
 
 async def metrics_handler(request: web.Request) -> web.Response:

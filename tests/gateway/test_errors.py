@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
+from yarl import URL
 
 from tests.fixtures.emulator import EmulatorHandle
 from tests.fixtures.gateway import MakeGateway, bearer, make_jwt
@@ -188,3 +189,8 @@ async def test_unknown_path_and_method_are_problems(gateway: TestClient[Any, Any
     assert resp.headers["X-Request-Id"]
     # Under /v1/admin/ the admin catch-all authenticates first: no probing without a key.
     assert (await gateway.request("PUT", "/v1/admin/revoke")).status == 401
+    # A newline in the path (%0A) is still ours to answer, not aiohttp's plain text.
+    resp = await gateway.get(URL("/a%0Ab", encoded=True))
+    await problem_of(resp, 404, "not_found")
+    assert resp.headers["X-Request-Id"]
+    assert (await gateway.get(URL("/v1/admin/x%0Ay", encoded=True))).status == 401

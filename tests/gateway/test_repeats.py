@@ -10,12 +10,14 @@ import json
 from pathlib import Path
 from typing import Any
 
+import redis.asyncio as aioredis
 from aiohttp.test_utils import TestClient
 
 from authserver import keys
 from authserver.clock import ManualClock
 from authserver.policy.loader import load_policy
 from authserver.tokens.answers import REPEAT_MAX_HEADER, AnswerCache
+from authserver.tokens.store import KEY_PREFIX
 from tests.fixtures.emulator import EmulatorHandle, MakeEmulator
 from tests.fixtures.gateway import MakeGateway, bearer, make_jwt
 
@@ -124,9 +126,12 @@ async def test_an_expired_jwt_is_not_repeated(
     clock.advance(119)
     assert await fetch(client, jwt) == body  # the tokens last an hour; the JWT two minutes
     clock.advance(2 + 30)  # past exp and the verifier's default leeway of 30 s
+    hits = answers_of(client).hits
     resp = await client.post("/v1/token", headers=bearer(jwt))
     assert resp.status == 401
     assert "expired" in (await resp.json())["detail"]
+    assert answers_of(client).hits == hits  # a refused repeat is not counted as a hit
+    assert answers_of(client).repeats == 0
 
 
 async def test_a_repeat_runs_out_with_its_answer(
@@ -159,22 +164,42 @@ async def test_the_subject_limit_applies_to_repeats(
 
 
 async def test_a_block_alone_refuses_the_repeated_jwt(
-    make_emulator: MakeEmulator, make_gateway: MakeGateway
+    make_emulator: MakeEmulator, make_gateway: MakeGateway, redis_url: str
 ) -> None:
     clock = ManualClock(start=1_900_000_000.0)
     emulator = await make_emulator(clock=clock)
-    # Room for two token records: bob's push alice's out of the store, so revoking alice
-    # finds no token to drop and only the block stands between her old JWT and its answer.
-    client = await make_gateway(emulator, clock=clock, token_cache_size=2)
+    client = await make_gateway(emulator, clock=clock, redis_url=redis_url)
     jwt = make_jwt("alice", now=clock.time())
     await repeated(client, jwt)
-    await fetch(client, make_jwt("bob", now=clock.time()))
+    # Redis lets go of the token records (say, an eviction under maxmemory): revoking alice
+    # finds no token to drop, and only the block stands between her old JWT and its answer.
+    redis = aioredis.Redis.from_url(redis_url)
+    try:
+        doomed = [key async for key in redis.scan_iter(match=f"{KEY_PREFIX}tok:*")]
+        assert doomed
+        await redis.delete(*doomed)
+    finally:
+        await redis.aclose()
     clock.advance(1)
     result = await client.server.app[keys.REVOKER].revoke_subject("alice")
     assert result.revoked_locally == 0
     resp = await client.post("/v1/token", headers=bearer(jwt))
     assert resp.status == 401
     assert (await resp.json())["code"] == "token_revoked"
+
+
+async def test_a_token_the_store_evicted_is_not_repeated_after_its_revocation(
+    emulator: EmulatorHandle, make_gateway: MakeGateway
+) -> None:
+    # Room for two token records: bob's push erin's out, so revoking erin's token by value
+    # finds no record; her answer must have gone with the records it hands out.
+    client = await make_gateway(emulator, token_cache_size=2)
+    jwt = make_jwt("erin")
+    body = await repeated(client, jwt)
+    await fetch(client, make_jwt("bob"))
+    result = await client.server.app[keys.REVOKER].revoke_token(token_of(body, "R"))
+    assert result.revoked_locally == 0
+    assert token_of(await fetch(client, jwt), "R") != token_of(body, "R")
 
 
 async def test_a_long_authorization_header_is_not_remembered(

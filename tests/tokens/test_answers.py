@@ -71,15 +71,15 @@ def test_repeats_follow_their_answers() -> None:
     cache = AnswerCache(2)
     cache.remember_repeat("Bearer a", repeat_of(cache, "a", "k-a"))
     cache.remember_repeat("Bearer b", repeat_of(cache, "b", "k-b"))
-    assert cache.repeat("Bearer a", "v1", 1999) is not None
-    assert cache.repeat("Bearer a", "v2", 0) is None  # another policy: forgotten
+    assert cache.repeat("Bearer a", "v1", 1.999, 0) is not None
+    assert cache.repeat("Bearer a", "v2", 0.0, 0) is None  # another policy: forgotten
     assert cache.repeats == 1
     cache.drop(["k-b"])
-    assert cache.repeat("Bearer b", "v1", 0) is None
+    assert cache.repeat("Bearer b", "v1", 0.0, 0) is None
     cache.remember_repeat("Bearer c", repeat_of(cache, "c", "k-c"))
     cache.put("d", b"", answer("k-d"), cache.generation)
     cache.put("e", b"", answer("k-e"), cache.generation)  # c's answer is evicted
-    assert cache.repeat("Bearer c", "v1", 0) is None
+    assert cache.repeat("Bearer c", "v1", 0.0, 0) is None
     assert cache.repeats == 0
 
 
@@ -98,5 +98,14 @@ def test_repeats_are_bounded_oldest_first() -> None:
     for name in ("a", "b", "c"):
         cache.remember_repeat(f"Bearer {name}", repeat_of(cache, name, f"k-{name}"))
     assert cache.repeats <= 2
-    assert cache.repeat("Bearer a", "v1", 0) is None
-    assert cache.repeat("Bearer c", "v1", 0) is not None
+    assert cache.repeat("Bearer a", "v1", 0.0, 0) is None
+    assert cache.repeat("Bearer c", "v1", 0.0, 0) is not None
+
+
+def test_an_answer_that_goes_takes_its_repeats_with_it() -> None:
+    cache = AnswerCache(10)
+    cache.remember_repeat("Bearer a", repeat_of(cache, "a", "k-a"))
+    cache.remember_repeat("Bearer b", repeat_of(cache, "b", "k-b"))
+    cache.put("a", b"", answer("k-a2"), cache.generation)  # replaced: a's repeat goes now
+    cache.forget_keys(["k-b"])  # the store let go of b's tokens
+    assert cache.repeats == 0
