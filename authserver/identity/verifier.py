@@ -123,6 +123,10 @@ class JWTVerifier:
         self._cache: OrderedDict[bytes, _Verified] = OrderedDict()
         self._cache_size = max(settings.cache_size, 0)
         self._headers: dict[str, tuple[str, str | None]] = {}
+        # Claim values every token of this issuer carries, as one object each (see below).
+        self._shared: dict[str, str] = {
+            value: value for value in (settings.issuer, settings.audience) if value is not None
+        }
         # Bumped whenever remembered tokens are dropped for a reason other than their own
         # expiry (a key left the JWKS, `forget`): whoever keeps identities of its own (the
         # repeat answers) compares it before trusting one.
@@ -263,8 +267,13 @@ class JWTVerifier:
         if not self._check_signature(key, signing_input, signature):
             raise invalid_token("the token signature does not verify")
         claims = _json_object(_b64decode(payload_b64, "payload"), "payload")
-        # Up to 100k identities stay cached; claim names are the same few strings in all of them.
-        claims = {sys.intern(name): value for name, value in claims.items()}
+        # Up to 100k identities stay cached; claim names are the same few strings in all of
+        # them, and so are the issuer and audience values: keep one copy of each.
+        shared = self._shared
+        claims = {
+            sys.intern(name): shared.get(value, value) if isinstance(value, str) else value
+            for name, value in claims.items()
+        }
         return _Verified(self._identity(claims, fp), key.ref)
 
     def _header(self, header_b64: str) -> tuple[str, str | None]:

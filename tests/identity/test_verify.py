@@ -92,6 +92,10 @@ async def test_issuer_audience_and_subject_claim_come_from_settings(
     identity = await verifier.verify(minter.sign(SECRET, claims=good))
 
     assert identity.subject == "d-7"
+    # Cached identities share one copy of the issuer (100k of them stay in memory).
+    other = await verifier.verify(minter.sign(SECRET, claims={**good, "device_id": "d-8"}))
+    assert other.claims["iss"] is identity.claims["iss"]
+    assert other.claims["aud"] == ["other", "authserver"]
 
 
 # --- time: the injected clock, the leeway, and why the verifier checks exp itself ---------------
