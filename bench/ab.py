@@ -23,7 +23,13 @@ if str(ROOT) not in sys.path:
 
 from bench import harness as h  # noqa: E402
 from bench.jwts import make_jwts, subjects, write_jwt_file  # noqa: E402
-from bench.run import HIGH_QUOTA, fill, start_emulator, start_gateway  # noqa: E402
+from bench.run import (  # noqa: E402
+    HIGH_QUOTA,
+    fill,
+    start_baseline_app,
+    start_emulator,
+    start_gateway,
+)
 
 
 def main() -> int:
@@ -44,13 +50,7 @@ def main() -> int:
     rows: list[tuple[float, float, float | None]] = []
     with h.fleet(workdir) as fleet:
         emulator = start_emulator(fleet, "emulator", HIGH_QUOTA)
-        port = h.free_port()
-        base = fleet.start(
-            "baseline",
-            h.python_argv(str(ROOT / "bench" / "baseline_app.py"), "--port", str(port)),
-            port,
-            core=h.SERVER_CORE,
-        )
+        base = start_baseline_app(fleet)
         gateway = start_gateway(
             fleet, "gateway", emulator, quota=HIGH_QUOTA, account_quota=HIGH_QUOTA
         )

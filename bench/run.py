@@ -202,15 +202,20 @@ def measure(
     return work
 
 
-def start_baseline(fleet: h.Fleet, jwt_file: Path, plan: Plan) -> Baseline:
-    """The bare aiohttp app, pinned like the gateway, warmed up."""
+def start_baseline_app(fleet: h.Fleet) -> h.Server:
+    """The bare aiohttp app (bench/baseline_app.py), pinned like the gateway."""
     port = h.free_port()
-    app = fleet.start(
+    return fleet.start(
         "baseline",
         h.python_argv(str(ROOT / "bench" / "baseline_app.py"), "--port", str(port)),
         port,
         core=h.SERVER_CORE,
     )
+
+
+def start_baseline(fleet: h.Fleet, jwt_file: Path, plan: Plan) -> Baseline:
+    """The bare aiohttp app, warmed up, ready to pair its runs with the workloads'."""
+    app = start_baseline_app(fleet)
     if plan.warmup > 0:
         h.run_wrk(app.url, jwt_file, duration=plan.warmup, connections=plan.connections)
     base = Baseline(app.url, jwt_file, plan)

@@ -45,6 +45,15 @@ async def repeated(client: TestClient[Any, Any], jwt: str) -> dict[str, Any]:
     return first
 
 
+async def clocked(
+    make_emulator: MakeEmulator, make_gateway: MakeGateway, **overrides: Any
+) -> tuple[ManualClock, TestClient[Any, Any]]:
+    """A gateway and an emulator on one manual clock."""
+    clock = ManualClock(start=1_900_000_000.0)
+    emulator = await make_emulator(clock=clock)
+    return clock, await make_gateway(emulator, clock=clock, **overrides)
+
+
 def token_of(body: dict[str, Any], kind: str) -> str:
     return next(t["token"] for t in body["tokens"] if t["type"] == kind)
 
@@ -63,9 +72,7 @@ async def test_only_bodyless_requests_are_remembered(
 async def test_a_subject_block_refuses_the_repeated_jwt(
     make_emulator: MakeEmulator, make_gateway: MakeGateway
 ) -> None:
-    clock = ManualClock(start=1_900_000_000.0)
-    emulator = await make_emulator(clock=clock)
-    client = await make_gateway(emulator, clock=clock)
+    clock, client = await clocked(make_emulator, make_gateway)
     jwt = make_jwt("bob", now=clock.time())
     await repeated(client, jwt)
     clock.advance(1)
@@ -118,9 +125,7 @@ async def test_a_new_policy_is_applied_to_the_repeated_jwt(
 async def test_an_expired_jwt_is_not_repeated(
     make_emulator: MakeEmulator, make_gateway: MakeGateway
 ) -> None:
-    clock = ManualClock(start=1_900_000_000.0)
-    emulator = await make_emulator(clock=clock)
-    client = await make_gateway(emulator, clock=clock)
+    clock, client = await clocked(make_emulator, make_gateway)
     jwt = make_jwt("dave", now=clock.time(), lifetime=120)
     body = await repeated(client, jwt)
     clock.advance(119)
@@ -137,9 +142,7 @@ async def test_an_expired_jwt_is_not_repeated(
 async def test_a_repeat_runs_out_with_its_answer(
     make_emulator: MakeEmulator, make_gateway: MakeGateway
 ) -> None:
-    clock = ManualClock(start=1_900_000_000.0)
-    emulator = await make_emulator(clock=clock)
-    client = await make_gateway(emulator, clock=clock)
+    clock, client = await clocked(make_emulator, make_gateway)
     jwt = make_jwt("frank", now=clock.time(), lifetime=7 * 24 * 3600)
     body = await repeated(client, jwt)
     clock.advance((body["refreshAt"] - clock.time() * 1000) / 1000 + 1)
@@ -150,10 +153,8 @@ async def test_a_repeat_runs_out_with_its_answer(
 async def test_the_subject_limit_applies_to_repeats(
     make_emulator: MakeEmulator, make_gateway: MakeGateway
 ) -> None:
-    clock = ManualClock()
-    emulator = await make_emulator(clock=clock)
-    client = await make_gateway(
-        emulator, clock=clock, rate_limit_subject=0.1, rate_limit_subject_burst=4
+    clock, client = await clocked(
+        make_emulator, make_gateway, rate_limit_subject=0.1, rate_limit_subject_burst=4
     )
     jwt = make_jwt("gina", now=clock.time())
     await repeated(client, jwt)
@@ -166,9 +167,7 @@ async def test_the_subject_limit_applies_to_repeats(
 async def test_a_block_alone_refuses_the_repeated_jwt(
     make_emulator: MakeEmulator, make_gateway: MakeGateway, redis_url: str
 ) -> None:
-    clock = ManualClock(start=1_900_000_000.0)
-    emulator = await make_emulator(clock=clock)
-    client = await make_gateway(emulator, clock=clock, redis_url=redis_url)
+    clock, client = await clocked(make_emulator, make_gateway, redis_url=redis_url)
     jwt = make_jwt("alice", now=clock.time())
     await repeated(client, jwt)
     # Redis lets go of the token records (say, an eviction under maxmemory): revoking alice

@@ -72,6 +72,20 @@ async def test_the_corpus_is_refused_by_an_rs256_gateway(
     assert emulator.state.stats()["calls"].get("ApplyToken", 0) == 2  # the reference only
 
 
+async def jwks_gateway(
+    emulator: EmulatorHandle,
+    make_gateway: MakeGateway,
+    clock: ManualClock,
+    keys: Keys,
+    jwks_server: JWKSServer,
+) -> TestClient[Any, Any]:
+    """A gateway trusting RS256 keys from the JWKS server, which publishes keys.rsa as k1."""
+    jwks_server.publish(public_jwk(keys.rsa, kid="k1", alg="RS256"))
+    return await make_gateway(
+        emulator, clock=clock, jwt=JWTSettings(algorithms=("RS256",), jwks_url=jwks_server.url)
+    )
+
+
 async def test_jwks_gateway_kids_headers_and_rotation(
     emulator: EmulatorHandle,
     make_gateway: MakeGateway,
@@ -81,10 +95,7 @@ async def test_jwks_gateway_kids_headers_and_rotation(
     jwks_server: JWKSServer,
     attacker_server: RecordingServer,
 ) -> None:
-    jwks_server.publish(public_jwk(keys.rsa, kid="k1", alg="RS256"))
-    client = await make_gateway(
-        emulator, clock=clock, jwt=JWTSettings(algorithms=("RS256",), jwks_url=jwks_server.url)
-    )
+    client = await jwks_gateway(emulator, make_gateway, clock, keys, jwks_server)
 
     def signed(key: Any, **headers: Any) -> str:
         return minter.sign(key, "RS256", headers=headers)
@@ -125,10 +136,7 @@ async def test_a_repeated_jwt_stops_working_when_its_key_leaves_the_jwks(
     keys: Keys,
     jwks_server: JWKSServer,
 ) -> None:
-    jwks_server.publish(public_jwk(keys.rsa, kid="k1", alg="RS256"))
-    client = await make_gateway(
-        emulator, clock=clock, jwt=JWTSettings(algorithms=("RS256",), jwks_url=jwks_server.url)
-    )
+    client = await jwks_gateway(emulator, make_gateway, clock, keys, jwks_server)
     token = minter.sign(keys.rsa, "RS256", headers={"kid": "k1"})
     for _ in range(3):  # the third is answered from the repeats
         async with client.post("/v1/token", headers=bearer(token)) as resp:
