@@ -11,9 +11,10 @@ served past the point where its first token is due for renewal.
 In front of it, for the commonest request of all (a device repeating a bodyless request
 with the JWT it sent before), `repeats` maps the exact Authorization header to the answer
 and identity it got: one dict lookup instead of hashing and verifying the token, keying
-its claims and finding the answer. Whoever reads it re-checks what can change: the answer
-is still held (`Answer.live`, unset when it is dropped or replaced), its policy version and
-freshness, and (the caller's part) the JWT's expiry, its key and the revocation blocks.
+its claims and finding the answer. `repeat` re-checks what can change: the answer is still
+held (`Answer.live`, unset when it is dropped, replaced or evicted, and its repeats go with
+it), its policy version and freshness, the JWT's expiry and the verifier's key epoch; the
+caller applies the subject's rate limit and the revocation blocks, which answer with errors.
 """
 
 from __future__ import annotations
