@@ -31,7 +31,14 @@ from tests.fixtures.emulator import EmulatorHandle
 from tests.fixtures.gateway import MakeGateway
 
 BENCH_JWT = JWTSettings(algorithms=("HS256",), secret=SECRET, issuer=ISSUER, audience=AUDIENCE)
-needs_wrk = pytest.mark.skipif(harness.wrk_path() is None, reason="wrk is not installed")
+
+
+@pytest.fixture
+def wrk() -> str:
+    """wrk's path; the test fails (never skips) when it is missing: scripts/test installs it."""
+    path = harness.wrk_path()
+    assert path is not None, "wrk is not installed (scripts/test installs Debian's wrk)"
+    return path
 
 
 def server_url(client: TestClient[Any, Any]) -> str:
@@ -79,7 +86,7 @@ async def test_gateway_accepts_the_generated_jwts(
         assert {t["type"] for t in (await resp.json())["tokens"]} == {"R", "W"}
 
 
-@needs_wrk
+@pytest.mark.usefixtures("wrk")
 async def test_wrk_script_rotates_and_reports(aiohttp_client: Any, tmp_path: Path) -> None:
     client = await aiohttp_client(create_baseline_app())
     jwt_file = write_jwt_file(tmp_path / "jwts.txt", make_jwts(subjects("w", 3), tag="w"))
@@ -92,7 +99,7 @@ async def test_wrk_script_rotates_and_reports(aiohttp_client: Any, tmp_path: Pat
     assert 0 < result["latency_us"]["p50"] <= result["latency_us"]["p99"]
 
 
-@needs_wrk
+@pytest.mark.usefixtures("wrk")
 async def test_wrk_cold_mode_counts_subjects_and_tokens(
     emulator: EmulatorHandle, make_gateway: MakeGateway, tmp_path: Path
 ) -> None:
