@@ -74,9 +74,25 @@ def _b64decode(segment: str, what: str) -> bytes:
     return binascii.a2b_base64(standard + b"=" * (-len(segment) % 4))
 
 
+class _DuplicateMember(Exception):
+    """A JSON object of the token names one member twice."""
+
+
+def _unique_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # RFC 7515 section 4 and RFC 7519 section 4: names in a JOSE header or a claims set must
+    # be unique. json.loads would keep the last of two `sub` (or `alg`, `scope`), and another
+    # parser the first, so a token read differently by its issuer and by us is refused.
+    members = dict(pairs)
+    if len(members) != len(pairs):
+        raise _DuplicateMember
+    return members
+
+
 def _json_object(data: bytes, what: str) -> dict[str, Any]:
     try:
-        value = json.loads(data.decode("utf-8"))
+        value = json.loads(data.decode("utf-8"), object_pairs_hook=_unique_members)
+    except _DuplicateMember:
+        raise invalid_token(f"the token {what} names the same member twice") from None
     except (ValueError, RecursionError):
         raise invalid_token(f"the token {what} is not JSON") from None
     if not isinstance(value, dict):

@@ -16,7 +16,15 @@ from authserver.errors import InvalidToken
 from authserver.identity import JWTSettings, JWTVerifier
 from tests.identity.conftest import JWKSServer, MakeVerifier, RecordingServer
 from tests.identity.test_verify import CountingVerifier
-from tests.identity.tokens import SECRET, Keys, Minter, b64, public_jwk, public_pem
+from tests.identity.tokens import (
+    SECRET,
+    Keys,
+    Minter,
+    b64,
+    public_jwk,
+    public_pem,
+    with_member,
+)
 
 ISSUER = "https://idp.example"
 AUDIENCE = "authserver"
@@ -141,6 +149,26 @@ CORPUS: list[tuple[str, Case, str]] = [
     ("kid not a string",
      lambda m, k: m.forge({"alg": "RS256", "kid": 7}, good_claims(m), rs256_with(k.rsa)),
      "key id (kid) is not a string"),
+    # duplicate members: json.loads keeps the last one, another parser the first
+    ("two sub claims",
+     lambda m, k: m.forge({"alg": "RS256"}, with_member(good_claims(m), '"sub": "admin"'),
+                          rs256_with(k.rsa)), "payload names the same member twice"),
+    ("two sub claims, one spelled with an escape",
+     lambda m, k: m.forge({"alg": "RS256"}, with_member(good_claims(m), '"\\u0073ub": "admin"'),
+                          rs256_with(k.rsa)), "payload names the same member twice"),
+    ("two exp claims",
+     lambda m, k: m.forge({"alg": "RS256"}, with_member(good_claims(m), '"exp": 4000000000'),
+                          rs256_with(k.rsa)), "payload names the same member twice"),
+    ("a nested claim object with a duplicate member",
+     lambda m, k: m.forge({"alg": "RS256"},
+                          with_member(good_claims(m), '"cnf": {"jkt": "a", "jkt": "b"}'),
+                          rs256_with(k.rsa)), "payload names the same member twice"),
+    ("two alg headers",
+     lambda m, k: m.forge(b'{"alg": "none", "alg": "RS256"}', good_claims(m), rs256_with(k.rsa)),
+     "header names the same member twice"),
+    ("two kid headers",
+     lambda m, k: m.forge(b'{"alg": "RS256", "kid": "a", "kid": "b"}', good_claims(m),
+                          rs256_with(k.rsa)), "header names the same member twice"),
     # shape
     ("empty", lambda m, k: "", "three dot-separated segments"),
     ("one segment", lambda m, k: tampered_signature(m, k).split(".")[0],

@@ -26,6 +26,11 @@ def b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
+def with_member(document: Mapping[str, Any], member: str) -> bytes:
+    """The JSON of `document` with one more raw member appended, e.g. a second `"sub": "x"`."""
+    return (json.dumps(document)[:-1] + ", " + member + "}").encode()
+
+
 def public_pem(private_key: Any) -> str:
     """The SubjectPublicKeyInfo PEM of a private key's public half."""
     return str(
@@ -114,14 +119,15 @@ class Minter:
 
     def forge(
         self,
-        header: Mapping[str, Any],
+        header: Mapping[str, Any] | bytes,
         payload: Mapping[str, Any] | bytes,
         signer: Callable[[bytes], bytes] | None = None,
         signature: str | None = None,
     ) -> str:
-        """A token built by hand, for what PyJWT refuses to produce."""
+        """A token built by hand, for what PyJWT refuses to produce (raw bytes: any JSON)."""
+        head = header if isinstance(header, bytes) else json.dumps(header).encode()
         body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
-        signing_input = f"{b64(json.dumps(header).encode())}.{b64(body)}"
+        signing_input = f"{b64(head)}.{b64(body)}"
         if signature is None:
             signature = b64(signer(signing_input.encode())) if signer else ""
         return self.remember(f"{signing_input}.{signature}")
