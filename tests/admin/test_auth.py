@@ -97,6 +97,7 @@ async def test_unknown_admin_paths_need_auth_first(
     [
         {"scope": ADMIN_SCOPE},
         {"scope": f"openid profile {ADMIN_SCOPE}"},
+        {"scope": f"openid  {ADMIN_SCOPE} "},
         {"scope": None, "roles": ["viewer", ADMIN_SCOPE]},
     ],
 )
@@ -114,6 +115,14 @@ async def test_admin_scope_or_role_accepted(
     "claims",
     [
         {"scope": f"{ADMIN_SCOPE}x"},
+        # RFC 6749 section 3.3: only %x20 separates scope tokens.
+        {"scope": f"{ADMIN_SCOPE}\u00a0read"},
+        {"scope": f"openid\u00a0{ADMIN_SCOPE}"},
+        {"scope": f"{ADMIN_SCOPE}\tx"},
+        {"scope": f"openid\n{ADMIN_SCOPE}"},
+        {"scope": f"{ADMIN_SCOPE}\u2003x"},
+        {"scope": f"\u3000{ADMIN_SCOPE}"},
+        {"scope": f"{ADMIN_SCOPE}\x1f"},
         {"scope": [ADMIN_SCOPE]},
         {"roles": ADMIN_SCOPE},
         {"roles": [[ADMIN_SCOPE]]},
