@@ -13,13 +13,18 @@ BEARER_CHALLENGE = {"WWW-Authenticate": 'Bearer error="invalid_token"'}
 
 @dataclass(frozen=True)
 class JWTSettings:
-    """How to verify a JWT; every choice comes from here, never from the token."""
+    """How to verify a JWT; every choice comes from here, never from the token.
+
+    The issuer is required: the subject alone names a caller everywhere (token reuse,
+    answers, rate limits, revocation blocks, the admin API), which is only unambiguous
+    when every accepted token comes from one issuer.
+    """
 
     algorithms: tuple[str, ...]
+    issuer: str
     secret: str | None = None
     public_key_pem: str | None = None
     jwks_url: str | None = None
-    issuer: str | None = None
     audience: str | None = None
     leeway: float = 30.0
     subject_claim: str = "sub"

@@ -141,7 +141,7 @@ class JWTVerifier:
         self._headers: dict[str, tuple[str, str | None]] = {}
         # Claim values every token of this issuer carries, as one object each (see below).
         self._shared: dict[str, str] = {
-            value: value for value in (settings.issuer, settings.audience) if value is not None
+            value: value for value in (settings.issuer, settings.audience) if value
         }
         # Bumped whenever remembered tokens are dropped for a reason other than their own
         # expiry (a key left the JWKS, `forget`): whoever keeps identities of its own (the
@@ -153,6 +153,9 @@ class JWTVerifier:
         )
         if not settings.algorithms:
             problems.append("no JWT algorithm is configured")
+        if not settings.issuer:
+            # Subjects are unique only within one issuer; see JWTSettings.
+            problems.append("no JWT issuer is configured")
         for alg in settings.algorithms:
             if alg in self._static:
                 continue
@@ -335,12 +338,11 @@ class JWTVerifier:
         if issued_at is not None and issued_at > now + leeway:
             raise invalid_token("the token was issued in the future (iat)")
 
-        if settings.issuer is not None:
-            issuer = claims.get("iss")
-            if issuer is None:
-                raise invalid_token("the token has no 'iss' claim")
-            if issuer != settings.issuer:
-                raise invalid_token("the token's issuer is not accepted")
+        issuer = claims.get("iss")
+        if issuer is None:
+            raise invalid_token("the token has no 'iss' claim")
+        if issuer != settings.issuer:
+            raise invalid_token("the token's issuer is not accepted")
         audience = claims.get("aud")
         if settings.audience is not None:
             if audience is None:

@@ -18,6 +18,7 @@ from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 
 from authserver.clock import ManualClock
 
+ISSUER = "https://idp.example"  # every verifier of these tests accepts only this issuer
 SECRET = "test-secret-0123456789abcdef-0123456789abcdef-0123456789abcdef!!"  # 64 bytes
 
 
@@ -93,9 +94,14 @@ class Minter:
         drop: Iterable[str] = (),
         lifetime: float = 300,
     ) -> dict[str, Any]:
-        """Default claims (sub, iat, exp) with additions and removals."""
+        """Default claims (iss, sub, iat, exp) with additions and removals."""
         now = int(self.clock.time())
-        claims: dict[str, Any] = {"sub": "dev1", "iat": now, "exp": now + int(lifetime)}
+        claims: dict[str, Any] = {
+            "iss": ISSUER,
+            "sub": "dev1",
+            "iat": now,
+            "exp": now + int(lifetime),
+        }
         claims.update(extra or {})
         for name in drop:
             claims.pop(name, None)
