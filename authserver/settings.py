@@ -280,6 +280,9 @@ def _jwt_settings(env: Mapping[str, str], found: list[str]) -> JWTSettings | Non
             "(e.g. https://login.example.com/)"
         )
     leeway = _number(env, "JWT_LEEWAY", 30.0, problems, minimum=0)
+    max_age: float | None = None
+    if _env(env, "JWT_MAX_AGE") is not None:
+        max_age = _number(env, "JWT_MAX_AGE", 0.0, problems, minimum=1)
     found.extend(problems)
     if problems or issuer is None:
         return None
@@ -291,5 +294,6 @@ def _jwt_settings(env: Mapping[str, str], found: list[str]) -> JWTSettings | Non
         issuer=issuer,
         audience=_env(env, "JWT_AUDIENCE"),
         leeway=leeway,
+        max_age=max_age,
         subject_claim=_env(env, "JWT_SUBJECT_CLAIM") or "sub",
     )

@@ -102,6 +102,19 @@ def test_an_issuer_is_required_whatever_the_key_source(tmp_path: Path, source: s
         assert any("AUTHSERVER_JWT_ISSUER is required" in p for p in caught.value.problems)
 
 
+def test_jwt_max_age_is_off_by_default_and_validated() -> None:
+    assert load_settings(GOOD).jwt.max_age is None
+    assert load_settings({**GOOD, "AUTHSERVER_JWT_MAX_AGE": "900"}).jwt.max_age == 900
+    assert load_settings({**GOOD, "AUTHSERVER_JWT_MAX_AGE": " "}).jwt.max_age is None
+    for bad, says in [("0", "at least 1"), ("-5", "at least 1"), ("an hour", "not a number")]:
+        with pytest.raises(SettingsError) as caught:
+            load_settings({**GOOD, "AUTHSERVER_JWT_MAX_AGE": bad, "AUTHSERVER_PORT": "x"})
+        problems = "\n".join(caught.value.problems)
+        assert f"AUTHSERVER_JWT_MAX_AGE={bad!r}" in problems
+        assert says in problems
+        assert "AUTHSERVER_PORT" in problems  # reported together with the others
+
+
 def test_exactly_one_key_source(tmp_path: Path) -> None:
     pem = tmp_path / "key.pem"
     pem.write_text("-----BEGIN PUBLIC KEY-----\nabc\n-----END PUBLIC KEY-----\n")

@@ -27,6 +27,8 @@ class JWTSettings:
     jwks_url: str | None = None
     audience: str | None = None
     leeway: float = 30.0
+    # Seconds after its `iat` a JWT is refused, whatever its `exp`; None: no limit, `iat` optional.
+    max_age: float | None = None
     subject_claim: str = "sub"
     jwks_refresh_interval: float = 30.0
     jwks_cache_ttl: float = 3600.0
@@ -36,7 +38,11 @@ class JWTSettings:
 
 @dataclass(frozen=True, slots=True)
 class Identity:
-    """A verified caller: the subject and the (read-only) claims of its JWT."""
+    """A verified caller: the subject and the (read-only) claims of its JWT.
+
+    `expires_at` is when the JWT stops being accepted without a new check: its `exp`, or
+    `iat` plus the maximum age when that comes first.
+    """
 
     subject: str
     claims: Mapping[str, Any] = field(hash=False)

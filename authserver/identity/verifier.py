@@ -337,6 +337,14 @@ class JWTVerifier:
         issued_at = _numeric_date(claims, "iat")
         if issued_at is not None and issued_at > now + leeway:
             raise invalid_token("the token was issued in the future (iat)")
+        max_age = settings.max_age
+        if max_age is not None:
+            if issued_at is None:
+                raise invalid_token("the token has no 'iat' claim (a maximum age is configured)")
+            if issued_at + max_age <= now - leeway:
+                raise invalid_token(f"the token is older than {max_age:g} s (iat)")
+            # Remembered tokens and repeats are served until expires_at: age ends them too.
+            expires_at = min(expires_at, issued_at + max_age)
 
         issuer = claims.get("iss")
         if issuer is None:
