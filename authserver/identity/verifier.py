@@ -11,7 +11,6 @@ import math
 import re
 import sys
 from collections import OrderedDict
-from collections.abc import Callable
 from hashlib import sha256
 from types import MappingProxyType
 from typing import Any, NamedTuple
@@ -135,7 +134,7 @@ class JWTVerifier:
         self._owned_session: aiohttp.ClientSession | None = None
         self._task: asyncio.Task[None] | None = None
         # Least-recently-used, keyed by sha256(token): 32 bytes a key whatever the token size.
-        # A plain OrderedDict rather than cachetools: forget() can scan it without reordering.
+        # A plain OrderedDict rather than cachetools: _drop_keys can scan it without reordering.
         self._cache: OrderedDict[bytes, _Verified] = OrderedDict()
         self._cache_size = max(settings.cache_size, 0)
         self._headers: dict[str, tuple[str, str | None]] = {}
@@ -144,7 +143,7 @@ class JWTVerifier:
             value: value for value in (settings.issuer, settings.audience) if value
         }
         # Bumped whenever remembered tokens are dropped for a reason other than their own
-        # expiry (a key left the JWKS, `forget`): whoever keeps identities of its own (the
+        # expiry (a key left the JWKS): whoever keeps identities of its own (the
         # repeat answers) compares it before trusting one.
         self.epoch = 0
 
@@ -212,14 +211,6 @@ class JWTVerifier:
         if self._owned_session is not None:
             await self._owned_session.close()
             self._owned_session = None
-
-    def forget(self, predicate: Callable[[Identity], bool]) -> int:
-        """Drop remembered tokens whose identity matches (revocation); returns how many."""
-        self.epoch += 1
-        doomed = [k for k, v in list(self._cache.items()) if predicate(v.identity)]
-        for key in doomed:
-            self._cache.pop(key, None)
-        return len(doomed)
 
     def remembered(self, token: str) -> Identity | None:
         """The identity of a token verified before and not expired since; else None.

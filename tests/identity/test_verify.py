@@ -8,7 +8,6 @@ import pytest
 
 from authserver.errors import InvalidToken
 from authserver.identity import (
-    Identity,
     JWTSettings,
     JWTVerifier,
     bearer_token,
@@ -200,30 +199,6 @@ async def test_within_the_leeway_after_exp_the_token_is_verified_again_not_cache
     minter.clock.advance(25)
     with pytest.raises(InvalidToken, match="expired"):
         await verifier.verify(token)
-
-
-async def test_forget_drops_the_matching_identities(
-    make_verifier: MakeVerifier, minter: Minter
-) -> None:
-    verifier = await make_verifier(
-        JWTSettings(issuer=ISSUER, algorithms=("HS256",), secret=SECRET), cls=CountingVerifier
-    )
-    assert isinstance(verifier, CountingVerifier)
-    alice = minter.sign(SECRET, claims={"sub": "alice"})
-    alice_again = minter.sign(SECRET, claims={"sub": "alice", "jti": "2"})
-    bob = minter.sign(SECRET, claims={"sub": "bob"})
-    for token in (alice, alice_again, bob):
-        await verifier.verify(token)
-
-    def is_alice(identity: Identity) -> bool:
-        return identity.subject == "alice"
-
-    assert verifier.forget(is_alice) == 2
-    assert verifier.cached == 1
-    await verifier.verify(bob)
-    assert verifier.signature_checks == 3
-    await verifier.verify(alice)
-    assert verifier.signature_checks == 4
 
 
 async def test_the_cache_is_bounded_and_evicts_the_least_recently_used(
