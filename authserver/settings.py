@@ -271,17 +271,29 @@ def _jwt_settings(env: Mapping[str, str], found: list[str]) -> JWTSettings | Non
                 problems.append(f"{PREFIX}JWT_PUBLIC_KEY_FILE={key_file!r} is not a PEM public key")
     if jwks_url is not None and not jwks_url.startswith(("https://", "http://")):
         problems.append(f"{PREFIX}JWT_JWKS_URL must be an http(s) URL")
+    issuer = _env(env, "JWT_ISSUER")
+    if issuer is None:
+        # Subjects are unique only within one issuer: without it, two issuers trusted through
+        # the same keys (a multi-tenant JWKS, a secret two services share) share identities.
+        problems.append(
+            f"{PREFIX}JWT_ISSUER is required: the exact 'iss' of the JWTs to accept "
+            "(e.g. https://login.example.com/)"
+        )
     leeway = _number(env, "JWT_LEEWAY", 30.0, problems, minimum=0)
+    max_age: float | None = None
+    if _env(env, "JWT_MAX_AGE") is not None:
+        max_age = _number(env, "JWT_MAX_AGE", 0.0, problems, minimum=1)
     found.extend(problems)
-    if problems:
+    if problems or issuer is None:
         return None
     return JWTSettings(
         algorithms=algorithms,
         secret=secret,
         public_key_pem=public_key,
         jwks_url=jwks_url,
-        issuer=_env(env, "JWT_ISSUER"),
+        issuer=issuer,
         audience=_env(env, "JWT_AUDIENCE"),
         leeway=leeway,
+        max_age=max_age,
         subject_claim=_env(env, "JWT_SUBJECT_CLAIM") or "sub",
     )

@@ -17,6 +17,7 @@ GOOD = {
     "AUTHSERVER_MQTT_INSTANCE_ID": "post-cn-test",
     "AUTHSERVER_POLICY_FILE": str(EXAMPLE_POLICY),
     "AUTHSERVER_JWT_SECRET": "x" * 32,
+    "AUTHSERVER_JWT_ISSUER": "https://login.example.com/",
 }
 
 
@@ -69,6 +70,7 @@ def test_every_problem_is_listed() -> None:
     for fragment in (
         "ALIBABA_CLOUD_ACCESS_KEY_ID",
         "AUTHSERVER_MQTT_INSTANCE_ID",
+        "AUTHSERVER_JWT_ISSUER",
         "AUTHSERVER_POLICY_FILE",
         "AUTHSERVER_PORT",
         "AUTHSERVER_REDIS_URL",
@@ -76,6 +78,41 @@ def test_every_problem_is_listed() -> None:
         "at least 64 bytes",
     ):
         assert fragment in text, fragment
+
+
+@pytest.mark.parametrize("source", ["secret", "public key", "JWKS"])
+def test_an_issuer_is_required_whatever_the_key_source(tmp_path: Path, source: str) -> None:
+    # Subjects are unique only within one issuer: a JWKS shared by many tenants, or a secret
+    # two services share, would otherwise let one issuer's "alice" use another's tokens.
+    pem = tmp_path / "key.pem"
+    pem.write_text("-----BEGIN PUBLIC KEY-----\nabc\n-----END PUBLIC KEY-----\n")
+    env = {k: v for k, v in GOOD.items() if k not in ("AUTHSERVER_JWT_SECRET",)}
+    env.update(
+        {
+            "secret": {"AUTHSERVER_JWT_SECRET": "x" * 32},
+            "public key": {"AUTHSERVER_JWT_PUBLIC_KEY_FILE": str(pem)},
+            "JWKS": {"AUTHSERVER_JWT_JWKS_URL": "https://login.example.com/jwks.json"},
+        }[source]
+    )
+    assert load_settings(env).jwt.issuer == "https://login.example.com/"
+    for missing in ({}, {"AUTHSERVER_JWT_ISSUER": "  "}):
+        without = {k: v for k, v in env.items() if k != "AUTHSERVER_JWT_ISSUER"} | missing
+        with pytest.raises(SettingsError) as caught:
+            load_settings(without)
+        assert any("AUTHSERVER_JWT_ISSUER is required" in p for p in caught.value.problems)
+
+
+def test_jwt_max_age_is_off_by_default_and_validated() -> None:
+    assert load_settings(GOOD).jwt.max_age is None
+    assert load_settings({**GOOD, "AUTHSERVER_JWT_MAX_AGE": "900"}).jwt.max_age == 900
+    assert load_settings({**GOOD, "AUTHSERVER_JWT_MAX_AGE": " "}).jwt.max_age is None
+    for bad, says in [("0", "at least 1"), ("-5", "at least 1"), ("an hour", "not a number")]:
+        with pytest.raises(SettingsError) as caught:
+            load_settings({**GOOD, "AUTHSERVER_JWT_MAX_AGE": bad, "AUTHSERVER_PORT": "x"})
+        problems = "\n".join(caught.value.problems)
+        assert f"AUTHSERVER_JWT_MAX_AGE={bad!r}" in problems
+        assert says in problems
+        assert "AUTHSERVER_PORT" in problems  # reported together with the others
 
 
 def test_exactly_one_key_source(tmp_path: Path) -> None:

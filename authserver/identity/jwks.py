@@ -54,7 +54,6 @@ class JWKSSource:
         self._loaded_at = 0.0
         self._last_attempt: float | None = None
         self._inflight: asyncio.Task[bool] | None = None
-        self.fetches = 0
 
     @property
     def ready(self) -> bool:
@@ -133,7 +132,6 @@ class JWKSSource:
                 await task
 
     async def _fetch_and_swap(self) -> bool:
-        self.fetches += 1
         try:
             keys = KeySet(keys_from_jwks(await self._fetch(), self._algorithms))
             if not keys:

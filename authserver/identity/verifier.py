@@ -11,7 +11,6 @@ import math
 import re
 import sys
 from collections import OrderedDict
-from collections.abc import Callable
 from hashlib import sha256
 from types import MappingProxyType
 from typing import Any, NamedTuple
@@ -74,9 +73,25 @@ def _b64decode(segment: str, what: str) -> bytes:
     return binascii.a2b_base64(standard + b"=" * (-len(segment) % 4))
 
 
+class _DuplicateMember(Exception):
+    """A JSON object of the token names one member twice."""
+
+
+def _unique_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # RFC 7515 section 4 and RFC 7519 section 4: names in a JOSE header or a claims set must
+    # be unique. json.loads would keep the last of two `sub` (or `alg`, `scope`), and another
+    # parser the first, so a token read differently by its issuer and by us is refused.
+    members = dict(pairs)
+    if len(members) != len(pairs):
+        raise _DuplicateMember
+    return members
+
+
 def _json_object(data: bytes, what: str) -> dict[str, Any]:
     try:
-        value = json.loads(data.decode("utf-8"))
+        value = json.loads(data.decode("utf-8"), object_pairs_hook=_unique_members)
+    except _DuplicateMember:
+        raise invalid_token(f"the token {what} names the same member twice") from None
     except (ValueError, RecursionError):
         raise invalid_token(f"the token {what} is not JSON") from None
     if not isinstance(value, dict):
@@ -119,16 +134,16 @@ class JWTVerifier:
         self._owned_session: aiohttp.ClientSession | None = None
         self._task: asyncio.Task[None] | None = None
         # Least-recently-used, keyed by sha256(token): 32 bytes a key whatever the token size.
-        # A plain OrderedDict rather than cachetools: forget() can scan it without reordering.
+        # A plain OrderedDict rather than cachetools: _drop_keys can scan it without reordering.
         self._cache: OrderedDict[bytes, _Verified] = OrderedDict()
         self._cache_size = max(settings.cache_size, 0)
         self._headers: dict[str, tuple[str, str | None]] = {}
         # Claim values every token of this issuer carries, as one object each (see below).
         self._shared: dict[str, str] = {
-            value: value for value in (settings.issuer, settings.audience) if value is not None
+            value: value for value in (settings.issuer, settings.audience) if value
         }
         # Bumped whenever remembered tokens are dropped for a reason other than their own
-        # expiry (a key left the JWKS, `forget`): whoever keeps identities of its own (the
+        # expiry (a key left the JWKS): whoever keeps identities of its own (the
         # repeat answers) compares it before trusting one.
         self.epoch = 0
 
@@ -137,6 +152,9 @@ class JWTVerifier:
         )
         if not settings.algorithms:
             problems.append("no JWT algorithm is configured")
+        if not settings.issuer:
+            # Subjects are unique only within one issuer; see JWTSettings.
+            problems.append("no JWT issuer is configured")
         for alg in settings.algorithms:
             if alg in self._static:
                 continue
@@ -193,14 +211,6 @@ class JWTVerifier:
         if self._owned_session is not None:
             await self._owned_session.close()
             self._owned_session = None
-
-    def forget(self, predicate: Callable[[Identity], bool]) -> int:
-        """Drop remembered tokens whose identity matches (revocation); returns how many."""
-        self.epoch += 1
-        doomed = [k for k, v in list(self._cache.items()) if predicate(v.identity)]
-        for key in doomed:
-            self._cache.pop(key, None)
-        return len(doomed)
 
     def remembered(self, token: str) -> Identity | None:
         """The identity of a token verified before and not expired since; else None.
@@ -318,13 +328,20 @@ class JWTVerifier:
         issued_at = _numeric_date(claims, "iat")
         if issued_at is not None and issued_at > now + leeway:
             raise invalid_token("the token was issued in the future (iat)")
+        max_age = settings.max_age
+        if max_age is not None:
+            if issued_at is None:
+                raise invalid_token("the token has no 'iat' claim (a maximum age is configured)")
+            if issued_at + max_age <= now - leeway:
+                raise invalid_token(f"the token is older than {max_age:g} s (iat)")
+            # Remembered tokens and repeats are served until expires_at: age ends them too.
+            expires_at = min(expires_at, issued_at + max_age)
 
-        if settings.issuer is not None:
-            issuer = claims.get("iss")
-            if issuer is None:
-                raise invalid_token("the token has no 'iss' claim")
-            if issuer != settings.issuer:
-                raise invalid_token("the token's issuer is not accepted")
+        issuer = claims.get("iss")
+        if issuer is None:
+            raise invalid_token("the token has no 'iss' claim")
+        if issuer != settings.issuer:
+            raise invalid_token("the token's issuer is not accepted")
         audience = claims.get("aud")
         if settings.audience is not None:
             if audience is None:

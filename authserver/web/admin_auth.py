@@ -1,6 +1,6 @@
 """Admin authentication and audit: `guarded` wraps every /v1/admin/ handler and records it.
 
-An admin is either a JWT from the configured issuer whose ``scope`` (space-separated) or
+An admin is either a JWT from the configured issuer whose ``scope`` (separated by ASCII spaces) or
 ``roles`` (list of strings) holds the admin scope, or a static API key whose sha256 is listed
 in the API key file. Every request under the prefix, answered or refused, writes exactly one
 JSON line on the ``authserver.audit`` logger; handlers add what they touched (subject,
@@ -139,7 +139,9 @@ def unauthenticated(detail: str) -> InvalidToken:
 def has_admin_scope(claims: Mapping[str, Any], scope: str) -> bool:
     """Whether the `scope` string or the `roles` list of the claims holds `scope`."""
     scopes = claims.get("scope")
-    if isinstance(scopes, str) and scope in scopes.split():
+    # RFC 6749 section 3.3: scope tokens are separated by %x20 only. str.split() would also
+    # cut at a tab or a no-break space, making "authserver:admin\u00a0read" hold the admin scope.
+    if isinstance(scopes, str) and scope in scopes.split(" "):
         return True
     roles = claims.get("roles")
     return isinstance(roles, list) and any(r == scope for r in roles if isinstance(r, str))

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import json
 import logging
 import re
@@ -16,7 +19,15 @@ from authserver.app import create_app
 from authserver.web.admin_auth import ADMIN_PREFIX, ApiKeys, ApiKeysFileError
 from tests.admin.conftest import ADMIN_SCOPE, API_KEY, admin_headers, admin_jwt, key_hash
 from tests.fixtures.emulator import EmulatorHandle
-from tests.fixtures.gateway import MakeGateway, bearer, gateway_settings, make_jwt
+from tests.fixtures.gateway import (
+    AUDIENCE,
+    ISSUER,
+    JWT_SECRET,
+    MakeGateway,
+    bearer,
+    gateway_settings,
+    make_jwt,
+)
 
 ANY_PARAM = re.compile(r"\{[^}]+\}")
 
@@ -86,6 +97,7 @@ async def test_unknown_admin_paths_need_auth_first(
     [
         {"scope": ADMIN_SCOPE},
         {"scope": f"openid profile {ADMIN_SCOPE}"},
+        {"scope": f"openid  {ADMIN_SCOPE} "},
         {"scope": None, "roles": ["viewer", ADMIN_SCOPE]},
     ],
 )
@@ -103,6 +115,14 @@ async def test_admin_scope_or_role_accepted(
     "claims",
     [
         {"scope": f"{ADMIN_SCOPE}x"},
+        # RFC 6749 section 3.3: only %x20 separates scope tokens.
+        {"scope": f"{ADMIN_SCOPE}\u00a0read"},
+        {"scope": f"openid\u00a0{ADMIN_SCOPE}"},
+        {"scope": f"{ADMIN_SCOPE}\tx"},
+        {"scope": f"openid\n{ADMIN_SCOPE}"},
+        {"scope": f"{ADMIN_SCOPE}\u2003x"},
+        {"scope": f"\u3000{ADMIN_SCOPE}"},
+        {"scope": f"{ADMIN_SCOPE}\x1f"},
         {"scope": [ADMIN_SCOPE]},
         {"roles": ADMIN_SCOPE},
         {"roles": [[ADMIN_SCOPE]]},
@@ -118,6 +138,51 @@ async def test_near_misses_are_refused(
     )
     assert resp.status == 403
     assert (await resp.json())["code"] == "admin_scope_required"
+
+
+def hand_signed(header: bytes, payload: bytes) -> str:
+    """An HS256 JWT of raw JSON segments, signed with the gateway's secret (PyJWT dedupes)."""
+    head = base64.urlsafe_b64encode(header).rstrip(b"=").decode()
+    body = base64.urlsafe_b64encode(payload).rstrip(b"=").decode()
+    mac = hmac.new(JWT_SECRET.encode(), f"{head}.{body}".encode(), hashlib.sha256).digest()
+    return f"{head}.{body}.{base64.urlsafe_b64encode(mac).rstrip(b'=').decode()}"
+
+
+def admin_payload(*extra_members: str) -> bytes:
+    """A valid admin JWT payload for "root", with raw members appended."""
+    now = int(time.time())
+    claims = {"iss": ISSUER, "aud": AUDIENCE, "iat": now, "exp": now + 600, "sub": "root"}
+    text = json.dumps({**claims, "scope": ADMIN_SCOPE})[:-1]
+    return (text + "".join(f", {member}" for member in extra_members) + "}").encode()
+
+
+HS256 = b'{"alg": "HS256", "typ": "JWT"}'
+
+
+@pytest.mark.parametrize(
+    ("header", "payload"),
+    [
+        # Last one wins in json.loads: a device scope followed by the admin scope.
+        (HS256, admin_payload('"scope": "openid"', f'"scope": "{ADMIN_SCOPE}"')),
+        (HS256, admin_payload('"sub": "someone-else"')),
+        (HS256, admin_payload('"roles": ["viewer"]', f'"roles": ["{ADMIN_SCOPE}"]')),
+        (b'{"alg": "none", "alg": "HS256"}', admin_payload()),
+        (b'{"alg": "HS256", "typ": "JWT", "typ": "at+jwt"}', admin_payload()),
+    ],
+    ids=["two scopes", "two subs", "two roles", "two algs", "two typs"],
+)
+async def test_admin_jwts_with_duplicate_members_are_refused(
+    emulator: EmulatorHandle, make_gateway: MakeGateway, header: bytes, payload: bytes
+) -> None:
+    client = await make_gateway(emulator)
+    path = "/v1/admin/sessions/GID_fleet@@@d1"
+    control = hand_signed(HS256, admin_payload())
+    assert (await client.get(path, headers=bearer(control))).status == 200
+    resp = await client.get(path, headers=bearer(hand_signed(header, payload)))
+    assert resp.status == 401, await resp.text()
+    problem = await resp.json()
+    assert problem["code"] == "invalid_token"
+    assert "names the same member twice" in problem["detail"]
 
 
 async def test_configured_scope(emulator: EmulatorHandle, make_gateway: MakeGateway) -> None:

@@ -169,9 +169,10 @@ def wait_until(
         time.sleep(0.2)
 
 
-def request_token(port: int, secret: str, subject: str) -> dict[str, Any]:
-    """POST /v1/token as a device with an HS256 JWT for `subject`."""
-    token = jwt.encode({"sub": subject, "exp": int(time.time()) + 300}, secret, "HS256")
+def request_token(port: int, secret: str, issuer: str, subject: str) -> dict[str, Any]:
+    """POST /v1/token as a device with an HS256 JWT of `issuer` for `subject`."""
+    claims = {"iss": issuer, "sub": subject, "exp": int(time.time()) + 300}
+    token = jwt.encode(claims, secret, "HS256")
     req = urllib.request.Request(
         f"http://127.0.0.1:{port}/v1/token",
         data=b"{}",
@@ -231,7 +232,10 @@ def test_deployment_config_serves_a_device(
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as resp:
         assert resp.status == 200
 
-    answer = request_token(port, stack.gateway_env["AUTHSERVER_JWT_SECRET"], "alice")
+    env = stack.gateway_env
+    answer = request_token(
+        port, env["AUTHSERVER_JWT_SECRET"], env["AUTHSERVER_JWT_ISSUER"], "alice"
+    )
     key_id = stack.gateway_env["ALIBABA_CLOUD_ACCESS_KEY_ID"]
     instance = stack.gateway_env["AUTHSERVER_MQTT_INSTANCE_ID"]
     assert answer["username"] == f"Token|{key_id}|{instance}"

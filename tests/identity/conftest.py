@@ -16,7 +16,7 @@ from aiohttp.test_utils import TestServer
 
 from authserver.clock import ManualClock
 from authserver.identity import JWTSettings, JWTVerifier
-from tests.identity.tokens import SECRET, Keys, Minter, generate_keys
+from tests.identity.tokens import ISSUER, SECRET, Keys, Minter, generate_keys
 
 
 @pytest.fixture(scope="session")
@@ -157,4 +157,4 @@ async def make_verifier(
 @pytest.fixture
 async def hs256(make_verifier: MakeVerifier) -> JWTVerifier:
     """A verifier for HS256 with the test secret."""
-    return await make_verifier(JWTSettings(algorithms=("HS256",), secret=SECRET))
+    return await make_verifier(JWTSettings(issuer=ISSUER, algorithms=("HS256",), secret=SECRET))

@@ -16,9 +16,17 @@ from authserver.errors import InvalidToken
 from authserver.identity import JWTSettings, JWTVerifier
 from tests.identity.conftest import JWKSServer, MakeVerifier, RecordingServer
 from tests.identity.test_verify import CountingVerifier
-from tests.identity.tokens import SECRET, Keys, Minter, b64, public_jwk, public_pem
+from tests.identity.tokens import (
+    ISSUER,
+    SECRET,
+    Keys,
+    Minter,
+    b64,
+    public_jwk,
+    public_pem,
+    with_member,
+)
 
-ISSUER = "https://idp.example"
 AUDIENCE = "authserver"
 
 
@@ -141,6 +149,26 @@ CORPUS: list[tuple[str, Case, str]] = [
     ("kid not a string",
      lambda m, k: m.forge({"alg": "RS256", "kid": 7}, good_claims(m), rs256_with(k.rsa)),
      "key id (kid) is not a string"),
+    # duplicate members: json.loads keeps the last one, another parser the first
+    ("two sub claims",
+     lambda m, k: m.forge({"alg": "RS256"}, with_member(good_claims(m), '"sub": "admin"'),
+                          rs256_with(k.rsa)), "payload names the same member twice"),
+    ("two sub claims, one spelled with an escape",
+     lambda m, k: m.forge({"alg": "RS256"}, with_member(good_claims(m), '"\\u0073ub": "admin"'),
+                          rs256_with(k.rsa)), "payload names the same member twice"),
+    ("two exp claims",
+     lambda m, k: m.forge({"alg": "RS256"}, with_member(good_claims(m), '"exp": 4000000000'),
+                          rs256_with(k.rsa)), "payload names the same member twice"),
+    ("a nested claim object with a duplicate member",
+     lambda m, k: m.forge({"alg": "RS256"},
+                          with_member(good_claims(m), '"cnf": {"jkt": "a", "jkt": "b"}'),
+                          rs256_with(k.rsa)), "payload names the same member twice"),
+    ("two alg headers",
+     lambda m, k: m.forge(b'{"alg": "none", "alg": "RS256"}', good_claims(m), rs256_with(k.rsa)),
+     "header names the same member twice"),
+    ("two kid headers",
+     lambda m, k: m.forge(b'{"alg": "RS256", "kid": "a", "kid": "b"}', good_claims(m),
+                          rs256_with(k.rsa)), "header names the same member twice"),
     # shape
     ("empty", lambda m, k: "", "three dot-separated segments"),
     ("one segment", lambda m, k: tampered_signature(m, k).split(".")[0],
@@ -221,7 +249,7 @@ async def test_the_algorithm_allow_list_is_checked_before_any_key_is_used(
     make_verifier: MakeVerifier, minter: Minter, keys: Keys
 ) -> None:
     verifier = await make_verifier(
-        JWTSettings(algorithms=("ES256",), public_key_pem=public_pem(keys.ec)),
+        JWTSettings(issuer=ISSUER, algorithms=("ES256",), public_key_pem=public_pem(keys.ec)),
         cls=CountingVerifier,
     )
     assert isinstance(verifier, CountingVerifier)
@@ -235,7 +263,10 @@ async def test_with_hmac_and_rsa_both_configured_an_hs256_token_is_checked_with_
 ) -> None:
     verifier = await make_verifier(
         JWTSettings(
-            algorithms=("RS256", "HS256"), secret=SECRET, public_key_pem=public_pem(keys.rsa)
+            issuer=ISSUER,
+            algorithms=("RS256", "HS256"),
+            secret=SECRET,
+            public_key_pem=public_pem(keys.rsa),
         )
     )
     confused = pem_as_hmac_secret("rsa")(minter, keys)
@@ -248,7 +279,9 @@ async def test_hostile_kids_are_unknown_kids_and_cost_at_most_one_refresh(
     jwks_server: JWKSServer, make_verifier: MakeVerifier, minter: Minter, keys: Keys
 ) -> None:
     jwks_server.publish(public_jwk(keys.rsa, kid="k1"))
-    verifier = await make_verifier(JWTSettings(algorithms=("RS256",), jwks_url=jwks_server.url))
+    verifier = await make_verifier(
+        JWTSettings(issuer=ISSUER, algorithms=("RS256",), jwks_url=jwks_server.url)
+    )
     minter.clock.advance(31)
 
     for kid in ["../../etc/passwd", "' OR 1=1 --", "/dev/zero", "k1\x00", "%00", "x" * 5000]:
@@ -270,9 +303,11 @@ async def test_jku_x5u_jwk_and_x5c_headers_are_never_fetched_nor_used(
 ) -> None:
     jwks_server.publish(public_jwk(keys.rsa, kid="k1"))
     if config == "pem":
-        settings = JWTSettings(algorithms=("RS256",), public_key_pem=public_pem(keys.rsa))
+        settings = JWTSettings(
+            issuer=ISSUER, algorithms=("RS256",), public_key_pem=public_pem(keys.rsa)
+        )
     else:
-        settings = JWTSettings(algorithms=("RS256",), jwks_url=jwks_server.url)
+        settings = JWTSettings(issuer=ISSUER, algorithms=("RS256",), jwks_url=jwks_server.url)
     verifier = await make_verifier(settings)
     minter.clock.advance(31)  # an unknown kid may refresh the real JWKS; never anything else
     attacker_jwk = public_jwk(keys.rsa2, kid="k1", alg="RS256")
@@ -307,7 +342,9 @@ async def test_an_ec_point_not_on_the_curve_in_the_jwks_is_ignored(
     bad["y"] = bad["x"]  # almost surely not on P-256 (invalid-curve attack material)
     good = public_jwk(keys.ec2, kid="good")
     jwks_server.publish(bad, good)
-    verifier = await make_verifier(JWTSettings(algorithms=("ES256",), jwks_url=jwks_server.url))
+    verifier = await make_verifier(
+        JWTSettings(issuer=ISSUER, algorithms=("ES256",), jwks_url=jwks_server.url)
+    )
     jwks = verifier.jwks
     assert jwks is not None
     assert jwks.keys is not None

@@ -13,14 +13,15 @@ from authserver.errors import InvalidToken, ServiceUnavailable
 from authserver.identity import JWTSettings, JWTVerifier
 from tests.identity.conftest import JWKSServer, MakeVerifier
 from tests.identity.test_verify import CountingVerifier
-from tests.identity.tokens import Keys, Minter, public_jwk
+from tests.identity.tokens import ISSUER, Keys, Minter, public_jwk
 
 ALGS = ("RS256", "ES256", "EdDSA")
 
 
 def settings(server: JWKSServer, **overrides: object) -> JWTSettings:
     """JWKS settings for the test server."""
-    return JWTSettings(algorithms=ALGS, jwks_url=server.url, **overrides)  # type: ignore[arg-type]
+    chosen: dict[str, object] = {"issuer": ISSUER, **overrides}
+    return JWTSettings(algorithms=ALGS, jwks_url=server.url, **chosen)  # type: ignore[arg-type]
 
 
 async def eventually(condition: Callable[[], bool], within: float = 5.0) -> None:

@@ -8,7 +8,6 @@ import pytest
 
 from authserver.errors import InvalidToken
 from authserver.identity import (
-    Identity,
     JWTSettings,
     JWTVerifier,
     bearer_token,
@@ -16,7 +15,7 @@ from authserver.identity import (
 )
 from authserver.identity.keys import VerificationKey
 from tests.identity.conftest import MakeVerifier
-from tests.identity.tokens import SECRET, Keys, Minter, public_pem
+from tests.identity.tokens import ISSUER, SECRET, Keys, Minter, public_pem
 
 
 class CountingVerifier(JWTVerifier):
@@ -33,7 +32,7 @@ class CountingVerifier(JWTVerifier):
 async def test_hmac_algorithms_verify_with_the_secret(
     make_verifier: MakeVerifier, minter: Minter, alg: str
 ) -> None:
-    verifier = await make_verifier(JWTSettings(algorithms=(alg,), secret=SECRET))
+    verifier = await make_verifier(JWTSettings(issuer=ISSUER, algorithms=(alg,), secret=SECRET))
     token = minter.sign(SECRET, alg, claims={"groups": ["ops"]})
 
     identity = await verifier.verify(token)
@@ -56,7 +55,7 @@ async def test_public_key_algorithms_verify_with_the_pem(
 ) -> None:
     private = getattr(keys, family)
     verifier = await make_verifier(
-        JWTSettings(algorithms=(alg,), public_key_pem=public_pem(private))
+        JWTSettings(issuer=ISSUER, algorithms=(alg,), public_key_pem=public_pem(private))
     )
 
     identity = await verifier.verify(minter.sign(private, alg))
@@ -69,7 +68,7 @@ async def test_a_token_from_another_key_of_the_same_family_is_refused(
     make_verifier: MakeVerifier, minter: Minter, keys: Keys
 ) -> None:
     verifier = await make_verifier(
-        JWTSettings(algorithms=("ES256",), public_key_pem=public_pem(keys.ec))
+        JWTSettings(issuer=ISSUER, algorithms=("ES256",), public_key_pem=public_pem(keys.ec))
     )
     with pytest.raises(InvalidToken, match="signature does not verify"):
         await verifier.verify(minter.sign(keys.ec2, "ES256"))
@@ -107,7 +106,9 @@ async def test_issuer_audience_and_subject_claim_come_from_settings(
 async def test_a_token_expired_ten_seconds_ago_passes_only_within_the_leeway(
     make_verifier: MakeVerifier, minter: Minter, leeway: float, accepted: bool
 ) -> None:
-    verifier = await make_verifier(JWTSettings(algorithms=("HS256",), secret=SECRET, leeway=leeway))
+    verifier = await make_verifier(
+        JWTSettings(issuer=ISSUER, algorithms=("HS256",), secret=SECRET, leeway=leeway)
+    )
     token = minter.sign(SECRET, lifetime=60)
     minter.clock.advance(70)
 
@@ -122,7 +123,9 @@ async def test_a_token_expired_ten_seconds_ago_passes_only_within_the_leeway(
 async def test_nbf_ten_seconds_ahead_passes_only_within_the_leeway(
     make_verifier: MakeVerifier, minter: Minter, leeway: float, accepted: bool
 ) -> None:
-    verifier = await make_verifier(JWTSettings(algorithms=("HS256",), secret=SECRET, leeway=leeway))
+    verifier = await make_verifier(
+        JWTSettings(issuer=ISSUER, algorithms=("HS256",), secret=SECRET, leeway=leeway)
+    )
     token = minter.sign(SECRET, claims={"nbf": int(minter.clock.time()) + 10})
 
     if accepted:
@@ -146,7 +149,7 @@ async def test_a_second_verify_of_the_same_token_skips_the_signature(
     make_verifier: MakeVerifier, minter: Minter
 ) -> None:
     verifier = await make_verifier(
-        JWTSettings(algorithms=("HS256",), secret=SECRET), cls=CountingVerifier
+        JWTSettings(issuer=ISSUER, algorithms=("HS256",), secret=SECRET), cls=CountingVerifier
     )
     assert isinstance(verifier, CountingVerifier)
     token = minter.sign(SECRET)
@@ -163,7 +166,8 @@ async def test_a_cached_token_is_not_served_past_its_exp(
     make_verifier: MakeVerifier, minter: Minter
 ) -> None:
     verifier = await make_verifier(
-        JWTSettings(algorithms=("HS256",), secret=SECRET, leeway=0), cls=CountingVerifier
+        JWTSettings(issuer=ISSUER, algorithms=("HS256",), secret=SECRET, leeway=0),
+        cls=CountingVerifier,
     )
     assert isinstance(verifier, CountingVerifier)
     token = minter.sign(SECRET, lifetime=60)
@@ -182,7 +186,8 @@ async def test_within_the_leeway_after_exp_the_token_is_verified_again_not_cache
     make_verifier: MakeVerifier, minter: Minter
 ) -> None:
     verifier = await make_verifier(
-        JWTSettings(algorithms=("HS256",), secret=SECRET, leeway=30), cls=CountingVerifier
+        JWTSettings(issuer=ISSUER, algorithms=("HS256",), secret=SECRET, leeway=30),
+        cls=CountingVerifier,
     )
     assert isinstance(verifier, CountingVerifier)
     token = minter.sign(SECRET, lifetime=60)
@@ -196,35 +201,12 @@ async def test_within_the_leeway_after_exp_the_token_is_verified_again_not_cache
         await verifier.verify(token)
 
 
-async def test_forget_drops_the_matching_identities(
-    make_verifier: MakeVerifier, minter: Minter
-) -> None:
-    verifier = await make_verifier(
-        JWTSettings(algorithms=("HS256",), secret=SECRET), cls=CountingVerifier
-    )
-    assert isinstance(verifier, CountingVerifier)
-    alice = minter.sign(SECRET, claims={"sub": "alice"})
-    alice_again = minter.sign(SECRET, claims={"sub": "alice", "jti": "2"})
-    bob = minter.sign(SECRET, claims={"sub": "bob"})
-    for token in (alice, alice_again, bob):
-        await verifier.verify(token)
-
-    def is_alice(identity: Identity) -> bool:
-        return identity.subject == "alice"
-
-    assert verifier.forget(is_alice) == 2
-    assert verifier.cached == 1
-    await verifier.verify(bob)
-    assert verifier.signature_checks == 3
-    await verifier.verify(alice)
-    assert verifier.signature_checks == 4
-
-
 async def test_the_cache_is_bounded_and_evicts_the_least_recently_used(
     make_verifier: MakeVerifier, minter: Minter
 ) -> None:
     verifier = await make_verifier(
-        JWTSettings(algorithms=("HS256",), secret=SECRET, cache_size=2), cls=CountingVerifier
+        JWTSettings(issuer=ISSUER, algorithms=("HS256",), secret=SECRET, cache_size=2),
+        cls=CountingVerifier,
     )
     assert isinstance(verifier, CountingVerifier)
     a, b, c = (minter.sign(SECRET, claims={"sub": name}) for name in "abc")
@@ -242,14 +224,16 @@ async def test_the_cache_is_bounded_and_evicts_the_least_recently_used(
 async def test_a_cache_size_of_zero_disables_the_cache(
     make_verifier: MakeVerifier, minter: Minter
 ) -> None:
-    verifier = await make_verifier(JWTSettings(algorithms=("HS256",), secret=SECRET, cache_size=0))
+    verifier = await make_verifier(
+        JWTSettings(issuer=ISSUER, algorithms=("HS256",), secret=SECRET, cache_size=0)
+    )
     await verifier.verify(minter.sign(SECRET))
     assert verifier.cached == 0
 
 
 async def test_refusals_are_not_cached(make_verifier: MakeVerifier, minter: Minter) -> None:
     verifier = await make_verifier(
-        JWTSettings(algorithms=("HS256",), secret=SECRET), cls=CountingVerifier
+        JWTSettings(issuer=ISSUER, algorithms=("HS256",), secret=SECRET), cls=CountingVerifier
     )
     assert isinstance(verifier, CountingVerifier)
     forged = minter.sign("another-secret-of-enough-length-for-hs256!")
@@ -295,12 +279,22 @@ async def test_refusals_carry_the_bearer_challenge(hs256: JWTVerifier) -> None:
 @pytest.mark.parametrize(
     ("settings", "problem"),
     [
-        (JWTSettings(algorithms=()), "no JWT algorithm"),
-        (JWTSettings(algorithms=("none",), secret=SECRET), "unsupported JWT algorithm 'none'"),
-        (JWTSettings(algorithms=("HS256",)), "HS256 needs a secret"),
-        (JWTSettings(algorithms=("HS512",), secret="x" * 32), "HS512: The HMAC key is 32 bytes"),
-        (JWTSettings(algorithms=("RS256",)), "RS256 needs a fitting PEM public key"),
-        (JWTSettings(algorithms=("RS256",), public_key_pem="junk"), "not a usable PEM"),
+        (JWTSettings(issuer=ISSUER, algorithms=()), "no JWT algorithm"),
+        (JWTSettings(issuer="", algorithms=("HS256",), secret=SECRET), "no JWT issuer"),
+        (
+            JWTSettings(issuer=ISSUER, algorithms=("none",), secret=SECRET),
+            "unsupported JWT algorithm 'none'",
+        ),
+        (JWTSettings(issuer=ISSUER, algorithms=("HS256",)), "HS256 needs a secret"),
+        (
+            JWTSettings(issuer=ISSUER, algorithms=("HS512",), secret="x" * 32),
+            "HS512: The HMAC key is 32 bytes",
+        ),
+        (JWTSettings(issuer=ISSUER, algorithms=("RS256",)), "RS256 needs a fitting PEM public key"),
+        (
+            JWTSettings(issuer=ISSUER, algorithms=("RS256",), public_key_pem="junk"),
+            "not a usable PEM",
+        ),
     ],
 )
 def test_unusable_settings_are_refused_at_construction(settings: JWTSettings, problem: str) -> None:
@@ -310,12 +304,14 @@ def test_unusable_settings_are_refused_at_construction(settings: JWTSettings, pr
 
 def test_a_pem_of_the_wrong_family_is_refused(keys: Keys) -> None:
     with pytest.raises(ValueError, match="ES256 needs a fitting PEM"):
-        JWTVerifier(JWTSettings(algorithms=("ES256",), public_key_pem=public_pem(keys.rsa)))
+        JWTVerifier(
+            JWTSettings(issuer=ISSUER, algorithms=("ES256",), public_key_pem=public_pem(keys.rsa))
+        )
 
 
 def test_a_pem_is_refused_as_an_hmac_secret(keys: Keys) -> None:
     with pytest.raises(ValueError, match="HS256: the secret cannot be used"):
-        JWTVerifier(JWTSettings(algorithms=("HS256",), secret=public_pem(keys.rsa)))
+        JWTVerifier(JWTSettings(issuer=ISSUER, algorithms=("HS256",), secret=public_pem(keys.rsa)))
 
 
 # --- logging ----------------------------------------------------------------------------------

@@ -18,12 +18,18 @@ from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 
 from authserver.clock import ManualClock
 
+ISSUER = "https://idp.example"  # every verifier of these tests accepts only this issuer
 SECRET = "test-secret-0123456789abcdef-0123456789abcdef-0123456789abcdef!!"  # 64 bytes
 
 
 def b64(data: bytes) -> str:
     """Unpadded base64url, as in a compact JWS."""
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def with_member(document: Mapping[str, Any], member: str) -> bytes:
+    """The JSON of `document` with one more raw member appended, e.g. a second `"sub": "x"`."""
+    return (json.dumps(document)[:-1] + ", " + member + "}").encode()
 
 
 def public_pem(private_key: Any) -> str:
@@ -88,9 +94,14 @@ class Minter:
         drop: Iterable[str] = (),
         lifetime: float = 300,
     ) -> dict[str, Any]:
-        """Default claims (sub, iat, exp) with additions and removals."""
+        """Default claims (iss, sub, iat, exp) with additions and removals."""
         now = int(self.clock.time())
-        claims: dict[str, Any] = {"sub": "dev1", "iat": now, "exp": now + int(lifetime)}
+        claims: dict[str, Any] = {
+            "iss": ISSUER,
+            "sub": "dev1",
+            "iat": now,
+            "exp": now + int(lifetime),
+        }
         claims.update(extra or {})
         for name in drop:
             claims.pop(name, None)
@@ -114,14 +125,15 @@ class Minter:
 
     def forge(
         self,
-        header: Mapping[str, Any],
+        header: Mapping[str, Any] | bytes,
         payload: Mapping[str, Any] | bytes,
         signer: Callable[[bytes], bytes] | None = None,
         signature: str | None = None,
     ) -> str:
-        """A token built by hand, for what PyJWT refuses to produce."""
+        """A token built by hand, for what PyJWT refuses to produce (raw bytes: any JSON)."""
+        head = header if isinstance(header, bytes) else json.dumps(header).encode()
         body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
-        signing_input = f"{b64(json.dumps(header).encode())}.{b64(body)}"
+        signing_input = f"{b64(head)}.{b64(body)}"
         if signature is None:
             signature = b64(signer(signing_input.encode())) if signer else ""
         return self.remember(f"{signing_input}.{signature}")

@@ -195,6 +195,7 @@ def test_settings_read_the_limits_and_refuse_bad_proxies(tmp_path: Any) -> None:
         "AUTHSERVER_MQTT_INSTANCE_ID": "post-cn-x",
         "AUTHSERVER_POLICY_FILE": str(EXAMPLE_POLICY),
         "AUTHSERVER_JWT_SECRET": "s" * 32,
+        "AUTHSERVER_JWT_ISSUER": "https://issuer.example",
     }
     defaults = load_settings(env)
     assert (defaults.rate_limit_subject, defaults.rate_limit_subject_burst) == (10.0, 20)

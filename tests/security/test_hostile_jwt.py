@@ -82,8 +82,32 @@ async def jwks_gateway(
     """A gateway trusting RS256 keys from the JWKS server, which publishes keys.rsa as k1."""
     jwks_server.publish(public_jwk(keys.rsa, kid="k1", alg="RS256"))
     return await make_gateway(
-        emulator, clock=clock, jwt=JWTSettings(algorithms=("RS256",), jwks_url=jwks_server.url)
+        emulator,
+        clock=clock,
+        jwt=JWTSettings(issuer=ISSUER, algorithms=("RS256",), jwks_url=jwks_server.url),
     )
+
+
+async def test_a_jwks_shared_by_two_issuers_does_not_merge_their_subjects(
+    emulator: EmulatorHandle,
+    make_gateway: MakeGateway,
+    clock: ManualClock,
+    minter: Minter,
+    keys: Keys,
+    jwks_server: JWKSServer,
+) -> None:
+    # A multi-tenant provider signs every tenant's tokens with the keys of one JWKS; "alice"
+    # of another tenant (whose admin may mint any subject) must not get our alice's tokens.
+    client = await jwks_gateway(emulator, make_gateway, clock, keys, jwks_server)
+    ours = minter.sign(keys.rsa, "RS256", claims={"sub": "alice"}, headers={"kid": "k1"})
+    async with client.post("/v1/token", headers=bearer(ours)) as resp:
+        assert resp.status == 200, await resp.text()
+    for other in ["https://other-tenant.example", ISSUER + "/", ISSUER.upper()]:
+        theirs = minter.sign(
+            keys.rsa, "RS256", claims={"sub": "alice", "iss": other}, headers={"kid": "k1"}
+        )
+        await refused_everywhere(client, theirs)
+    assert emulator.state.stats()["calls"].get("ApplyToken", 0) == 2  # ours only (R and W)
 
 
 async def test_jwks_gateway_kids_headers_and_rotation(
