@@ -374,6 +374,15 @@ def admin_schemas() -> dict[str, Any]:
                 "policy": {"type": "object"},
                 "subject": {"type": "string"},
                 "clientId": {"type": ["string", "null"]},
+                "clientIds": {
+                    "type": "array",
+                    "items": {"type": "string"},
+                    "description": "every clientId the policy's clientIds give this identity",
+                },
+                "clientIdAllowed": {
+                    "type": ["boolean", "null"],
+                    "description": "whether `clientId` is one of them (null: none asked)",
+                },
                 "groups": {"type": "object"},
                 "matched": {"type": "array", "items": {"type": "object"}},
                 "refused": {"type": "array", "items": {"type": "object"}},
