@@ -1,12 +1,17 @@
 """A policy naming topics by {client_id} without a clientIds list never serves: not at start,
-not on a hot reload (the old policy keeps serving)."""
+not on a hot reload (the old policy keeps serving); a reload that takes a clientId away
+narrows the tokens held under it."""
 
 from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 from authserver import keys
+from authserver.policy.loader import parse_policy
+from authserver.policy_watch import narrowed
+from authserver.tokens.model import TokenRecord
 from tests.fixtures.emulator import EmulatorHandle
 from tests.fixtures.gateway import IOT_FLEET_POLICY, MakeGateway, bearer, make_jwt
 from tests.ops.serving import serve
@@ -61,3 +66,35 @@ async def test_a_hot_reload_is_refused_and_the_old_policy_keeps_serving(
     assert other.status == 403
     assert (await other.json())["code"] == "client_id_not_allowed"
     assert (await client.get("/readyz")).status == 200  # a policy is serving
+
+
+def _record(key: str, client_id: str, resource: str, **claims: Any) -> tuple[str, TokenRecord]:
+    record = TokenRecord(
+        token=f"t-{key}",
+        type="R",
+        resources=(resource,),
+        expire_ms=2**41,
+        refresh_at_ms=2**40,
+        issued_ms=0,
+        subject="dev-a",
+        instance_id="post-cn-test",
+        client_id=client_id,
+        claims=claims,
+    )
+    return key, record
+
+
+async def test_a_reload_that_takes_a_client_id_away_narrows_its_tokens() -> None:
+    # The new policy gives each device only GID_fleet@@@<device_id>, no longer <sub>.
+    policy = parse_policy(
+        "version: 1\nclientIds: ['GID_fleet@@@{claims.device_id}']\n"
+        "everyone:\n  - {topics: ['dev/{client_id}/#'], actions: [R]}\n",
+        "new.yaml",
+    )
+    records = [
+        _record("k1", "GID_fleet@@@d-1", "dev/GID_fleet@@@d-1/#", device_id="d-1"),
+        _record("k2", "GID_fleet@@@dev-a", "dev/GID_fleet@@@dev-a/#", device_id="d-1"),
+        _record("k3", "GID_fleet@@@d-2", "dev/GID_fleet@@@d-2/#", device_id="d-1"),
+    ]
+    doomed = await narrowed(policy, records)
+    assert [key for key, _record in doomed] == ["k2", "k3"]

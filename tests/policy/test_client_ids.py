@@ -427,3 +427,15 @@ def test_cli_check_refuses_an_unbound_client_id(
     path.write_text(FLEET)
     assert main(["check", str(path)]) == 0
     assert "4 clientIds template(s)" in capsys.readouterr().out
+
+
+def test_the_readme_example_loads_and_means_what_it_says() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme[readme.index("### ClientIds") :]
+    block = section.split("```yaml\n", 1)[1].split("```", 1)[0]
+    policy = parse_policy("version: 1\n" + block, "README.md")
+    assert allowed_client_ids(policy, "svc-firmware", {"device_id": "d-1"})[0] == (
+        "GID_fleet@@@svc-firmware",
+        "GID_fleet@@@d-1",
+        "GID_firmware@@@updater-1",
+    )
