@@ -435,7 +435,7 @@ def test_the_readme_example_loads_and_means_what_it_says() -> None:
     block = section.split("```yaml\n", 1)[1].split("```", 1)[0]
     policy = parse_policy("version: 1\n" + block, "README.md")
     assert allowed_client_ids(policy, "svc-firmware", {"device_id": "d-1"})[0] == (
-        "GID_fleet@@@svc-firmware",
+        "GID_users@@@svc-firmware",
         "GID_fleet@@@d-1",
         "GID_firmware@@@updater-1",
     )
