@@ -147,7 +147,9 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     else:
         state = MemoryState()
     app[keys.BUS] = bus
-    app[keys.REVOKER] = Revoker(tokens, state, bus, clock=clock)
+    app[keys.REVOKER] = Revoker(
+        tokens, state, bus, clock=clock, client_ids=app[keys.POLICY].client_ids
+    )
     await bus.start()
 
     async def revoke(instance_id: str, token: str) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 from cachetools import LRUCache
 
 from authserver.policy.claims import referenced_claims, relevant_claims
-from authserver.policy.engine import check_limits, evaluate, restrict
+from authserver.policy.engine import allowed_client_ids, check_limits, evaluate, restrict
 from authserver.policy.loader import load_policy
 from authserver.policy.model import Policy
 
@@ -45,7 +45,8 @@ class PolicyHolder:
 
     Decisions are cached per (policy version, subject, client id, the claims the policy
     looks at, requested topics and actions), so a device that comes back skips evaluation;
-    a reload changes the version and so every key.
+    a reload changes the version and so every key. The clientIds an identity may use (what a
+    clientId block is checked against) are cached the same way, without the request.
     """
 
     def __init__(self, path: Path, policy: Policy, plan_cache_size: int = 20_000) -> None:
@@ -56,6 +57,9 @@ class PolicyHolder:
         self._claim_keys: dict[int, tuple[Mapping[str, Any], tuple[Any, ...]]] = {}
         self._claim_keys_max = plan_cache_size
         self._plans: LRUCache[tuple[Any, ...], Plan] = LRUCache(maxsize=plan_cache_size)
+        self._client_ids: LRUCache[tuple[Any, ...], tuple[str, ...]] = LRUCache(
+            maxsize=plan_cache_size
+        )
 
     def plan(
         self,
@@ -65,7 +69,10 @@ class PolicyHolder:
         topics: Sequence[str] | None,
         actions: Sequence[str] | None,
     ) -> Plan:
-        """The decision for one request; PolicyDenied / GrantTooBroad / BadRequest raise."""
+        """The decision for one request; PolicyDenied / GrantTooBroad / BadRequest raise.
+
+        A clientId the identity may not use raises ClientIdNotAllowed (a PolicyDenied).
+        """
         policy = self.current
         key = (
             policy.version_id,
@@ -92,6 +99,16 @@ class PolicyHolder:
         self._plans[key] = made
         return made
 
+    def client_ids(self, subject: str, claims: Mapping[str, Any]) -> tuple[str, ...]:
+        """Every clientId the current policy lets this identity use, whatever it asks for."""
+        policy = self.current
+        key = (policy.version_id, subject, self.claims_key(claims))
+        found = self._client_ids.get(key)
+        if found is None:
+            found, _ = allowed_client_ids(policy, subject, claims)
+            self._client_ids[key] = found
+        return found
+
     def claims_key(self, claims: Mapping[str, Any]) -> tuple[Any, ...]:
         """A hashable key of the claims the policy looks at (what a decision depends on).
 
@@ -114,6 +131,7 @@ class PolicyHolder:
         self._claim_keys.clear()
         self.current = policy
         self._plans.clear()
+        self._client_ids.clear()
 
     @classmethod
     def load(cls, path: Path) -> PolicyHolder:

@@ -2,6 +2,8 @@
 
 from authserver.policy.engine import (
     DEFAULT_RESOURCE_LIMIT,
+    allowed_client_ids,
+    check_client_id,
     check_limits,
     evaluate,
     explain,
@@ -10,6 +12,7 @@ from authserver.policy.engine import (
 )
 from authserver.policy.loader import load_policy, parse_policy
 from authserver.policy.model import (
+    ClientIdNotAllowed,
     Decision,
     Policy,
     PolicyLoadError,
@@ -22,6 +25,7 @@ from authserver.policy.model import (
 
 __all__ = [
     "DEFAULT_RESOURCE_LIMIT",
+    "ClientIdNotAllowed",
     "Decision",
     "Policy",
     "PolicyLoadError",
@@ -30,6 +34,8 @@ __all__ = [
     "RuleMatch",
     "TokenRequest",
     "TopicNotGranted",
+    "allowed_client_ids",
+    "check_client_id",
     "check_limits",
     "evaluate",
     "explain",

@@ -9,13 +9,18 @@ from authserver.policy.model import Policy, Var
 
 
 def referenced_claims(policy: Policy) -> frozenset[str]:
-    """The groups claim plus every `{claims.NAME}` used by a template."""
+    """The groups claim plus every `{claims.NAME}` used by a topic or a clientIds template.
+
+    The clientIds claims belong here as much as the topics' do: they decide which clientIds
+    an identity may use, so two identities differing only in them must never share an answer.
+    """
     names = {policy.groups_claim}
-    for rule in policy.rules:
-        for template in rule.topics:
-            for part in template.parts:
-                if isinstance(part, Var) and part.claim is not None:
-                    names.add(part.claim)
+    templates = [t for rule in policy.rules for t in rule.topics]
+    templates.extend(t for ids in policy.client_id_lists for t in ids.templates)
+    for template in templates:
+        for part in template.parts:
+            if isinstance(part, Var) and part.claim is not None:
+                names.add(part.claim)
     return frozenset(names)
 
 

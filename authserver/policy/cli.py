@@ -42,7 +42,11 @@ def _parser() -> argparse.ArgumentParser:
     exp.add_argument(
         "--claims", required=True, help="the JWT claims as a JSON object, or @FILE to read them"
     )
-    exp.add_argument("--client-id", default=None, help="the MQTT client id, for {client_id}")
+    exp.add_argument(
+        "--client-id",
+        default=None,
+        help="a clientId to check against the policy's clientIds (and use for {client_id})",
+    )
     exp.add_argument("--subject", default=None, help="the subject (default: the 'sub' claim)")
     exp.add_argument(
         "--limit", type=int, default=DEFAULT_RESOURCE_LIMIT, help="resources allowed per token"
@@ -66,10 +70,12 @@ def _check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if policy is None:
         return EXIT_INVALID
     rules = len(policy.rules)
+    client_ids = sum(len(ids.templates) for ids in policy.client_id_lists)
     print(
         f"OK {policy.source} (version {policy.version_id}): {rules} rule(s); "
         f"everyone {len(policy.everyone)}, {len(policy.groups)} group(s), "
-        f"{len(policy.users)} user(s); groups claim {policy.groups_claim!r}; "
+        f"{len(policy.users)} user(s); {client_ids} clientIds template(s); "
+        f"groups claim {policy.groups_claim!r}; "
         f"ttl {policy.ttl_seconds}s, max {policy.max_ttl_seconds}s",
         file=out,
     )
@@ -98,8 +104,15 @@ def _text(report: dict[str, Any]) -> str:
         + (f"  client id {report['clientId']!r}" if report["clientId"] is not None else ""),
         f"groups   claim {report['groups']['claim']!r}: {report['groups']['values'] or 'none'}"
         f"; in policy: {report['groups']['matched'] or 'none'}",
-        "matched rules:",
+        "clientIds this identity may use: "
+        + (", ".join(report["clientIds"]) or "none (naming any gets 403)"),
     ]
+    if report["clientIdAllowed"] is not None:
+        verdict = "allowed"
+        if not report["clientIdAllowed"]:
+            verdict = "NOT ALLOWED (a request naming it gets 403 client_id_not_allowed)"
+        lines.append(f"client id {report['clientId']!r}: {verdict}")
+    lines.append("matched rules:")
     for m in report["matched"]:
         topics = ", ".join(m["topics"]) or "(no topic granted)"
         lines.append(f"  {m['rule']:<24} {','.join(m['actions']):<4} {topics}")

@@ -21,6 +21,12 @@ Decisions made here:
   action grants is a 403. An empty outcome is a 403 too, so the caller never applies for an
   empty token.
 - **One token or two.** When the read set equals the write set one ``R,W`` token is requested.
+- **ClientIds are part of the identity.** The clientIds a subject may use are the expansions
+  of every ``clientIds`` list that applies to it (the top level, its groups, its own user
+  entry: a union, like rules), under the same value guards as topics, each of which must be
+  a valid ClientId. ``{client_id}`` expands only to a requested clientId that is one of them;
+  restrict() refuses any other with 403 ``client_id_not_allowed``, and so does a request
+  naming a clientId when no list applies. The detail never lists the allowed clientIds.
 """
 
 from __future__ import annotations
@@ -33,8 +39,11 @@ from typing import Any
 from authserver.errors import BadRequest, GrantTooBroad, PolicyDenied
 from authserver.policy.model import (
     ACTIONS,
+    CLIENT_ID,
     READ,
     WRITE,
+    ClientIdNotAllowed,
+    ClientIds,
     Decision,
     Policy,
     Refusal,
@@ -50,6 +59,7 @@ from authserver.topics import SEPARATOR, FilterSet, InvalidTopicFilter, normaliz
 DEFAULT_RESOURCE_LIMIT = 100
 _ACTION_NAMES = {READ: "read", WRITE: "write"}
 _SHOWN_CHARS = 64
+_NOT_ALLOWED = "{client_id}: the requested clientId is not one this identity may use"
 _REFUSED_CHARS = {
     "+": "the MQTT wildcard '+'",
     "#": "the MQTT wildcard '#'",
@@ -130,16 +140,21 @@ def _value_problem(value: object, starts_level: bool) -> tuple[str | None, str]:
     return None, value
 
 
-def expand(
-    template: Template, subject: str, claims: Mapping[str, Any], client_id: str | None
+def _substitute(
+    template: Template,
+    subject: str,
+    claims: Mapping[str, Any],
+    client_id: str | None,
+    *,
+    whole_is_level: bool = False,
 ) -> tuple[str | None, str | None]:
-    """Substitute a template: (topic, None) when granted, (None, reason) when refused."""
+    """Fill in a template's placeholders: (text, None), or (None, reason) for a refused value."""
     out: list[str] = []
     for part in template.parts:
         if isinstance(part, str):
             out.append(part)
             continue
-        starts_level = not out or out[-1].endswith(SEPARATOR)
+        starts_level = whole_is_level or not out or out[-1].endswith(SEPARATOR)
         raw = _lookup(part, subject, claims, client_id)
         problem, text = _value_problem(raw, starts_level)
         if problem is not None:
@@ -147,12 +162,65 @@ def expand(
             what = what or f"claim {part.claim!r}"
             return None, f"{{{part.name}}}: {what} {problem}"
         out.append(text)
-    topic = "".join(out)
+    return "".join(out), None
+
+
+def expand(
+    template: Template, subject: str, claims: Mapping[str, Any], client_id: str | None
+) -> tuple[str | None, str | None]:
+    """Substitute a template: (topic, None) when granted, (None, reason) when refused."""
+    topic, reason = _substitute(template, subject, claims, client_id)
+    if topic is None:
+        return None, reason
     try:
         validate_filter(topic)
     except InvalidTopicFilter as err:
         return None, f"the expanded topic is refused: {err.detail}"
     return topic, None
+
+
+def expand_client_id(
+    template: Template, subject: str, claims: Mapping[str, Any]
+) -> tuple[str | None, str | None]:
+    """A ``clientIds`` template for one identity: (clientId, None), or (None, reason)."""
+    # Every value is guarded as if it started a topic level: a clientId never starts with '$'.
+    client_id, reason = _substitute(template, subject, claims, None, whole_is_level=True)
+    if client_id is None:
+        return None, reason
+    if not CLIENT_ID.fullmatch(client_id):
+        return None, (
+            f"the expanded clientId {_shown(client_id)} is not a valid ClientId "
+            "(GID_group@@@device: letters, digits, - _ . :)"
+        )
+    return client_id, None
+
+
+def client_id_lists(policy: Policy, subject: str, groups: Collection[str]) -> tuple[ClientIds, ...]:
+    """The clientIds lists that apply to a subject: top level, its groups, its user entry."""
+    lists = [policy.client_ids] if policy.client_ids is not None else []
+    lists.extend(ids for name, ids in policy.group_client_ids.items() if name in groups)
+    own = policy.user_client_ids.get(subject)
+    if own is not None:
+        lists.append(own)
+    return tuple(lists)
+
+
+def allowed_client_ids(
+    policy: Policy, subject: str, claims: Mapping[str, Any], groups: Collection[str] | None = None
+) -> tuple[tuple[str, ...], tuple[Refusal, ...]]:
+    """Every clientId this identity may use (policy order), and the expansions refused."""
+    if groups is None:
+        groups, _ = subject_groups(policy, claims)
+    allowed: list[str] = []
+    refused: list[Refusal] = []
+    for ids in client_id_lists(policy, subject, groups):
+        for i, template in enumerate(ids.templates):
+            client_id, reason = expand_client_id(template, subject, claims)
+            if client_id is None:
+                refused.append(Refusal(f"{ids.label}[{i}]", template.source, reason or "refused"))
+            elif client_id not in allowed:
+                allowed.append(client_id)
+    return tuple(allowed), tuple(refused)
 
 
 def applicable_rules(policy: Policy, subject: str, groups: Collection[str]) -> tuple[Rule, ...]:
@@ -170,12 +238,17 @@ def evaluate(
 ) -> Decision:
     """Everything the policy grants ``subject`` (default deny), with matches and refusals."""
     groups, group_refusals = subject_groups(policy, claims)
-    refused = list(group_refusals)
+    client_ids, id_refusals = allowed_client_ids(policy, subject, claims, groups)
+    allowed = client_id is None or client_id in client_ids
+    refused = [*group_refusals, *id_refusals]
     matched: list[RuleMatch] = []
     by_action: dict[str, list[str]] = {READ: [], WRITE: []}
     for rule in applicable_rules(policy, subject, groups):
         topics: list[str] = []
         for template in rule.topics:
+            if not allowed and template.uses_client_id:
+                refused.append(Refusal(rule.label, template.source, _NOT_ALLOWED))
+                continue
             topic, reason = expand(template, subject, claims, client_id)
             if topic is None:
                 refused.append(Refusal(rule.label, template.source, reason or "refused"))
@@ -194,6 +267,23 @@ def evaluate(
         refused=tuple(refused),
         ttl_seconds=policy.ttl_seconds,
         max_ttl_seconds=policy.max_ttl_seconds,
+        client_ids=client_ids,
+        client_id=client_id,
+    )
+
+
+def check_client_id(decision: Decision) -> None:
+    """Raise ClientIdNotAllowed (403) unless the requested clientId is one the identity has.
+
+    The detail names the request's clientId and nothing of the allowed ones: a device probing
+    for another device's clientId learns only "no".
+    """
+    if decision.client_id_allowed:
+        return
+    raise ClientIdNotAllowed(
+        f"clientId {_shown(decision.client_id or '')} is not one the policy allows "
+        f"subject {decision.subject!r} to use",
+        extra={"field": "clientId"},
     )
 
 
@@ -222,7 +312,11 @@ def restrict(
     topics: Sequence[str] | None,
     actions: Collection[str] | None,
 ) -> Decision:
-    """Narrow a decision to the requested topics/actions (least privilege); raise 403 if outside."""
+    """Narrow a decision to the requested topics/actions (least privilege); raise 403 if outside.
+
+    The requested clientId is part of the request: one the identity may not use is a 403 first.
+    """
+    check_client_id(decision)
     wanted = _wanted_actions(decision, actions)
     if not wanted:
         raise PolicyDenied(f"the policy grants nothing to subject {decision.subject!r}")
@@ -317,6 +411,8 @@ def explain(
         "policy": {"source": policy.source, "version": policy.version_id},
         "subject": subject,
         "clientId": client_id,
+        "clientIds": list(decision.client_ids),
+        "clientIdAllowed": None if client_id is None else decision.client_id_allowed,
         "groups": {
             "claim": policy.groups_claim,
             "values": list(groups),

@@ -7,10 +7,12 @@ The format (``version: 1``; it may grow, but every key is checked so a typo is a
       ttlSeconds: 3600              # token lifetime when a request does not ask for less
       maxTtlSeconds: 3600           # the most a request may ask for; defaults to ttlSeconds
     groupsClaim: groups             # the JWT claim whose values select entries under `groups`
+    clientIds: [CLIENTID, ...]      # the clientIds every subject may ask tokens for
     everyone: [RULE, ...]           # every authenticated subject
-    groups: {NAME: [RULE, ...]}     # subjects whose groups claim contains NAME
-    users: {SUBJECT: [RULE, ...]}   # by the JWT subject, exactly
+    groups: {NAME: ENTRY}           # subjects whose groups claim contains NAME
+    users: {SUBJECT: ENTRY}         # by the JWT subject, exactly
 
+    ENTRY = [RULE, ...]  or  {clientIds: [CLIENTID, ...], rules: [RULE, ...]}
     RULE = {topics: [FILTER, ...], actions: [R | W, ...]}
 
 Both lifetimes must lie in [60, 2592000] seconds (the cloud API's range) and
@@ -19,12 +21,20 @@ that may contain placeholders ``{sub}``, ``{client_id}`` and ``{claims.NAME}`` (
 top-level claim name taken literally, dots included; nested claims are not looked into),
 anywhere inside a level, e.g. ``devices/{sub}-in/#``. ``{{`` and ``}}`` are literal braces.
 There is no per-rule lifetime: one policy-wide range keeps the cache and the explanation simple.
+
+A CLIENTID is a ClientId template over signed values only, ``{sub}`` and ``{claims.NAME}``
+(``{client_id}`` is what it checks, so it cannot appear there), e.g. ``GID_fleet@@@{sub}``;
+its literal text holds only ClientId characters. A top-level CLIENTID needs a placeholder
+(a literal one would let every subject use the same clientId). A FILTER using ``{client_id}``
+is an error unless a clientIds list applies to its entry: the top-level one, or the one of
+its group or user.
 """
 
 from __future__ import annotations
 
 import difflib
 import hashlib
+import string
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -33,10 +43,12 @@ import yaml
 
 from authserver.policy.model import (
     ACTIONS,
+    CLIENT_ID,
     DEFAULT_GROUPS_CLAIM,
     DEFAULT_TTL_SECONDS,
     MAX_TTL_SECONDS,
     MIN_TTL_SECONDS,
+    ClientIds,
     Policy,
     PolicyLoadError,
     Rule,
@@ -45,15 +57,19 @@ from authserver.policy.model import (
 )
 from authserver.topics import InvalidTopicFilter, validate_filter
 
-_TOP_KEYS = ("version", "defaults", "groupsClaim", "everyone", "groups", "users")
+_TOP_KEYS = ("version", "defaults", "groupsClaim", "clientIds", "everyone", "groups", "users")
 _DEFAULTS_KEYS = ("ttlSeconds", "maxTtlSeconds")
 _RULE_KEYS = ("topics", "actions")
+_ENTRY_KEYS = ("clientIds", "rules")
 _PLAIN_VARS = ("sub", "client_id")
+_SIGNED_VARS = ("sub",)
 _CLAIMS_PREFIX = "claims."
+_CLIENT_ID_CHARS = frozenset(string.ascii_letters + string.digits + "_-.:@")
+_GROUP_PREFIXES = ("GID_", "GID-")
 
 
-def parse_template(text: str) -> Template:
-    """Split a policy topic into literals and placeholders; ValueError says what is wrong."""
+def _split(text: str, plain_vars: tuple[str, ...]) -> Template:
+    """Split a template into literals and placeholders; ValueError says what is wrong."""
     parts: list[str | Var] = []
     buf: list[str] = []
     i = 0
@@ -70,13 +86,13 @@ def parse_template(text: str) -> Template:
             if end < 0:
                 raise ValueError("unclosed '{' (write '{{' for a literal brace)")
             name = text[i + 1 : end]
-            known = name in _PLAIN_VARS or (
+            known = name in plain_vars or (
                 name.startswith(_CLAIMS_PREFIX) and len(name) > len(_CLAIMS_PREFIX)
             )
             if not known or "{" in name:
+                listed = ", ".join(f"{{{v}}}" for v in plain_vars)
                 raise ValueError(
-                    f"unknown template variable '{{{name}}}' "
-                    "(known: {sub}, {client_id}, {claims.NAME})"
+                    f"unknown template variable '{{{name}}}' (known: {listed}, {{claims.NAME}})"
                 )
             if buf:
                 parts.append("".join(buf))
@@ -88,7 +104,12 @@ def parse_template(text: str) -> Template:
         i += 1
     if buf:
         parts.append("".join(buf))
-    template = Template(source=text, parts=tuple(parts))
+    return Template(source=text, parts=tuple(parts))
+
+
+def parse_template(text: str) -> Template:
+    """Split a policy topic into literals and placeholders; ValueError says what is wrong."""
+    template = _split(text, _PLAIN_VARS)
     # Placeholders are checked as their own spelling, so "{sub}+" fails like "x+" would and
     # the message shows what the author wrote.
     shown = "".join(p if isinstance(p, str) else f"{{{p.name}}}" for p in template.parts)
@@ -96,6 +117,34 @@ def parse_template(text: str) -> Template:
         validate_filter(shown)
     except InvalidTopicFilter as err:
         raise ValueError(f"invalid topic filter: {err.detail}") from None
+    return template
+
+
+def parse_client_id_template(text: str) -> Template:
+    """Parse a ``clientIds`` entry: a ClientId over ``{sub}`` and ``{claims.NAME}`` only."""
+    if "{client_id}" in text.replace("{{", ""):
+        raise ValueError(
+            "{client_id} cannot appear in clientIds: they say which clientIds a request may "
+            "name, so they are built from signed values only ({sub}, {claims.NAME})"
+        )
+    template = _split(text, _SIGNED_VARS)
+    if not template.parts:
+        raise ValueError("a clientId must not be empty")
+    for part in template.parts:
+        if isinstance(part, str):
+            bad = next((ch for ch in part if ch not in _CLIENT_ID_CHARS), None)
+            if bad is not None:
+                raise ValueError(
+                    f"{bad!r} cannot be part of a ClientId "
+                    "(letters, digits and - _ . : @, as in GID_group@@@device)"
+                )
+    first = template.parts[0]
+    if isinstance(first, str) and not any(
+        first.startswith(p) or p.startswith(first) for p in _GROUP_PREFIXES
+    ):
+        raise ValueError("a ClientId starts with its GroupId, GID_ or GID- (GID_group@@@device)")
+    if template.is_literal and not CLIENT_ID.fullmatch(text):
+        raise ValueError("not a valid ClientId (GID_group@@@device: letters, digits, - _ . :)")
     return template
 
 
@@ -229,15 +278,50 @@ def _parse_rules(problems: _Problems, path: str, data: object) -> tuple[Rule, ..
     return tuple(r for r in rules if r is not None)
 
 
+def _parse_client_ids(
+    problems: _Problems, path: str, data: object, *, literal_ok: bool
+) -> ClientIds | None:
+    if not isinstance(data, list) or not data:
+        problems.add(
+            path,
+            "must be a non-empty list of clientId templates like ['GID_fleet@@@{sub}'], "
+            f"not {_type_name(data)}",
+        )
+        return None
+    templates: list[Template] = []
+    for i, raw in enumerate(data):
+        where = f"{path}[{i}]"
+        if not isinstance(raw, str):
+            problems.add(where, f"a clientId template must be a string, not {_type_name(raw)}")
+            continue
+        try:
+            template = parse_client_id_template(raw)
+        except ValueError as err:
+            problems.add(where, f"{raw!r}: {err}")
+            continue
+        if template.is_literal and not literal_ok:
+            problems.add(
+                where,
+                f"{raw!r} has no placeholder: every subject could use this one clientId; "
+                "derive it from {sub} or {claims.NAME}, or list it under a user",
+            )
+            continue
+        if template not in templates:
+            templates.append(template)
+    return ClientIds(path, tuple(templates))
+
+
 def _parse_named(
     problems: _Problems, path: str, data: object, what: str
-) -> dict[str, tuple[Rule, ...]]:
+) -> tuple[dict[str, tuple[Rule, ...]], dict[str, ClientIds]]:
+    """A ``groups`` or ``users`` section: each entry a list of rules, or clientIds and rules."""
+    rules: dict[str, tuple[Rule, ...]] = {}
+    client_ids: dict[str, ClientIds] = {}
     if data is None:
-        return {}
+        return rules, client_ids
     if not isinstance(data, dict):
         problems.add(path, f"must be a mapping of {what} to lists of rules, not {_type_name(data)}")
-        return {}
-    out: dict[str, tuple[Rule, ...]] = {}
+        return rules, client_ids
     for key, value in data.items():
         if not isinstance(key, str) or not key:
             problems.add(
@@ -246,8 +330,39 @@ def _parse_named(
                 f"{key!r} (quote it in YAML)",
             )
             continue
-        out[key] = _parse_rules(problems, _child(path, key), value)
-    return out
+        entry = _child(path, key)
+        if not isinstance(value, dict):
+            rules[key] = _parse_rules(problems, entry, value)
+            continue
+        _unknown_keys(problems, entry, value, _ENTRY_KEYS)
+        rules[key] = _parse_rules(problems, _child(entry, "rules"), value.get("rules"))
+        if "clientIds" in value:
+            where = _child(entry, "clientIds")
+            found = _parse_client_ids(problems, where, value["clientIds"], literal_ok=True)
+            # A broken list is reported already; kept (empty) so it is not reported twice.
+            client_ids[key] = found or ClientIds(where, ())
+    return rules, client_ids
+
+
+def _check_client_id_bindings(
+    problems: _Problems,
+    entry: str,
+    rules: tuple[Rule, ...],
+    bound: bool,
+) -> None:
+    """A topic using {client_id} needs a clientIds list that applies to its entry."""
+    if bound:
+        return
+    for rule in rules:
+        for i, template in enumerate(rule.topics):
+            if template.uses_client_id:
+                problems.add(
+                    f"{rule.label}.topics[{i}]",
+                    f"{template.source!r} uses {{client_id}}, but no clientIds list applies "
+                    f"to {entry}, so a device could name any clientId (another device's "
+                    "included); add a top-level clientIds (or one in this entry) built "
+                    "from signed values, e.g. clientIds: ['GID_fleet@@@{sub}']",
+                )
 
 
 def parse_policy(text: str, source: str) -> Policy:
@@ -302,9 +417,19 @@ def parse_policy(text: str, source: str) -> Policy:
             "groupsClaim", f"must be a non-empty claim name, not {_type_name(groups_claim)}"
         )
 
+    client_ids = None
+    if "clientIds" in data:
+        client_ids = _parse_client_ids(problems, "clientIds", data["clientIds"], literal_ok=False)
     everyone = _parse_rules(problems, "everyone", data.get("everyone"))
-    groups = _parse_named(problems, "groups", data.get("groups"), "groups")
-    users = _parse_named(problems, "users", data.get("users"), "users")
+    groups, group_ids = _parse_named(problems, "groups", data.get("groups"), "groups")
+    users, user_ids = _parse_named(problems, "users", data.get("users"), "users")
+    top_bound = "clientIds" in data  # a broken list is reported already; not twice
+    _check_client_id_bindings(problems, "everyone", everyone, top_bound)
+    for section, entries, bound_ids in (("groups", groups, group_ids), ("users", users, user_ids)):
+        for name, rules in entries.items():
+            _check_client_id_bindings(
+                problems, _child(section, name), rules, top_bound or name in bound_ids
+            )
     if problems.items:
         raise PolicyLoadError(problems.items)
     return Policy(
@@ -316,6 +441,9 @@ def parse_policy(text: str, source: str) -> Policy:
         everyone=everyone,
         groups=groups,
         users=users,
+        client_ids=client_ids,
+        group_client_ids=group_ids,
+        user_client_ids=user_ids,
     )
 
 

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from authserver.errors import PolicyDenied
 from authserver.topics import covers
+
+# <GroupId>@@@<DeviceId>; GroupId per 002 section 11.1, DeviceId letters, digits and -_.:
+# ASCII ranges only (no re.IGNORECASE, no \w): a look-alike letter never matches.
+CLIENT_ID = re.compile(r"GID[_-][A-Za-z0-9_-]{3,60}@@@[A-Za-z0-9_.:-]{1,64}")
 
 READ = "R"
 WRITE = "W"
@@ -32,6 +37,13 @@ class TopicNotGranted(PolicyDenied):
     title = "Topic not granted"
 
 
+class ClientIdNotAllowed(PolicyDenied):
+    """The request's clientId is not one the policy's ``clientIds`` give this identity."""
+
+    code = "client_id_not_allowed"
+    title = "Client id not allowed"
+
+
 @dataclass(frozen=True)
 class Var:
     """A template placeholder: ``sub``, ``client_id`` or ``claims.NAME``."""
@@ -46,7 +58,7 @@ class Var:
 
 @dataclass(frozen=True)
 class Template:
-    """A topic filter from the policy, split into literal text and placeholders."""
+    """A topic filter or clientId from the policy, split into literal text and placeholders."""
 
     source: str
     parts: tuple[str | Var, ...]
@@ -56,6 +68,11 @@ class Template:
         """Whether the template has no placeholder."""
         return all(isinstance(p, str) for p in self.parts)
 
+    @property
+    def uses_client_id(self) -> bool:
+        """Whether the template contains ``{client_id}``."""
+        return any(isinstance(p, Var) and p.name == "client_id" for p in self.parts)
+
 
 @dataclass(frozen=True)
 class Rule:
@@ -64,6 +81,14 @@ class Rule:
     label: str  # "everyone[0]", "groups.ops[1]", "users.alice[0]": how problems and logs name it
     topics: tuple[Template, ...]
     actions: frozenset[str]
+
+
+@dataclass(frozen=True)
+class ClientIds:
+    """One ``clientIds`` list: the clientIds an entry's subjects may ask tokens for."""
+
+    label: str  # "clientIds", "groups.ops.clientIds", "users.alice.clientIds"
+    templates: tuple[Template, ...]
 
 
 @dataclass(frozen=True, eq=False)
@@ -81,6 +106,17 @@ class Policy:
     everyone: tuple[Rule, ...]
     groups: Mapping[str, tuple[Rule, ...]] = field(default_factory=dict)
     users: Mapping[str, tuple[Rule, ...]] = field(default_factory=dict)
+    client_ids: ClientIds | None = None  # the top-level list: every subject
+    group_client_ids: Mapping[str, ClientIds] = field(default_factory=dict)
+    user_client_ids: Mapping[str, ClientIds] = field(default_factory=dict)
+
+    @property
+    def client_id_lists(self) -> tuple[ClientIds, ...]:
+        """Every ``clientIds`` list of the policy, top level first, then groups, then users."""
+        lists = [self.client_ids] if self.client_ids is not None else []
+        lists.extend(self.group_client_ids.values())
+        lists.extend(self.user_client_ids.values())
+        return tuple(lists)
 
     @property
     def rules(self) -> tuple[Rule, ...]:
@@ -113,7 +149,11 @@ class Refusal:
 
 @dataclass(frozen=True)
 class Decision:
-    """What the policy grants one subject; ``read``/``write`` are normalized filter sets."""
+    """What the policy grants one subject; ``read``/``write`` are normalized filter sets.
+
+    ``client_ids`` are the clientIds the identity may use; ``client_id`` is the one asked for
+    (None when the request names none), which ``{client_id}`` expanded to only if allowed.
+    """
 
     subject: str
     policy_version: str
@@ -123,6 +163,13 @@ class Decision:
     refused: tuple[Refusal, ...]
     ttl_seconds: int
     max_ttl_seconds: int
+    client_ids: tuple[str, ...] = ()
+    client_id: str | None = None
+
+    @property
+    def client_id_allowed(self) -> bool:
+        """Whether the requested clientId (if any) is one the identity may use."""
+        return self.client_id is None or self.client_id in self.client_ids
 
     def grants(self, action: str) -> tuple[str, ...]:
         """The resources granted for ``action`` ("R" or "W")."""

@@ -17,7 +17,7 @@ import contextlib
 import json
 import logging
 import secrets
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -46,6 +46,8 @@ RECENT_FAILURES = 20
 MAX_TOKEN_LIFE_MS = 30 * 24 * 3600 * 1000
 
 Revoke = Callable[[str, str], Awaitable[None]]
+# (subject, claims) -> every clientId the policy lets that identity use.
+ClientIdsOf = Callable[[str, Mapping[str, Any]], Iterable[str]]
 
 
 @dataclass(frozen=True)
@@ -386,11 +388,13 @@ class Revoker:
         bus: InvalidationBus,
         *,
         clock: Clock,
+        client_ids: ClientIdsOf | None = None,
     ) -> None:
         self.tokens = tokens
         self.state = state
         self.bus = bus
         self._clock = clock
+        self._client_ids = client_ids
         self._blocks: dict[str, dict[str, int]] = {SUBJECT: {}, CLIENT: {}}
         # In the embedded mode every block is made here; with Redis they must be read first
         # (readiness waits for it, so a restarted pod never serves a blocked JWT).
@@ -425,13 +429,24 @@ class Revoker:
             self.tokens.clear_l1()
 
     def check(self, identity: Identity, client_id: str | None) -> None:
-        """Refuse an app JWT issued before a block of its subject or of the client id."""
+        """Refuse an app JWT issued before a block of its subject or of one of its clientIds.
+
+        Its clientIds are every one the policy lets the identity use (``client_ids``), not
+        only the one it asks with: a blocked device cannot step round its block by naming
+        another clientId, or none.
+        """
         blocks = self._blocks
         before = blocks[SUBJECT].get(identity.subject)
         if before is not None:
             self._refuse_if_before(identity, SUBJECT, before)
-        if client_id is not None:
-            before = blocks[CLIENT].get(client_id)
+        client_blocks = blocks[CLIENT]
+        if not client_blocks:  # the usual case: nothing to look up
+            return
+        names = set() if client_id is None else {client_id}
+        if self._client_ids is not None:
+            names.update(self._client_ids(identity.subject, identity.claims))
+        for name in names:
+            before = client_blocks.get(name)
             if before is not None:
                 self._refuse_if_before(identity, CLIENT, before)
 

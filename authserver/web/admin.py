@@ -21,8 +21,8 @@ from authserver.cloud.errors import CloudRejected
 from authserver.errors import BadRequest, NotConfigured, NotFound
 from authserver.fingerprint import fingerprint
 from authserver.policy.engine import evaluate, explain, token_plan
+from authserver.policy.model import CLIENT_ID
 from authserver.web.admin_auth import ADMIN_PREFIX, AUDIT, guarded, load_api_keys
-from authserver.web.device import CLIENT_ID
 from authserver.web.observe import observed
 from authserver.web.request import json_body
 

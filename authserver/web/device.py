@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 import orjson
@@ -12,6 +11,7 @@ from authserver import keys, logs
 from authserver.clock import Clock
 from authserver.errors import BadRequest
 from authserver.identity import Identity, JWTVerifier, bearer_token
+from authserver.policy.model import CLIENT_ID
 from authserver.policy_holder import PolicyHolder
 from authserver.ratelimit import RateLimiter
 from authserver.tokens.answers import Answer, Repeat
@@ -25,8 +25,6 @@ from authserver.web.request import (
     read_body,
 )
 
-# <GroupId>@@@<DeviceId>; GroupId per 002 section 11.1, DeviceId letters, digits and -_.:
-CLIENT_ID = re.compile(r"GID[_-][A-Za-z0-9_-]{3,60}@@@[A-Za-z0-9_.:-]{1,64}")
 TOKEN_FIELDS = frozenset({"clientId", "topics", "actions", "ttlSeconds"})
 MAX_REQUESTED_TOPICS = 100
 ANSWER_HEADERS = {"Content-Type": "application/json", "Cache-Control": "no-store"}

@@ -7,7 +7,7 @@ from typing import Any
 PROBLEM = {"$ref": "#/components/schemas/Problem"}
 ADMIN_SECURITY: list[dict[str, list[str]]] = [{"bearer": []}, {"adminApiKey": []}]
 
-# The same shapes the handlers check (device.CLIENT_ID, admin.GROUP_ID, admin.IOT_ID).
+# The same shapes the handlers check (policy.model.CLIENT_ID, admin.GROUP_ID, admin.IOT_ID).
 CLIENT_ID_PATTERN = "^GID[_-][A-Za-z0-9_-]{3,60}@@@[A-Za-z0-9_.:-]{1,64}$"
 GROUP_ID_PATTERN = "^GID[_-][A-Za-z0-9_-]{3,60}$"
 IOT_ID_PATTERN = "^[A-Za-z0-9_.-]{1,64}$"
@@ -374,6 +374,15 @@ def admin_schemas() -> dict[str, Any]:
                 "policy": {"type": "object"},
                 "subject": {"type": "string"},
                 "clientId": {"type": ["string", "null"]},
+                "clientIds": {
+                    "type": "array",
+                    "items": {"type": "string"},
+                    "description": "every clientId the policy's clientIds give this identity",
+                },
+                "clientIdAllowed": {
+                    "type": ["boolean", "null"],
+                    "description": "whether `clientId` is one of them (null: none asked)",
+                },
                 "groups": {"type": "object"},
                 "matched": {"type": "array", "items": {"type": "object"}},
                 "refused": {"type": "array", "items": {"type": "object"}},

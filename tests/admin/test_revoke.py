@@ -15,7 +15,10 @@ from authserver.emulator.state import Fault
 from authserver.fingerprint import fingerprint
 from tests.admin.conftest import admin_headers
 from tests.fixtures.emulator import EmulatorHandle
-from tests.fixtures.gateway import MakeGateway, bearer, make_jwt
+from tests.fixtures.gateway import IOT_FLEET_POLICY, MakeGateway, bearer, make_jwt
+
+BOB_1 = {"clientId": "GID_fleet@@@bob-1"}
+BOB_2 = {"clientId": "GID_fleet@@@bob-2"}
 
 
 async def issue(
@@ -108,24 +111,27 @@ async def test_revoke_subject_without_block(
 async def test_revoke_client_id(
     emulator: EmulatorHandle, make_gateway: MakeGateway, redis_url: str
 ) -> None:
-    client = await make_gateway(emulator, redis_url=redis_url)
-    jwt, one = await issue(client, "bob", clientId="GID_fleet@@@bob-1")
-    _, two = await issue(client, "bob", clientId="GID_fleet@@@bob-2")
+    # One person, two devices: each device's JWT carries its own signed device_id.
+    client = await make_gateway(emulator, redis_url=redis_url, policy_file=IOT_FLEET_POLICY)
+    phone = make_jwt("bob", tenant="acme", device_id="bob-1")
+    tablet = make_jwt("bob", tenant="acme", device_id="bob-2")
+    one = await (await client.post("/v1/token", headers=bearer(phone), json=BOB_1)).json()
+    two = await (await client.post("/v1/token", headers=bearer(tablet), json=BOB_2)).json()
 
-    answer = await revoke(client, {"clientId": "GID_fleet@@@bob-1"})
+    answer = await revoke(client, BOB_1)
     assert answer["revokedLocally"] == len(one["tokens"])
     assert isinstance(answer["blockedIssuedBefore"], int)
     assert await revoked_upstream(emulator, [t["token"] for t in one["tokens"]], within=5)
     assert not any(emulator.state.is_revoked(t["token"]) for t in two["tokens"])
 
-    blocked = await client.post(
-        "/v1/token", headers=bearer(jwt), json={"clientId": "GID_fleet@@@bob-1"}
-    )
+    blocked = await client.post("/v1/token", headers=bearer(phone), json=BOB_1)
     assert blocked.status == 401
     assert (await blocked.json())["code"] == "token_revoked"
-    still = await client.post(
-        "/v1/token", headers=bearer(jwt), json={"clientId": "GID_fleet@@@bob-2"}
-    )
+    # The phone's JWT may only ever be GID_fleet@@@bob-1: naming the tablet's clientId
+    # does not step round the block.
+    dodged = await client.post("/v1/token", headers=bearer(phone), json=BOB_2)
+    assert dodged.status == 401
+    still = await client.post("/v1/token", headers=bearer(tablet), json=BOB_2)
     assert still.status == 200
 
 

@@ -18,7 +18,8 @@ def test_check_ok(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["check", EXAMPLE]) == 0
     out = capsys.readouterr().out
     assert out.startswith(f"OK {EXAMPLE} (version ")
-    assert "4 rule(s); everyone 2, 1 group(s), 1 user(s); groups claim 'groups'" in out
+    assert "4 rule(s); everyone 2, 1 group(s), 1 user(s); 0 clientIds template(s); " in out
+    assert "groups claim 'groups'" in out
     assert "ttl 3600s, max 3600s" in out
 
 

@@ -123,6 +123,7 @@ def test_groups_claim_name_comes_from_the_policy() -> None:
 
 
 TEMPLATE_POLICY = """\
+clientIds: ["GID_app@@@{claims.dev}"]
 everyone:
   - topics: ["d/{sub}/#", "c/{client_id}/in", "t/{claims.tenant}/x", "m/{sub}-{claims.n}"]
     actions: [R]
@@ -130,26 +131,29 @@ everyone:
     actions: [W]
 """
 
-# subject, claims, client id -> read set, write set, number of refusals
+# subject, claims, client id -> read set, write set, number of refusals (the clientIds
+# template counts as one when the dev claim is missing)
 EXPANSIONS: list[tuple[str, dict[str, Any], str | None, tuple[str, ...], tuple[str, ...], int]] = [
     (
         "u1",
-        {"tenant": "t1", "n": 7},
-        "GID_a@@@d1",
-        ("c/GID_a@@@d1/in", "d/u1/#", "m/u1-7", "t/t1/x"),
+        {"tenant": "t1", "n": 7, "dev": "d1"},
+        "GID_app@@@d1",
+        ("c/GID_app@@@d1/in", "d/u1/#", "m/u1-7", "t/t1/x"),
         ("lit/{sub}", "u1/own"),
         0,
     ),
-    ("u1", {}, None, ("d/u1/#",), ("lit/{sub}", "u1/own"), 3),  # missing claims and client id
-    ("#", {"tenant": "+", "n": "a/b"}, "#", (), ("lit/{sub}",), 5),  # wildcards never expand
-    ("a/b", {"tenant": "", "n": True}, "", (), ("lit/{sub}",), 5),
-    ("u", {"tenant": "x\x00", "n": 1.5}, "a,b", ("d/u/#",), ("lit/{sub}", "u/own"), 3),
-    ("$SYS", {"tenant": "$t", "n": "$"}, None, (), ("lit/{sub}",), 5),  # '$' starting a level
+    ("u1", {}, None, ("d/u1/#",), ("lit/{sub}", "u1/own"), 4),  # missing claims and client id
+    ("#", {"tenant": "+", "n": "a/b"}, "#", (), ("lit/{sub}",), 6),  # wildcards never expand
+    ("a/b", {"tenant": "", "n": True}, "", (), ("lit/{sub}",), 6),
+    ("u", {"tenant": "x\x00", "n": 1.5}, "a,b", ("d/u/#",), ("lit/{sub}", "u/own"), 4),
+    ("$SYS", {"tenant": "$t", "n": "$"}, None, (), ("lit/{sub}",), 6),  # '$' starting a level
     ("..", {"tenant": "..", "n": ".."}, None, ("d/../#", "m/..-..", "t/../x"),
-     ("../own", "lit/{sub}"), 1),
-    ("u", {"tenant": ["t1"], "n": {"a": 1}}, None, ("d/u/#",), ("lit/{sub}", "u/own"), 3),
-    ("u\ud800", {"tenant": "é🚀", "n": "\n"}, None, ("t/é🚀/x",), ("lit/{sub}",), 4),
-    ("x" * 1100, {"tenant": "t"}, None, ("t/t/x",), ("lit/{sub}",), 4),
+     ("../own", "lit/{sub}"), 2),
+    ("u", {"tenant": ["t1"], "n": {"a": 1}}, None, ("d/u/#",), ("lit/{sub}", "u/own"), 4),
+    ("u\ud800", {"tenant": "é🚀", "n": "\n"}, None, ("t/é🚀/x",), ("lit/{sub}",), 5),
+    ("x" * 1100, {"tenant": "t"}, None, ("t/t/x",), ("lit/{sub}",), 5),
+    # A clientId the identity may not use never expands, however well-formed.
+    ("u1", {"dev": "d1"}, "GID_app@@@d2", ("d/u1/#",), ("lit/{sub}", "u1/own"), 3),
 ]  # fmt: skip
 
 

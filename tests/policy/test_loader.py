@@ -109,7 +109,7 @@ ERRORS = [
         "unknown top-level key",
         "version: 1\nuser:\n  alice: []\n",
         "policies/x.yaml: user: unknown key 'user' (expected one of: version, defaults, "
-        "groupsClaim, everyone, groups, users); did you mean 'users'? (line 2)",
+        "groupsClaim, clientIds, everyone, groups, users); did you mean 'users'? (line 2)",
     ),
     (
         "bad action",

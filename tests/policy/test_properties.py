@@ -37,8 +37,9 @@ TEMPLATES = [
     "$SYS/{claims.site}",
     "//{sub}",
 ]
+CLIENT_IDS = "GID_hostile@@@{claims.device}"
 POLICY = parse_policy(
-    "version: 1\neveryone:\n  - topics: ["
+    f"version: 1\nclientIds: ['{CLIENT_IDS}']\neveryone:\n  - topics: ["
     + ", ".join(f"'{t}'" for t in TEMPLATES)
     + "]\n    actions: [R, W]\n",
     "hostile.yaml",
@@ -81,6 +82,17 @@ def _acceptable(value: object, starts_level: bool) -> str | None:
     return text
 
 
+_DEVICE_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.:-")
+
+
+def _own_client_id(device: object) -> str | None:
+    """An oracle apart from the engine: the clientId CLIENT_IDS gives this device claim."""
+    text = _acceptable(device, starts_level=True)
+    if text is None or not 1 <= len(text) <= 64 or not set(text) <= _DEVICE_CHARS:
+        return None
+    return "GID_hostile@@@" + text
+
+
 def _literal(
     template: str, subject: str, claims: dict[str, Any], client_id: str | None
 ) -> str | None:
@@ -103,24 +115,49 @@ def _literal(
     return out
 
 
+_LOOK_ALIKES = st.sampled_from(
+    ["dev1", "DEV1", "dev\u0435", "dev\uff11", "dev1 ", " dev1", "d@@@x", "d:1.2-3_4", "x" * 65]
+)
+_DEVICE = st.one_of(_VALUE, _LOOK_ALIKES, st.from_regex(r"[A-Za-z0-9_.:-]{1,70}", fullmatch=True))
+
+
 @settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
 @given(
     subject=_TEXT,
     tenant=_VALUE,
     site=_VALUE,
-    client_id=st.one_of(st.none(), _TEXT),
-    drop=st.sets(st.sampled_from(["tenant", "site"])),
+    device=_DEVICE,
+    client_id=st.one_of(st.none(), _TEXT, _LOOK_ALIKES.map("GID_hostile@@@".__add__)),
+    ask_own=st.booleans(),
+    drop=st.sets(st.sampled_from(["tenant", "site", "device"])),
 )
 def test_hostile_values_never_widen_a_grant(
-    subject: str, tenant: object, site: object, client_id: str | None, drop: set[str]
+    subject: str,
+    tenant: object,
+    site: object,
+    device: object,
+    client_id: str | None,
+    ask_own: bool,
+    drop: set[str],
 ) -> None:
-    claims = {k: v for k, v in {"tenant": tenant, "site": site}.items() if k not in drop}
+    values = {"tenant": tenant, "site": site, "device": device}
+    claims = {k: v for k, v in values.items() if k not in drop}
+    own = _own_client_id(claims.get("device"))
+    if ask_own and own is not None:
+        client_id = own
     decision = evaluate(POLICY, subject, claims, client_id)
 
-    expected = {t: _literal(t, subject, claims, client_id) for t in TEMPLATES}
+    # {client_id} stands for the requested clientId only when it is the identity's own.
+    assert decision.client_ids == (() if own is None else (own,))
+    assert decision.client_id_allowed == (client_id is None or client_id == own)
+    vouched = client_id if client_id == own else None
+    expected = {t: _literal(t, subject, claims, vouched) for t in TEMPLATES}
     [match] = decision.matched
     assert set(match.topics) == {v for v in expected.values() if v is not None}
-    assert {r.template for r in decision.refused} == {t for t, v in expected.items() if v is None}
+    refused = {t for t, v in expected.items() if v is None}
+    if own is None:
+        refused.add(CLIENT_IDS)
+    assert {r.template for r in decision.refused} == refused
     for template, topic in expected.items():
         if topic is None:
             continue

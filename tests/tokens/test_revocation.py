@@ -11,7 +11,7 @@ from authserver import keys
 from authserver.clock import ManualClock
 from authserver.tokens.revocation import Revoker
 from tests.fixtures.emulator import EmulatorHandle, MakeEmulator
-from tests.fixtures.gateway import MakeGateway, bearer, make_jwt
+from tests.fixtures.gateway import IOT_FLEET_POLICY, MakeGateway, bearer, make_jwt
 
 
 def revoker_of(client: TestClient[Any, Any]) -> Revoker:
@@ -81,17 +81,20 @@ async def test_revoke_without_block_lets_the_same_jwt_get_new_tokens(
 async def test_revoke_client_spares_other_devices_of_the_user(
     emulator: EmulatorHandle, make_gateway: MakeGateway
 ) -> None:
-    client = await make_gateway(emulator)
-    jwt = make_jwt("dave")
-    one = tokens_of(await fetch(client, jwt, clientId="GID_app@@@phone"))
-    two = tokens_of(await fetch(client, jwt, clientId="GID_app@@@tablet"))
+    client = await make_gateway(emulator, policy_file=IOT_FLEET_POLICY)
+    phone_jwt = make_jwt("dave", tenant="acme", device_id="phone")
+    tablet_jwt = make_jwt("dave", tenant="acme", device_id="tablet")
+    one = tokens_of(await fetch(client, phone_jwt, clientId="GID_fleet@@@phone"))
+    two = tokens_of(await fetch(client, tablet_jwt, clientId="GID_fleet@@@tablet"))
     assert set(one).isdisjoint(two)
 
-    result = await revoker_of(client).revoke_client("GID_app@@@phone")
+    result = await revoker_of(client).revoke_client("GID_fleet@@@phone")
     assert result.revoked_locally == 2
-    resp = await client.post("/v1/token", headers=bearer(jwt), json={"clientId": "GID_app@@@phone"})
+    resp = await client.post(
+        "/v1/token", headers=bearer(phone_jwt), json={"clientId": "GID_fleet@@@phone"}
+    )
     assert resp.status == 401
-    assert tokens_of(await fetch(client, jwt, clientId="GID_app@@@tablet")) == two
+    assert tokens_of(await fetch(client, tablet_jwt, clientId="GID_fleet@@@tablet")) == two
     await eventually(lambda: all(emulator.state.is_revoked(t) for t in one))
 
 
