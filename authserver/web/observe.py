@@ -173,9 +173,8 @@ def _token_stats(app: web.Application) -> Stats | None:
     elif isinstance(hits, int):
         layers["store"] = {"hits": hits, "misses": misses}
     verifier = app.get(keys.VERIFIER)
-    jwt_hits = getattr(verifier, "hits", None)
-    if isinstance(jwt_hits, int):
-        layers["jwt"] = {"hits": jwt_hits, "misses": int(getattr(verifier, "misses", 0))}
+    if verifier is not None:  # read typed, not by getattr: a missing counter must not hide
+        layers["jwt"] = {"hits": verifier.hits, "misses": verifier.misses}
     return {"layers": layers, "minted": int(getattr(tokens, "minted", 0))}
 
 
