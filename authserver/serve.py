@@ -12,6 +12,9 @@ Shutdown on SIGTERM (or SIGINT), in this order, within Kubernetes' 30 s grace pe
 
 A second SIGTERM during the delay skips the rest of it. SIGHUP reloads the policy file now.
 
+The HTTP layer's limits come from settings (`server_options`): request and header lines are
+bounded by `AUTHSERVER_MAX_HEADER_BYTES`.
+
 With `--workers N`, a small supervisor starts N worker processes (`authserver serve` each,
 binding the port with SO_REUSEPORT so the kernel spreads connections), forwards SIGTERM,
 SIGINT and SIGHUP to them, and exits when they have all exited; if one dies on its own, it
@@ -33,6 +36,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from types import FrameType
+from typing import Any
 
 from aiohttp import web
 
@@ -125,6 +129,19 @@ def run_worker(settings: Settings, *, reuse_port: bool = False) -> int:
         return runner.run(serve_app(app, settings, reuse_port=reuse_port))
 
 
+def server_options(app: web.Application, settings: Settings) -> dict[str, Any]:
+    """How aiohttp serves `app` (AppRunner keywords): timeouts, parser limits, its log."""
+    from authserver import keys
+    from authserver.web.observe import ProtocolLog
+
+    return {
+        "access_log": None,
+        "max_line_size": settings.max_header_bytes,
+        "max_field_size": settings.max_header_bytes,
+        "logger": ProtocolLog(app[keys.METRICS].requests),
+    }
+
+
 async def serve_app(app: web.Application, settings: Settings, *, reuse_port: bool = False) -> int:
     """Serve `app` until SIGTERM/SIGINT, then drain and shut down in order; the exit code."""
     from authserver.web.observe import reload_policy, start_draining
@@ -135,7 +152,7 @@ async def serve_app(app: web.Application, settings: Settings, *, reuse_port: boo
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, reload_policy, app)
     runner = web.AppRunner(
-        app, access_log=None, handle_signals=False, shutdown_timeout=DRAIN_TIMEOUT
+        app, handle_signals=False, shutdown_timeout=DRAIN_TIMEOUT, **server_options(app, settings)
     )
     try:
         await runner.setup()

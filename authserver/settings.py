@@ -65,6 +65,9 @@ class Settings:
     rate_limit_ip: float = 0.0
     rate_limit_ip_burst: int = 200
     trusted_proxies: tuple[str, ...] = ()
+    # The HTTP layer (authserver.serve): the longest request line or header line aiohttp's
+    # parser accepts.
+    max_header_bytes: int = 16384
 
     @property
     def endpoint(self) -> str:
@@ -184,6 +187,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             _number(env, "RATE_LIMIT_IP_BURST", 200, problems, minimum=1, integer=True)
         ),
         "trusted_proxies": _trusted_proxies(env, problems),
+        "max_header_bytes": _max_header_bytes(env, jwt_settings, problems),
     }
     cluster_raw = (_env(env, "REDIS_CLUSTER") or "false").lower()
     if cluster_raw not in {"true", "false", "1", "0", "yes", "no"}:
@@ -214,6 +218,22 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         quota=quota,
         **settings_kwargs,  # type: ignore[arg-type]
     )
+
+
+# "Authorization: Bearer " and a little slack: the header line around the longest JWT.
+_AUTHORIZATION_OVERHEAD = 64
+
+
+def _max_header_bytes(env: Mapping[str, str], jwt: JWTSettings | None, problems: list[str]) -> int:
+    value = int(_number(env, "MAX_HEADER_BYTES", 16384, problems, minimum=1024, integer=True))
+    # A JWT the verifier accepts must fit the parser, or aiohttp refuses it before any handler.
+    needed = (jwt.max_token_bytes if jwt is not None else 0) + _AUTHORIZATION_OVERHEAD
+    if value < needed:
+        problems.append(
+            f"{PREFIX}MAX_HEADER_BYTES={value} must be at least {needed}: the longest JWT "
+            "accepted and its Authorization header line"
+        )
+    return value
 
 
 def _trusted_proxies(env: Mapping[str, str], problems: list[str]) -> tuple[str, ...]:

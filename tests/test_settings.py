@@ -54,6 +54,17 @@ def test_overrides() -> None:
     )
 
 
+def test_header_lines_are_bounded_above_the_longest_jwt() -> None:
+    assert load_settings(GOOD).max_header_bytes == 16384
+    tuned = load_settings({**GOOD, "AUTHSERVER_MAX_HEADER_BYTES": "32768"})
+    assert tuned.max_header_bytes == 32768
+    with pytest.raises(SettingsError) as caught:
+        load_settings({**GOOD, "AUTHSERVER_MAX_HEADER_BYTES": "8192"})  # a long JWT won't fit
+    text = "\n".join(caught.value.problems)
+    for fragment in ("AUTHSERVER_MAX_HEADER_BYTES=8192 must be at least 8256",):
+        assert fragment in text, fragment
+
+
 def test_every_problem_is_listed() -> None:
     with pytest.raises(SettingsError) as caught:
         load_settings(
