@@ -65,8 +65,11 @@ class Settings:
     rate_limit_ip: float = 0.0
     rate_limit_ip_burst: int = 200
     trusted_proxies: tuple[str, ...] = ()
-    # The HTTP layer (authserver.serve): the longest request line or header line aiohttp's
-    # parser accepts.
+    # The HTTP layer (authserver.serve): how long a connection may sit without a complete
+    # request head (idle keep-alive and headers sent slowly alike), how long a body may take,
+    # and the longest request line or header line aiohttp's parser accepts.
+    keepalive_timeout: float = 75.0
+    body_read_timeout: float = 10.0
     max_header_bytes: int = 16384
 
     @property
@@ -187,6 +190,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             _number(env, "RATE_LIMIT_IP_BURST", 200, problems, minimum=1, integer=True)
         ),
         "trusted_proxies": _trusted_proxies(env, problems),
+        "keepalive_timeout": _number(env, "KEEPALIVE_TIMEOUT", 75.0, problems, minimum=0.1),
+        "body_read_timeout": _number(env, "BODY_READ_TIMEOUT", 10.0, problems, minimum=0.1),
         "max_header_bytes": _max_header_bytes(env, jwt_settings, problems),
     }
     cluster_raw = (_env(env, "REDIS_CLUSTER") or "false").lower()

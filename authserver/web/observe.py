@@ -38,6 +38,7 @@ from aiohttp.http_exceptions import (
 from aiohttp.typedefs import Handler
 
 from authserver import keys, logs
+from authserver.errors import RequestTimeout
 from authserver.metrics import CONTENT_TYPE, Metrics, RequestMetrics, Sources, Stats
 from authserver.policy.model import Policy
 from authserver.policy_watch import PolicyWatcher, narrowed
@@ -107,8 +108,9 @@ def observed(handler: Handler, *, label: str | None = None) -> Handler:
             status = response.status
             if not response.prepared:
                 response.headers[logs.REQUEST_ID_HEADER] = request_id
-                if draining.is_set():
-                    # Clients stop reusing connections to a pod that is about to go away.
+                if draining.is_set() or status == RequestTimeout.status:
+                    # Clients stop reusing connections to a pod that is about to go away; and
+                    # after a body that came too slowly the rest of it may still be coming.
                     response.force_close()
             return response
         finally:

@@ -1,4 +1,4 @@
-"""The HTTP edge of a real `authserver serve`: oversized headers, clients that leave.
+"""The HTTP edge of a real `authserver serve`: oversized headers, clients that leave, slow ones.
 
 Raw asyncio sockets, because an HTTP client library would neither send a header a byte at a
 time nor drop a connection half-way through a body.
@@ -156,3 +156,73 @@ async def test_an_oversized_header_and_a_client_gone_mid_body_log_no_jwt_and_cou
         if name == "authserver_http_requests_total"
     }
     assert not {s for s in statuses if s is not None and s.startswith("5")}, statuses
+
+
+async def test_slow_and_idle_connections_are_closed(emulator: EmulatorHandle) -> None:
+    jwt = make_jwt("slowpoke")
+    async with (
+        serve(
+            emulator,
+            AUTHSERVER_KEEPALIVE_TIMEOUT="0.5",
+            AUTHSERVER_BODY_READ_TIMEOUT="0.5",
+        ) as gw,
+        aiohttp.ClientSession() as session,
+    ):
+        await gw.wait_ready(session)
+
+        # Slowloris: a request head a byte at a time, never finished. The server hangs up.
+        head = b"GET /healthz HTTP/1.1\r\nHost: gw\r\nX-Pad: " + b"a" * 100_000
+        async with connection(gw) as (reader, writer):
+
+            async def dribble() -> None:
+                for byte in head:
+                    writer.write(bytes([byte]))
+                    await writer.drain()
+                    await asyncio.sleep(0.01)
+
+            sender = asyncio.create_task(dribble())
+            try:
+                answer = await closed_by_server(reader)
+            finally:
+                sender.cancel()
+                with contextlib.suppress(asyncio.CancelledError, ConnectionError):
+                    await sender
+        assert answer == b""  # closed without an answer, long before the head was complete
+        assert not sender.done() or sender.cancelled()
+
+        # Idle keep-alive: one request answered, then nothing; the server closes it.
+        async with connection(gw) as (reader, writer):
+            writer.write(b"GET /healthz HTTP/1.1\r\nHost: gw\r\n\r\n")
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), NEVER)
+            assert status_of(head) == 200
+            assert b"Connection: close" not in head  # kept alive, until the timeout
+            length = int(head.lower().split(b"content-length: ", 1)[1].split(b"\r\n", 1)[0])
+            await reader.readexactly(length)
+            assert await closed_by_server(reader) == b""
+
+        # A body a byte at a time: 408 problem+json, and the connection is closed.
+        async with connection(gw) as (reader, writer):
+            writer.write(
+                b"POST /v1/token HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n"
+                + f"Authorization: Bearer {jwt}\r\nContent-Length: 1000\r\n\r\n".encode()
+            )
+
+            async def dribble_body() -> None:
+                while True:
+                    writer.write(b" ")
+                    await writer.drain()
+                    await asyncio.sleep(0.05)
+
+            sender = asyncio.create_task(dribble_body())
+            try:
+                answer = await closed_by_server(reader)
+            finally:
+                sender.cancel()
+                with contextlib.suppress(asyncio.CancelledError, ConnectionError):
+                    await sender
+        assert status_of(answer) == 408
+        assert b"application/problem+json" in answer
+        assert json.loads(body_of(answer))["code"] == "request_timeout"
+        metrics = await scrape(session, gw)
+    assert value(metrics, "authserver_http_requests_total", route="/v1/token",
+                 method="POST", status="408") == 1  # fmt: skip
