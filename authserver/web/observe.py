@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import sys
 from collections.abc import AsyncIterator
 from time import perf_counter
 from typing import Any
@@ -158,6 +159,10 @@ class ProtocolLog(logging.LoggerAdapter[logging.Logger]):
     def log(self, level: int, msg: object, *args: object, **kwargs: Any) -> None:
         """Log as aiohttp asked, unless the record is about a request its parser refused."""
         err = kwargs.get("exc_info")
+        if err is True:
+            err = sys.exc_info()[1]
+        elif isinstance(err, tuple):
+            err = err[1]
         if isinstance(err, HttpProcessingError):
             reason = _PARSER_REASONS.get(type(err), "malformed")
             self._metrics.malformed(reason)

@@ -9,11 +9,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
+import sys
 from collections.abc import AsyncIterator
 
 import aiohttp
+import pytest
+from aiohttp.http_exceptions import LineTooLong
+from prometheus_client import CollectorRegistry, generate_latest
 
 from authserver.fingerprint import fingerprint
+from authserver.metrics import RequestMetrics
+from authserver.web.observe import ProtocolLog
 from tests.fixtures.emulator import EmulatorHandle
 from tests.fixtures.gateway import make_jwt
 from tests.ops.helpers import samples, value
@@ -229,3 +236,29 @@ async def test_slow_and_idle_connections_are_closed(emulator: EmulatorHandle) ->
         metrics = await scrape(session, gw)
     assert value(metrics, "authserver_http_requests_total", route="/v1/token",
                  method="POST", status="408") == 1  # fmt: skip
+
+
+@pytest.mark.parametrize("how", ["exception", "tuple", "true"])
+def test_protocol_log_keeps_no_byte_of_a_refused_request(
+    how: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    metrics = RequestMetrics()
+    log = ProtocolLog(metrics)
+    secret = make_jwt("mallory")
+    err = LineTooLong(f"Bearer {secret}"[:100].encode() + b"...", 16384)
+    caplog.set_level(logging.DEBUG)
+    try:
+        raise err
+    except LineTooLong:
+        exc_info = {"exception": err, "tuple": sys.exc_info(), "true": True}[how]
+        log.exception("Error handling request from %s", "192.0.2.1", exc_info=exc_info)
+    log.exception("Unhandled exception", exc_info=ValueError("kept"))  # not the parser's
+
+    assert [r.levelname for r in caplog.records] == ["INFO", "ERROR"]
+    assert caplog.records[0].reason == "line_too_long"  # type: ignore[attr-defined]
+    assert secret.split(".")[1][:20] not in caplog.text
+    assert "kept" in caplog.text
+    registry = CollectorRegistry()
+    registry.register(metrics)
+    exposed = generate_latest(registry).decode()
+    assert value(exposed, "authserver_http_malformed_requests_total", reason="line_too_long") == 1
