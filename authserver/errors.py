@@ -80,6 +80,14 @@ class PayloadTooLarge(GatewayError):
     title = "Payload too large"
 
 
+class RequestTimeout(GatewayError):
+    """The request body did not arrive in time; the connection is closed after the answer."""
+
+    status = 408
+    code = "request_timeout"
+    title = "Request timeout"
+
+
 class GrantTooBroad(GatewayError):
     """A token would carry more resources than the upstream accepts."""
 

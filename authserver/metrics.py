@@ -49,6 +49,12 @@ class RequestMetrics(Collector):
         self._counts: dict[tuple[str, str, int], int] = {}
         # Per route: one count per bucket (the last one is +Inf), then the sum of seconds.
         self._latency: dict[str, list[float]] = {}
+        # Requests aiohttp's parser refused with 400 before any handler, by reason.
+        self._malformed: dict[str, int] = {}
+
+    def malformed(self, reason: str) -> None:
+        """Count one request refused by the HTTP parser (it never reached a route)."""
+        self._malformed[reason] = self._malformed.get(reason, 0) + 1
 
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
         """Count one answered request and its latency."""
@@ -84,6 +90,14 @@ class RequestMetrics(Collector):
                 buckets.append((bound, cumulative))
             histogram.add_metric([route], buckets, latency[-1])
         yield histogram
+        malformed = _counter(
+            "http_malformed_requests",
+            "Requests the HTTP parser answered 400 before any route, by reason",
+            ("reason",),
+        )
+        for reason, count in sorted(self._malformed.items()):
+            malformed.add_metric([reason], count)
+        yield malformed
 
 
 @dataclass

@@ -20,8 +20,9 @@ outage and a retry after `redis_retry_interval`: a Redis outage must not turn in
 500s.
 
 Client IP: the peer address, unless the peer is a trusted proxy (`trusted_proxies`, CIDRs);
-then the right-most address of `X-Forwarded-For` that is not itself a trusted proxy (the
-left part of that header is whatever the client wrote, and proves nothing).
+then the right-most address of `X-Forwarded-For` (every header line, in order) that is not
+itself a trusted proxy: the left part is whatever the client wrote, and proves nothing.
+Addresses are normalised (`address`), so one client has one key however a proxy spells it.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import ipaddress
 import logging
 import math
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
@@ -64,6 +65,9 @@ return 0
 """
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+# The longest spelling of an address a proxy writes: a full IPv6 with a zone and a port.
+_MAX_ADDRESS_TEXT = 64
 
 
 class _Asking:
@@ -146,6 +150,39 @@ class LocalBuckets:
                 del self._tat[key]
 
 
+def _port(text: str) -> bool:
+    return text.isascii() and text.isdigit() and int(text) <= 65535
+
+
+def address(text: str) -> Address | None:
+    """The address a proxy or socket spelled, one value per address; None if not an address.
+
+    A port goes (`1.2.3.4:5678`, `[::1]:80`), an IPv4-mapped IPv6 is its IPv4, an IPv6 zone
+    goes, and every IPv6 spelling of one address (zero-compressed or not) is the same value.
+    """
+    text = text.strip()
+    if not text or len(text) > _MAX_ADDRESS_TEXT:
+        return None
+    if text.startswith("["):
+        host, bracket, rest = text[1:].partition("]")
+        if not bracket or ":" not in host or (rest and not (rest[0] == ":" and _port(rest[1:]))):
+            return None  # brackets are for IPv6 only (RFC 3986)
+        text = host
+    elif text.count(":") == 1:
+        host, _colon, port = text.partition(":")
+        if not _port(port):
+            return None
+        text = host
+    try:
+        ip = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address):
+        mapped = ip.ipv4_mapped
+        return mapped if mapped is not None else ipaddress.IPv6Address(int(ip))
+    return ip
+
+
 def parse_networks(values: Iterable[str]) -> tuple[Network, ...]:
     """CIDRs (or single addresses) as networks; ValueError names the first bad one."""
     return tuple(ipaddress.ip_network(v.strip(), strict=False) for v in values if v.strip())
@@ -201,29 +238,41 @@ class RateLimiter:
             return "local"
         return "local-fallback" if self._redis_down else "shared"
 
-    def client_ip(self, peer: str | None, forwarded_for: str | None) -> str:
-        """Who is calling: the peer, or what trusted proxies in front of us say it is."""
+    def client_ip(self, peer: str | None, forwarded_for: Sequence[str] = ()) -> str:
+        """Who is calling: the peer, or what trusted proxies in front of us say it is.
+
+        `forwarded_for` holds every `X-Forwarded-For` line, in order. Walking from the right,
+        the first address that is not a trusted proxy is the client. When the walk meets
+        what is not an address, or runs out, the client is the last proxy walked: that
+        proxy is the nearest hop we can vouch for, and text it relayed never becomes a key.
+        """
         if peer is None:
             return UNKNOWN_IP
-        if not self._trusted or not forwarded_for or not self._is_trusted(peer):
-            return peer
-        for hop in reversed(forwarded_for.split(",")):
-            address = hop.strip()
-            if not address:
-                continue
-            if not self._is_trusted(address):
-                return address
-        return peer  # every hop is one of our proxies
+        nearest = address(peer)
+        if nearest is None:
+            return peer  # not an IP socket (a Unix socket): one key for everything on it
+        if not self._trusted or not forwarded_for or not self._is_trusted(nearest):
+            return str(nearest)
+        hops = [hop for line in forwarded_for for hop in line.split(",")]
+        for hop in reversed(hops):
+            if not hop.strip():
+                continue  # `a,,b`: an empty list element, nothing to walk past
+            ip = address(hop)
+            if ip is None:
+                break
+            if not self._is_trusted(ip):
+                return str(ip)
+            nearest = ip
+        return str(nearest)
 
-    def _is_trusted(self, address: str) -> bool:
-        try:
-            ip = ipaddress.ip_address(address)
-        except ValueError:
-            return False  # garbage in the header is the client's; it ends the trusted chain
+    def _is_trusted(self, ip: Address) -> bool:
         return any(ip in network for network in self._trusted)
 
-    def check_ip(self, peer: str | None, forwarded_for: str | None) -> str:
-        """Count a request of the calling IP (local tier); its address, or RateLimited."""
+    def check_ip(self, peer: str | None, forwarded_for: Sequence[str] = ()) -> str:
+        """Count a request of the calling IP (local tier); its address, or RateLimited.
+
+        `forwarded_for`: every `X-Forwarded-For` line (`request.headers.getall`).
+        """
         if self._ip_buckets is None:
             return peer or UNKNOWN_IP
         ip = self.client_ip(peer, forwarded_for)

@@ -12,6 +12,12 @@ Shutdown on SIGTERM (or SIGINT), in this order, within Kubernetes' 30 s grace pe
 
 A second SIGTERM during the delay skips the rest of it. SIGHUP reloads the policy file now.
 
+The HTTP layer's limits come from settings (`server_options`): a connection without a complete
+request head for `AUTHSERVER_KEEPALIVE_TIMEOUT` seconds is closed, whether it is idle between
+requests or sending its headers a byte at a time (aiohttp keeps one timer for both); request
+and header lines are bounded by `AUTHSERVER_MAX_HEADER_BYTES`; a body has
+`AUTHSERVER_BODY_READ_TIMEOUT` seconds (`web.request.read_body`, 408).
+
 With `--workers N`, a small supervisor starts N worker processes (`authserver serve` each,
 binding the port with SO_REUSEPORT so the kernel spreads connections), forwards SIGTERM,
 SIGINT and SIGHUP to them, and exits when they have all exited; if one dies on its own, it
@@ -33,6 +39,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from types import FrameType
+from typing import Any
 
 from aiohttp import web
 
@@ -44,6 +51,9 @@ log = logging.getLogger(__name__)
 # In-flight requests get this long to finish once the listener is closed. With the default
 # 5 s delay before it, a pod is gone well within the default 30 s terminationGracePeriod.
 DRAIN_TIMEOUT = 15.0
+# How long aiohttp keeps reading (and discarding) a body it did not need, so the client gets
+# the answer rather than a reset; then the connection closes. Its default is 10 s.
+LINGERING_TIME = 2.0
 GC_GEN0_THRESHOLD = 20_000
 WORKER_FLAG = "--reuse-port"
 SUPERVISOR_GRACE = 28.0
@@ -125,6 +135,21 @@ def run_worker(settings: Settings, *, reuse_port: bool = False) -> int:
         return runner.run(serve_app(app, settings, reuse_port=reuse_port))
 
 
+def server_options(app: web.Application, settings: Settings) -> dict[str, Any]:
+    """How aiohttp serves `app` (AppRunner keywords): timeouts, parser limits, its log."""
+    from authserver import keys
+    from authserver.web.observe import ProtocolLog
+
+    return {
+        "access_log": None,
+        "keepalive_timeout": settings.keepalive_timeout,
+        "lingering_time": LINGERING_TIME,
+        "max_line_size": settings.max_header_bytes,
+        "max_field_size": settings.max_header_bytes,
+        "logger": ProtocolLog(app[keys.METRICS].requests),
+    }
+
+
 async def serve_app(app: web.Application, settings: Settings, *, reuse_port: bool = False) -> int:
     """Serve `app` until SIGTERM/SIGINT, then drain and shut down in order; the exit code."""
     from authserver.web.observe import reload_policy, start_draining
@@ -135,7 +160,7 @@ async def serve_app(app: web.Application, settings: Settings, *, reuse_port: boo
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, reload_policy, app)
     runner = web.AppRunner(
-        app, access_log=None, handle_signals=False, shutdown_timeout=DRAIN_TIMEOUT
+        app, handle_signals=False, shutdown_timeout=DRAIN_TIMEOUT, **server_options(app, settings)
     )
     try:
         await runner.setup()

@@ -65,6 +65,12 @@ class Settings:
     rate_limit_ip: float = 0.0
     rate_limit_ip_burst: int = 200
     trusted_proxies: tuple[str, ...] = ()
+    # The HTTP layer (authserver.serve): how long a connection may sit without a complete
+    # request head (idle keep-alive and headers sent slowly alike), how long a body may take,
+    # and the longest request line or header line aiohttp's parser accepts.
+    keepalive_timeout: float = 75.0
+    body_read_timeout: float = 10.0
+    max_header_bytes: int = 16384
 
     @property
     def endpoint(self) -> str:
@@ -184,6 +190,9 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             _number(env, "RATE_LIMIT_IP_BURST", 200, problems, minimum=1, integer=True)
         ),
         "trusted_proxies": _trusted_proxies(env, problems),
+        "keepalive_timeout": _number(env, "KEEPALIVE_TIMEOUT", 75.0, problems, minimum=0.1),
+        "body_read_timeout": _number(env, "BODY_READ_TIMEOUT", 10.0, problems, minimum=0.1),
+        "max_header_bytes": _max_header_bytes(env, jwt_settings, problems),
     }
     cluster_raw = (_env(env, "REDIS_CLUSTER") or "false").lower()
     if cluster_raw not in {"true", "false", "1", "0", "yes", "no"}:
@@ -214,6 +223,22 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         quota=quota,
         **settings_kwargs,  # type: ignore[arg-type]
     )
+
+
+# "Authorization: Bearer " and a little slack: the header line around the longest JWT.
+_AUTHORIZATION_OVERHEAD = 64
+
+
+def _max_header_bytes(env: Mapping[str, str], jwt: JWTSettings | None, problems: list[str]) -> int:
+    value = int(_number(env, "MAX_HEADER_BYTES", 16384, problems, minimum=1024, integer=True))
+    # A JWT the verifier accepts must fit the parser, or aiohttp refuses it before any handler.
+    needed = (jwt.max_token_bytes if jwt is not None else 0) + _AUTHORIZATION_OVERHEAD
+    if value < needed:
+        problems.append(
+            f"{PREFIX}MAX_HEADER_BYTES={value} must be at least {needed}: the longest JWT "
+            "accepted and its Authorization header line"
+        )
+    return value
 
 
 def _trusted_proxies(env: Mapping[str, str], problems: list[str]) -> tuple[str, ...]:

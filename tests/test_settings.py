@@ -55,6 +55,38 @@ def test_overrides() -> None:
     )
 
 
+def test_the_http_layer_has_bounded_timeouts_and_header_lines() -> None:
+    defaults = load_settings(GOOD)
+    assert (defaults.keepalive_timeout, defaults.body_read_timeout) == (75.0, 10.0)
+    assert defaults.max_header_bytes == 16384
+    tuned = load_settings(
+        {
+            **GOOD,
+            "AUTHSERVER_KEEPALIVE_TIMEOUT": "30",
+            "AUTHSERVER_BODY_READ_TIMEOUT": "2.5",
+            "AUTHSERVER_MAX_HEADER_BYTES": "32768",
+        }
+    )
+    assert (tuned.keepalive_timeout, tuned.body_read_timeout) == (30.0, 2.5)
+    assert tuned.max_header_bytes == 32768
+    with pytest.raises(SettingsError) as caught:
+        load_settings(
+            {
+                **GOOD,
+                "AUTHSERVER_KEEPALIVE_TIMEOUT": "0",
+                "AUTHSERVER_BODY_READ_TIMEOUT": "soon",
+                "AUTHSERVER_MAX_HEADER_BYTES": "8192",  # the longest JWT would not fit
+            }
+        )
+    text = "\n".join(caught.value.problems)
+    for fragment in (
+        "AUTHSERVER_KEEPALIVE_TIMEOUT='0' must be at least 0.1",
+        "AUTHSERVER_BODY_READ_TIMEOUT='soon' is not a number",
+        "AUTHSERVER_MAX_HEADER_BYTES=8192 must be at least 8256",
+    ):
+        assert fragment in text, fragment
+
+
 def test_every_problem_is_listed() -> None:
     with pytest.raises(SettingsError) as caught:
         load_settings(

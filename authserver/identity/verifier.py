@@ -146,6 +146,10 @@ class JWTVerifier:
         # expiry (a key left the JWKS): whoever keeps identities of its own (the
         # repeat answers) compares it before trusting one.
         self.epoch = 0
+        # The `jwt` cache layer in /metrics: tokens found remembered, and tokens verified in
+        # full (never seen, forgotten or expired; invalid ones too).
+        self.hits = 0
+        self.misses = 0
 
         self._static, problems = static_keys(
             settings.algorithms, settings.secret, settings.public_key_pem
@@ -224,8 +228,9 @@ class JWTVerifier:
         hit = self._cache.get(digest)
         if hit is not None and self._clock.time() < hit.identity.expires_at:
             self._cache.move_to_end(digest)
+            self.hits += 1
             return hit.identity
-        return None  # an expired one is dropped by `verify`, which comes next
+        return None  # `verify` comes next: it drops an expired one and counts the miss
 
     def _recall(self, digest: bytes) -> Identity | None:
         hit = self._cache.get(digest)
@@ -250,7 +255,9 @@ class JWTVerifier:
         digest = sha256(token.encode("ascii")).digest()
         known = self._recall(digest)
         if known is not None:
+            self.hits += 1
             return known
+        self.misses += 1
         fp = digest.hex()[:8]
         try:
             verified = await self._verify_uncached(token, fp)

@@ -76,7 +76,7 @@ async def post_token(request: web.Request) -> web.Response:
     headers = request.headers
     ip = None
     if limiter.per_ip:
-        ip = limiter.check_ip(request.remote, headers.get("X-Forwarded-For"))
+        ip = limiter.check_ip(request.remote, headers.getall("X-Forwarded-For", ()))
     authorization = headers.get("Authorization")
     bodyless = not request.body_exists
     now = services.clock.time()

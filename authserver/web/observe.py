@@ -5,7 +5,14 @@ into problem+json (`web.middlewares.error_response`) and it gives every request 
 caller's `X-Request-Id` when sane, else a new one) that is returned in the response and
 attached to every log record of the request, and it counts the request by route template
 and status. A fallback route, registered last, does the same for paths no route matches.
-It writes no per-request log line above DEBUG; a 5xx answer is logged at WARNING.
+It writes no per-request log line above DEBUG; a 5xx answer is logged at WARNING. A client
+that goes away mid-request (typically mid-body) is no server error: counted with status 499
+(the client closed the request), logged at DEBUG.
+
+`ProtocolLog` is aiohttp's own server log: a request its parser refuses (a header line over
+the limit, a malformed request line) is answered 400 by aiohttp before any handler, and the
+record aiohttp writes quotes the offending bytes (the start of a JWT); it is replaced by
+one that names the reason only, and counted.
 
 `setup_operations(app)` wires the rest: the app's metrics registry, the draining flag that
 turns readiness false at SIGTERM, and the policy watcher that hot-reloads the policy file.
@@ -16,14 +23,23 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import sys
 from collections.abc import AsyncIterator
 from time import perf_counter
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import (
+    BadHttpMethod,
+    BadStatusLine,
+    HttpProcessingError,
+    InvalidHeader,
+    LineTooLong,
+)
 from aiohttp.typedefs import Handler
 
 from authserver import keys, logs
+from authserver.errors import RequestTimeout
 from authserver.metrics import CONTENT_TYPE, Metrics, RequestMetrics, Sources, Stats
 from authserver.policy.model import Policy
 from authserver.policy_watch import PolicyWatcher, narrowed
@@ -32,6 +48,8 @@ from authserver.web.middlewares import error_response
 log = logging.getLogger(__name__)
 
 UNMATCHED = "<unmatched>"
+# nginx's "client closed request": the client left before the answer; nobody received it.
+CLIENT_CLOSED = 499
 
 
 def route_label(request: web.Request) -> str:
@@ -79,13 +97,21 @@ def observed(handler: Handler, *, label: str | None = None) -> Handler:
                     status = err.status
                     err.headers[logs.REQUEST_ID_HEADER] = request_id
                     raise
+            except ConnectionError as err:
+                if not _client_gone(request):
+                    response = error_response(request, err)  # ours (unexpected): a 500
+                else:
+                    status = CLIENT_CLOSED
+                    log.debug("%s %s: the client went away mid-request", method, route)
+                    return web.Response(status=CLIENT_CLOSED)  # nobody left to read it
             except Exception as err:  # GatewayError and the unexpected: problem+json, no trace
                 response = error_response(request, err)
             status = response.status
             if not response.prepared:
                 response.headers[logs.REQUEST_ID_HEADER] = request_id
-                if draining.is_set():
-                    # Clients stop reusing connections to a pod that is about to go away.
+                if draining.is_set() or status == RequestTimeout.status:
+                    # Clients stop reusing connections to a pod that is about to go away; and
+                    # after a body that came too slowly the rest of it may still be coming.
                     response.force_close()
             return response
         finally:
@@ -110,6 +136,52 @@ def observed(handler: Handler, *, label: str | None = None) -> Handler:
             logs.CURRENT.reset(reset)
 
     return observe
+
+
+def _client_gone(request: web.Request) -> bool:
+    transport = request.transport
+    return transport is None or transport.is_closing()
+
+
+class ProtocolLog(logging.LoggerAdapter[logging.Logger]):
+    """aiohttp's server log (its `logger`), without the bytes of requests its parser refused.
+
+    aiohttp logs such a request at ERROR with the parser's exception, whose message quotes
+    up to 100 bytes of the offending line: the start of a JWT when the Authorization header
+    is too long. This logs the reason at INFO instead and counts it; a client's malformed
+    request is not a server error. Everything else aiohttp logs passes unchanged.
+    """
+
+    def __init__(self, metrics: RequestMetrics) -> None:
+        super().__init__(logging.getLogger("authserver.http"), {})
+        self._metrics = metrics
+
+    def log(self, level: int, msg: object, *args: object, **kwargs: Any) -> None:
+        """Log as aiohttp asked, unless the record is about a request its parser refused."""
+        err = kwargs.get("exc_info")
+        if err is True:
+            err = sys.exc_info()[1]
+        elif isinstance(err, tuple):
+            err = err[1]
+        if isinstance(err, HttpProcessingError):
+            reason = _PARSER_REASONS.get(type(err), "malformed")
+            self._metrics.malformed(reason)
+            self.logger.info(
+                "refused a malformed request (%s): answered %d before any route",
+                reason,
+                err.code or 400,
+                extra={"reason": reason},
+            )
+            return
+        super().log(level, msg, *args, **kwargs)
+
+
+_PARSER_REASONS: dict[type[HttpProcessingError], str] = {
+    LineTooLong: "line_too_long",
+    BadHttpMethod: "bad_request_line",
+    BadStatusLine: "bad_request_line",
+    InvalidHeader: "invalid_header",
+}
 
 
 async def _unmatched(request: web.Request) -> web.StreamResponse:
@@ -173,9 +245,8 @@ def _token_stats(app: web.Application) -> Stats | None:
     elif isinstance(hits, int):
         layers["store"] = {"hits": hits, "misses": misses}
     verifier = app.get(keys.VERIFIER)
-    jwt_hits = getattr(verifier, "hits", None)
-    if isinstance(jwt_hits, int):
-        layers["jwt"] = {"hits": jwt_hits, "misses": int(getattr(verifier, "misses", 0))}
+    if verifier is not None:  # read typed, not by getattr: a missing counter must not hide
+        layers["jwt"] = {"hits": verifier.hits, "misses": verifier.misses}
     return {"layers": layers, "minted": int(getattr(tokens, "minted", 0))}
 
 

@@ -85,9 +85,9 @@ def openapi_document() -> dict[str, Any]:
             "/readyz": {
                 "get": {
                     "operationId": "readyz",
-                    "summary": "Readiness: policy, keys, store, upstream circuit",
+                    "summary": "Readiness: JWT keys and blocklist loaded, not draining",
                     "responses": {
-                        "200": _json_ok("Ready"),
+                        "200": _json_ok("Ready; `checks` also reports Redis and the circuit"),
                         "503": _json_ok("Not ready; `checks` says why"),
                     },
                 }

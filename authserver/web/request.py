@@ -2,26 +2,36 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Collection
 from typing import Any
 
 from aiohttp import web
 
-from authserver.errors import BadRequest, PayloadTooLarge
+from authserver import keys
+from authserver.errors import BadRequest, PayloadTooLarge, RequestTimeout
 
 
 async def read_body(request: web.Request) -> bytes:
-    """The raw body (b"" when none), refused with 413 past the app's size limit."""
+    """The raw body (b"" when none): 413 past the app's size limit, 408 when it comes too slowly.
+
+    The read timeout bounds a client that dribbles its body (aiohttp itself has none); the
+    answer closes the connection, since the rest of that body may still be on its way.
+    """
     if not request.body_exists:  # no Content-Length (or 0) and not chunked
         return b""
     limit = request.app._client_max_size  # aiohttp keeps the limit only here
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(f"the body is {request.content_length} bytes; the limit is {limit}")
+    seconds = request.app[keys.SETTINGS].body_read_timeout
     try:
-        return await request.read()
+        async with asyncio.timeout(seconds):
+            return await request.read()
     except web.HTTPRequestEntityTooLarge as err:
         raise PayloadTooLarge(f"the body exceeds the limit of {limit} bytes") from err
+    except TimeoutError as err:
+        raise RequestTimeout(f"the body did not arrive within {seconds:g} s") from err
 
 
 def parse_object(raw: bytes, allowed: Collection[str], *, optional: bool = False) -> dict[str, Any]:

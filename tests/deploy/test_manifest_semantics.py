@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from authserver.web.health import STORE_PING_TIMEOUT
 from tests.deploy.helpers import (
     KUSTOMIZATIONS,
     ROOT,
@@ -86,6 +87,9 @@ def test_probes(rendered: dict[str, list[Doc]], name: str) -> None:
     assert spec["startupProbe"]["httpGet"]["path"] == "/healthz"
     for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
         assert spec[probe]["httpGet"]["port"] in port_names
+    # /readyz gives up on a silent Redis (reported, not failing) before the kubelet gives up
+    # on /readyz: a probe timeout would fail readiness on every replica at once.
+    assert spec["readinessProbe"].get("timeoutSeconds", 1) > STORE_PING_TIMEOUT
 
 
 @pytest.mark.parametrize("name", ALL)

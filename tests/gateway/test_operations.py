@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
+from authserver import keys
 from authserver.app import create_app
+from authserver.identity import JWTSettings
+from authserver.web.observe import start_draining
 from tests.fixtures.emulator import EmulatorHandle
 from tests.fixtures.gateway import MakeGateway, gateway_settings
+from tests.fixtures.redis import RedisServer, free_port
 
 
 async def test_healthz_and_readyz(emulator: EmulatorHandle, make_gateway: MakeGateway) -> None:
@@ -16,16 +21,86 @@ async def test_healthz_and_readyz(emulator: EmulatorHandle, make_gateway: MakeGa
     assert resp.status == 200
     body = await resp.json()
     assert body["status"] == "ready"
-    assert set(body["checks"]) >= {"policy", "store", "upstream", "jwtKeys"}
+    assert body["checks"] == {
+        "jwtKeys": "ok",
+        "blocklist": "ok",
+        "shutdown": "ok",
+        "store": "ok",
+        "upstream": "ok",
+    }
 
 
-async def test_readyz_reports_unreachable_redis(
+async def readiness(client: Any) -> tuple[int, dict[str, Any]]:
+    """/readyz's status and body."""
+    async with client.get("/readyz") as resp:
+        return resp.status, await resp.json()
+
+
+async def test_redis_stopped_after_start_up_leaves_the_pod_ready(
+    emulator: EmulatorHandle, make_gateway: MakeGateway, redis_server: RedisServer
+) -> None:
+    # Redis is shared by every replica: failing on it would empty the Service at once,
+    # while each pod can still serve its cached answers.
+    if not redis_server.ping():
+        redis_server.start()
+    client = await make_gateway(emulator, redis_url=redis_server.url)
+    for _ in range(200):  # the blocks are read with the invalidation bus's first subscription
+        if client.app[keys.REVOKER].blocks_loaded:
+            break
+        await asyncio.sleep(0.025)
+    assert (await readiness(client))[0] == 200
+    await asyncio.to_thread(redis_server.stop)
+    try:
+        status, body = await readiness(client)
+    finally:
+        await asyncio.to_thread(redis_server.start)
+    assert status == 200
+    assert body["status"] == "ready"
+    assert body["checks"]["store"] == "unreachable"
+    assert body["checks"]["blocklist"] == "ok"
+
+
+async def test_blocklist_never_read_at_start_up_is_not_ready(
     emulator: EmulatorHandle, make_gateway: MakeGateway
 ) -> None:
+    # Unlike a Redis outage later on, a pod that never read the blocks could serve a JWT an
+    # admin blocked before it started: that is this pod's own state, so it is not ready.
     client = await make_gateway(emulator, redis_url="redis://127.0.0.1:1/0")
-    resp = await client.get("/readyz")
-    assert resp.status == 503
-    assert (await resp.json())["checks"]["store"] == "unreachable"
+    status, body = await readiness(client)
+    assert status == 503
+    assert body["checks"]["blocklist"] == "not loaded"
+    assert body["checks"]["store"] == "unreachable"
+
+
+async def test_jwt_keys_never_loaded_is_not_ready(
+    emulator: EmulatorHandle, make_gateway: MakeGateway
+) -> None:
+    jwks = JWTSettings(algorithms=("RS256",), jwks_url=f"http://127.0.0.1:{free_port()}/jwks")
+    client = await make_gateway(emulator, jwt=jwks)
+    status, body = await readiness(client)
+    assert status == 503
+    assert body["checks"]["jwtKeys"] == "not loaded"
+
+
+async def test_an_open_circuit_leaves_the_pod_ready(
+    emulator: EmulatorHandle, make_gateway: MakeGateway
+) -> None:
+    client = await make_gateway(emulator)
+    circuit = client.app[keys.CLOUD].circuit
+    while circuit.state != "open":
+        circuit.record_failure()
+    status, body = await readiness(client)
+    assert status == 200
+    assert body["checks"]["upstream"] == "circuit open"
+
+
+async def test_draining_is_not_ready(emulator: EmulatorHandle, make_gateway: MakeGateway) -> None:
+    client = await make_gateway(emulator)
+    start_draining(client.app)
+    status, body = await readiness(client)
+    assert status == 503
+    assert body["status"] == "not ready"
+    assert body["checks"]["shutdown"] == "draining"
 
 
 async def test_openapi_describes_exactly_the_routes(

@@ -118,6 +118,23 @@ async def test_each_app_has_its_own_registry(
     assert value(await scrape(one), "authserver_http_requests_total", status="200", **TOKEN) == 1
 
 
+async def test_the_jwt_layer_counts_remembered_and_verified_tokens(
+    emulator: EmulatorHandle, make_gateway: MakeGateway
+) -> None:
+    client = await make_gateway(emulator)
+    lookups = "authserver_cache_lookups_total"
+    jwt = make_jwt("carol")
+    # Each body a different request, so no answer layer in front spares the verifier.
+    for ttl in (600, 601, 602):
+        resp = await client.post("/v1/token", headers=bearer(jwt), json={"ttlSeconds": ttl})
+        assert resp.status == 200
+    assert (await client.post("/v1/token", headers=bearer("not-a-jwt"))).status == 401
+
+    text = await scrape(client)
+    assert value(text, lookups, layer="jwt", result="miss") == 2  # carol's first, the bad one
+    assert value(text, lookups, layer="jwt", result="hit") == 2
+
+
 async def test_cache_layers_in_front_of_redis(
     emulator: EmulatorHandle, make_gateway: MakeGateway, redis_url: str
 ) -> None:

@@ -9,10 +9,11 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 from aiohttp.test_utils import TestClient
+from multidict import CIMultiDict
 
 from authserver import keys
 from authserver.clock import ManualClock
-from authserver.ratelimit import Limit, LocalBuckets, RateLimiter, parse_networks
+from authserver.ratelimit import Limit, LocalBuckets, RateLimiter, address, parse_networks
 from authserver.settings import SettingsError, load_settings
 from tests.fixtures.emulator import EmulatorHandle, MakeEmulator
 from tests.fixtures.gateway import EXAMPLE_POLICY, MakeGateway, bearer, make_jwt
@@ -120,20 +121,128 @@ async def test_forwarded_for_counts_only_behind_a_trusted_proxy(
     assert (await post(proxied, jwt, headers=other)).status == 200
 
 
-def test_client_ip_takes_the_rightmost_untrusted_address() -> None:
-    limiter = RateLimiter(
-        subject=Limit(0),
-        ip=Limit(1, 1),
-        clock=ManualClock(),
-        trusted_proxies=parse_networks(["10.0.0.0/8", "2001:db8::/32"]),
+async def test_one_client_is_one_bucket_however_the_proxies_spell_it(
+    manual_emulator: EmulatorHandle, make_gateway: MakeGateway, clock: ManualClock
+) -> None:
+    proxied = await make_gateway(
+        manual_emulator,
+        clock=clock,
+        rate_limit_ip=1.0,
+        rate_limit_ip_burst=3,
+        trusted_proxies=("127.0.0.0/8", "10.0.0.0/8"),
     )
-    assert limiter.client_ip("10.0.0.1", "203.0.113.9, 10.0.0.5") == "203.0.113.9"
-    assert limiter.client_ip("10.0.0.1", "1.1.1.1, 203.0.113.9") == "203.0.113.9"
-    assert limiter.client_ip("2001:db8::1", "2001:db8::2, 2001:db8::3") == "2001:db8::1"
-    assert limiter.client_ip("10.0.0.1", "garbage") == "garbage"  # what our proxy saw
-    assert limiter.client_ip("10.0.0.1", " , ") == "10.0.0.1"
-    assert limiter.client_ip("192.0.2.1", "203.0.113.9") == "192.0.2.1"  # untrusted peer
-    assert limiter.client_ip(None, "203.0.113.9") == "unknown"
+    jwt = make_jwt("shared-device", now=clock.time())
+
+    async def forwarded(*lines: str) -> Any:
+        headers = CIMultiDict(bearer(jwt))
+        for line in lines:  # one header line each, as a proxy that adds a line writes them
+            headers.add("X-Forwarded-For", line)
+        resp = await proxied.post("/v1/token", headers=headers)
+        await resp.read()
+        return resp
+
+    # 198.51.100.7 three ways; the last one on a second header line after a forged first.
+    assert (await forwarded("198.51.100.7:5678")).status == 200
+    assert (await forwarded("[::ffff:198.51.100.7]:443")).status == 200
+    assert (await forwarded("203.0.113.5", "0:0:0:0:0:ffff:c633:6407, 10.1.2.3")).status == 200
+    await assert_limited(await forwarded("203.0.113.6", "198.51.100.7"), "ip")
+    # Another client behind the same proxies has its own bucket.
+    assert (await forwarded("198.51.100.8")).status == 200
+    # Text that is not an address makes no bucket of its own: it counts as the proxy's.
+    for junk in ("not-an-ip", "junk:port", "198.51.100.9, [::1"):
+        assert (await forwarded(junk)).status == 200
+    await assert_limited(await forwarded("unknown"), "ip")
+
+
+@pytest.mark.parametrize(
+    ("spelled", "normal"),
+    [
+        ("203.0.113.9", "203.0.113.9"),
+        (" 203.0.113.9 ", "203.0.113.9"),
+        ("203.0.113.9:5678", "203.0.113.9"),
+        ("::ffff:203.0.113.9", "203.0.113.9"),  # IPv4-mapped IPv6 is the IPv4 address
+        ("[::ffff:203.0.113.9]:443", "203.0.113.9"),
+        ("::ffff:cb00:7109", "203.0.113.9"),
+        ("2001:db8::1", "2001:db8::1"),
+        ("2001:0db8:0000:0000:0000:0000:0000:0001", "2001:db8::1"),  # one value per address
+        ("2001:DB8:0:0::1", "2001:db8::1"),
+        ("[2001:db8::1]", "2001:db8::1"),
+        ("[2001:db8::1]:80", "2001:db8::1"),
+        ("fe80::1%eth0", "fe80::1"),  # the zone is the proxy's, not the client's
+        ("::1", "::1"),
+    ],
+)
+def test_addresses_are_normalised(spelled: str, normal: str) -> None:
+    assert str(address(spelled)) == normal
+
+
+@pytest.mark.parametrize(
+    "junk",
+    [
+        "",
+        "garbage",
+        "unknown",
+        "203.0.113.9:",
+        "203.0.113.9:port",
+        "203.0.113.9:99999",
+        "203.0.113.9:\u0665",  # a non-ASCII digit is not a port
+        "203.0.113",
+        "203.0.113.09",
+        "[2001:db8::1",
+        "[2001:db8::1]x",
+        "[2001:db8::1]:",
+        "[203.0.113.9]:80",
+        "2001:db8::1:80:x",
+        "1" * 65,
+        "_hidden",
+    ],
+)
+def test_what_is_not_an_address_is_none(junk: str) -> None:
+    assert address(junk) is None
+
+
+BEHIND_PROXIES = RateLimiter(
+    subject=Limit(0),
+    ip=Limit(1, 1),
+    clock=ManualClock(),
+    trusted_proxies=parse_networks(["10.0.0.0/8", "2001:db8::/32"]),
+)
+
+
+@pytest.mark.parametrize(
+    ("peer", "lines", "client"),
+    [
+        ("10.0.0.1", ["203.0.113.9, 10.0.0.5"], "203.0.113.9"),
+        ("10.0.0.1", ["1.1.1.1, 203.0.113.9"], "203.0.113.9"),  # the left part proves nothing
+        # Every header line counts, in order: a proxy may add a line rather than append.
+        ("10.0.0.1", ["203.0.113.66", "203.0.113.9"], "203.0.113.9"),
+        ("10.0.0.1", ["203.0.113.9", "10.0.0.5"], "203.0.113.9"),
+        ("10.0.0.1", ["203.0.113.66, 203.0.113.9", "10.0.0.7, 10.0.0.5"], "203.0.113.9"),
+        # Spellings of one address are one client.
+        ("10.0.0.1", ["203.0.113.9:5678"], "203.0.113.9"),
+        ("10.0.0.1", ["[::ffff:203.0.113.9]:443"], "203.0.113.9"),
+        ("10.0.0.1", ["2a00:0:0:0::1, 2001:db8::2"], "2a00::1"),
+        ("::ffff:10.0.0.1", ["203.0.113.9"], "203.0.113.9"),  # a dual-stack socket's peer
+        ("10.0.0.1", ["[10.0.0.5]:80"], "10.0.0.1"),
+        # Text that is not an address ends the walk at the proxy that relayed it.
+        ("10.0.0.1", ["garbage"], "10.0.0.1"),
+        ("10.0.0.1", ["203.0.113.66, garbage, 10.0.0.5"], "10.0.0.5"),
+        ("10.0.0.1", ["203.0.113.66, unknown"], "10.0.0.1"),
+        ("10.0.0.1", [" , "], "10.0.0.1"),
+        ("10.0.0.1", ["203.0.113.9,,"], "203.0.113.9"),
+        # Only proxies: the one nearest to the client.
+        ("2001:db8::1", ["2001:db8::2, 2001:db8::3"], "2001:db8::2"),
+        ("10.0.0.1", [], "10.0.0.1"),
+        # An untrusted peer's header is its own word: ignored.
+        ("192.0.2.1", ["203.0.113.9"], "192.0.2.1"),
+        ("::ffff:192.0.2.1", [], "192.0.2.1"),
+        (None, ["203.0.113.9"], "unknown"),
+    ],
+)
+def test_client_ip_takes_the_rightmost_untrusted_address(
+    peer: str | None, lines: list[str], client: str
+) -> None:
+    assert BEHIND_PROXIES.client_ip(peer, lines) == client
 
 
 async def test_the_shared_tier_spans_gateways_and_only_upstream_calls_pay_for_it(

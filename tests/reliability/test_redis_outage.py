@@ -141,9 +141,10 @@ async def test_redis_outage_under_load(
     refused = [a for a in load.answers if a[1] == 503]
     assert refused, "the outage was never felt"
     assert all(a[3] is not None and int(a[3]) >= 1 for a in refused), refused
-    # Readiness said why; revocations were refused rather than accepted and lost.
+    # Readiness stayed true (every replica shares Redis) and said what is down; revocations
+    # were refused rather than accepted and lost.
     status, body = outage["readyz"]
-    assert status == 503
+    assert status == 200
     assert body["checks"]["store"] == "unreachable"
     assert [s for s, _ in outage["revoke"]] == [503, 503, 503], outage["revoke"]
     assert all(r is not None for _, r in outage["revoke"])
