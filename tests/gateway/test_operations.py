@@ -10,7 +10,7 @@ from authserver.app import create_app
 from authserver.identity import JWTSettings
 from authserver.web.observe import start_draining
 from tests.fixtures.emulator import EmulatorHandle
-from tests.fixtures.gateway import MakeGateway, gateway_settings
+from tests.fixtures.gateway import ISSUER, MakeGateway, gateway_settings
 from tests.fixtures.redis import RedisServer, free_port
 
 
@@ -75,7 +75,9 @@ async def test_blocklist_never_read_at_start_up_is_not_ready(
 async def test_jwt_keys_never_loaded_is_not_ready(
     emulator: EmulatorHandle, make_gateway: MakeGateway
 ) -> None:
-    jwks = JWTSettings(algorithms=("RS256",), jwks_url=f"http://127.0.0.1:{free_port()}/jwks")
+    jwks = JWTSettings(
+        algorithms=("RS256",), issuer=ISSUER, jwks_url=f"http://127.0.0.1:{free_port()}/jwks"
+    )
     client = await make_gateway(emulator, jwt=jwks)
     status, body = await readiness(client)
     assert status == 503
