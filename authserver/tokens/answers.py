@@ -1,17 +1,18 @@
 """Finished answers: the bytes sent to a device, reused while every token in them is fresh.
 
-Keyed by who asks (the subject and the claims the policy looks at) and the exact request
-body, so a device that asks again (a restart loop, a retry, a fleet hammering after a broker
-restart), even with a newly issued JWT, is answered with one dict lookup once its JWT is
-verified and its blocks checked. An entry names the token
+Keyed by who asks (the subject and the claims the policy looks at) and the canonical
+request (the parsed body with its lists sorted and its lifetime settled, so two spellings
+of one request share an entry), so a device that asks again (a restart loop, a retry, a
+fleet hammering after a broker restart), even with a newly issued JWT, is answered with one
+dict lookup once its JWT is verified and its blocks checked. An entry names the token
 keys it holds: revoking any of them drops the entry in every process (the same invalidation
 events that drop L1 entries), a policy reload makes it stale by version, and it is never
 served past the point where its first token is due for renewal.
 
-In front of it, for the commonest request of all (a device repeating a bodyless request
-with the JWT it sent before), `repeats` maps the exact Authorization header to the answer
-and identity it got: one dict lookup instead of hashing and verifying the token, keying
-its claims and finding the answer. `repeat` re-checks what can change: the answer is still
+In front of it, for the commonest request of all (a device repeating a request with the JWT
+it sent before), `repeats` maps the exact Authorization header and body bytes to the answer
+and identity they got: one dict lookup instead of verifying the token, parsing the body,
+keying its claims and finding the answer. `repeat` re-checks what can change: the answer is still
 held (`Answer.live`, unset when it is dropped, replaced or evicted, and its repeats go with
 it), its policy version and freshness, the JWT's expiry and the verifier's key epoch; the
 caller applies the subject's rate limit and the revocation blocks, which answer with errors.
@@ -25,10 +26,12 @@ from dataclasses import dataclass, field
 
 from authserver.identity.model import Identity
 
-Slot = tuple[Hashable, bytes]
-# The repeats are keyed by the Authorization header itself: a bound on its length bounds
-# their memory (20,000 x 1 KiB at most by default). Longer JWTs take the cached path.
+Slot = tuple[Hashable, Hashable]
+RepeatKey = tuple[str, bytes]
+# The repeats are keyed by the Authorization header and the body themselves: a bound on
+# their length bounds the key's memory. Longer ones take the cached path.
 REPEAT_MAX_HEADER = 1024
+REPEAT_MAX_BODY = 1024
 
 
 @dataclass(slots=True, eq=False)
@@ -41,13 +44,13 @@ class Answer:
     keys: tuple[str, ...]
     client_id: str | None
     live: bool = False
-    # The repeat headers that point here, so they go when the answer does.
-    repeat_headers: list[str] = field(default_factory=list)
+    # The repeats that point here, so they go when the answer does.
+    repeat_keys: list[RepeatKey] = field(default_factory=list)
 
 
 @dataclass(slots=True, eq=False)
 class Repeat:
-    """What a bodyless request with this exact Authorization header was answered."""
+    """What a request with this exact Authorization header and body was answered."""
 
     answer: Answer
     identity: Identity
@@ -55,7 +58,7 @@ class Repeat:
 
 
 class AnswerCache:
-    """A bounded map (who, body) -> Answer, with a reverse index from token keys."""
+    """A bounded map (who, canonical request) -> Answer, with a reverse index from token keys."""
 
     def __init__(self, maxsize: int) -> None:
         self._maxsize = maxsize
@@ -65,8 +68,8 @@ class AnswerCache:
         # Token key -> the slots of answers holding it; a list, as it is nearly always one
         # slot (a set costs three times the memory: 20,000 answers hold 40,000 keys).
         self._by_key: dict[str, list[Slot]] = {}
-        # Authorization header -> Repeat; at most `maxsize`, the oldest goes first.
-        self._repeats: OrderedDict[str, Repeat] = OrderedDict()
+        # (Authorization header, body) -> Repeat; at most `maxsize`, the oldest goes first.
+        self._repeats: OrderedDict[RepeatKey, Repeat] = OrderedDict()
         # Bumped by every invalidation: an answer built across one is not kept, since the
         # tokens it was built from may be the very ones just revoked.
         self.generation = 0
@@ -78,14 +81,17 @@ class AnswerCache:
 
     @property
     def repeats(self) -> int:
-        """How many Authorization headers are remembered for repeated requests."""
+        """How many (Authorization header, body) pairs are remembered as repeats."""
         return len(self._repeats)
 
     def fresh(
-        self, who: Hashable, body: bytes, policy_version: str, now_ms: float
+        self, who: Hashable, request: Hashable, policy_version: str, now_ms: float
     ) -> Answer | None:
-        """The answer for this exact request, if made under this policy and still fresh."""
-        answer = self._entries.get((who, body))
+        """The answer for this request, if made under this policy and still fresh.
+
+        `request` is the canonical request: equal only for requests that get equal answers.
+        """
+        answer = self._entries.get((who, request))
         if (
             answer is None
             or answer.policy_version != policy_version
@@ -97,15 +103,16 @@ class AnswerCache:
         return answer
 
     def repeat(
-        self, authorization: str, policy_version: str, now: float, verifier_epoch: int
+        self, authorization: str, body: bytes, policy_version: str, now: float, verifier_epoch: int
     ) -> Repeat | None:
-        """The answer a bodyless request with this header got, if everything still holds.
+        """The answer a request with this header and body got, if everything still holds.
 
         Held and fresh under this policy, its JWT unexpired (`now` in seconds) and its key
         still trusted (`verifier_epoch` unchanged). The caller still applies the subject's
         rate limit and the revocation blocks, which answer with errors of their own.
         """
-        repeat = self._repeats.get(authorization)
+        key = (authorization, body)
+        repeat = self._repeats.get(key)
         if repeat is None:
             return None
         answer = repeat.answer
@@ -118,29 +125,36 @@ class AnswerCache:
         ):
             self.hits += 1
             return repeat
-        del self._repeats[authorization]
+        del self._repeats[key]
         return None
 
-    def remember_repeat(self, authorization: str, repeat: Repeat) -> None:
-        """Answer the next bodyless request with this exact header from `repeat`.
+    def remember_repeat(self, authorization: str, body: bytes, repeat: Repeat) -> None:
+        """Answer the next request with this exact header and body from `repeat`.
 
-        Headers longer than REPEAT_MAX_HEADER are not kept (the key is the header itself).
+        Headers longer than REPEAT_MAX_HEADER and bodies longer than REPEAT_MAX_BODY are
+        not kept (the key is the bytes themselves).
         """
         answer = repeat.answer
-        if self._maxsize <= 0 or not answer.live or len(authorization) > REPEAT_MAX_HEADER:
+        if (
+            self._maxsize <= 0
+            or not answer.live
+            or len(authorization) > REPEAT_MAX_HEADER
+            or len(body) > REPEAT_MAX_BODY
+        ):
             return
+        key = (authorization, body)
         repeats = self._repeats
-        repeats[authorization] = repeat
-        if authorization not in answer.repeat_headers:
-            answer.repeat_headers.append(authorization)
+        repeats[key] = repeat
+        if key not in answer.repeat_keys:
+            answer.repeat_keys.append(key)
         if len(repeats) > self._maxsize:
             repeats.popitem(last=False)
 
-    def put(self, who: Hashable, body: bytes, answer: Answer, generation: int) -> None:
+    def put(self, who: Hashable, request: Hashable, answer: Answer, generation: int) -> None:
         """Keep `answer` built at `generation`; the oldest entry goes when full."""
         if self._maxsize <= 0 or generation != self.generation:
             return
-        slot = (who, body)
+        slot = (who, request)
         self._forget(slot)
         while len(self._entries) >= self._maxsize:
             self._let_go(*self._entries.popitem(last=False))
@@ -157,11 +171,11 @@ class AnswerCache:
     def _let_go(self, slot: Slot, answer: Answer) -> None:
         """An answer leaves the cache: unindex it, end its repeats, mark it for any holder."""
         answer.live = False
-        for header in answer.repeat_headers:
-            repeat = self._repeats.get(header)
+        for key in answer.repeat_keys:
+            repeat = self._repeats.get(key)
             if repeat is not None and repeat.answer is answer:
-                del self._repeats[header]
-        answer.repeat_headers.clear()
+                del self._repeats[key]
+        answer.repeat_keys.clear()
         self._unindex(slot, answer)
 
     def _unindex(self, slot: Slot, answer: Answer) -> None:

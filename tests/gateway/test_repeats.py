@@ -1,4 +1,4 @@
-"""Repeated requests: a bodyless request with a JWT sent before is answered from one lookup.
+"""Repeated requests: a request (header and body) sent before is answered from one lookup.
 
 Each test first makes the repeat (the third request with the same header is answered from
 `AnswerCache.repeat`), then changes one thing the repeat must notice.
@@ -58,15 +58,18 @@ def token_of(body: dict[str, Any], kind: str) -> str:
     return next(t["token"] for t in body["tokens"] if t["type"] == kind)
 
 
-async def test_only_bodyless_requests_are_remembered(
+async def test_each_body_is_its_own_repeat(
     emulator: EmulatorHandle, make_gateway: MakeGateway
 ) -> None:
     client = await make_gateway(emulator)
     jwt = make_jwt("alice", groups=["ops"], tenant="t1")
     for _ in range(3):
         await fetch(client, jwt, ttlSeconds=900)
-    assert answers_of(client).repeats == 0
-    await repeated(client, jwt)
+    assert answers_of(client).repeats == 1
+    hits = answers_of(client).hits
+    body = await fetch(client, jwt)  # no body: not the repeat of the one with a body
+    assert answers_of(client).hits == hits
+    assert body["expireTime"] > (await fetch(client, jwt, ttlSeconds=900))["expireTime"]
 
 
 async def test_a_subject_block_refuses_the_repeated_jwt(

@@ -69,26 +69,26 @@ def repeat_of(cache: AnswerCache, who: str, *keys: str) -> Repeat:
 
 def test_repeats_follow_their_answers() -> None:
     cache = AnswerCache(2)
-    cache.remember_repeat("Bearer a", repeat_of(cache, "a", "k-a"))
-    cache.remember_repeat("Bearer b", repeat_of(cache, "b", "k-b"))
-    assert cache.repeat("Bearer a", "v1", 1.999, 0) is not None
-    assert cache.repeat("Bearer a", "v2", 0.0, 0) is None  # another policy: forgotten
+    cache.remember_repeat("Bearer a", b"", repeat_of(cache, "a", "k-a"))
+    cache.remember_repeat("Bearer b", b"", repeat_of(cache, "b", "k-b"))
+    assert cache.repeat("Bearer a", b"", "v1", 1.999, 0) is not None
+    assert cache.repeat("Bearer a", b"", "v2", 0.0, 0) is None  # another policy: forgotten
     assert cache.repeats == 1
     cache.drop(["k-b"])
-    assert cache.repeat("Bearer b", "v1", 0.0, 0) is None
-    cache.remember_repeat("Bearer c", repeat_of(cache, "c", "k-c"))
+    assert cache.repeat("Bearer b", b"", "v1", 0.0, 0) is None
+    cache.remember_repeat("Bearer c", b"", repeat_of(cache, "c", "k-c"))
     cache.put("d", b"", answer("k-d"), cache.generation)
     cache.put("e", b"", answer("k-e"), cache.generation)  # c's answer is evicted
-    assert cache.repeat("Bearer c", "v1", 0.0, 0) is None
+    assert cache.repeat("Bearer c", b"", "v1", 0.0, 0) is None
     assert cache.repeats == 0
 
 
 def test_an_answer_not_held_is_not_remembered_and_clear_forgets_repeats() -> None:
     cache = AnswerCache(10)
     identity = Identity("x", MappingProxyType({}), None, 9e9, "fp")
-    cache.remember_repeat("Bearer x", Repeat(answer("k"), identity, 0))  # never put
+    cache.remember_repeat("Bearer x", b"", Repeat(answer("k"), identity, 0))  # never put
     assert cache.repeats == 0
-    cache.remember_repeat("Bearer y", repeat_of(cache, "y", "k-y"))
+    cache.remember_repeat("Bearer y", b"", repeat_of(cache, "y", "k-y"))
     cache.clear()
     assert cache.repeats == 0
 
@@ -96,16 +96,16 @@ def test_an_answer_not_held_is_not_remembered_and_clear_forgets_repeats() -> Non
 def test_repeats_are_bounded_oldest_first() -> None:
     cache = AnswerCache(2)
     for name in ("a", "b", "c"):
-        cache.remember_repeat(f"Bearer {name}", repeat_of(cache, name, f"k-{name}"))
+        cache.remember_repeat(f"Bearer {name}", b"", repeat_of(cache, name, f"k-{name}"))
     assert cache.repeats <= 2
-    assert cache.repeat("Bearer a", "v1", 0.0, 0) is None
-    assert cache.repeat("Bearer c", "v1", 0.0, 0) is not None
+    assert cache.repeat("Bearer a", b"", "v1", 0.0, 0) is None
+    assert cache.repeat("Bearer c", b"", "v1", 0.0, 0) is not None
 
 
 def test_an_answer_that_goes_takes_its_repeats_with_it() -> None:
     cache = AnswerCache(10)
-    cache.remember_repeat("Bearer a", repeat_of(cache, "a", "k-a"))
-    cache.remember_repeat("Bearer b", repeat_of(cache, "b", "k-b"))
+    cache.remember_repeat("Bearer a", b"", repeat_of(cache, "a", "k-a"))
+    cache.remember_repeat("Bearer b", b"", repeat_of(cache, "b", "k-b"))
     cache.put("a", b"", answer("k-a2"), cache.generation)  # replaced: a's repeat goes now
     cache.forget_keys(["k-b"])  # the store let go of b's tokens
     assert cache.repeats == 0
