@@ -137,6 +137,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         lock_ttl=settings.request_deadline + 2.0,
         l1_size=settings.token_cache_size,
         answer_cache_size=settings.answer_cache_size,
+        answer_cache_bytes=settings.answer_cache_bytes,
     )
     app[keys.TOKENS] = tokens
 

@@ -54,6 +54,7 @@ class Settings:
     max_body_bytes: int = 65536
     token_cache_size: int = 200_000
     answer_cache_size: int = 20_000
+    answer_cache_bytes: int = 64 * 1024 * 1024
     quota: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_LIMITS))
     account_quota: float = 300.0
     revocation_claim_idle: float = 30.0
@@ -170,6 +171,9 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         ),
         "answer_cache_size": int(
             _number(env, "ANSWER_CACHE_SIZE", 20_000, problems, minimum=0, integer=True)
+        ),
+        "answer_cache_bytes": int(
+            _number(env, "ANSWER_CACHE_BYTES", 64 * 1024 * 1024, problems, minimum=0, integer=True)
         ),
         "account_quota": _number(env, "QUOTA_ACCOUNT", 300.0, problems, minimum=0.1),
         "revocation_claim_idle": _number(env, "REVOCATION_CLAIM_IDLE", 30.0, problems, minimum=0.1),

@@ -15,7 +15,14 @@ and identity they got: one dict lookup instead of verifying the token, parsing t
 keying its claims and finding the answer. `repeat` re-checks what can change: the answer is still
 held (`Answer.live`, unset when it is dropped, replaced or evicted, and its repeats go with
 it), its policy version and freshness, the JWT's expiry and the verifier's key epoch; the
-caller applies the subject's rate limit and the revocation blocks, which answer with errors.
+caller applies the revocation blocks, which answer with errors.
+
+Both maps are bounded by entries and, together, by bytes (`max_bytes`, an estimate of what
+each entry holds: its body, key and bookkeeping). Answers come first: an answer that does
+not fit evicts the oldest answers (and the repeats pointing at them), a repeat that does
+not fit evicts the oldest repeats only, or is not kept. Every eviction goes through one
+path that unindexes the answer and ends its repeats, so no map is left pointing at what
+another let go of.
 """
 
 from __future__ import annotations
@@ -32,6 +39,20 @@ RepeatKey = tuple[str, bytes]
 # their length bounds the key's memory. Longer ones take the cached path.
 REPEAT_MAX_HEADER = 1024
 REPEAT_MAX_BODY = 1024
+DEFAULT_MAX_BYTES = 64 * 1024 * 1024
+# What an entry costs beyond its own bytes (measured with tracemalloc: the OrderedDict slot,
+# the Answer or Repeat object, its tuples and list, the reverse index entries).
+ANSWER_OVERHEAD = 400
+REPEAT_OVERHEAD = 350
+
+
+def weight(value: object) -> int:
+    """Roughly the bytes a key holds: strings and bytes by length, tuples by their items."""
+    if isinstance(value, str | bytes):
+        return 40 + len(value)
+    if isinstance(value, tuple):
+        return 40 + sum([8 + weight(item) for item in value])
+    return 16
 
 
 @dataclass(slots=True, eq=False)
@@ -46,6 +67,7 @@ class Answer:
     live: bool = False
     # The repeats that point here, so they go when the answer does.
     repeat_keys: list[RepeatKey] = field(default_factory=list)
+    size: int = 0  # set when the cache takes it
 
 
 @dataclass(slots=True, eq=False)
@@ -55,13 +77,17 @@ class Repeat:
     answer: Answer
     identity: Identity
     verifier_epoch: int
+    size: int = 0  # set when the cache takes it
 
 
 class AnswerCache:
     """A bounded map (who, canonical request) -> Answer, with a reverse index from token keys."""
 
-    def __init__(self, maxsize: int) -> None:
+    def __init__(self, maxsize: int, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
         self._maxsize = maxsize
+        self._max_bytes = max_bytes
+        # What answers and repeats hold together, by the estimate in `weight`.
+        self.bytes = 0
         # OrderedDict: evicting the oldest is O(1); a plain dict's first item gets slower to
         # find as deletions pile up at its front.
         self._entries: OrderedDict[Slot, Answer] = OrderedDict()
@@ -125,7 +151,7 @@ class AnswerCache:
         ):
             self.hits += 1
             return repeat
-        del self._repeats[key]
+        self._drop_repeat(key)
         return None
 
     def remember_repeat(self, authorization: str, body: bytes, repeat: Repeat) -> None:
@@ -144,21 +170,43 @@ class AnswerCache:
             return
         key = (authorization, body)
         repeats = self._repeats
+        self._drop_repeat(key)
+        size = REPEAT_OVERHEAD + len(authorization) + len(body)
+        while repeats and (len(repeats) >= self._maxsize or self.bytes + size > self._max_bytes):
+            self._drop_repeat(next(iter(repeats)))
+        if self.bytes + size > self._max_bytes:
+            return  # the answers fill the budget: they come first
+        repeat.size = size
         repeats[key] = repeat
+        self.bytes += size
         if key not in answer.repeat_keys:
             answer.repeat_keys.append(key)
-        if len(repeats) > self._maxsize:
-            repeats.popitem(last=False)
+
+    def _drop_repeat(self, key: RepeatKey) -> None:
+        repeat = self._repeats.pop(key, None)
+        if repeat is not None:
+            self.bytes -= repeat.size
 
     def put(self, who: Hashable, request: Hashable, answer: Answer, generation: int) -> None:
-        """Keep `answer` built at `generation`; the oldest entry goes when full."""
+        """Keep `answer` built at `generation`; the oldest entries go to make room."""
         if self._maxsize <= 0 or generation != self.generation:
             return
         slot = (who, request)
         self._forget(slot)
-        while len(self._entries) >= self._maxsize:
-            self._let_go(*self._entries.popitem(last=False))
-        self._entries[slot] = answer
+        size = (
+            ANSWER_OVERHEAD
+            + len(answer.body)
+            + weight(slot)
+            + sum([56 + len(key) for key in answer.keys])
+        )
+        if size > self._max_bytes:
+            return  # larger than the whole budget: never kept
+        entries = self._entries
+        while entries and (len(entries) >= self._maxsize or self.bytes + size > self._max_bytes):
+            self._let_go(*entries.popitem(last=False))
+        answer.size = size
+        entries[slot] = answer
+        self.bytes += size
         answer.live = True
         for key in answer.keys:
             self._by_key.setdefault(key, []).append(slot)
@@ -171,10 +219,11 @@ class AnswerCache:
     def _let_go(self, slot: Slot, answer: Answer) -> None:
         """An answer leaves the cache: unindex it, end its repeats, mark it for any holder."""
         answer.live = False
+        self.bytes -= answer.size
         for key in answer.repeat_keys:
             repeat = self._repeats.get(key)
             if repeat is not None and repeat.answer is answer:
-                del self._repeats[key]
+                self._drop_repeat(key)
         answer.repeat_keys.clear()
         self._unindex(slot, answer)
 
@@ -210,3 +259,4 @@ class AnswerCache:
         self._entries.clear()
         self._by_key.clear()
         self._repeats.clear()
+        self.bytes = 0

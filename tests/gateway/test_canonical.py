@@ -16,6 +16,7 @@ from authserver import keys
 from authserver.tokens.answers import REPEAT_MAX_BODY, AnswerCache
 from tests.fixtures.emulator import EmulatorHandle
 from tests.fixtures.gateway import MakeGateway, bearer, make_jwt
+from tests.tokens.test_answers import assert_consistent
 
 CLIENT = "GID_fleet@@@alice-1"
 
@@ -135,3 +136,28 @@ async def test_a_long_body_is_not_remembered_as_a_repeat(
         assert status == 200
     assert answers_of(client).repeats == 0
     assert answers_of(client).hits == 2  # still answered from the finished answers
+
+
+async def test_a_flood_of_large_distinct_requests_stays_within_the_byte_bound(
+    emulator: EmulatorHandle, make_gateway: MakeGateway
+) -> None:
+    bound = 60_000
+    client = await make_gateway(emulator, answer_cache_bytes=bound)
+    cache = answers_of(client)
+    jwt = make_jwt("alice")
+    small = b'{"clientId": "%s"}' % CLIENT.encode()
+    for _ in range(2):  # remembered as a repeat too
+        assert (await send(client, jwt, small))[0] == 200
+    last: Any = None
+    for n in range(25):
+        topics = [f"devices/alice/r{n:03d}/t{k:03d}-{'x' * 30}" for k in range(60)]
+        status, last = await send(client, jwt, json.dumps({"topics": topics}).encode())
+        assert status == 200
+        assert_consistent(cache)
+        # The small answer sent between the large ones is kept or evicted whole.
+        assert (await send(client, jwt, small))[0] == 200
+        assert_consistent(cache)
+    assert cache.bytes <= bound
+    assert 2 <= len(cache) < 10  # each large answer is about 10 KB
+    await client.server.app[keys.REVOKER].revoke_token(last["tokens"][0]["token"])
+    assert_consistent(cache)
