@@ -65,6 +65,8 @@ class Settings:
     rate_limit_subject_burst: int = 20
     rate_limit_ip: float = 0.0
     rate_limit_ip_burst: int = 200
+    mint_budget: float = 10.0
+    mint_budget_burst: int = 5
     trusted_proxies: tuple[str, ...] = ()
 
     @property
@@ -186,6 +188,10 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         "rate_limit_ip": _number(env, "RATE_LIMIT_IP", 0.0, problems, minimum=0),
         "rate_limit_ip_burst": int(
             _number(env, "RATE_LIMIT_IP_BURST", 200, problems, minimum=1, integer=True)
+        ),
+        "mint_budget": _number(env, "MINT_BUDGET", 10.0, problems, minimum=0),
+        "mint_budget_burst": int(
+            _number(env, "MINT_BUDGET_BURST", 5, problems, minimum=1, integer=True)
         ),
         "trusted_proxies": _trusted_proxies(env, problems),
     }
