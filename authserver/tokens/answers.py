@@ -28,7 +28,8 @@ another let go of.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Hashable, Iterable
+from collections.abc import Hashable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from authserver.identity.model import Identity
@@ -99,6 +100,8 @@ class AnswerCache:
         # Bumped by every invalidation: an answer built across one is not kept, since the
         # tokens it was built from may be the very ones just revoked.
         self.generation = 0
+        # Requests being worked out (not answered from here) -> how many at once.
+        self._working: dict[Slot, int] = {}
         self.hits = 0
         self.misses = 0
 
@@ -127,6 +130,27 @@ class AnswerCache:
             return None
         self.hits += 1
         return answer
+
+    @contextmanager
+    def working(self, who: Hashable, request: Hashable) -> Iterator[bool]:
+        """Mark a request as being worked out; yields whether no identical one already is.
+
+        What the per-subject request limit counts: identical requests in flight together
+        (a fleet sharing an identity, asking at once) are one piece of work, whose tokens
+        the token service mints once.
+        """
+        slot = (who, request)
+        working = self._working
+        ahead = working.get(slot, 0)
+        working[slot] = ahead + 1
+        try:
+            yield ahead == 0
+        finally:
+            left = working[slot] - 1
+            if left:
+                working[slot] = left
+            else:
+                del working[slot]
 
     def repeat(
         self, authorization: str, body: bytes, policy_version: str, now: float, verifier_epoch: int

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -12,7 +13,7 @@ from aiohttp import web
 from authserver import keys, logs
 from authserver.clock import Clock
 from authserver.errors import BadRequest
-from authserver.identity import JWTVerifier, bearer_token
+from authserver.identity import Identity, JWTVerifier, bearer_token
 from authserver.policy.model import Policy
 from authserver.policy_holder import PolicyHolder
 from authserver.ratelimit import RateLimiter
@@ -46,6 +47,7 @@ class _Services:
     holder: PolicyHolder
     revoker: Revoker
     clock: Clock
+    request_deadline: float
 
 
 SERVICES = web.AppKey("token_endpoint_services", _Services)
@@ -90,7 +92,6 @@ def _repeated(services: _Services, repeat: Repeat) -> web.Response:
     """A repeated request's answer, once its subject's blocks allow it."""
     identity = repeat.identity
     logs.bind_subject(identity.subject)
-    services.limiter.check_subject(identity.subject)
     services.revoker.check(identity, repeat.answer.client_id)
     return web.Response(body=repeat.answer.body, headers=ANSWER_HEADERS)
 
@@ -104,11 +105,18 @@ async def bind_services(app: web.Application) -> None:
         holder=app[keys.POLICY],
         revoker=app[keys.REVOKER],
         clock=app[keys.CLOCK],
+        request_deadline=app[keys.SETTINGS].request_deadline,
     )
 
 
 async def post_token(request: web.Request) -> web.Response:
-    """Issue (or reuse) MQTT tokens for the caller's grants."""
+    """Issue (or reuse) MQTT tokens for the caller's grants.
+
+    Limits: the client IP on every request; answers from the caches cost a lookup and are
+    never refused by a per-subject limit. Only a request the answer cache cannot answer is
+    counted against the subject's request limit (identical requests in flight together
+    once), and only one that is about to call ApplyToken against its mint budget.
+    """
     services = request.app[SERVICES]
     limiter = services.limiter
     verifier = services.verifier
@@ -138,31 +146,38 @@ async def post_token(request: web.Request) -> web.Response:
     else:
         identity = known
     logs.bind_subject(identity.subject)
-    limiter.check_subject(identity.subject)
     policy = holder.current
     asked = parse_asked(raw, policy)
 
     # The hot path: the same user (same claims) asking the same thing again.
     who = (identity.subject, holder.claims_key(identity.claims))
     answer = answers.fresh(who, asked, policy.version_id, services.clock.time() * 1000)
-    if answer is not None:
+    if answer is None:
+        with answers.working(who, asked) as alone:
+            if alone:
+                limiter.check_subject(identity.subject)
+            answer = await _work_out(services, identity, who, asked, ip)
+    else:
         services.revoker.check(identity, answer.client_id)
         if seen_before and authorization is not None:
             # Asked twice with this JWT and body: the next time, one lookup.
             answers.remember_repeat(authorization, raw, Repeat(answer, identity, verifier.epoch))
-        return web.Response(body=answer.body, headers=ANSWER_HEADERS)
+    return web.Response(body=answer.body, headers=ANSWER_HEADERS)
 
-    # From here on the request may reach the upstream: the shared rate limits need to know who.
-    limiter.asking(identity.subject, ip)
-    tokens = services.tokens
+
+async def _work_out(
+    services: _Services, identity: Identity, who: Hashable, asked: Asked, ip: str | None
+) -> Answer:
+    """Decide, gather or mint the tokens, and keep the answer for the next time."""
     services.revoker.check(identity, asked.client_id)
-    plan = holder.plan(
+    plan = services.holder.plan(
         identity.subject, identity.claims, asked.client_id, asked.topics, asked.actions
     )
-    settings = request.app[keys.SETTINGS]
-    deadline = services.clock.monotonic() + settings.request_deadline
+    # From here on the request may reach the upstream: the mint budget needs to know who.
+    services.limiter.asking(identity.subject, ip)
+    answers = services.tokens.answers
     generation = answers.generation
-    credentials = await tokens.credentials(
+    credentials = await services.tokens.credentials(
         TokenRequest(
             subject=identity.subject,
             client_id=asked.client_id,
@@ -171,15 +186,14 @@ async def post_token(request: web.Request) -> web.Response:
             ttl=asked.ttl,
             claims=plan.claims,
         ),
-        deadline,
+        services.clock.monotonic() + services.request_deadline,
     )
-    data = orjson.dumps(credentials.to_dict())
-    answers.put(
-        who,
-        asked,
-        Answer(
-            data, plan.policy_version, credentials.renew_at_ms, credentials.keys, asked.client_id
-        ),
-        generation,
+    answer = Answer(
+        orjson.dumps(credentials.to_dict()),
+        plan.policy_version,
+        credentials.renew_at_ms,
+        credentials.keys,
+        asked.client_id,
     )
-    return web.Response(body=data, headers=ANSWER_HEADERS)
+    answers.put(who, asked, answer, generation)
+    return answer

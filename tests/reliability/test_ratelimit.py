@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import ipaddress
 from typing import Any
@@ -52,24 +53,80 @@ async def manual_emulator(make_emulator: MakeEmulator, clock: ManualClock) -> Em
     return await make_emulator(clock=clock)
 
 
-async def test_a_device_in_a_retry_loop_gets_429_and_others_are_unaffected(
+async def test_a_retry_loop_is_answered_and_only_new_work_meets_the_subject_limit(
     manual_emulator: EmulatorHandle, make_gateway: MakeGateway, clock: ManualClock
 ) -> None:
     client = await make_gateway(
         manual_emulator, clock=clock, rate_limit_subject=2.0, rate_limit_subject_burst=5
     )
     looping = make_jwt("looper", now=clock.time())
-    answers = [await post(client, looping) for _ in range(8)]
-    assert [r.status for r in answers] == [200] * 5 + [429] * 3
-    await assert_limited(answers[-1], "subject")
-    assert apply_calls(manual_emulator) == 2  # the loop never reached the upstream again
+    # A device in a retry loop costs a lookup a request: answered, never refused.
+    assert [(await post(client, looping)).status for _ in range(50)] == [200] * 50
+    assert apply_calls(manual_emulator) == 2
 
+    # Each of these is a request of its own that needs working out (a decision, the
+    # store), though every one comes down to the same token: the subject limit counts them.
+    def wider(n: int) -> dict[str, Any]:
+        return {"json": {"topics": ["devices/looper/#", f"devices/looper/x{n}"]}}
+
+    statuses = [(await post(client, looping, **wider(n))).status for n in range(5)]
+    assert statuses == [200] * 4 + [429]
+    await assert_limited(await post(client, looping, **wider(9)), "subject")
+    assert apply_calls(manual_emulator) == 3  # the one RW token they all share
+    # Over its limit, the subject is still answered what was worked out before.
+    assert (await post(client, looping)).status == 200
+    assert (await post(client, looping, **wider(0))).status == 200
     assert (await post(client, make_jwt("bystander", now=clock.time()))).status == 200
     # The bucket refills at the sustained rate: one more request every half second.
     clock.advance(0.5)
-    assert (await post(client, looping)).status == 200
-    assert (await post(client, looping)).status == 429
-    assert client.app[keys.RATE_LIMITER].refused["subject"] == 4
+    assert (await post(client, looping, **wider(10))).status == 200
+    assert (await post(client, looping, **wider(11))).status == 429
+    assert client.app[keys.RATE_LIMITER].refused["subject"] == 3
+
+
+async def test_two_hundred_concurrent_first_requests_of_one_subject_all_get_200(
+    emulator: EmulatorHandle, make_gateway: MakeGateway
+) -> None:
+    # The default limits: 10 requests a second (burst 20), 10 new tokens a minute (burst 5).
+    client = await make_gateway(
+        emulator, rate_limit_subject=10.0, rate_limit_subject_burst=20, mint_budget=10.0
+    )
+    # A phone, a tablet, a car and a watch of one person: one subject, four JWTs.
+    jwts = [make_jwt("family", device=n) for n in range(4)]
+    answers = await asyncio.gather(*(post(client, jwts[n % 4]) for n in range(200)))
+    assert [r.status for r in answers] == [200] * 200
+    bodies = {await r.read() for r in answers}
+    assert len(bodies) == 1
+    assert apply_calls(emulator) == 2  # one R, one W: the single-flight held
+    assert client.app[keys.RATE_LIMITER].refused == {}
+
+
+async def test_a_warm_subject_asking_130_times_a_second_is_never_refused(
+    manual_emulator: EmulatorHandle, make_gateway: MakeGateway, clock: ManualClock
+) -> None:
+    client = await make_gateway(
+        manual_emulator,
+        clock=clock,
+        rate_limit_subject=10.0,
+        rate_limit_subject_burst=20,
+        mint_budget=10.0,
+    )
+    jwts = [make_jwt("busy", now=clock.time(), device=n) for n in range(3)]
+    bodies: list[dict[str, Any]] = [
+        {},
+        {"data": b'{"clientId": "GID_fleet@@@busy-1"}'},
+        {"data": b'{ "clientId":"GID_fleet@@@busy-1" }'},
+    ]
+    for body in bodies[:2]:  # warm: the tokens minted, the answers kept
+        assert (await post(client, jwts[0], **body)).status == 200
+    calls = apply_calls(manual_emulator)
+    statuses = []
+    for n in range(3 * 130):  # three seconds at 130 a second, on the gateway's clock
+        statuses.append((await post(client, jwts[n % 3], **bodies[n % 3])).status)
+        clock.advance(1 / 130)
+    assert statuses == [200] * (3 * 130)
+    assert apply_calls(manual_emulator) == calls
+    assert client.app[keys.RATE_LIMITER].refused == {}
 
 
 async def test_the_ip_limit_applies_before_the_jwt_is_even_read(

@@ -170,3 +170,15 @@ def test_repeats_share_the_byte_bound_and_give_way_to_answers() -> None:
     cache.remember_repeat("Bearer x" * 100, b"{}", Repeat(big, identity, 0))
     assert cache.repeats == 0
     assert_consistent(cache)
+
+
+def test_working_tells_the_first_of_identical_requests_in_flight() -> None:
+    cache = AnswerCache(10)
+    with cache.working("a", b"") as first:
+        with cache.working("a", b"") as second, cache.working("b", b"") as other:
+            assert (first, second, other) == (True, False, True)
+        with cache.working("a", b"") as third:
+            assert not third
+    with cache.working("a", b"") as again:  # the earlier ones are done
+        assert again
+    assert cache._working == {}
