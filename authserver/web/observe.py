@@ -162,6 +162,10 @@ def _token_stats(app: web.Application) -> Stats | None:
     answer_hits = getattr(answers, "hits", None)
     if isinstance(answer_hits, int):
         layers["answer"] = {"hits": answer_hits, "misses": int(getattr(answers, "misses", 0))}
+    extra: dict[str, int] = {}
+    answer_bytes = getattr(answers, "bytes", None)
+    if isinstance(answer_bytes, int):
+        extra["answer_bytes"] = answer_bytes
     hits: Any = getattr(tokens, "hits", None)
     misses = int(getattr(tokens, "misses", 0))
     if isinstance(hits, dict):
@@ -176,7 +180,7 @@ def _token_stats(app: web.Application) -> Stats | None:
     jwt_hits = getattr(verifier, "hits", None)
     if isinstance(jwt_hits, int):
         layers["jwt"] = {"hits": jwt_hits, "misses": int(getattr(verifier, "misses", 0))}
-    return {"layers": layers, "minted": int(getattr(tokens, "minted", 0))}
+    return {"layers": layers, "minted": int(getattr(tokens, "minted", 0)), **extra}
 
 
 def _sources(app: web.Application) -> Sources:
@@ -194,7 +198,13 @@ def _sources(app: web.Application) -> Sources:
             return watcher.stats()
         return {"version": app[keys.POLICY].current.version_id}
 
-    return Sources(tokens=lambda: _token_stats(app), cloud=cloud, quota=quota, policy=policy)
+    def limits() -> Stats | None:
+        limiter = app.get(keys.RATE_LIMITER)
+        return None if limiter is None else {"refused": dict(limiter.refused)}
+
+    return Sources(
+        tokens=lambda: _token_stats(app), cloud=cloud, quota=quota, policy=policy, limits=limits
+    )
 
 
 def reload_policy(app: web.Application, reason: str = "SIGHUP") -> None:
