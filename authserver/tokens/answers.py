@@ -158,8 +158,8 @@ class AnswerCache:
         """The answer a request with this header and body got, if everything still holds.
 
         Held and fresh under this policy, its JWT unexpired (`now` in seconds) and its key
-        still trusted (`verifier_epoch` unchanged). The caller still applies the subject's
-        rate limit and the revocation blocks, which answer with errors of their own.
+        still trusted (`verifier_epoch` unchanged). The caller still applies the revocation
+        blocks, which answer with errors of their own.
         """
         key = (authorization, body)
         repeat = self._repeats.get(key)
