@@ -109,6 +109,8 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     limiter = RateLimiter(
         subject=Limit(settings.rate_limit_subject, settings.rate_limit_subject_burst),
         ip=Limit(settings.rate_limit_ip, settings.rate_limit_ip_burst),
+        # The budget is set per minute; the buckets count per second.
+        mint=Limit(settings.mint_budget / 60, settings.mint_budget_burst),
         clock=clock,
         trusted_proxies=parse_networks(settings.trusted_proxies),
         redis=redis_client,
@@ -118,7 +120,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     async def mint(
         instance_id: str, resources: tuple[str, ...], actions: str, expire_ms: int, budget: float
     ) -> str:
-        # Only here, when the upstream is about to be called, do the limits go to Redis.
+        # Only here, when the upstream is about to be called, is the mint budget charged.
         await limiter.check_shared()
         applied = await cloud.apply_token(
             instance_id, resources, actions, expire_ms, deadline=budget
@@ -137,6 +139,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         lock_ttl=settings.request_deadline + 2.0,
         l1_size=settings.token_cache_size,
         answer_cache_size=settings.answer_cache_size,
+        answer_cache_bytes=settings.answer_cache_bytes,
     )
     app[keys.TOKENS] = tokens
 

@@ -109,6 +109,7 @@ class Sources:
     quota: StatsSource = lambda: None
     revocation: StatsSource = lambda: None
     policy: StatsSource = lambda: None
+    limits: StatsSource = lambda: None
     extra: dict[str, StatsSource] = field(default_factory=dict)
 
 
@@ -144,6 +145,9 @@ class ComponentCollector(Collector):
         cloud = _read(src.cloud, "cloud")
         if cloud is not None:
             yield from _cloud_metrics(cloud)
+        limits = _read(src.limits, "limits")
+        if limits is not None:
+            yield from _limit_metrics(limits)
         quota = _read(src.quota, "quota")
         if quota is not None:
             yield from _quota_metrics(quota)
@@ -166,6 +170,20 @@ def _token_metrics(stats: Stats) -> Iterable[Metric]:
         minted = _counter("tokens_minted", "Tokens minted by ApplyToken in this process")
         minted.add_metric([], stats["minted"])
         yield minted
+    if "answer_bytes" in stats:
+        held = _gauge(
+            "answer_cache_bytes", "Estimated bytes the answer and repeat caches hold together"
+        )
+        held.add_metric([], stats["answer_bytes"])
+        yield held
+
+
+def _limit_metrics(stats: Stats) -> Iterable[Metric]:
+    """RateLimiter counters: requests refused by each limit (mint, subject, ip)."""
+    refused = _counter("rate_limited", "POST /v1/token answered 429, by the limit", ["limit"])
+    for limit, count in sorted(stats.get("refused", {}).items()):
+        refused.add_metric([limit], count)
+    yield refused
 
 
 def _cloud_metrics(stats: Stats) -> Iterable[Metric]:

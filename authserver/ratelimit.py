@@ -1,23 +1,27 @@
-"""Inbound rate limits per client IP and per subject: GCRA buckets, local and shared via Redis.
+"""Inbound rate limits: per client IP, per subject, and each subject's mint budget (GCRA).
 
-Two tiers, so the hot path stays cheap and the upstream quota stays protected:
+Three limits, so the hot path stays cheap and the upstream quota stays protected:
 
-- **local**, on every request: a dict lookup and a little arithmetic per bucket, in this
-  process only. The IP check runs before the JWT is verified (an attacker without a valid
-  token pays nothing but a lookup), the subject check right after.
-- **shared**, only when a request is about to call the upstream (a cache miss, a renewal):
-  one Redis round trip per bucket, a GCRA script on the server's `TIME`, so every gateway
-  process draws from the same bucket. A device in a retry loop spread over many replicas, or
-  asking for ever-different token shapes to defeat the cache, is refused before it spends
-  the quota everyone shares. Cache hits never pay the round trip; they cost the upstream
-  nothing and the local tier bounds them per process.
+- **per client IP**, on every request, in this process: a dict lookup and a little
+  arithmetic, before the JWT is verified (an attacker without a valid token pays nothing
+  but a lookup).
+- **per subject**, in this process, on the requests the answer cache cannot answer (see
+  `web.device`): answered requests cost a lookup, whoever asks how often.
+- **the mint budget**, per subject, only when a request is about to call ApplyToken (a new
+  token, a renewal): in one bucket shared through Redis (a GCRA script on the server's
+  `TIME`, one round trip per request) when Redis is configured, else in this process. A
+  device asking for ever-different token shapes (topic subsets, lifetimes, clientIds) to
+  defeat the caches is refused before it spends the quota everyone shares; requests that
+  need no new token never meet it. With Redis, the client IP is counted in a shared bucket
+  too on that path.
 
-The shared check learns who is asking from a context variable set by `asking`: the
+The upstream check learns who is asking from a context variable set by `asking`: the
 token service mints in a task created from the request's context, so the value follows the
-request into the single-flight without being threaded through the token service. When
-Redis fails the shared tier is skipped (the local tier already ran), with one warning per
-outage and a retry after `redis_retry_interval`: a Redis outage must not turn into 429s or
-500s.
+request into the single-flight without being threaded through the token service, and a
+request is charged once however many tokens it mints. When Redis fails the mint budget is
+kept per process (and the shared IP bucket skipped: the local one already ran), with one
+warning per outage and a retry after `redis_retry_interval`: a Redis outage must not turn
+into 429s or 500s.
 
 Client IP: the peer address, unless the peer is a trusted proxy (`trusted_proxies`, CIDRs);
 then the right-most address of `X-Forwarded-For` (every header line, in order) that is not
@@ -45,7 +49,7 @@ from authserver.errors import RateLimited
 
 log = logging.getLogger(__name__)
 
-SUBJECT, IP = "subject", "ip"
+SUBJECT, IP, MINT = "subject", "ip", "mint"
 KEY_PREFIX = "authserver:rl:"
 DEFAULT_MAX_KEYS = 100_000
 UNKNOWN_IP = "unknown"
@@ -71,7 +75,7 @@ _MAX_ADDRESS_TEXT = 64
 
 
 class _Asking:
-    """Who the current request is, for the shared tier; charged once per request."""
+    """Who the current request is, for the upstream check; charged once per request."""
 
     __slots__ = ("charge", "keys")
 
@@ -198,7 +202,7 @@ def _retry_after(seconds: float) -> dict[str, str]:
 
 
 class RateLimiter:
-    """The gateway's inbound limits: per client IP (before auth) and per subject (after)."""
+    """The gateway's inbound limits: per client IP, per subject, and the mint budget."""
 
     def __init__(
         self,
@@ -206,12 +210,13 @@ class RateLimiter:
         subject: Limit,
         ip: Limit,
         clock: Clock,
+        mint: Limit = Limit(0),
         trusted_proxies: Iterable[Network] = (),
         redis: aioredis.Redis | None = None,
         max_keys: int = DEFAULT_MAX_KEYS,
         redis_retry_interval: float = 5.0,
     ) -> None:
-        self.limits = {SUBJECT: subject, IP: ip}
+        self.limits = {SUBJECT: subject, IP: ip, MINT: mint}
         self._clock = clock
         self._trusted = tuple(trusted_proxies)
         self._local = {
@@ -223,6 +228,10 @@ class RateLimiter:
         # Whether the local tier limits client IPs (off by default; see `check_ip`).
         self.per_ip = self._ip_buckets is not None
         self._subject_buckets = self._local.get(SUBJECT)
+        # Before an upstream call: the scopes to charge, and which of them fall back to this
+        # process's buckets without Redis (the IP was already counted locally).
+        self._upstream = tuple(s for s in (MINT, IP) if self.limits[s].enabled)
+        self._upstream_local = {MINT: self._local[MINT]} if mint.enabled else {}
         self._redis = redis
         self._script = redis.register_script(GCRA_SCRIPT) if redis is not None else None
         self._redis_retry_interval = redis_retry_interval
@@ -280,64 +289,79 @@ class RateLimiter:
         return ip
 
     def check_subject(self, subject: str) -> None:
-        """Count a request of a verified subject (local tier)."""
+        """Count a request of a verified subject that the answer cache could not answer."""
         if self._subject_buckets is not None:
             self._refuse_if(SUBJECT, self._subject_buckets.take(subject))
 
     def asking(self, subject: str, ip: str | None) -> None:
-        """Name who the current request is, for the shared tier, before it may go upstream.
+        """Name who the current request is, for `check_shared`, before it may go upstream.
 
-        `ip` is None when IPs are not limited; the shared tier then counts the subject only.
+        `ip` is None when IPs are not limited; only the subject's mint budget counts then.
         """
-        keys = ((SUBJECT, subject),) if ip is None else ((SUBJECT, subject), (IP, ip))
+        keys = ((MINT, subject),) if ip is None else ((MINT, subject), (IP, ip))
         _ASKING.set(_Asking(keys))
 
     async def check_shared(self) -> None:
-        """Before an upstream call: count the asking subject and IP in the shared buckets.
+        """Before ApplyToken: charge the asking subject's mint budget (and IP, with Redis).
 
         A request is counted once however many tokens it mints (a read and a write token
-        are minted side by side, each in its own task sharing the request's marker).
+        are minted side by side, each in its own task sharing the request's marker); past
+        the budget it is refused with RateLimited, `limit` naming the scope.
         """
         asking = _ASKING.get()
-        if asking is None or self._script is None:
+        if asking is None or not self._upstream:
             return
         if asking.charge is None:
-            if self._clock.monotonic() < self._redis_down_until:
-                return
             # The other mints of this request wait for the same answer, 429 included.
             asking.charge = asyncio.ensure_future(self._charge(asking.keys))
         await asking.charge
 
     async def _charge(self, asking: tuple[tuple[str, str], ...]) -> None:
-        assert self._script is not None
         for scope, key in asking:
             limit = self.limits[scope]
             if not limit.enabled:
                 continue
-            try:
-                wait_us = await self._script(
-                    keys=[_bucket_key(scope, key)],
-                    args=[round(limit.interval * 1e6), round(limit.tolerance * 1e6)],
-                )
-            except (redis.exceptions.RedisError, OSError) as err:
-                self._redis_failed(err)
-                return
-            if self._redis_down:
-                self._redis_down = False
-                log.warning("rate limiter: Redis is back, limits are shared again")
-            self._refuse_if(scope, int(wait_us) / 1e6)
+            wait = await self._shared_wait(scope, key, limit)
+            if wait is None:  # no Redis, or Redis failing
+                local = self._upstream_local.get(scope)
+                if local is None:
+                    continue
+                wait = local.take(key)
+            self._refuse_if(scope, wait)
+
+    async def _shared_wait(self, scope: str, key: str, limit: Limit) -> float | None:
+        """Seconds to wait by the shared bucket (0.0 admitted), None when Redis cannot say."""
+        if self._script is None or self._clock.monotonic() < self._redis_down_until:
+            return None
+        try:
+            wait_us = await self._script(
+                keys=[_bucket_key(scope, key)],
+                args=[round(limit.interval * 1e6), round(limit.tolerance * 1e6)],
+            )
+        except (redis.exceptions.RedisError, OSError) as err:
+            self._redis_failed(err)
+            return None
+        if self._redis_down:
+            self._redis_down = False
+            log.warning("rate limiter: Redis is back, limits are shared again")
+        return int(wait_us) / 1e6
 
     def _refuse_if(self, scope: str, wait: float) -> None:
         if wait <= 0:
             return
         self.refused[scope] += 1
         limit = self.limits[scope]
-        raise RateLimited(
-            f"too many requests for this {scope}: at most {limit.rate:g}/s "
-            f"(burst {limit.burst}); retry later",
-            headers=_retry_after(wait),
-            extra={"limit": scope},
-        )
+        if scope == MINT:
+            detail = (
+                f"too many requests needing a new token for this subject: at most "
+                f"{limit.rate * 60:g} a minute (burst {limit.burst}); retry later"
+            )
+        else:
+            detail = (
+                f"too many requests for this {scope}: at most {limit.rate:g}/s "
+                f"(burst {limit.burst}); retry later"
+            )
+        raise RateLimited(detail, headers=_retry_after(wait), extra={"limit": scope})
 
     def _redis_failed(self, err: Exception) -> None:
         self.redis_errors += 1

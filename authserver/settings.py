@@ -54,6 +54,7 @@ class Settings:
     max_body_bytes: int = 65536
     token_cache_size: int = 200_000
     answer_cache_size: int = 20_000
+    answer_cache_bytes: int = 64 * 1024 * 1024
     quota: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_LIMITS))
     account_quota: float = 300.0
     revocation_claim_idle: float = 30.0
@@ -64,6 +65,8 @@ class Settings:
     rate_limit_subject_burst: int = 20
     rate_limit_ip: float = 0.0
     rate_limit_ip_burst: int = 200
+    mint_budget: float = 10.0
+    mint_budget_burst: int = 5
     trusted_proxies: tuple[str, ...] = ()
     # The HTTP layer (authserver.serve): how long a connection may sit without a complete
     # request head (idle keep-alive and headers sent slowly alike), how long a body may take,
@@ -177,6 +180,9 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         "answer_cache_size": int(
             _number(env, "ANSWER_CACHE_SIZE", 20_000, problems, minimum=0, integer=True)
         ),
+        "answer_cache_bytes": int(
+            _number(env, "ANSWER_CACHE_BYTES", 64 * 1024 * 1024, problems, minimum=0, integer=True)
+        ),
         "account_quota": _number(env, "QUOTA_ACCOUNT", 300.0, problems, minimum=0.1),
         "revocation_claim_idle": _number(env, "REVOCATION_CLAIM_IDLE", 30.0, problems, minimum=0.1),
         "policy_poll_interval": _number(env, "POLICY_POLL_INTERVAL", 1.0, problems, minimum=0.05),
@@ -188,6 +194,10 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         "rate_limit_ip": _number(env, "RATE_LIMIT_IP", 0.0, problems, minimum=0),
         "rate_limit_ip_burst": int(
             _number(env, "RATE_LIMIT_IP_BURST", 200, problems, minimum=1, integer=True)
+        ),
+        "mint_budget": _number(env, "MINT_BUDGET", 10.0, problems, minimum=0),
+        "mint_budget_burst": int(
+            _number(env, "MINT_BUDGET_BURST", 5, problems, minimum=1, integer=True)
         ),
         "trusted_proxies": _trusted_proxies(env, problems),
         "keepalive_timeout": _number(env, "KEEPALIVE_TIMEOUT", 75.0, problems, minimum=0.1),

@@ -2,6 +2,7 @@
 
     python bench/ab.py                 # 5 rounds of 3 s: baseline, W1, W2 in turn
     python bench/ab.py --rounds 9 --duration 2 --no-w2
+    python bench/ab.py --body          # also W1 with a {"clientId": ...} body each round
 
 For iterating on the hot path: one gateway, one baseline, both kept running, measured in
 turns so that a noisy neighbour hits both alike. Prints per-round figures and the medians of
@@ -22,7 +23,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench import harness as h  # noqa: E402
-from bench.jwts import make_jwts, subjects, write_jwt_file  # noqa: E402
+from bench.jwts import client_id_bodies, make_jwts, subjects, write_jwt_file  # noqa: E402
 from bench.run import (  # noqa: E402
     HIGH_QUOTA,
     fill,
@@ -39,6 +40,9 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=3.0)
     parser.add_argument("--subjects", type=int, default=10_000)
     parser.add_argument("--no-w2", action="store_true")
+    parser.add_argument(
+        "--body", action="store_true", help='also W1 with a {"clientId": ...} body (W1b)'
+    )
     args = parser.parse_args()
     if h.wrk_path() is None:
         print("wrk is not installed: apt-get install -y wrk", file=sys.stderr)
@@ -47,7 +51,10 @@ def main() -> int:
     names = subjects("bench", args.subjects)
     w1_tokens = make_jwts(names, tag="w1")
     w1_file = write_jwt_file(workdir / "w1.txt", w1_tokens)
+    bodies = client_id_bodies(names)
+    w1b_file = write_jwt_file(workdir / "w1b.txt", w1_tokens, bodies)
     rows: list[tuple[float, float, float | None]] = []
+    body_rows: list[tuple[float, float]] = []
     with h.fleet(workdir) as fleet:
         emulator = start_emulator(fleet, "emulator", HIGH_QUOTA)
         base = start_baseline_app(fleet)
@@ -55,6 +62,10 @@ def main() -> int:
             fleet, "gateway", emulator, quota=HIGH_QUOTA, account_quota=HIGH_QUOTA
         )
         fill(gateway, w1_tokens)
+        if args.body:
+            for _ in range(2):  # minted and answered, then remembered as repeats
+                h.post_all(gateway.url, w1_tokens, bodies=bodies)
+            h.run_wrk(gateway.url, w1b_file, duration=1, connections=64)
         for url in (base.url, gateway.url):
             h.run_wrk(url, w1_file, duration=1, connections=64)
         for i in range(args.rounds):
@@ -68,6 +79,10 @@ def main() -> int:
                 w2 = h.run_wrk(gateway.url, w2_file, duration=args.duration, connections=64)["rps"]
             rows.append((b, w1, w2))
             extra = "" if w2 is None else f"  W2 {w2:8.0f} ({w2 / b:.1%})"
+            if args.body:
+                w1b = h.run_wrk(gateway.url, w1b_file, duration=args.duration, connections=64)
+                body_rows.append((b, w1b["rps"]))
+                extra += f"  W1b {w1b['rps']:8.0f} ({w1b['rps'] / b:.1%})"
             print(
                 f"round {i + 1}: baseline {b:8.0f}  W1 {w1:8.0f} ({w1 / b:.1%}){extra}", flush=True
             )
@@ -75,6 +90,12 @@ def main() -> int:
     print(f"median baseline {med(r[0] for r in rows):.0f} req/s")
     w1_ratio = med(r[1] / r[0] for r in rows)
     print(f"median W1 {med(r[1] for r in rows):.0f} req/s, W1/baseline {w1_ratio:.1%}")
+    if body_rows:
+        w1b_ratio = med(w1b / b for b, w1b in body_rows)
+        print(
+            f"median W1b (clientId body) {med(w1b for _, w1b in body_rows):.0f} req/s, "
+            f"W1b/baseline {w1b_ratio:.1%}"
+        )
     w2s = [(r[0], r[2]) for r in rows if r[2] is not None]
     if w2s:
         w2_ratio = med(w2 / b for b, w2 in w2s)

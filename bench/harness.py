@@ -361,17 +361,23 @@ class Posted:
     first_failure: str = ""
 
 
-async def _post_all(url: str, tokens: Sequence[str], concurrency: int) -> Posted:
+async def _post_all(
+    url: str, tokens: Sequence[str], concurrency: int, bodies: Sequence[str] | None
+) -> Posted:
     posted = Posted()
-    queue = iter(tokens)
+    queue = iter(zip(tokens, bodies or [""] * len(tokens), strict=True))
     connector = aiohttp.TCPConnector(limit=concurrency)
     timeout = aiohttp.ClientTimeout(total=60)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
 
         async def worker() -> None:
-            for token in queue:
+            for token, body in queue:
                 headers = {"Authorization": f"Bearer {token}"}
-                async with session.post(url + "/v1/token", headers=headers) as answer:
+                if body:
+                    headers["Content-Type"] = "application/json"
+                async with session.post(
+                    url + "/v1/token", headers=headers, data=body.encode()
+                ) as answer:
                     body = await answer.read()
                     posted.statuses[answer.status] += 1
                     if answer.status != 200:
@@ -383,9 +389,11 @@ async def _post_all(url: str, tokens: Sequence[str], concurrency: int) -> Posted
     return posted
 
 
-def post_all(url: str, tokens: Sequence[str], concurrency: int = 64) -> Posted:
-    """POST /v1/token once with each JWT (warm-up and cache fills); the answers' statuses."""
-    return asyncio.run(_post_all(url, tokens, concurrency))
+def post_all(
+    url: str, tokens: Sequence[str], concurrency: int = 64, bodies: Sequence[str] | None = None
+) -> Posted:
+    """POST /v1/token once with each JWT (and its body); the answers' statuses."""
+    return asyncio.run(_post_all(url, tokens, concurrency, bodies))
 
 
 def fetch_token(url: str, token: str) -> bytes:

@@ -45,12 +45,20 @@ def make_jwts(
     ]
 
 
-def write_jwt_file(path: Path, tokens: Iterable[str]) -> Path:
-    """Write one JWT per line, the format bench/rotate.lua reads."""
-    path.write_text("".join(f"{t}\n" for t in tokens))
+def write_jwt_file(path: Path, tokens: Iterable[str], bodies: Iterable[str] | None = None) -> Path:
+    """Write one JWT per line, the format bench/rotate.lua reads; a tab then its body if any."""
+    if bodies is None:
+        path.write_text("".join(f"{t}\n" for t in tokens))
+    else:
+        path.write_text("".join(f"{t}\t{b}\n" for t, b in zip(tokens, bodies, strict=True)))
     return path
 
 
+def client_id_bodies(names: Iterable[str]) -> list[str]:
+    """The body most devices send, `{"clientId": ...}`, one per subject in `names`."""
+    return [f'{{"clientId": "GID_bench@@@{name}"}}' for name in names]
+
+
 def read_jwt_file(path: Path) -> list[str]:
-    """The JWTs of a file written by write_jwt_file."""
-    return [line for line in path.read_text().splitlines() if line]
+    """The JWTs of a file written by write_jwt_file (without their bodies)."""
+    return [line.split("\t", 1)[0] for line in path.read_text().splitlines() if line]

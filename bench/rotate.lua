@@ -2,7 +2,8 @@
 --
 --   wrk -t1 -c64 -d10s -s bench/rotate.lua http://127.0.0.1:PORT -- JWT_FILE [cold]
 --
--- JWT_FILE holds one JWT per line. Requests rotate through them in order; `wrapped` in the
+-- JWT_FILE holds one JWT per line, optionally followed by a tab and the request's JSON body.
+-- Requests rotate through them in order; `wrapped` in the
 -- summary says whether the rotation came back to the first JWT (a "never seen" workload must
 -- not wrap). In `cold` mode each answer's body is read to count distinct subjects served
 -- (their `devices/<subject>/#` resource) and the tokens per answer. done() prints one line,
@@ -36,10 +37,18 @@ function init(args)
   for line in file:lines() do
     if #line > 0 then
       count = count + 1
-      requests_[count] = wrk.format("POST", "/v1/token", {
-        ["Authorization"] = "Bearer " .. line,
-        ["Content-Length"] = "0",
-      })
+      local jwt, body = string.match(line, "^([^\t]+)\t(.+)$")
+      if jwt then
+        requests_[count] = wrk.format("POST", "/v1/token", {
+          ["Authorization"] = "Bearer " .. jwt,
+          ["Content-Type"] = "application/json",
+        }, body)
+      else
+        requests_[count] = wrk.format("POST", "/v1/token", {
+          ["Authorization"] = "Bearer " .. line,
+          ["Content-Length"] = "0",
+        })
+      end
     end
   end
   file:close()

@@ -192,3 +192,11 @@ def test_serve_exits_2_on_a_bad_api_key_file(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert str(keys_file) in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_the_answer_caches_byte_bound() -> None:
+    assert load_settings(GOOD).answer_cache_bytes == 64 * 1024 * 1024
+    tuned = load_settings({**GOOD, "AUTHSERVER_ANSWER_CACHE_BYTES": "1048576"})
+    assert tuned.answer_cache_bytes == 1024 * 1024
+    with pytest.raises(SettingsError, match="ANSWER_CACHE_BYTES"):
+        load_settings({**GOOD, "AUTHSERVER_ANSWER_CACHE_BYTES": "lots"})

@@ -1,34 +1,59 @@
 """Finished answers: the bytes sent to a device, reused while every token in them is fresh.
 
-Keyed by who asks (the subject and the claims the policy looks at) and the exact request
-body, so a device that asks again (a restart loop, a retry, a fleet hammering after a broker
-restart), even with a newly issued JWT, is answered with one dict lookup once its JWT is
-verified and its blocks checked. An entry names the token
+Keyed by who asks (the subject and the claims the policy looks at) and the canonical
+request (the parsed body with its lists sorted and its lifetime settled, so two spellings
+of one request share an entry), so a device that asks again (a restart loop, a retry, a
+fleet hammering after a broker restart), even with a newly issued JWT, is answered with one
+dict lookup once its JWT is verified and its blocks checked. An entry names the token
 keys it holds: revoking any of them drops the entry in every process (the same invalidation
 events that drop L1 entries), a policy reload makes it stale by version, and it is never
 served past the point where its first token is due for renewal.
 
-In front of it, for the commonest request of all (a device repeating a bodyless request
-with the JWT it sent before), `repeats` maps the exact Authorization header to the answer
-and identity it got: one dict lookup instead of hashing and verifying the token, keying
-its claims and finding the answer. `repeat` re-checks what can change: the answer is still
+In front of it, for the commonest request of all (a device repeating a request with the JWT
+it sent before), `repeats` maps the exact Authorization header and body bytes to the answer
+and identity they got: one dict lookup instead of verifying the token, parsing the body,
+keying its claims and finding the answer. `repeat` re-checks what can change: the answer is still
 held (`Answer.live`, unset when it is dropped, replaced or evicted, and its repeats go with
 it), its policy version and freshness, the JWT's expiry and the verifier's key epoch; the
-caller applies the subject's rate limit and the revocation blocks, which answer with errors.
+caller applies the revocation blocks, which answer with errors.
+
+Both maps are bounded by entries and, together, by bytes (`max_bytes`, an estimate of what
+each entry holds: its body, key and bookkeeping). Answers come first: an answer that does
+not fit evicts the oldest answers (and the repeats pointing at them), a repeat that does
+not fit evicts the oldest repeats only, or is not kept. Every eviction goes through one
+path that unindexes the answer and ends its repeats, so no map is left pointing at what
+another let go of.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Hashable, Iterable
+from collections.abc import Hashable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from authserver.identity.model import Identity
 
-Slot = tuple[Hashable, bytes]
-# The repeats are keyed by the Authorization header itself: a bound on its length bounds
-# their memory (20,000 x 1 KiB at most by default). Longer JWTs take the cached path.
+Slot = tuple[Hashable, Hashable]
+RepeatKey = tuple[str, bytes]
+# The repeats are keyed by the Authorization header and the body themselves: a bound on
+# their length bounds the key's memory. Longer ones take the cached path.
 REPEAT_MAX_HEADER = 1024
+REPEAT_MAX_BODY = 1024
+DEFAULT_MAX_BYTES = 64 * 1024 * 1024
+# What an entry costs beyond its own bytes (measured with tracemalloc: the OrderedDict slot,
+# the Answer or Repeat object, its tuples and list, the reverse index entries).
+ANSWER_OVERHEAD = 400
+REPEAT_OVERHEAD = 350
+
+
+def weight(value: object) -> int:
+    """Roughly the bytes a key holds: strings and bytes by length, tuples by their items."""
+    if isinstance(value, str | bytes):
+        return 40 + len(value)
+    if isinstance(value, tuple):
+        return 40 + sum([8 + weight(item) for item in value])
+    return 16
 
 
 @dataclass(slots=True, eq=False)
@@ -41,35 +66,42 @@ class Answer:
     keys: tuple[str, ...]
     client_id: str | None
     live: bool = False
-    # The repeat headers that point here, so they go when the answer does.
-    repeat_headers: list[str] = field(default_factory=list)
+    # The repeats that point here, so they go when the answer does.
+    repeat_keys: list[RepeatKey] = field(default_factory=list)
+    size: int = 0  # set when the cache takes it
 
 
 @dataclass(slots=True, eq=False)
 class Repeat:
-    """What a bodyless request with this exact Authorization header was answered."""
+    """What a request with this exact Authorization header and body was answered."""
 
     answer: Answer
     identity: Identity
     verifier_epoch: int
+    size: int = 0  # set when the cache takes it
 
 
 class AnswerCache:
-    """A bounded map (who, body) -> Answer, with a reverse index from token keys."""
+    """A bounded map (who, canonical request) -> Answer, with a reverse index from token keys."""
 
-    def __init__(self, maxsize: int) -> None:
+    def __init__(self, maxsize: int, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
         self._maxsize = maxsize
+        self._max_bytes = max_bytes
+        # What answers and repeats hold together, by the estimate in `weight`.
+        self.bytes = 0
         # OrderedDict: evicting the oldest is O(1); a plain dict's first item gets slower to
         # find as deletions pile up at its front.
         self._entries: OrderedDict[Slot, Answer] = OrderedDict()
         # Token key -> the slots of answers holding it; a list, as it is nearly always one
         # slot (a set costs three times the memory: 20,000 answers hold 40,000 keys).
         self._by_key: dict[str, list[Slot]] = {}
-        # Authorization header -> Repeat; at most `maxsize`, the oldest goes first.
-        self._repeats: OrderedDict[str, Repeat] = OrderedDict()
+        # (Authorization header, body) -> Repeat; at most `maxsize`, the oldest goes first.
+        self._repeats: OrderedDict[RepeatKey, Repeat] = OrderedDict()
         # Bumped by every invalidation: an answer built across one is not kept, since the
         # tokens it was built from may be the very ones just revoked.
         self.generation = 0
+        # Requests being worked out (not answered from here) -> how many at once.
+        self._working: dict[Slot, int] = {}
         self.hits = 0
         self.misses = 0
 
@@ -78,14 +110,17 @@ class AnswerCache:
 
     @property
     def repeats(self) -> int:
-        """How many Authorization headers are remembered for repeated requests."""
+        """How many (Authorization header, body) pairs are remembered as repeats."""
         return len(self._repeats)
 
     def fresh(
-        self, who: Hashable, body: bytes, policy_version: str, now_ms: float
+        self, who: Hashable, request: Hashable, policy_version: str, now_ms: float
     ) -> Answer | None:
-        """The answer for this exact request, if made under this policy and still fresh."""
-        answer = self._entries.get((who, body))
+        """The answer for this request, if made under this policy and still fresh.
+
+        `request` is the canonical request: equal only for requests that get equal answers.
+        """
+        answer = self._entries.get((who, request))
         if (
             answer is None
             or answer.policy_version != policy_version
@@ -96,16 +131,38 @@ class AnswerCache:
         self.hits += 1
         return answer
 
+    @contextmanager
+    def working(self, who: Hashable, request: Hashable) -> Iterator[bool]:
+        """Mark a request as being worked out; yields whether no identical one already is.
+
+        What the per-subject request limit counts: identical requests in flight together
+        (a fleet sharing an identity, asking at once) are one piece of work, whose tokens
+        the token service mints once.
+        """
+        slot = (who, request)
+        working = self._working
+        ahead = working.get(slot, 0)
+        working[slot] = ahead + 1
+        try:
+            yield ahead == 0
+        finally:
+            left = working[slot] - 1
+            if left:
+                working[slot] = left
+            else:
+                del working[slot]
+
     def repeat(
-        self, authorization: str, policy_version: str, now: float, verifier_epoch: int
+        self, authorization: str, body: bytes, policy_version: str, now: float, verifier_epoch: int
     ) -> Repeat | None:
-        """The answer a bodyless request with this header got, if everything still holds.
+        """The answer a request with this header and body got, if everything still holds.
 
         Held and fresh under this policy, its JWT unexpired (`now` in seconds) and its key
-        still trusted (`verifier_epoch` unchanged). The caller still applies the subject's
-        rate limit and the revocation blocks, which answer with errors of their own.
+        still trusted (`verifier_epoch` unchanged). The caller still applies the revocation
+        blocks, which answer with errors of their own.
         """
-        repeat = self._repeats.get(authorization)
+        key = (authorization, body)
+        repeat = self._repeats.get(key)
         if repeat is None:
             return None
         answer = repeat.answer
@@ -118,33 +175,62 @@ class AnswerCache:
         ):
             self.hits += 1
             return repeat
-        del self._repeats[authorization]
+        self._drop_repeat(key)
         return None
 
-    def remember_repeat(self, authorization: str, repeat: Repeat) -> None:
-        """Answer the next bodyless request with this exact header from `repeat`.
+    def remember_repeat(self, authorization: str, body: bytes, repeat: Repeat) -> None:
+        """Answer the next request with this exact header and body from `repeat`.
 
-        Headers longer than REPEAT_MAX_HEADER are not kept (the key is the header itself).
+        Headers longer than REPEAT_MAX_HEADER and bodies longer than REPEAT_MAX_BODY are
+        not kept (the key is the bytes themselves).
         """
         answer = repeat.answer
-        if self._maxsize <= 0 or not answer.live or len(authorization) > REPEAT_MAX_HEADER:
+        if (
+            self._maxsize <= 0
+            or not answer.live
+            or len(authorization) > REPEAT_MAX_HEADER
+            or len(body) > REPEAT_MAX_BODY
+        ):
             return
+        key = (authorization, body)
         repeats = self._repeats
-        repeats[authorization] = repeat
-        if authorization not in answer.repeat_headers:
-            answer.repeat_headers.append(authorization)
-        if len(repeats) > self._maxsize:
-            repeats.popitem(last=False)
+        self._drop_repeat(key)
+        size = REPEAT_OVERHEAD + len(authorization) + len(body)
+        while repeats and (len(repeats) >= self._maxsize or self.bytes + size > self._max_bytes):
+            self._drop_repeat(next(iter(repeats)))
+        if self.bytes + size > self._max_bytes:
+            return  # the answers fill the budget: they come first
+        repeat.size = size
+        repeats[key] = repeat
+        self.bytes += size
+        if key not in answer.repeat_keys:
+            answer.repeat_keys.append(key)
 
-    def put(self, who: Hashable, body: bytes, answer: Answer, generation: int) -> None:
-        """Keep `answer` built at `generation`; the oldest entry goes when full."""
+    def _drop_repeat(self, key: RepeatKey) -> None:
+        repeat = self._repeats.pop(key, None)
+        if repeat is not None:
+            self.bytes -= repeat.size
+
+    def put(self, who: Hashable, request: Hashable, answer: Answer, generation: int) -> None:
+        """Keep `answer` built at `generation`; the oldest entries go to make room."""
         if self._maxsize <= 0 or generation != self.generation:
             return
-        slot = (who, body)
+        slot = (who, request)
         self._forget(slot)
-        while len(self._entries) >= self._maxsize:
-            self._let_go(*self._entries.popitem(last=False))
-        self._entries[slot] = answer
+        size = (
+            ANSWER_OVERHEAD
+            + len(answer.body)
+            + weight(slot)
+            + sum([56 + len(key) for key in answer.keys])
+        )
+        if size > self._max_bytes:
+            return  # larger than the whole budget: never kept
+        entries = self._entries
+        while entries and (len(entries) >= self._maxsize or self.bytes + size > self._max_bytes):
+            self._let_go(*entries.popitem(last=False))
+        answer.size = size
+        entries[slot] = answer
+        self.bytes += size
         answer.live = True
         for key in answer.keys:
             self._by_key.setdefault(key, []).append(slot)
@@ -157,11 +243,12 @@ class AnswerCache:
     def _let_go(self, slot: Slot, answer: Answer) -> None:
         """An answer leaves the cache: unindex it, end its repeats, mark it for any holder."""
         answer.live = False
-        for header in answer.repeat_headers:
-            repeat = self._repeats.get(header)
+        self.bytes -= answer.size
+        for key in answer.repeat_keys:
+            repeat = self._repeats.get(key)
             if repeat is not None and repeat.answer is answer:
-                del self._repeats[header]
-        answer.repeat_headers.clear()
+                self._drop_repeat(key)
+        answer.repeat_keys.clear()
         self._unindex(slot, answer)
 
     def _unindex(self, slot: Slot, answer: Answer) -> None:
@@ -196,3 +283,4 @@ class AnswerCache:
         self._entries.clear()
         self._by_key.clear()
         self._repeats.clear()
+        self.bytes = 0

@@ -11,7 +11,7 @@ from typing import Any
 
 from authserver.clock import Clock
 from authserver.errors import ServiceUnavailable, StoreUnavailable
-from authserver.tokens.answers import AnswerCache
+from authserver.tokens.answers import DEFAULT_MAX_BYTES, AnswerCache
 from authserver.tokens.bus import STOP_TIMEOUT
 from authserver.tokens.expiring import ExpiringMap
 from authserver.tokens.model import ACTIONS_PARAM, TokenRecord, token_key
@@ -107,6 +107,7 @@ class TokenService:
         lock_ttl: float = 10.0,
         l1_size: int = 200_000,
         answer_cache_size: int = 20_000,
+        answer_cache_bytes: int = DEFAULT_MAX_BYTES,
         poll_interval: float = 0.02,
     ) -> None:
         self._mint = mint
@@ -123,7 +124,7 @@ class TokenService:
         self._l1: ExpiringMap[str, TokenRecord] | None = None
         if store.shared:
             self._l1 = ExpiringMap(l1_size, lambda record: record.refresh_at_ms)
-        self.answers = AnswerCache(answer_cache_size)
+        self.answers = AnswerCache(answer_cache_size, answer_cache_bytes)
         # An answer must not hand out tokens the store no longer knows: revocations find
         # tokens through the store.
         store.watch_evictions(lambda key: self.answers.forget_keys((key,)))

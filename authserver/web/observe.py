@@ -234,6 +234,10 @@ def _token_stats(app: web.Application) -> Stats | None:
     answer_hits = getattr(answers, "hits", None)
     if isinstance(answer_hits, int):
         layers["answer"] = {"hits": answer_hits, "misses": int(getattr(answers, "misses", 0))}
+    extra: dict[str, int] = {}
+    answer_bytes = getattr(answers, "bytes", None)
+    if isinstance(answer_bytes, int):
+        extra["answer_bytes"] = answer_bytes
     hits: Any = getattr(tokens, "hits", None)
     misses = int(getattr(tokens, "misses", 0))
     if isinstance(hits, dict):
@@ -247,7 +251,7 @@ def _token_stats(app: web.Application) -> Stats | None:
     verifier = app.get(keys.VERIFIER)
     if verifier is not None:  # read typed, not by getattr: a missing counter must not hide
         layers["jwt"] = {"hits": verifier.hits, "misses": verifier.misses}
-    return {"layers": layers, "minted": int(getattr(tokens, "minted", 0))}
+    return {"layers": layers, "minted": int(getattr(tokens, "minted", 0)), **extra}
 
 
 def _sources(app: web.Application) -> Sources:
@@ -265,7 +269,13 @@ def _sources(app: web.Application) -> Sources:
             return watcher.stats()
         return {"version": app[keys.POLICY].current.version_id}
 
-    return Sources(tokens=lambda: _token_stats(app), cloud=cloud, quota=quota, policy=policy)
+    def limits() -> Stats | None:
+        limiter = app.get(keys.RATE_LIMITER)
+        return None if limiter is None else {"refused": dict(limiter.refused)}
+
+    return Sources(
+        tokens=lambda: _token_stats(app), cloud=cloud, quota=quota, policy=policy, limits=limits
+    )
 
 
 def reload_policy(app: web.Application, reason: str = "SIGHUP") -> None:

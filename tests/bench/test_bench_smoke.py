@@ -13,6 +13,7 @@ import jwt
 import pytest
 from aiohttp.test_utils import TestClient
 
+from authserver import keys
 from authserver.identity import JWTSettings
 from authserver.settings import load_settings
 from bench import harness
@@ -21,6 +22,7 @@ from bench.jwts import (
     AUDIENCE,
     ISSUER,
     SECRET,
+    client_id_bodies,
     make_jwts,
     read_jwt_file,
     subjects,
@@ -97,6 +99,23 @@ async def test_wrk_script_rotates_and_reports(aiohttp_client: Any, tmp_path: Pat
     assert result["wrapped"] == 1  # three JWTs for many requests
     assert result["non_2xx"] == result["socket_errors"] == 0
     assert 0 < result["latency_us"]["p50"] <= result["latency_us"]["p99"]
+
+
+@pytest.mark.usefixtures("wrk")
+async def test_wrk_script_sends_the_bodies_of_the_jwt_file(
+    emulator: EmulatorHandle, make_gateway: MakeGateway, tmp_path: Path
+) -> None:
+    client = await make_gateway(emulator, jwt=BENCH_JWT)
+    names = subjects("b", 2)
+    tokens = make_jwts(names, tag="b")
+    jwt_file = write_jwt_file(tmp_path / "bodies.txt", tokens, client_id_bodies(names))
+    assert read_jwt_file(jwt_file) == tokens
+    result = await asyncio.to_thread(
+        harness.run_wrk, server_url(client), jwt_file, duration=1, connections=1
+    )
+    assert result["statuses"].get("200", 0) == result["requests"] > 2
+    records = await client.server.app[keys.TOKENS].subject_tokens("b-000000")
+    assert {r.client_id for r in records} == {"GID_bench@@@b-000000"}
 
 
 @pytest.mark.usefixtures("wrk")

@@ -1,4 +1,4 @@
-"""Repeated requests: a bodyless request with a JWT sent before is answered from one lookup.
+"""Repeated requests: a request (header and body) sent before is answered from one lookup.
 
 Each test first makes the repeat (the third request with the same header is answered from
 `AnswerCache.repeat`), then changes one thing the repeat must notice.
@@ -58,15 +58,18 @@ def token_of(body: dict[str, Any], kind: str) -> str:
     return next(t["token"] for t in body["tokens"] if t["type"] == kind)
 
 
-async def test_only_bodyless_requests_are_remembered(
+async def test_each_body_is_its_own_repeat(
     emulator: EmulatorHandle, make_gateway: MakeGateway
 ) -> None:
     client = await make_gateway(emulator)
     jwt = make_jwt("alice", groups=["ops"], tenant="t1")
     for _ in range(3):
         await fetch(client, jwt, ttlSeconds=900)
-    assert answers_of(client).repeats == 0
-    await repeated(client, jwt)
+    assert answers_of(client).repeats == 1
+    hits = answers_of(client).hits
+    body = await fetch(client, jwt)  # no body: not the repeat of the one with a body
+    assert answers_of(client).hits == hits
+    assert body["expireTime"] > (await fetch(client, jwt, ttlSeconds=900))["expireTime"]
 
 
 async def test_a_subject_block_refuses_the_repeated_jwt(
@@ -150,18 +153,22 @@ async def test_a_repeat_runs_out_with_its_answer(
     assert again["refreshAt"] > body["refreshAt"]
 
 
-async def test_the_subject_limit_applies_to_repeats(
+async def test_the_subject_limit_does_not_refuse_repeats(
     make_emulator: MakeEmulator, make_gateway: MakeGateway
 ) -> None:
     clock, client = await clocked(
         make_emulator, make_gateway, rate_limit_subject=0.1, rate_limit_subject_burst=4
     )
     jwt = make_jwt("gina", now=clock.time())
-    await repeated(client, jwt)
-    await fetch(client, jwt)  # the fourth of the burst, a repeat too
-    resp = await client.post("/v1/token", headers=bearer(jwt))
+    body = await repeated(client, jwt)
+    for _ in range(20):  # far past the burst: a repeat costs a lookup, not a limit
+        assert await fetch(client, jwt) == body
+    # What needs working out is still counted: the first request, then these three.
+    for n in range(3):
+        await fetch(client, jwt, topics=["devices/gina/#", f"devices/gina/{n}"])
+    resp = await client.post("/v1/token", headers=bearer(jwt), json={"topics": ["devices/gina/x"]})
     assert resp.status == 429
-    assert json.loads(await resp.text())["code"] == "rate_limited"
+    assert json.loads(await resp.text())["limit"] == "subject"
 
 
 async def test_a_block_alone_refuses_the_repeated_jwt(

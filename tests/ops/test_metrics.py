@@ -156,3 +156,17 @@ async def test_cache_layers_in_front_of_redis(
     assert value(second, lookups, layer="store", result="hit") == 2
     assert value(second, lookups, layer="l1", result="hit") == 2
     assert value(second, "authserver_tokens_minted_total") == 0
+
+
+async def test_refusals_by_limit_and_the_answer_cache_bytes_are_exposed(
+    emulator: EmulatorHandle, make_gateway: MakeGateway
+) -> None:
+    client = await make_gateway(emulator, mint_budget=1.0, mint_budget_burst=1)
+    jwt = make_jwt("shape-shifter")
+    assert (await client.post("/v1/token", headers=bearer(jwt))).status == 200
+    resp = await client.post("/v1/token", headers=bearer(jwt), json={"ttlSeconds": 600})
+    assert resp.status == 429
+    text = await scrape(client)
+    assert value(text, "authserver_rate_limited_total", limit="mint") == 1
+    held = client.server.app[keys.TOKENS].answers.bytes
+    assert value(text, "authserver_answer_cache_bytes") == held > 0

@@ -1,7 +1,8 @@
-"""Overload: inbound limits per subject and per client IP answer 429 with Retry-After."""
+"""Overload: limits per subject, per client IP and the mint budget answer 429 with Retry-After."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import ipaddress
 from typing import Any
@@ -53,24 +54,80 @@ async def manual_emulator(make_emulator: MakeEmulator, clock: ManualClock) -> Em
     return await make_emulator(clock=clock)
 
 
-async def test_a_device_in_a_retry_loop_gets_429_and_others_are_unaffected(
+async def test_a_retry_loop_is_answered_and_only_new_work_meets_the_subject_limit(
     manual_emulator: EmulatorHandle, make_gateway: MakeGateway, clock: ManualClock
 ) -> None:
     client = await make_gateway(
         manual_emulator, clock=clock, rate_limit_subject=2.0, rate_limit_subject_burst=5
     )
     looping = make_jwt("looper", now=clock.time())
-    answers = [await post(client, looping) for _ in range(8)]
-    assert [r.status for r in answers] == [200] * 5 + [429] * 3
-    await assert_limited(answers[-1], "subject")
-    assert apply_calls(manual_emulator) == 2  # the loop never reached the upstream again
+    # A device in a retry loop costs a lookup a request: answered, never refused.
+    assert [(await post(client, looping)).status for _ in range(50)] == [200] * 50
+    assert apply_calls(manual_emulator) == 2
 
+    # Each of these is a request of its own that needs working out (a decision, the
+    # store), though every one comes down to the same token: the subject limit counts them.
+    def wider(n: int) -> dict[str, Any]:
+        return {"json": {"topics": ["devices/looper/#", f"devices/looper/x{n}"]}}
+
+    statuses = [(await post(client, looping, **wider(n))).status for n in range(5)]
+    assert statuses == [200] * 4 + [429]
+    await assert_limited(await post(client, looping, **wider(9)), "subject")
+    assert apply_calls(manual_emulator) == 3  # the one RW token they all share
+    # Over its limit, the subject is still answered what was worked out before.
+    assert (await post(client, looping)).status == 200
+    assert (await post(client, looping, **wider(0))).status == 200
     assert (await post(client, make_jwt("bystander", now=clock.time()))).status == 200
     # The bucket refills at the sustained rate: one more request every half second.
     clock.advance(0.5)
-    assert (await post(client, looping)).status == 200
-    assert (await post(client, looping)).status == 429
-    assert client.app[keys.RATE_LIMITER].refused["subject"] == 4
+    assert (await post(client, looping, **wider(10))).status == 200
+    assert (await post(client, looping, **wider(11))).status == 429
+    assert client.app[keys.RATE_LIMITER].refused["subject"] == 3
+
+
+async def test_two_hundred_concurrent_first_requests_of_one_subject_all_get_200(
+    emulator: EmulatorHandle, make_gateway: MakeGateway
+) -> None:
+    # The default limits: 10 requests a second (burst 20), 10 new tokens a minute (burst 5).
+    client = await make_gateway(
+        emulator, rate_limit_subject=10.0, rate_limit_subject_burst=20, mint_budget=10.0
+    )
+    # A phone, a tablet, a car and a watch of one person: one subject, four JWTs.
+    jwts = [make_jwt("family", device=n) for n in range(4)]
+    answers = await asyncio.gather(*(post(client, jwts[n % 4]) for n in range(200)))
+    assert [r.status for r in answers] == [200] * 200
+    bodies = {await r.read() for r in answers}
+    assert len(bodies) == 1
+    assert apply_calls(emulator) == 2  # one R, one W: the single-flight held
+    assert client.app[keys.RATE_LIMITER].refused == {}
+
+
+async def test_a_warm_subject_asking_130_times_a_second_is_never_refused(
+    manual_emulator: EmulatorHandle, make_gateway: MakeGateway, clock: ManualClock
+) -> None:
+    client = await make_gateway(
+        manual_emulator,
+        clock=clock,
+        rate_limit_subject=10.0,
+        rate_limit_subject_burst=20,
+        mint_budget=10.0,
+    )
+    jwts = [make_jwt("busy", now=clock.time(), device=n) for n in range(3)]
+    bodies: list[dict[str, Any]] = [
+        {},
+        {"data": b'{"clientId": "GID_fleet@@@busy-1"}'},
+        {"data": b'{ "clientId":"GID_fleet@@@busy-1" }'},
+    ]
+    for body in bodies[:2]:  # warm: the tokens minted, the answers kept
+        assert (await post(client, jwts[0], **body)).status == 200
+    calls = apply_calls(manual_emulator)
+    statuses = []
+    for n in range(3 * 130):  # three seconds at 130 a second, on the gateway's clock
+        statuses.append((await post(client, jwts[n % 3], **bodies[n % 3])).status)
+        clock.advance(1 / 130)
+    assert statuses == [200] * (3 * 130)
+    assert apply_calls(manual_emulator) == calls
+    assert client.app[keys.RATE_LIMITER].refused == {}
 
 
 async def test_the_ip_limit_applies_before_the_jwt_is_even_read(
@@ -245,23 +302,58 @@ def test_client_ip_takes_the_rightmost_untrusted_address(
     assert BEHIND_PROXIES.client_ip(peer, lines) == client
 
 
-async def test_the_shared_tier_spans_gateways_and_only_upstream_calls_pay_for_it(
+async def test_a_subject_asking_new_token_shapes_is_refused_past_its_mint_budget(
+    manual_emulator: EmulatorHandle, make_gateway: MakeGateway, clock: ManualClock
+) -> None:
+    client = await make_gateway(manual_emulator, clock=clock, mint_budget=10.0, mint_budget_burst=3)
+    jwt = make_jwt("shape-shifter", now=clock.time())
+    cached = {"topics": ["devices/shape-shifter/0"]}
+    # A new topic subset on every request defeats the caches: every request mints.
+    assert (await post(client, jwt, json=cached)).status == 200
+    for n in (1, 2):
+        assert (
+            await post(client, jwt, json={"topics": [f"devices/shape-shifter/{n}"]})
+        ).status == 200
+    calls = apply_calls(manual_emulator)
+    refused = await post(client, jwt, json={"topics": ["devices/shape-shifter/3"]})
+    await assert_limited(refused, "mint")
+    assert 1 <= int(refused.headers["Retry-After"]) <= 6  # one more every 6 s at 10 a minute
+    assert apply_calls(manual_emulator) == calls
+
+    # What needs no new token is not limited by it: the answer cache ...
+    for _ in range(20):
+        assert (await post(client, jwt, json=cached)).status == 200
+    # ... nor the store (another spelling of the same grant, not yet an answer of its own).
+    same_grant = {**cached, "actions": ["W", "R"]}
+    assert (await post(client, jwt, json=same_grant)).status == 200
+    assert apply_calls(manual_emulator) == calls
+    # Another subject has its own budget.
+    assert (await post(client, make_jwt("bystander", now=clock.time()))).status == 200
+    # The budget refills at its rate: one more new token six seconds on.
+    clock.advance(6.0)
+    assert (await post(client, jwt, json={"topics": ["devices/shape-shifter/3"]})).status == 200
+    await assert_limited(
+        await post(client, jwt, json={"topics": ["devices/shape-shifter/4"]}), "mint"
+    )
+    assert client.app[keys.RATE_LIMITER].refused["mint"] == 2
+
+
+async def test_the_mint_budget_is_shared_by_gateways_through_redis(
     emulator: EmulatorHandle, make_gateway: MakeGateway, redis_url: str
 ) -> None:
-    # A rate this slow does not refill during the test; each gateway's own burst is 3.
-    limits = {"rate_limit_subject": 0.2, "rate_limit_subject_burst": 3}
+    # One new token a minute does not refill during the test; the burst is 3.
+    limits = {"mint_budget": 1.0, "mint_budget_burst": 3}
     one = await make_gateway(emulator, redis_url=redis_url, **limits)
     two = await make_gateway(emulator, redis_url=redis_url, **limits)
     jwt = make_jwt("shape-shifter")
     # Asking for another lifetime each time defeats the cache: every request mints.
-    assert (await post(one, jwt, json={"ttlSeconds": 600})).status == 200
-    assert (await post(one, jwt, json={"ttlSeconds": 601})).status == 200
-    assert (await post(one, jwt, json={"ttlSeconds": 602})).status == 200
+    for ttl in (600, 601, 602):
+        assert (await post(one, jwt, json={"ttlSeconds": ttl})).status == 200
     calls = apply_calls(emulator)
-    # The second gateway has its local burst left, but the shared bucket is empty.
-    await assert_limited(await post(two, jwt, json={"ttlSeconds": 603}), "subject")
+    # The second gateway has never minted for this subject, but the shared budget is spent.
+    await assert_limited(await post(two, jwt, json={"ttlSeconds": 603}), "mint")
     assert apply_calls(emulator) == calls
-    # A cache hit costs the upstream nothing and is not counted in the shared bucket.
+    # A request whose tokens are in the shared store mints nothing and is not refused.
     assert (await post(two, jwt, json={"ttlSeconds": 600})).status == 200
     assert (await post(two, make_jwt("someone-else"))).status == 200
     assert two.app[keys.RATE_LIMITER].mode == "shared"
@@ -270,17 +362,19 @@ async def test_the_shared_tier_spans_gateways_and_only_upstream_calls_pay_for_it
 async def test_a_redis_failure_falls_back_to_local_limits() -> None:
     dead = aioredis.Redis(port=free_port(), socket_connect_timeout=0.5)
     try:
-        limiter = RateLimiter(subject=Limit(1, 2), ip=Limit(0), clock=ManualClock(), redis=dead)
-        limiter.asking("dev", "127.0.0.1")
-        limiter.check_subject("dev")
+        limiter = RateLimiter(
+            subject=Limit(0), ip=Limit(0), mint=Limit(1, 2), clock=ManualClock(), redis=dead
+        )
+        limiter.asking("dev", None)
         await limiter.check_shared()  # Redis is down: no 429, no 500
         assert limiter.mode == "local-fallback"
         assert limiter.redis_errors == 1
-        limiter.check_subject("dev")  # the next request
+        limiter.asking("dev", None)  # the next request
         await limiter.check_shared()  # does not try Redis again at once
         assert limiter.redis_errors == 1
-        with pytest.raises(Exception, match="too many requests"):
-            limiter.check_subject("dev")
+        limiter.asking("dev", None)
+        with pytest.raises(Exception, match="too many requests needing a new token"):
+            await limiter.check_shared()  # the budget is kept in this process meanwhile
     finally:
         await dead.aclose()
 
@@ -309,6 +403,7 @@ def test_settings_read_the_limits_and_refuse_bad_proxies(tmp_path: Any) -> None:
     defaults = load_settings(env)
     assert (defaults.rate_limit_subject, defaults.rate_limit_subject_burst) == (10.0, 20)
     assert defaults.rate_limit_ip == 0.0
+    assert (defaults.mint_budget, defaults.mint_budget_burst) == (10.0, 5)
     tuned = load_settings(
         {
             **env,
@@ -316,14 +411,19 @@ def test_settings_read_the_limits_and_refuse_bad_proxies(tmp_path: Any) -> None:
             "AUTHSERVER_RATE_LIMIT_IP": "50",
             "AUTHSERVER_RATE_LIMIT_IP_BURST": "80",
             "AUTHSERVER_TRUSTED_PROXIES": "10.0.0.0/8, fd00::/8",
+            "AUTHSERVER_MINT_BUDGET": "30",
+            "AUTHSERVER_MINT_BUDGET_BURST": "2",
         }
     )
+    assert (tuned.mint_budget, tuned.mint_budget_burst) == (30, 2)
     assert dataclasses.astuple(Limit(tuned.rate_limit_ip, tuned.rate_limit_ip_burst)) == (50, 80)
     assert tuned.rate_limit_subject == 0
     assert parse_networks(tuned.trusted_proxies)[0] == ipaddress.ip_network("10.0.0.0/8")
     with pytest.raises(SettingsError) as caught:
         load_settings({**env, "AUTHSERVER_TRUSTED_PROXIES": "10.0.0.0/8,not-a-cidr",
-                       "AUTHSERVER_RATE_LIMIT_SUBJECT": "-1"})  # fmt: skip
+                       "AUTHSERVER_RATE_LIMIT_SUBJECT": "-1",
+                       "AUTHSERVER_MINT_BUDGET_BURST": "0"})  # fmt: skip
     text = str(caught.value)
+    assert "MINT_BUDGET_BURST" in text
     assert "TRUSTED_PROXIES" in text
     assert "RATE_LIMIT_SUBJECT" in text

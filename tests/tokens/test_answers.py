@@ -69,26 +69,26 @@ def repeat_of(cache: AnswerCache, who: str, *keys: str) -> Repeat:
 
 def test_repeats_follow_their_answers() -> None:
     cache = AnswerCache(2)
-    cache.remember_repeat("Bearer a", repeat_of(cache, "a", "k-a"))
-    cache.remember_repeat("Bearer b", repeat_of(cache, "b", "k-b"))
-    assert cache.repeat("Bearer a", "v1", 1.999, 0) is not None
-    assert cache.repeat("Bearer a", "v2", 0.0, 0) is None  # another policy: forgotten
+    cache.remember_repeat("Bearer a", b"", repeat_of(cache, "a", "k-a"))
+    cache.remember_repeat("Bearer b", b"", repeat_of(cache, "b", "k-b"))
+    assert cache.repeat("Bearer a", b"", "v1", 1.999, 0) is not None
+    assert cache.repeat("Bearer a", b"", "v2", 0.0, 0) is None  # another policy: forgotten
     assert cache.repeats == 1
     cache.drop(["k-b"])
-    assert cache.repeat("Bearer b", "v1", 0.0, 0) is None
-    cache.remember_repeat("Bearer c", repeat_of(cache, "c", "k-c"))
+    assert cache.repeat("Bearer b", b"", "v1", 0.0, 0) is None
+    cache.remember_repeat("Bearer c", b"", repeat_of(cache, "c", "k-c"))
     cache.put("d", b"", answer("k-d"), cache.generation)
     cache.put("e", b"", answer("k-e"), cache.generation)  # c's answer is evicted
-    assert cache.repeat("Bearer c", "v1", 0.0, 0) is None
+    assert cache.repeat("Bearer c", b"", "v1", 0.0, 0) is None
     assert cache.repeats == 0
 
 
 def test_an_answer_not_held_is_not_remembered_and_clear_forgets_repeats() -> None:
     cache = AnswerCache(10)
     identity = Identity("x", MappingProxyType({}), None, 9e9, "fp")
-    cache.remember_repeat("Bearer x", Repeat(answer("k"), identity, 0))  # never put
+    cache.remember_repeat("Bearer x", b"", Repeat(answer("k"), identity, 0))  # never put
     assert cache.repeats == 0
-    cache.remember_repeat("Bearer y", repeat_of(cache, "y", "k-y"))
+    cache.remember_repeat("Bearer y", b"", repeat_of(cache, "y", "k-y"))
     cache.clear()
     assert cache.repeats == 0
 
@@ -96,16 +96,89 @@ def test_an_answer_not_held_is_not_remembered_and_clear_forgets_repeats() -> Non
 def test_repeats_are_bounded_oldest_first() -> None:
     cache = AnswerCache(2)
     for name in ("a", "b", "c"):
-        cache.remember_repeat(f"Bearer {name}", repeat_of(cache, name, f"k-{name}"))
+        cache.remember_repeat(f"Bearer {name}", b"", repeat_of(cache, name, f"k-{name}"))
     assert cache.repeats <= 2
-    assert cache.repeat("Bearer a", "v1", 0.0, 0) is None
-    assert cache.repeat("Bearer c", "v1", 0.0, 0) is not None
+    assert cache.repeat("Bearer a", b"", "v1", 0.0, 0) is None
+    assert cache.repeat("Bearer c", b"", "v1", 0.0, 0) is not None
 
 
 def test_an_answer_that_goes_takes_its_repeats_with_it() -> None:
     cache = AnswerCache(10)
-    cache.remember_repeat("Bearer a", repeat_of(cache, "a", "k-a"))
-    cache.remember_repeat("Bearer b", repeat_of(cache, "b", "k-b"))
+    cache.remember_repeat("Bearer a", b"", repeat_of(cache, "a", "k-a"))
+    cache.remember_repeat("Bearer b", b"", repeat_of(cache, "b", "k-b"))
     cache.put("a", b"", answer("k-a2"), cache.generation)  # replaced: a's repeat goes now
     cache.forget_keys(["k-b"])  # the store let go of b's tokens
     assert cache.repeats == 0
+
+
+def assert_consistent(cache: AnswerCache) -> None:
+    """No half-state: the byte count, the index and the repeats agree with the answers held."""
+    entries, repeats = cache._entries, cache._repeats
+    held = sum(a.size for a in entries.values()) + sum(r.size for r in repeats.values())
+    assert cache.bytes == held
+    assert cache.bytes <= cache._max_bytes
+    assert all(a.live for a in entries.values())
+    for key, repeat in repeats.items():
+        assert repeat.answer.live
+        assert key in repeat.answer.repeat_keys
+    indexed = {(key, slot) for key, slots in cache._by_key.items() for slot in slots}
+    assert indexed == {(key, slot) for slot, a in entries.items() for key in a.keys}
+
+
+def sized(name: str, body_bytes: int) -> Answer:
+    return Answer(b"x" * body_bytes, "v1", 2000, (f"k-{name}",), None)
+
+
+def test_answers_are_bounded_by_bytes_oldest_first() -> None:
+    cache = AnswerCache(100, max_bytes=10_000)
+    for n in range(20):
+        cache.put(f"w{n}", b"", sized(f"{n}", 2000), cache.generation)
+        assert_consistent(cache)
+    assert 3 <= len(cache) <= 4  # about 2.5 KB each
+    assert cache.fresh("w19", b"", "v1", 0) is not None
+    assert cache.fresh("w0", b"", "v1", 0) is None
+    cache.put("huge", b"", sized("huge", 20_000), cache.generation)  # never fits: not kept
+    assert cache.fresh("huge", b"", "v1", 0) is None
+    assert cache.fresh("w19", b"", "v1", 0) is not None  # and it evicted nothing
+    cache.drop(["k-19"])
+    assert_consistent(cache)
+    cache.clear()
+    assert cache.bytes == 0
+
+
+def test_repeats_share_the_byte_bound_and_give_way_to_answers() -> None:
+    cache = AnswerCache(100, max_bytes=6_000)
+    identity = Identity("x", MappingProxyType({}), None, 9e9, "fp")
+    cache.put("a", b"", sized("a", 1000), cache.generation)
+    held = cache.fresh("a", b"", "v1", 0)
+    assert held is not None
+    for n in range(20):  # about 700 bytes each: the oldest repeats make room
+        cache.remember_repeat(f"Bearer {n}", b'{"n": 1}', Repeat(held, identity, 0))
+        assert_consistent(cache)
+    assert 3 <= cache.repeats < 20
+    assert cache.repeat("Bearer 19", b'{"n": 1}', "v1", 0.0, 0) is not None
+    assert cache.repeat("Bearer 0", b'{"n": 1}', "v1", 0.0, 0) is None
+    # An answer that needs the room evicts answers (and their repeats), never half of one.
+    cache.put("b", b"", sized("b", 4600), cache.generation)
+    assert_consistent(cache)
+    assert cache.fresh("b", b"", "v1", 0) is not None
+    assert cache.fresh("a", b"", "v1", 0) is None
+    assert cache.repeats == 0
+    # With the answers filling the budget a repeat is simply not remembered.
+    big = cache.fresh("b", b"", "v1", 0)
+    assert big is not None
+    cache.remember_repeat("Bearer x" * 100, b"{}", Repeat(big, identity, 0))
+    assert cache.repeats == 0
+    assert_consistent(cache)
+
+
+def test_working_tells_the_first_of_identical_requests_in_flight() -> None:
+    cache = AnswerCache(10)
+    with cache.working("a", b"") as first:
+        with cache.working("a", b"") as second, cache.working("b", b"") as other:
+            assert (first, second, other) == (True, False, True)
+        with cache.working("a", b"") as third:
+            assert not third
+    with cache.working("a", b"") as again:  # the earlier ones are done
+        assert again
+    assert cache._working == {}
