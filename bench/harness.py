@@ -25,7 +25,7 @@ from bench.jwts import AUDIENCE, ISSUER, SECRET
 
 ROOT = Path(__file__).resolve().parent.parent
 ROTATE_LUA = ROOT / "bench" / "rotate.lua"
-POLICY = ROOT / "policies" / "example.yaml"
+POLICY = ROOT / "bench" / "policy.yaml"
 INSTANCE_ID = "post-cn-bench"
 ACCESS_KEY_ID = "LTAIbench"
 ACCESS_KEY_SECRET = "bench-access-key-secret"

@@ -610,7 +610,7 @@ def describe(plan: Plan, command: str) -> str:
         f"each requested once before measuring; gateway and emulator quotas raised for the fills, "
         f"W3 at ApplyToken quota {COLD_QUOTA:.0f}/s on both sides. Latency from wrk "
         f"(no coordinated-omission correction). One `authserver serve` worker, "
-        f"AUTHSERVER_LOG_LEVEL=WARNING, policy policies/example.yaml.\n"
+        f"AUTHSERVER_LOG_LEVEL=WARNING, policy bench/policy.yaml.\n"
     )
 
 

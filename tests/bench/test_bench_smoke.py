@@ -81,7 +81,7 @@ def test_gateway_env_is_a_valid_configuration() -> None:
 async def test_gateway_accepts_the_generated_jwts(
     emulator: EmulatorHandle, make_gateway: MakeGateway
 ) -> None:
-    client = await make_gateway(emulator, jwt=BENCH_JWT)
+    client = await make_gateway(emulator, jwt=BENCH_JWT, policy_file=harness.POLICY)
     for token in make_jwts(subjects("smoke", 3), tag="t"):
         resp = await client.post("/v1/token", headers={"Authorization": f"Bearer {token}"})
         assert resp.status == 200, await resp.text()
@@ -105,7 +105,7 @@ async def test_wrk_script_rotates_and_reports(aiohttp_client: Any, tmp_path: Pat
 async def test_wrk_script_sends_the_bodies_of_the_jwt_file(
     emulator: EmulatorHandle, make_gateway: MakeGateway, tmp_path: Path
 ) -> None:
-    client = await make_gateway(emulator, jwt=BENCH_JWT)
+    client = await make_gateway(emulator, jwt=BENCH_JWT, policy_file=harness.POLICY)
     names = subjects("b", 2)
     tokens = make_jwts(names, tag="b")
     jwt_file = write_jwt_file(tmp_path / "bodies.txt", tokens, client_id_bodies(names))
@@ -122,7 +122,7 @@ async def test_wrk_script_sends_the_bodies_of_the_jwt_file(
 async def test_wrk_cold_mode_counts_subjects_and_tokens(
     emulator: EmulatorHandle, make_gateway: MakeGateway, tmp_path: Path
 ) -> None:
-    client = await make_gateway(emulator, jwt=BENCH_JWT)
+    client = await make_gateway(emulator, jwt=BENCH_JWT, policy_file=harness.POLICY)
     jwt_file = write_jwt_file(tmp_path / "cold.txt", make_jwts(subjects("c", 5), tag="c"))
     result = await asyncio.to_thread(
         harness.run_wrk, server_url(client), jwt_file, duration=1, connections=1, cold=True
