@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import Collection
 from typing import Any
 
@@ -11,6 +12,8 @@ from aiohttp import web
 
 from authserver import keys
 from authserver.errors import BadRequest, PayloadTooLarge, RequestTimeout
+
+log = logging.getLogger(__name__)
 
 
 async def read_body(request: web.Request) -> bytes:
@@ -24,14 +27,19 @@ async def read_body(request: web.Request) -> bytes:
     limit = request.app._client_max_size  # aiohttp keeps the limit only here
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(f"the body is {request.content_length} bytes; the limit is {limit}")
-    seconds = request.app[keys.SETTINGS].body_read_timeout
     try:
-        async with asyncio.timeout(seconds):
+        if request.content.is_eof():
+            # Small bodies arrive with the headers: no timer to arm and cancel.
             return await request.read()
+        seconds = request.app[keys.SETTINGS].body_read_timeout
+        log.debug("waiting for the rest of a body (Content-Length %s)", request.content_length)
+        try:
+            async with asyncio.timeout(seconds):
+                return await request.read()
+        except TimeoutError as err:
+            raise RequestTimeout(f"the body did not arrive within {seconds:g} s") from err
     except web.HTTPRequestEntityTooLarge as err:
         raise PayloadTooLarge(f"the body exceeds the limit of {limit} bytes") from err
-    except TimeoutError as err:
-        raise RequestTimeout(f"the body did not arrive within {seconds:g} s") from err
 
 
 def parse_object(raw: bytes, allowed: Collection[str], *, optional: bool = False) -> dict[str, Any]:

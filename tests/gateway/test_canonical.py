@@ -15,7 +15,7 @@ from aiohttp.test_utils import TestClient
 from authserver import keys
 from authserver.tokens.answers import REPEAT_MAX_BODY, AnswerCache
 from tests.fixtures.emulator import EmulatorHandle
-from tests.fixtures.gateway import MakeGateway, bearer, make_jwt
+from tests.fixtures.gateway import BOUND_POLICY, MakeGateway, bearer, make_jwt
 from tests.tokens.test_answers import assert_consistent
 
 CLIENT = "GID_fleet@@@alice-1"
@@ -39,7 +39,7 @@ async def send(client: TestClient[Any, Any], jwt: str, raw: bytes) -> tuple[int,
 async def test_spellings_of_one_request_share_one_answer_and_one_mint(
     emulator: EmulatorHandle, make_gateway: MakeGateway
 ) -> None:
-    client = await make_gateway(emulator)
+    client = await make_gateway(emulator, policy_file=BOUND_POLICY)
     jwt = make_jwt("alice")
     spellings = [
         b'{"clientId": "%s", "topics": ["devices/alice/a", "broadcast/x"], "ttlSeconds": 900}',
@@ -74,7 +74,7 @@ async def test_spellings_of_one_request_share_one_answer_and_one_mint(
 async def test_different_requests_keep_their_own_answers(
     emulator: EmulatorHandle, make_gateway: MakeGateway
 ) -> None:
-    client = await make_gateway(emulator)
+    client = await make_gateway(emulator, policy_file=BOUND_POLICY)
     jwt = make_jwt("alice")
     _, both = await send(client, jwt, b'{"topics": ["devices/alice/a", "devices/alice/b"]}')
     _, one = await send(client, jwt, b'{"topics": ["devices/alice/a"]}')
@@ -101,7 +101,7 @@ async def test_different_requests_keep_their_own_answers(
 async def test_a_repeated_body_is_answered_from_the_repeats(
     emulator: EmulatorHandle, make_gateway: MakeGateway
 ) -> None:
-    client = await make_gateway(emulator)
+    client = await make_gateway(emulator, policy_file=BOUND_POLICY)
     jwt = make_jwt("bob")
     raw = b'{"clientId": "GID_fleet@@@bob-1"}'
     first = await send(client, jwt, raw)
@@ -126,7 +126,7 @@ async def test_a_repeated_body_is_answered_from_the_repeats(
 async def test_a_long_body_is_not_remembered_as_a_repeat(
     emulator: EmulatorHandle, make_gateway: MakeGateway
 ) -> None:
-    client = await make_gateway(emulator)
+    client = await make_gateway(emulator, policy_file=BOUND_POLICY)
     jwt = make_jwt("carol")
     topics = [f"devices/carol/{n:04d}/{'x' * 20}" for n in range(REPEAT_MAX_BODY // 20)]
     raw = json.dumps({"topics": topics}).encode()
@@ -142,7 +142,7 @@ async def test_a_flood_of_large_distinct_requests_stays_within_the_byte_bound(
     emulator: EmulatorHandle, make_gateway: MakeGateway
 ) -> None:
     bound = 60_000
-    client = await make_gateway(emulator, answer_cache_bytes=bound)
+    client = await make_gateway(emulator, policy_file=BOUND_POLICY, answer_cache_bytes=bound)
     cache = answers_of(client)
     jwt = make_jwt("alice")
     small = b'{"clientId": "%s"}' % CLIENT.encode()

@@ -17,7 +17,7 @@ from authserver.clock import ManualClock
 from authserver.ratelimit import Limit, LocalBuckets, RateLimiter, address, parse_networks
 from authserver.settings import SettingsError, load_settings
 from tests.fixtures.emulator import EmulatorHandle, MakeEmulator
-from tests.fixtures.gateway import EXAMPLE_POLICY, MakeGateway, bearer, make_jwt
+from tests.fixtures.gateway import BOUND_POLICY, EXAMPLE_POLICY, MakeGateway, bearer, make_jwt
 from tests.fixtures.redis import free_port
 
 
@@ -108,6 +108,7 @@ async def test_a_warm_subject_asking_130_times_a_second_is_never_refused(
     client = await make_gateway(
         manual_emulator,
         clock=clock,
+        policy_file=BOUND_POLICY,
         rate_limit_subject=10.0,
         rate_limit_subject_burst=20,
         mint_budget=10.0,
