@@ -170,7 +170,12 @@ class MemoryStore:
                 keys.discard(key)
                 if not keys:
                     del index[name]
-        self._by_value.pop(token_hash(record.token), None)
+        # Only the entry pointing here: after a renewal the replaced record's value is
+        # indexed under its retired key, and replacing the record under the live key must
+        # leave that entry alone (a revocation by value must still find the old token).
+        digest = token_hash(record.token)
+        if self._by_value.get(digest) == key:
+            del self._by_value[digest]
 
     async def delete(self, key: str, record: TokenRecord) -> None:
         """Forget one record."""
