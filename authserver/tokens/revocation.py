@@ -397,6 +397,7 @@ class Revoker:
         self.blocks_loaded = state.mode == MemoryState.mode
         bus.on_event(self._on_event)
         bus.on_resync(self.resync)
+        tokens.on_lost_mint = self.revoke_unstored
 
     def _now_ms(self) -> int:
         return int(self._clock.time() * 1000)
@@ -487,6 +488,16 @@ class Revoker:
             fingerprints=tuple(fingerprint(token) for token, _instance in jobs),
         )
 
+    async def revoke_unstored(self, record: TokenRecord) -> None:
+        """Revoke a token that was minted across its subject's revocation and never stored.
+
+        No process holds it (it was neither stored nor answered), so only the upstream
+        revocation is queued, durably, and the token is remembered as revoked.
+        """
+        now = self._now_ms()
+        await self.state.enqueue([(record.token, record.instance_id)], now)
+        await self.state.mark_revoked([(token_hash(record.token), record.expire_ms)], now)
+
     async def revoke_token(self, token: str) -> RevocationResult:
         """Revoke one token by value (queued upstream even when we never held it)."""
         found = await self.tokens.store.lookup(token)
@@ -497,7 +508,12 @@ class Revoker:
     async def revoke_subject(
         self, subject: str, *, block_issued_before: bool = True
     ) -> RevocationResult:
-        """Revoke every token of a subject; optionally refuse its older app JWTs."""
+        """Revoke every token of a subject; optionally refuse its older app JWTs.
+
+        The subject's epoch moves first: a mint in flight now cannot store its token after
+        the tokens are listed below (the token service revokes it instead).
+        """
+        await self.tokens.store.bump_epoch(subject)
         before = await self._block(SUBJECT, subject) if block_issued_before else None
         result = await self.revoke_records(await self.tokens.store.subject_tokens(subject))
         return _with_block(result, before)

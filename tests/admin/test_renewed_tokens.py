@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import pytest
 from aiohttp.test_utils import TestClient
 
 from authserver.clock import ManualClock
@@ -56,15 +55,6 @@ async def renewed_pair(
     assert current["token"] != first["token"]
     assert first["expireTime"] > clock.time() * 1000  # the previous one is still valid
     return str(first["token"]), str(current["token"])
-
-
-@pytest.fixture(params=["memory", "redis"])
-def store_url(request: pytest.FixtureRequest) -> str | None:
-    """No Redis (the memory store), or a real redis-server (the Redis store)."""
-    if request.param == "memory":
-        return None
-    url: str = request.getfixturevalue("redis_url")
-    return url
 
 
 async def test_the_previous_token_is_found_by_query(
