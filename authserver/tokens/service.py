@@ -14,7 +14,7 @@ from authserver.errors import ServiceUnavailable, StoreUnavailable
 from authserver.tokens.answers import AnswerCache
 from authserver.tokens.bus import STOP_TIMEOUT
 from authserver.tokens.expiring import ExpiringMap
-from authserver.tokens.model import ACTIONS_PARAM, TokenRecord, token_key
+from authserver.tokens.model import ACTIONS_PARAM, TokenRecord, claim_names_of, token_key
 from authserver.tokens.store import TokenStore
 
 log = logging.getLogger(__name__)
@@ -478,6 +478,7 @@ class TokenService:
             instance_id=self.instance_id,
             client_id=request.client_id,
             claims=request.claims,
+            claim_names=claim_names_of(request.claims),
         )
         self.minted += 1
         stored = True
