@@ -40,7 +40,7 @@ class RevokedWhileIssuing(ServiceUnavailable):
 
 @dataclass
 class _Epoch:
-    """The subject's revocation epoch one request mints under, read at its first mint."""
+    """The subject's revocation epoch one request mints under, read before its first await."""
 
     value: int | None = None
 
@@ -185,10 +185,10 @@ class TokenService:
 
         A revocation of the whole subject moves its epoch (`TokenStore.bump_epoch`) before
         it lists the subject's tokens. Every mint of this request happens under the epoch
-        read at its first mint, gathering again included: a record minted under an older
-        epoch is never stored (the store checks the epoch as it writes) and is revoked
-        upstream, and tokens minted and stored before the move (which the revocation then
-        purged) are not answered either: `RevokedWhileIssuing`.
+        read before its first store read (L1 hits need none), gathering again included: a
+        record minted under an older epoch is never stored (the store checks the epoch as it
+        writes) and is revoked upstream, and tokens minted and stored before the move (which
+        the revocation then purged) are not answered either: `RevokedWhileIssuing`.
         """
         epoch = _Epoch()
         for _attempt in range(3):
@@ -220,7 +220,7 @@ class TokenService:
                 self.instance_id, request.subject, kind, resources, request.ttl, request.client_id
             )
             keys.append(key)
-            record = await self._cached(key, request.subject)
+            record = await self._cached(key, request.subject, epoch)
             if record is None:
                 missing.append((len(records), key, kind, resources))
             else:
@@ -259,7 +259,7 @@ class TokenService:
     def _fresh(self, record: TokenRecord | None) -> bool:
         return record is not None and record.refresh_at_ms > self._clock.time() * 1000
 
-    async def _cached(self, key: str, subject: str) -> TokenRecord | None:
+    async def _cached(self, key: str, subject: str, epoch: _Epoch) -> TokenRecord | None:
         """A fresh token from L1, else from the store (then kept in L1)."""
         l1 = self._l1
         if l1 is not None:
@@ -267,6 +267,11 @@ class TokenService:
             if record is not None:
                 self.hits["l1"] += 1
                 return record
+        if epoch.value is None:
+            # Before the first await of the request: a revocation (and its block) that lands
+            # while the store is read moves the epoch, and then no token is minted for this
+            # request, whose JWT was checked against the blocks before it came here.
+            epoch.value = await self.store.epoch(subject)
         generation = self.answers.generation
         record = await self.store.get(key, subject)
         if record is None or not self._fresh(record):

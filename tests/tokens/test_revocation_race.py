@@ -16,6 +16,11 @@ from aiohttp.test_utils import TestClient
 
 from authserver import keys
 from authserver.clock import ManualClock
+from authserver.tokens.bus import InvalidationBus
+from authserver.tokens.model import TokenRecord
+from authserver.tokens.revocation import MemoryState, Revoker
+from authserver.tokens.service import RevokedWhileIssuing, TokenRequest, TokenService
+from authserver.tokens.store import MemoryStore
 from tests.admin.conftest import admin_headers
 from tests.fixtures.emulator import EmulatorHandle, MakeEmulator
 from tests.fixtures.gateway import MakeGateway, bearer, make_jwt
@@ -136,3 +141,56 @@ async def test_a_renewal_across_a_subject_revocation_stores_nothing(
         "/v1/admin/subjects/mia/tokens", headers=admin_headers(now=clock.time())
     )
     assert (await listed.json())["tokens"] == []
+
+
+class HeldStore(MemoryStore):
+    """The memory store, with reads that can be held the way a slow Redis holds them."""
+
+    def __init__(self, clock: ManualClock) -> None:
+        super().__init__(clock)
+        self.hold: asyncio.Event | None = None
+        self.reading = asyncio.Event()
+
+    async def get(self, key: str, subject: str) -> TokenRecord | None:
+        """Wait while held, then read."""
+        if self.hold is not None:
+            self.reading.set()
+            await self.hold.wait()
+        return await super().get(key, subject)
+
+
+async def test_a_block_landing_while_the_store_is_read_mints_nothing(
+    emulator: EmulatorHandle,
+) -> None:
+    clock = ManualClock(start=1_900_000_000.0)
+    minted: list[str] = []
+
+    async def mint(
+        instance_id: str, resources: tuple[str, ...], actions: str, expire_ms: int, _b: float
+    ) -> str:
+        minted.append(emulator.state.issue_token(instance_id, actions, resources, expire_ms))
+        return minted[-1]
+
+    store = HeldStore(clock)
+    tokens = TokenService(
+        mint, store, instance_id=emulator.instance_id, access_key_id="LTAIx", clock=clock
+    )
+    revoker = Revoker(tokens, MemoryState(), InvalidationBus(), clock=clock)
+    request = TokenRequest(subject="sam", client_id=None, read=("a/#",), write=(), ttl=3600)
+    first = await tokens.credentials(request, clock.monotonic() + 5)
+
+    # The app JWT passed the block check; its request is reading the store when the
+    # subject is revoked (and blocked), which purges the very token being read.
+    store.hold = asyncio.Event()
+    asked = asyncio.ensure_future(tokens.credentials(request, clock.monotonic() + 5))
+    await store.reading.wait()
+    assert (await revoker.revoke_subject("sam")).revoked_locally == 1
+    store.hold.set()
+    store.hold = None
+
+    with pytest.raises(RevokedWhileIssuing):
+        await asked
+    assert minted[0] == first.tokens[0].token
+    for token in minted:  # whatever was minted meanwhile is revoked, and none is stored
+        assert await revoker.is_revoked(token)
+    assert await store.subject_tokens("sam") == []
