@@ -150,15 +150,21 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     else:
         state = MemoryState()
     app[keys.BUS] = bus
-    app[keys.REVOKER] = Revoker(
-        tokens, state, bus, clock=clock, client_ids=app[keys.POLICY].client_ids
+    revoker = Revoker(
+        tokens,
+        state,
+        bus,
+        clock=clock,
+        client_ids=app[keys.POLICY].client_ids,
+        block_retention=settings.revocation_block_retention,
     )
+    app[keys.REVOKER] = revoker
     await bus.start()
 
     async def revoke(instance_id: str, token: str) -> None:
         await cloud.revoke_token(instance_id, token, deadline=30.0)
 
-    worker = RevocationWorker(state, revoke, clock=clock)
+    worker = RevocationWorker(state, revoke, clock=clock, maintain=revoker.maintain)
     app[keys.REVOCATION_WORKER] = worker
     worker.start()
     log.info(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,11 +15,21 @@ from authserver.policy.claims import referenced_claims, relevant_claims
 from authserver.policy.engine import allowed_client_ids, check_limits, evaluate, restrict
 from authserver.policy.loader import load_policy
 from authserver.policy.model import Policy
+from authserver.tokens.model import KeptClaims
+
+# A token record keeps its identity's whole claim set up to this size (as compact JSON), so a
+# policy reload that reads another claim can still tell whether the token stays allowed. A
+# larger set is cut to the claims the policy in force reads (see KeptClaims).
+KEEP_CLAIMS_MAX_BYTES = 1024
 
 
 @dataclass(frozen=True, slots=True)
 class Plan:
-    """What to ask the upstream for: the decided resource sets, lifetime and claims kept."""
+    """What to ask the upstream for: the decided resource sets, lifetime and claims kept.
+
+    `claims` are what the token records keep of the identity: its whole claim set, or a
+    KeptClaims cut to the claims the policy reads when the set is too large.
+    """
 
     read: tuple[str, ...]
     write: tuple[str, ...]
@@ -56,6 +68,7 @@ class PolicyHolder:
         self._claim_order = tuple(sorted(self.claim_names))
         self._claim_keys: dict[int, tuple[Mapping[str, Any], tuple[Any, ...]]] = {}
         self._claim_keys_max = plan_cache_size
+        self._kept: dict[int, tuple[Mapping[str, Any], Mapping[str, Any]]] = {}
         self._plans: LRUCache[tuple[Any, ...], Plan] = LRUCache(maxsize=plan_cache_size)
         self._client_ids: LRUCache[tuple[Any, ...], tuple[str, ...]] = LRUCache(
             maxsize=plan_cache_size
@@ -82,12 +95,14 @@ class PolicyHolder:
             tuple(topics) if topics is not None else None,
             tuple(sorted(actions)) if actions is not None else None,
         )
+        kept = self.kept_claims(claims)
         found = self._plans.get(key)
         if found is not None:
-            return found
+            # The decision is shared by identities with the same relevant claims; the claims
+            # kept are this identity's own.
+            return found if found.claims is kept else dataclasses.replace(found, claims=kept)
         decision = restrict(evaluate(policy, subject, claims, client_id), topics, actions)
         check_limits(decision)
-        kept = relevant_claims(self.claim_names, claims)
         made = Plan(
             decision.read,
             decision.write,
@@ -124,11 +139,30 @@ class PolicyHolder:
         self._claim_keys[id(claims)] = (claims, key)
         return key
 
+    def kept_claims(self, claims: Mapping[str, Any]) -> Mapping[str, Any]:
+        """What a token record keeps of these claims: all of them, unless they are too large.
+
+        Memoised per claims object, as `claims_key` is; the whole set is kept by reference
+        (the verifier's read-only claims), not copied.
+        """
+        memo = self._kept.get(id(claims))
+        if memo is not None and memo[0] is claims:
+            return memo[1]
+        size = len(json.dumps(dict(claims), separators=(",", ":"), ensure_ascii=False, default=str))
+        kept: Mapping[str, Any] = claims
+        if size > KEEP_CLAIMS_MAX_BYTES:
+            kept = KeptClaims(relevant_claims(self.claim_names, claims), self.claim_names)
+        if len(self._kept) >= self._claim_keys_max:
+            self._kept.clear()
+        self._kept[id(claims)] = (claims, kept)
+        return kept
+
     def swap(self, policy: Policy) -> None:
         """Put a validated policy in force (on the event loop's thread)."""
         self.claim_names = referenced_claims(policy)
         self._claim_order = tuple(sorted(self.claim_names))
         self._claim_keys.clear()
+        self._kept.clear()
         self.current = policy
         self._plans.clear()
         self._client_ids.clear()

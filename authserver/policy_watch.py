@@ -10,7 +10,9 @@ only when it is valid; a broken file keeps the old policy, is logged, and counts
 The file is read and parsed in a worker thread; `PolicyHolder.swap` runs on the event loop.
 
 After a change, `narrowed()` finds the cached tokens whose resources the new policy no longer
-grants their subject; the caller revokes them.
+grants their subject; the caller revokes them. Each record is judged with the claims it kept of
+its identity (normally the whole set, see `KeptClaims`), so a new policy reading a claim the old
+one ignored still sees its value.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from authserver.policy.claims import referenced_claims
 from authserver.policy.engine import evaluate
 from authserver.policy.loader import load_policy
 from authserver.policy.model import Policy, PolicyLoadError
@@ -206,13 +209,26 @@ async def narrowed(
     policy: Policy,
     records: AsyncIterator[tuple[str, TokenRecord]] | Iterable[tuple[str, TokenRecord]],
 ) -> list[tuple[str, TokenRecord]]:
-    """The (key, record) pairs granting more than `policy` now grants their subject."""
+    """The (key, record) pairs granting more than `policy` now grants their subject.
+
+    A record that kept only some claims (`TokenRecord.claim_names`) may lack one `policy`
+    reads. The policy only grants (default deny, no deny rules), so a missing claim can only
+    take grants away: a record inside what its known claims grant is allowed whatever the
+    missing one holds, and is kept. A record beyond that may or may not be allowed; it cannot
+    be proven allowed, so it is returned too (revoked: the safe side, since dropping it only
+    from the cache would leave a possibly forbidden token valid upstream until it expires;
+    its device gets a new token, if still allowed, on its next request) and logged.
+    """
+    needed = referenced_claims(policy)
     decisions: dict[tuple[str, str, str | None], dict[str, FilterSet]] = {}
     found: list[tuple[str, TokenRecord]] = []
+    unproven = 0
     seen = 0
 
     def check(key: str, record: TokenRecord) -> None:
-        claims = dict(record.claims)
+        nonlocal unproven
+        # Only the claims the policy reads: the decision depends on nothing else.
+        claims = {name: record.claims[name] for name in needed if name in record.claims}
         cache_key = (record.subject, repr(sorted(claims.items())), record.client_id)
         grants = decisions.get(cache_key)
         if grants is None:
@@ -221,6 +237,8 @@ async def narrowed(
             decisions[cache_key] = grants
         if exceeds(record, grants):
             found.append((key, record))
+            if record.claim_names is not None and not needed <= record.claim_names:
+                unproven += 1
 
     if isinstance(records, AsyncIterator):
         async for key, record in records:
@@ -234,4 +252,11 @@ async def narrowed(
             seen += 1
             if seen % NARROW_BATCH == 0:
                 await asyncio.sleep(0)
+    if unproven:
+        log.warning(
+            "policy %s: %d cached token(s) kept too few claims to be proven still allowed "
+            "(the policy reads claims they lack); revoking them as narrowed",
+            policy.version_id,
+            unproven,
+        )
     return found

@@ -58,6 +58,8 @@ class Settings:
     quota: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_LIMITS))
     account_quota: float = 300.0
     revocation_claim_idle: float = 30.0
+    # Revocation blocks are pruned this long after they were made (see tokens/revocation.py).
+    revocation_block_retention: float = 30 * 24 * 3600.0
     redis_cluster: bool = False
     policy_poll_interval: float = 1.0
     shutdown_delay: float = 5.0
@@ -185,6 +187,9 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         ),
         "account_quota": _number(env, "QUOTA_ACCOUNT", 300.0, problems, minimum=0.1),
         "revocation_claim_idle": _number(env, "REVOCATION_CLAIM_IDLE", 30.0, problems, minimum=0.1),
+        "revocation_block_retention": _number(
+            env, "REVOCATION_BLOCK_RETENTION", 30 * 24 * 3600.0, problems, minimum=3600
+        ),
         "policy_poll_interval": _number(env, "POLICY_POLL_INTERVAL", 1.0, problems, minimum=0.05),
         "shutdown_delay": _number(env, "SHUTDOWN_DELAY", 5.0, problems, minimum=0),
         "rate_limit_subject": _number(env, "RATE_LIMIT_SUBJECT", 10.0, problems, minimum=0),

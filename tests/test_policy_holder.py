@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from pathlib import Path
 from types import MappingProxyType
 
 from authserver.policy.loader import parse_policy
 from authserver.policy_holder import PolicyHolder
+from authserver.tokens.model import KeptClaims, TokenRecord, claim_names_of
 from tests.fixtures.gateway import EXAMPLE_POLICY
 
 
@@ -31,3 +34,31 @@ def test_plans_and_keys_follow_a_swap(tmp_path: Path) -> None:
     after = holder.claims_key(claims)
     assert after != before  # the new policy looks at other claims
     assert holder.plan("alice", claims, None, None, None).read == ("region/eu/#",)
+
+
+def test_plans_keep_each_identitys_own_claims_and_cut_large_ones() -> None:
+    holder = PolicyHolder.load(EXAMPLE_POLICY)
+    one = MappingProxyType({"groups": ["ops"], "tenant": "t1", "site": "s1"})
+    two = MappingProxyType({"groups": ["ops"], "tenant": "t1", "site": "s2"})
+    # Same relevant claims, so one shared decision; each plan keeps its own whole claim set.
+    assert holder.plan("alice", one, None, None, None).claims is one
+    assert holder.plan("alice", two, None, None, None).claims is two
+    assert claim_names_of(one) is None
+
+    large = MappingProxyType({"groups": ["ops"], "tenant": "t1", "blob": "x" * 2000})
+    kept = holder.plan("alice", large, None, None, None).claims
+    assert isinstance(kept, KeptClaims)
+    assert dict(kept) == {"groups": ["ops"], "tenant": "t1"}
+    assert claim_names_of(kept) == holder.claim_names == {"groups", "tenant"}
+
+
+def test_records_carry_their_claim_names_through_json() -> None:
+    base = TokenRecord("t", "R", ("a/#",), 2000, 1000, 0, "ann", "post-cn-test")
+    whole = dataclasses.replace(base, claims={"site": "s1"})
+    cut = dataclasses.replace(base, claims={"tenant": "t1"}, claim_names=frozenset({"tenant", "x"}))
+    assert TokenRecord.from_json(whole.to_json()).claim_names is None
+    assert TokenRecord.from_json(cut.to_json()).claim_names == {"tenant", "x"}
+    # A record written before records said which claims they answer for: only its own.
+    legacy = json.loads(cut.to_json())
+    del legacy["claim_names"]
+    assert TokenRecord.from_json(json.dumps(legacy)).claim_names == {"tenant"}

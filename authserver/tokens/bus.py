@@ -21,6 +21,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from authserver.clock import Clock
+from authserver.errors import StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +113,8 @@ class InvalidationBus:
                     self._receive(message["data"])
             except asyncio.CancelledError:
                 raise
-            except (RedisError, OSError) as err:
+            except (StoreUnavailable, RedisError, OSError) as err:
+                # StoreUnavailable: a resync handler's read failed (Redis went away again).
                 if self.connected:
                     log.warning(
                         "invalidation bus lost Redis (%s); resubscribing", type(err).__name__

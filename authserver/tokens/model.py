@@ -14,6 +14,27 @@ EARLY_REFRESH_MS = 60_000
 ACTIONS_PARAM = {"R": "R", "W": "W", "RW": "R,W"}
 
 
+class KeptClaims(dict[str, Any]):
+    """Some of an identity's claims, and the claim names they answer for.
+
+    A record normally keeps its identity's whole claim set, so that a later policy reading
+    any claim can be evaluated against it. When that set is too large to keep, only the claims
+    the policy of the day reads are kept: `names` says which names they cover (a name in
+    `names` missing from the dict was absent from the identity; any other is unknown).
+    """
+
+    __slots__ = ("names",)
+
+    def __init__(self, claims: Mapping[str, Any], names: frozenset[str]) -> None:
+        super().__init__(claims)
+        self.names = names
+
+
+def claim_names_of(claims: Mapping[str, Any]) -> frozenset[str] | None:
+    """The names `claims` answers for: None when they are an identity's whole claim set."""
+    return claims.names if isinstance(claims, KeptClaims) else None
+
+
 def subject_tag(subject: str) -> str:
     """A short, key-safe digest of a subject (subjects may hold any character)."""
     return hashlib.sha256(subject.encode("utf-8", "surrogatepass")).hexdigest()[:16]
@@ -52,6 +73,8 @@ class TokenRecord:
     instance_id: str
     client_id: str | None = None
     claims: Mapping[str, Any] = field(default_factory=dict)
+    # The claim names `claims` answers for; None: all (they are the identity's whole set).
+    claim_names: frozenset[str] | None = None
     # Derived, not stored: computed once here rather than hashed on every request.
     renew_at_ms: int = field(default=0, compare=False, repr=False)
 
@@ -87,6 +110,7 @@ class TokenRecord:
                 "instance_id": self.instance_id,
                 "client_id": self.client_id,
                 "claims": dict(self.claims),
+                "claim_names": None if self.claim_names is None else sorted(self.claim_names),
             },
             separators=(",", ":"),
             ensure_ascii=False,
@@ -96,6 +120,14 @@ class TokenRecord:
     def from_json(cls, raw: str | bytes) -> TokenRecord:
         """Parse what to_json wrote."""
         data: dict[str, Any] = json.loads(raw)
+        claims = dict(data.get("claims") or {})
+        if "claim_names" not in data:
+            # Written before records said: only what they hold is known about the identity.
+            names: frozenset[str] | None = frozenset(claims)
+        elif data["claim_names"] is None:
+            names = None
+        else:
+            names = frozenset(str(n) for n in data["claim_names"])
         return cls(
             token=str(data["token"]),
             type=str(data["type"]),
@@ -106,7 +138,8 @@ class TokenRecord:
             subject=str(data["subject"]),
             instance_id=str(data["instance_id"]),
             client_id=None if data.get("client_id") is None else str(data["client_id"]),
-            claims=dict(data.get("claims") or {}),
+            claims=claims,
+            claim_names=names,
         )
 
     def public(self) -> dict[str, Any]:

@@ -7,6 +7,10 @@ and every process was told to drop its cached copies. A background worker drains
 no more than the RevokeToken quota, retrying until the upstream confirms. Revoking is
 idempotent upstream, so a job run twice (after a crash between call and acknowledgement)
 does no harm.
+
+Housekeeping, run by the worker every `MAINTENANCE_INTERVAL` seconds: blocks older than the
+block retention are pruned (`Revoker.maintain`), and stream consumers left by processes that
+are gone are deleted from the group once nothing is pending on them (`reap_consumers`).
 """
 
 from __future__ import annotations
@@ -44,6 +48,15 @@ BLOCKS = {SUBJECT: KEY_PREFIX + "block:subject", CLIENT: KEY_PREFIX + "block:cli
 RECENT_FAILURES = 20
 # Unknown tokens have no known expiry; 30 days is the longest any token can live.
 MAX_TOKEN_LIFE_MS = 30 * 24 * 3600 * 1000
+# How long an issued-before block is kept (AUTHSERVER_REVOCATION_BLOCK_RETENTION): it refuses
+# the app JWTs issued before it, and once the last of them has expired it refuses nothing
+# that the verifier would not refuse anyway. 30 days covers app JWTs that live up to 30 days
+# less the leeway; a longer-lived issuer needs a longer retention.
+BLOCK_RETENTION = 30 * 24 * 3600.0
+MAINTENANCE_INTERVAL = 60.0
+# A consumer that has not read the stream for this long belongs to a process that is gone
+# (a live worker reads at least every second).
+DEAD_CONSUMER_IDLE = 600.0
 
 Revoke = Callable[[str, str], Awaitable[None]]
 # (subject, claims) -> every clientId the policy lets that identity use.
@@ -127,6 +140,14 @@ class RevocationState(Protocol):
 
     async def blocks(self) -> dict[str, dict[str, int]]:
         """Every stored block, by scope."""
+        ...
+
+    async def prune_blocks(self, older_than_ms: int) -> int:
+        """Forget the blocks made before `older_than_ms`; how many went."""
+        ...
+
+    async def reap_consumers(self) -> int:
+        """Delete the queue consumers of processes that are gone; how many went."""
         ...
 
 
@@ -217,6 +238,24 @@ class MemoryState:
         """A copy of every block."""
         return {scope: dict(entries) for scope, entries in self._blocks.items()}
 
+    async def prune_blocks(self, older_than_ms: int) -> int:
+        """Forget old blocks."""
+        return _prune(self._blocks, older_than_ms)
+
+    async def reap_consumers(self) -> int:
+        """One process, one consumer: nothing to reap."""
+        return 0
+
+
+def _prune(blocks: dict[str, dict[str, int]], older_than_ms: int) -> int:
+    pruned = 0
+    for entries in blocks.values():
+        old = [name for name, before in entries.items() if before < older_than_ms]
+        for name in old:
+            del entries[name]
+        pruned += len(old)
+    return pruned
+
 
 # Times only move forward: a replica with a lagging clock must not lower a block.
 _BLOCK_MAX = """
@@ -224,6 +263,27 @@ local current = redis.call('HGET', KEYS[1], ARGV[1])
 if (not current) or tonumber(current) < tonumber(ARGV[2]) then
   redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 end
+return 1
+"""
+
+# Compare-and-delete: a block renewed (moved forward) since it was read is kept.
+_BLOCK_PRUNE = """
+local current = redis.call('HGET', KEYS[1], ARGV[1])
+if current and tonumber(current) < tonumber(ARGV[2]) then
+  return redis.call('HDEL', KEYS[1], ARGV[1])
+end
+return 0
+"""
+
+# Delete a consumer only while nothing is pending on it: XGROUP DELCONSUMER drops the
+# consumer's pending entries, which would never be delivered again. One script, so a job
+# cannot be handed to the consumer between the check and the delete.
+_REAP = """
+local pending = redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2])
+if #pending > 0 then
+  return 0
+end
+redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
 return 1
 """
 
@@ -238,12 +298,21 @@ class RedisState:
 
     mode = "redis-stream"
 
-    def __init__(self, redis: aioredis.Redis, consumer: str, claim_idle: float = 30.0) -> None:
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        consumer: str,
+        claim_idle: float = 30.0,
+        dead_after: float = DEAD_CONSUMER_IDLE,
+    ) -> None:
         self._redis = redis
         self._consumer = consumer
         self._claim_idle_ms = int(claim_idle * 1000)
+        self._dead_after_ms = int(dead_after * 1000)
         self._group_ready = False
         self._block = redis.register_script(_BLOCK_MAX)
+        self._block_prune = redis.register_script(_BLOCK_PRUNE)
+        self._reap = redis.register_script(_REAP)
 
     async def _ensure_group(self) -> None:
         if self._group_ready:
@@ -287,7 +356,11 @@ class RedisState:
                 # The group vanished with the stream (Redis restarted without persistence,
                 # or was flushed): create it again next round rather than fail forever.
                 self._group_ready = False
-            raise
+            raise StoreUnavailable("cannot read the revocation queue") from err
+        except RedisError as err:
+            raise StoreUnavailable(
+                "cannot read the revocation queue: Redis is unreachable"
+            ) from err
 
     async def _claim(self, count: int, wait: float) -> list[Job]:
         await self._ensure_group()
@@ -306,22 +379,30 @@ class RedisState:
         return self._jobs(entry for _stream, entries in fresh or [] for entry in entries)
 
     async def ack(self, job: Job) -> None:
-        """XACK and XDEL: the job is done."""
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.xack(STREAM, GROUP, job.id)
-            pipe.xdel(STREAM, job.id)
-            await pipe.execute()
+        """XACK and XDEL: the job is done (left pending, and retried, if Redis fails)."""
+        try:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.xack(STREAM, GROUP, job.id)
+                pipe.xdel(STREAM, job.id)
+                await pipe.execute()
+        except RedisError as err:
+            raise StoreUnavailable(
+                "cannot acknowledge the revocation: Redis is unreachable"
+            ) from err
 
     async def failed(self, job: Job, reason: str, now_ms: int, *, final: bool) -> None:
         """Record the failure for everyone; a retryable job stays pending for XAUTOCLAIM."""
         entry = {"fingerprint": job.fingerprint, "reason": reason, "at": now_ms, "final": final}
-        async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.lpush(FAILURES, json.dumps(entry))
-            pipe.ltrim(FAILURES, 0, RECENT_FAILURES - 1)
-            if final:
-                pipe.xack(STREAM, GROUP, job.id)
-                pipe.xdel(STREAM, job.id)
-            await pipe.execute()
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.lpush(FAILURES, json.dumps(entry))
+                pipe.ltrim(FAILURES, 0, RECENT_FAILURES - 1)
+                if final:
+                    pipe.xack(STREAM, GROUP, job.id)
+                    pipe.xdel(STREAM, job.id)
+                await pipe.execute()
+        except RedisError as err:
+            raise StoreUnavailable("cannot record the failure: Redis is unreachable") from err
 
     async def status(self, now_ms: int) -> dict[str, Any]:
         """XLEN, the oldest entry's age (its id is its enqueue time), recent failures."""
@@ -372,10 +453,47 @@ class RedisState:
     async def blocks(self) -> dict[str, dict[str, int]]:
         """HGETALL of both block hashes."""
         found: dict[str, dict[str, int]] = {}
-        for scope, key in BLOCKS.items():
-            raw = await self._redis.hgetall(key)
-            found[scope] = {_text(k): int(v) for k, v in raw.items()}
+        try:
+            for scope, key in BLOCKS.items():
+                raw = await self._redis.hgetall(key)
+                found[scope] = {_text(k): int(v) for k, v in raw.items()}
+        except RedisError as err:
+            raise StoreUnavailable("cannot read the blocks: Redis is unreachable") from err
         return found
+
+    async def prune_blocks(self, older_than_ms: int) -> int:
+        """HSCAN both block hashes; delete (compare-and-delete) the entries made before."""
+        pruned = 0
+        try:
+            for key in BLOCKS.values():
+                async for name, before in self._redis.hscan_iter(key, count=500):
+                    if int(before) < older_than_ms:
+                        pruned += int(
+                            await self._block_prune(keys=[key], args=[name, older_than_ms])
+                        )
+        except RedisError as err:
+            raise StoreUnavailable("cannot prune the blocks: Redis is unreachable") from err
+        return pruned
+
+    async def reap_consumers(self) -> int:
+        """XGROUP DELCONSUMER the consumers idle past `dead_after` with nothing pending.
+
+        A dead consumer's pending jobs are first handed to live ones by XAUTOCLAIM (`claim`)
+        once idle for `claim_idle`; its entry goes on a later round, when none are left.
+        """
+        try:
+            await self._ensure_group()
+            consumers: Any = await self._redis.xinfo_consumers(STREAM, GROUP)
+            reaped = 0
+            for consumer in consumers:
+                name = _text(consumer["name"])
+                if name == self._consumer or int(consumer["idle"]) < self._dead_after_ms:
+                    continue
+                if int(consumer["pending"]) == 0:
+                    reaped += int(await self._reap(keys=[STREAM], args=[GROUP, name]))
+        except RedisError as err:
+            raise StoreUnavailable("cannot list the queue consumers: Redis is unreachable") from err
+        return reaped
 
 
 class Revoker:
@@ -389,18 +507,21 @@ class Revoker:
         *,
         clock: Clock,
         client_ids: ClientIdsOf | None = None,
+        block_retention: float = BLOCK_RETENTION,
     ) -> None:
         self.tokens = tokens
         self.state = state
         self.bus = bus
         self._clock = clock
         self._client_ids = client_ids
+        self._block_retention_ms = int(block_retention * 1000)
         self._blocks: dict[str, dict[str, int]] = {SUBJECT: {}, CLIENT: {}}
         # In the embedded mode every block is made here; with Redis they must be read first
         # (readiness waits for it, so a restarted pod never serves a blocked JWT).
         self.blocks_loaded = state.mode == MemoryState.mode
         bus.on_event(self._on_event)
         bus.on_resync(self.resync)
+        tokens.on_lost_mint = self.revoke_unstored
 
     def _now_ms(self) -> int:
         return int(self._clock.time() * 1000)
@@ -415,6 +536,19 @@ class Revoker:
                 mine[name] = max(before, mine.get(name, 0))
         self.blocks_loaded = True
         self.tokens.clear_l1()
+
+    async def maintain(self) -> int:
+        """Prune the blocks older than the retention, here and in the state; how many went.
+
+        Every process prunes its own mirror; the shared state is pruned by whichever process
+        comes first (the others find nothing left to delete).
+        """
+        older_than = self._now_ms() - self._block_retention_ms
+        _prune(self._blocks, older_than)
+        pruned = await self.state.prune_blocks(older_than)
+        if pruned:
+            log.info("pruned %d revocation block(s) older than the retention", pruned)
+        return pruned
 
     def _on_event(self, event: dict[str, Any]) -> None:
         kind = event.get("kind")
@@ -502,6 +636,16 @@ class Revoker:
             fingerprints=tuple(fingerprint(token) for token, _instance in jobs),
         )
 
+    async def revoke_unstored(self, record: TokenRecord) -> None:
+        """Revoke a token that was minted across its subject's revocation and never stored.
+
+        No process holds it (it was neither stored nor answered), so only the upstream
+        revocation is queued, durably, and the token is remembered as revoked.
+        """
+        now = self._now_ms()
+        await self.state.enqueue([(record.token, record.instance_id)], now)
+        await self.state.mark_revoked([(token_hash(record.token), record.expire_ms)], now)
+
     async def revoke_token(self, token: str) -> RevocationResult:
         """Revoke one token by value (queued upstream even when we never held it)."""
         found = await self.tokens.store.lookup(token)
@@ -512,7 +656,12 @@ class Revoker:
     async def revoke_subject(
         self, subject: str, *, block_issued_before: bool = True
     ) -> RevocationResult:
-        """Revoke every token of a subject; optionally refuse its older app JWTs."""
+        """Revoke every token of a subject; optionally refuse its older app JWTs.
+
+        The subject's epoch moves first: a mint in flight now cannot store its token after
+        the tokens are listed below (the token service revokes it instead).
+        """
+        await self.tokens.store.bump_epoch(subject)
         before = await self._block(SUBJECT, subject) if block_issued_before else None
         result = await self.revoke_records(await self.tokens.store.subject_tokens(subject))
         return _with_block(result, before)
@@ -550,6 +699,8 @@ class RevocationWorker:
         batch: int = 5,
         idle_wait: float = 1.0,
         retry_pause: float = 1.0,
+        maintain: Callable[[], Awaitable[int]] | None = None,
+        maintenance_interval: float = MAINTENANCE_INTERVAL,
     ) -> None:
         self._state = state
         self._revoke = revoke
@@ -557,9 +708,13 @@ class RevocationWorker:
         self._batch = batch
         self._idle_wait = idle_wait
         self._retry_pause = retry_pause
+        self._maintain = maintain
+        self._maintenance_interval = maintenance_interval
+        self._next_maintenance = 0.0
         self._task: asyncio.Task[None] | None = None
         self.done = 0
         self.failures = 0
+        self.store_errors = 0
 
     def start(self) -> None:
         """Run in the background until stop()."""
@@ -572,9 +727,22 @@ class RevocationWorker:
             await asyncio.wait([self._task], timeout=STOP_TIMEOUT)
             self._task = None
 
+    async def _housekeeping(self) -> None:
+        """Prune old blocks and reap dead consumers, at most every maintenance interval."""
+        now = self._clock.monotonic()
+        if now < self._next_maintenance:
+            return
+        self._next_maintenance = now + self._maintenance_interval
+        if self._maintain is not None:
+            await self._maintain()
+        reaped = await self._state.reap_consumers()
+        if reaped:
+            log.info("revocation queue: removed %d consumer(s) of stopped processes", reaped)
+
     async def _run(self) -> None:
         while True:
             try:
+                await self._housekeeping()
                 jobs = await self._state.claim(self._batch, self._idle_wait)
                 for index, job in enumerate(jobs):
                     try:
@@ -587,14 +755,17 @@ class RevocationWorker:
                         raise
             except asyncio.CancelledError:
                 raise
-            except (RedisError, OSError) as err:
-                log.warning("revocation worker: store unavailable (%s)", type(err).__name__)
+            except (StoreUnavailable, RedisError, OSError) as err:
+                # A job whose acknowledgement was lost stays pending and is claimed again.
+                self.store_errors += 1
+                log.warning("revocation worker: store unavailable (%s)", _cause_name(err))
                 await self._clock.sleep(self._retry_pause)
             except Exception:
                 log.exception("revocation worker: unexpected error")
                 await self._clock.sleep(self._retry_pause)
 
     async def _one(self, job: Job) -> None:
+        """One RevokeToken; acknowledged once the upstream confirmed it."""
         try:
             await self._revoke(job.instance_id, job.token)
         except GatewayError as err:
@@ -615,3 +786,9 @@ class RevocationWorker:
         await self._state.ack(job)
         self.done += 1
         log.debug("revoked token %s upstream", job.fingerprint)
+
+
+def _cause_name(err: BaseException) -> str:
+    """The name of the Redis error behind a translated one (for the log line)."""
+    cause = err.__cause__ if isinstance(err, StoreUnavailable) else None
+    return type(cause or err).__name__

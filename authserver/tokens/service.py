@@ -14,7 +14,7 @@ from authserver.errors import ServiceUnavailable, StoreUnavailable
 from authserver.tokens.answers import DEFAULT_MAX_BYTES, AnswerCache
 from authserver.tokens.bus import STOP_TIMEOUT
 from authserver.tokens.expiring import ExpiringMap
-from authserver.tokens.model import ACTIONS_PARAM, TokenRecord, token_key
+from authserver.tokens.model import ACTIONS_PARAM, TokenRecord, claim_names_of, token_key
 from authserver.tokens.store import TokenStore
 
 log = logging.getLogger(__name__)
@@ -27,6 +27,22 @@ MIN_TTL_SLACK_MS = 2000
 RENEW_DEADLINE = 30.0
 
 Minter = Callable[[str, tuple[str, ...], str, int, float], Awaitable[str]]
+LostMint = Callable[[TokenRecord], Awaitable[None]]
+
+
+class RevokedWhileIssuing(ServiceUnavailable):
+    """The subject was revoked while its token was being minted: it was not handed out.
+
+    Answered 503 with Retry-After: the retry meets the revocation's block (401
+    `token_revoked` for an app JWT issued before it) or, without a block, gets a new token.
+    """
+
+
+@dataclass
+class _Epoch:
+    """The subject's revocation epoch one request mints under, read before its first await."""
+
+    value: int | None = None
 
 
 def clamp_ttl(ttl: float) -> int:
@@ -134,6 +150,9 @@ class TokenService:
         self.renewed = 0
         self._renewing: set[str] = set()
         self._background: set[asyncio.Task[None]] = set()
+        # Set by the revoker: revokes upstream a token minted across a revocation.
+        self.on_lost_mint: LostMint | None = None
+        self.lost_mints = 0
 
     def drop(self, keys: Iterable[str]) -> None:
         """Forget L1 entries and answers (an invalidation event, from here or elsewhere)."""
@@ -164,10 +183,18 @@ class TokenService:
         An invalidation (revocation) that lands while the tokens are being gathered may be
         about exactly these tokens: they are then checked against the store, which a
         revocation clears before it tells anyone, and gathered again if one is gone.
+
+        A revocation of the whole subject moves its epoch (`TokenStore.bump_epoch`) before
+        it lists the subject's tokens. Every mint of this request happens under the epoch
+        read before its first store read (L1 hits need none), gathering again included: a
+        record minted under an older epoch is never stored (the store checks the epoch as it
+        writes) and is revoked upstream, and tokens minted and stored before the move (which
+        the revocation then purged) are not answered either: `RevokedWhileIssuing`.
         """
+        epoch = _Epoch()
         for _attempt in range(3):
             generation = self.answers.generation
-            found = await self._gather(request, deadline)
+            found = await self._gather(request, deadline, epoch)
             if self.answers.generation == generation or await self._still_stored(found):
                 return found
         raise ServiceUnavailable(
@@ -182,7 +209,9 @@ class TokenService:
                 return False
         return True
 
-    async def _gather(self, request: TokenRequest, deadline: float) -> MqttCredentials:
+    async def _gather(
+        self, request: TokenRequest, deadline: float, epoch: _Epoch
+    ) -> MqttCredentials:
         specs = token_specs(request.read, request.write)
         records: list[TokenRecord | None] = []
         keys: list[str] = []
@@ -192,7 +221,7 @@ class TokenService:
                 self.instance_id, request.subject, kind, resources, request.ttl, request.client_id
             )
             keys.append(key)
-            record = await self._cached(key, request.subject)
+            record = await self._cached(key, request.subject, epoch)
             if record is None:
                 missing.append((len(records), key, kind, resources))
             else:
@@ -200,11 +229,21 @@ class TokenService:
             records.append(record)
         if missing:
             self.misses += len(missing)
+            if epoch.value is None:
+                epoch.value = await self.store.epoch(request.subject)
+            at = epoch.value
             issued = await asyncio.gather(
-                *(self._issue(key, kind, res, request, deadline) for _i, key, kind, res in missing)
+                *(
+                    self._issue(key, kind, res, request, deadline, at)
+                    for _i, key, kind, res in missing
+                )
             )
             for (index, *_rest), record in zip(missing, issued, strict=True):
                 records[index] = record
+            # Before the answer goes out (and into the answer cache): a revocation of the
+            # subject that moved the epoch after these were stored has purged them.
+            if await self.store.epoch(request.subject) != at:
+                raise self._revoked_while_issuing()
         done = [r for r in records if r is not None]
         password = "|".join(f"{r.type}|{r.token}" for r in done)
         return MqttCredentials(
@@ -221,7 +260,7 @@ class TokenService:
     def _fresh(self, record: TokenRecord | None) -> bool:
         return record is not None and record.refresh_at_ms > self._clock.time() * 1000
 
-    async def _cached(self, key: str, subject: str) -> TokenRecord | None:
+    async def _cached(self, key: str, subject: str, epoch: _Epoch) -> TokenRecord | None:
         """A fresh token from L1, else from the store (then kept in L1)."""
         l1 = self._l1
         if l1 is not None:
@@ -229,6 +268,11 @@ class TokenService:
             if record is not None:
                 self.hits["l1"] += 1
                 return record
+        if epoch.value is None:
+            # Before the first await of the request: a revocation (and its block) that lands
+            # while the store is read moves the epoch, and then no token is minted for this
+            # request, whose JWT was checked against the blocks before it came here.
+            epoch.value = await self.store.epoch(subject)
         generation = self.answers.generation
         record = await self.store.get(key, subject)
         if record is None or not self._fresh(record):
@@ -278,6 +322,7 @@ class TokenService:
     ) -> None:
         deadline = self._clock.monotonic() + RENEW_DEADLINE
         generation = self.answers.generation
+        epoch = await self.store.epoch(request.subject)
         # The lock must outlive the renewal's own deadline (quota waits included), or
         # another process would renew the same key at the same time.
         lock_id = await self.store.lock(key, request.subject, RENEW_DEADLINE + 2.0)
@@ -287,7 +332,9 @@ class TokenService:
             current = await self.store.get(key, request.subject)
             if current is None or current.token != old.token:
                 return  # renewed elsewhere, or revoked: nothing to do here
-            record = await self._apply(key, kind, resources, request, deadline, previous=current)
+            record = await self._apply(
+                key, kind, resources, request, deadline, previous=current, epoch=epoch
+            )
             if self._l1 is not None and self.answers.generation == generation:
                 self._l1.put(key, record)
             self.renewed += 1
@@ -309,10 +356,11 @@ class TokenService:
         resources: tuple[str, ...],
         request: TokenRequest,
         deadline: float,
+        epoch: int,
     ) -> TokenRecord:
         flight = self._flights.get(key)
         if flight is None:
-            flight = asyncio.create_task(self._fill(key, kind, resources, request, deadline))
+            flight = asyncio.create_task(self._fill(key, kind, resources, request, deadline, epoch))
             self._flights[key] = flight
             flight.add_done_callback(functools.partial(self._landed, key))
         remaining = deadline - self._clock.monotonic()
@@ -341,6 +389,7 @@ class TokenService:
         resources: tuple[str, ...],
         request: TokenRequest,
         deadline: float,
+        epoch: int,
     ) -> TokenRecord:
         while True:
             record = await self.store.get(key, request.subject)
@@ -355,7 +404,7 @@ class TokenService:
                         assert record is not None
                         return record
                     return await self._apply(
-                        key, kind, resources, request, deadline, previous=record
+                        key, kind, resources, request, deadline, previous=record, epoch=epoch
                     )
                 finally:
                     await self._unlock(key, request.subject, lock_id)
@@ -366,6 +415,35 @@ class TokenService:
                     headers={"Retry-After": "1"},
                 )
             await self._clock.sleep(self._poll)
+
+    @staticmethod
+    def _revoked_while_issuing() -> RevokedWhileIssuing:
+        return RevokedWhileIssuing(
+            "the subject was revoked while its token was being issued; try again",
+            headers={"Retry-After": "1"},
+        )
+
+    async def _revoke_lost(self, record: TokenRecord) -> None:
+        """A token minted across a revocation of its subject: revoke it upstream, durably."""
+        self.lost_mints += 1
+        log.warning(
+            "token %s was minted while its subject was being revoked; revoking it",
+            record.fingerprint,
+        )
+        if self.on_lost_mint is None:
+            log.error(
+                "no revoker: token %s stays valid upstream until it expires", record.fingerprint
+            )
+            return
+        try:
+            await self.on_lost_mint(record)
+        except StoreUnavailable:
+            log.error(
+                "could not queue the revocation of token %s; it stays valid upstream until %d",
+                record.fingerprint,
+                record.expire_ms,
+            )
+            raise
 
     async def _unlock(self, key: str, subject: str, lock_id: str) -> None:
         try:
@@ -382,7 +460,9 @@ class TokenService:
         deadline: float,
         *,
         previous: TokenRecord | None = None,
+        epoch: int | None = None,
     ) -> TokenRecord:
+        """Mint one token and store it, unless the subject was revoked meanwhile."""
         now_ms = int(self._clock.time() * 1000)
         ttl_ms = request.ttl * 1000
         if request.ttl <= MIN_TTL:
@@ -404,14 +484,19 @@ class TokenService:
             instance_id=self.instance_id,
             client_id=request.client_id,
             claims=request.claims,
+            claim_names=claim_names_of(request.claims),
         )
+        self.minted += 1
+        stored = True
         if previous is not None and previous.expire_ms > now_ms:
             # Devices still hold the token being replaced and it stays valid upstream until
             # it expires: keep it findable (by subject, client and value) for revocation and
             # policy narrowing, under a key no request looks up.
-            await self.store.put(f"{key}~{previous.fingerprint}", previous)
-        await self.store.put(key, record)
-        self.minted += 1
+            retired = f"{key}~{previous.fingerprint}"
+            stored = await self.store.put(retired, previous, epoch=epoch)
+        if not stored or not await self.store.put(key, record, epoch=epoch):
+            await self._revoke_lost(record)
+            raise self._revoked_while_issuing()
         log.debug(
             "minted %s token %s for subject key %s (%d resources)",
             kind,

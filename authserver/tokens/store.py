@@ -17,6 +17,10 @@ from authserver.tokens.expiring import ExpiringMap
 from authserver.tokens.model import TokenRecord, subject_tag
 
 KEY_PREFIX = "authserver:"
+# How long a subject's revocation epoch is remembered after its last revocation. It only has
+# to outlive every mint that read the epoch before that revocation: one request deadline or
+# one background renewal (RENEW_DEADLINE), seconds, not an hour. A forgotten epoch reads 0.
+EPOCH_TTL_MS = 3600 * 1000
 
 
 def token_hash(token: str) -> str:
@@ -33,8 +37,20 @@ class TokenStore(Protocol):
         """The live record under `key`, or None."""
         ...
 
-    async def put(self, key: str, record: TokenRecord) -> None:
-        """Keep `record` under `key` until it expires, indexed by subject, client and value."""
+    async def put(self, key: str, record: TokenRecord, *, epoch: int | None = None) -> bool:
+        """Keep `record` under `key` until it expires, indexed by subject, client and value.
+
+        With `epoch`, only while the subject's revocation epoch is still `epoch` (checked and
+        stored in one step); False when it moved and nothing was stored.
+        """
+        ...
+
+    async def epoch(self, subject: str) -> int:
+        """The subject's revocation epoch: moved by every revocation of the whole subject."""
+        ...
+
+    async def bump_epoch(self, subject: str) -> int:
+        """Move the subject's revocation epoch (before its tokens are listed for revocation)."""
         ...
 
     async def subject_tokens(self, subject: str) -> list[tuple[str, TokenRecord]]:
@@ -89,6 +105,8 @@ class MemoryStore:
         self._by_client: dict[str, set[str]] = {}
         self._by_value: dict[str, str] = {}
         self._evicted: Callable[[str], None] | None = None
+        # subject -> (epoch, forget after ms): only revoked subjects, a handful.
+        self._epochs: dict[str, tuple[int, float]] = {}
 
     def watch_evictions(self, callback: Callable[[str], None]) -> None:
         """Have `callback(key)` told of records evicted (the store is full) or expired."""
@@ -109,8 +127,30 @@ class MemoryStore:
         """The live record under `key`, or None."""
         return self._live_record(key)
 
-    async def put(self, key: str, record: TokenRecord) -> None:
-        """Keep `record` under `key` until it expires."""
+    async def epoch(self, subject: str) -> int:
+        """The subject's revocation epoch (0 when never revoked, or long ago)."""
+        return self._epoch(subject)
+
+    def _epoch(self, subject: str) -> int:
+        found = self._epochs.get(subject)
+        if found is None or found[1] <= self._now_ms():
+            return 0
+        return found[0]
+
+    async def bump_epoch(self, subject: str) -> int:
+        """Move the subject's epoch; forget the epochs of subjects revoked long ago."""
+        now_ms = self._now_ms()
+        if len(self._epochs) >= 1024:
+            self._epochs = {s: e for s, e in self._epochs.items() if e[1] > now_ms}
+        epoch = self._epoch(subject) + 1
+        self._epochs[subject] = (epoch, now_ms + EPOCH_TTL_MS)
+        return epoch
+
+    async def put(self, key: str, record: TokenRecord, *, epoch: int | None = None) -> bool:
+        """Keep `record` under `key` until it expires (if the subject's epoch is `epoch`)."""
+        # No await between the check and the write: one step on the event loop.
+        if epoch is not None and self._epoch(record.subject) != epoch:
+            return False
         old = self._records.pop(key)
         if old is not None:
             self._unindex(key, old)
@@ -119,6 +159,7 @@ class MemoryStore:
         if record.client_id is not None:
             self._by_client.setdefault(record.client_id, set()).add(key)
         self._by_value[token_hash(record.token)] = key
+        return True
 
     def _live(self, index: dict[str, set[str]], name: str) -> list[tuple[str, TokenRecord]]:
         keys = index.get(name, set())
@@ -170,7 +211,12 @@ class MemoryStore:
                 keys.discard(key)
                 if not keys:
                     del index[name]
-        self._by_value.pop(token_hash(record.token), None)
+        # Only the entry pointing here: after a renewal the replaced record's value is
+        # indexed under its retired key, and replacing the record under the live key must
+        # leave that entry alone (a revocation by value must still find the old token).
+        digest = token_hash(record.token)
+        if self._by_value.get(digest) == key:
+            del self._by_value[digest]
 
     async def delete(self, key: str, record: TokenRecord) -> None:
         """Forget one record."""
@@ -196,8 +242,12 @@ end
 return 0
 """
 
-# KEYS: record, subject index. ARGV: json, ttl ms, expire ms, key, now ms.
+# KEYS: record, subject index, subject epoch. ARGV: json, ttl ms, expire ms, key, now ms,
+# the epoch the record was minted under ('' for none). The epoch shares the record's slot.
 _PUT = """
+if ARGV[6] ~= '' and (redis.call('GET', KEYS[3]) or '0') ~= ARGV[6] then
+  return 0
+end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4])
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[5])
@@ -254,6 +304,9 @@ class RedisStore:
         digest = token_hash(token)
         return f"{KEY_PREFIX}val:{{{digest[:16]}}}:{digest}"
 
+    def _epoch_key(self, subject: str) -> str:
+        return f"{KEY_PREFIX}epoch:{self._tag(subject)}"
+
     def _lock_key(self, key: str, subject: str) -> str:
         return f"{KEY_PREFIX}lock:{self._tag(subject)}:{key}"
 
@@ -274,18 +327,54 @@ class RedisStore:
             raise StoreUnavailable("the token store (Redis) is unreachable") from err
         return self._parse(raw)
 
-    async def put(self, key: str, record: TokenRecord) -> None:
-        """Keep `record` until it expires, indexed by subject, client and value."""
+    async def epoch(self, subject: str) -> int:
+        """The subject's revocation epoch, shared by every process (0 when never revoked)."""
+        try:
+            raw = await self._redis.get(self._epoch_key(subject))
+        except RedisError as err:
+            raise StoreUnavailable("the token store (Redis) is unreachable") from err
+        return 0 if raw is None else int(raw)
+
+    async def bump_epoch(self, subject: str) -> int:
+        """INCR the subject's epoch (kept EPOCH_TTL_MS after the last revocation)."""
+        try:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.incr(self._epoch_key(subject))
+                pipe.pexpire(self._epoch_key(subject), EPOCH_TTL_MS)
+                epoch, _ = await pipe.execute()
+        except RedisError as err:
+            raise StoreUnavailable("the token store (Redis) is unreachable") from err
+        return int(epoch)
+
+    async def put(self, key: str, record: TokenRecord, *, epoch: int | None = None) -> bool:
+        """Keep `record` until it expires, indexed by subject, client and value.
+
+        With `epoch`, the record is stored only if the subject's epoch still is `epoch`,
+        checked by the same script that writes it.
+        """
         now_ms = self._now_ms()
         ttl_ms = record.expire_ms - now_ms
         if ttl_ms <= 0:
-            return
+            return True  # dead already: nothing to keep, nothing lost
         locator = json.dumps([record.subject, key], ensure_ascii=False)
         try:
-            await self._put(
-                keys=[self._record_key(key, record.subject), self._index_key(record.subject)],
-                args=[record.to_json(), ttl_ms, record.expire_ms, key, now_ms],
+            stored = await self._put(
+                keys=[
+                    self._record_key(key, record.subject),
+                    self._index_key(record.subject),
+                    self._epoch_key(record.subject),
+                ],
+                args=[
+                    record.to_json(),
+                    ttl_ms,
+                    record.expire_ms,
+                    key,
+                    now_ms,
+                    "" if epoch is None else str(epoch),
+                ],
             )
+            if not stored:
+                return False
             await self._redis.set(self._value_key(record.token), locator, px=ttl_ms)
             if record.client_id is not None:
                 await self._index(
@@ -294,6 +383,7 @@ class RedisStore:
                 )
         except RedisError as err:
             raise StoreUnavailable("the token store (Redis) is unreachable") from err
+        return True
 
     async def _records(self, locators: list[tuple[str, str]]) -> list[tuple[str, TokenRecord]]:
         found: list[tuple[str, TokenRecord]] = []

@@ -4,6 +4,7 @@ narrowing revokes the cached tokens that grant more than the new policy."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import time
 from pathlib import Path
@@ -16,6 +17,7 @@ from authserver.policy.loader import parse_policy
 from authserver.policy_watch import narrowed
 from authserver.tokens.model import TokenRecord
 from authserver.web.observe import reload_policy
+from tests.admin.conftest import admin_headers
 from tests.fixtures.emulator import EmulatorHandle
 from tests.fixtures.gateway import MakeGateway, bearer, make_jwt
 from tests.ops.helpers import scrape, value
@@ -240,3 +242,76 @@ async def test_narrowed_uses_the_records_claims_and_type() -> None:
     ]
     doomed = await narrowed(policy, records)
     assert [key for key, _record in doomed] == ["k3", "k4", "k7"]
+
+
+BY_SUBJECT = """version: 1
+groupsClaim: groups
+everyone:
+  - topics: ["devices/{sub}/#"]
+    actions: [R, W]
+"""
+# The grant moves onto a claim the old policy never read.
+BY_DEVICE_CLAIM = """version: 1
+groupsClaim: groups
+everyone:
+  - topics: ["devices/{claims.device_id}/#"]
+    actions: [R, W]
+"""
+
+
+async def test_narrowing_reads_a_claim_the_old_policy_did_not(
+    emulator: EmulatorHandle, make_gateway: MakeGateway, tmp_path: Path, store_url: str | None
+) -> None:
+    path = tmp_path / "policy.yaml"
+    path.write_text(BY_SUBJECT)
+    client = await make_gateway(
+        emulator, policy_file=path, policy_poll_interval=3600, redis_url=store_url
+    )
+    assert client.app is not None
+    # kim's device_id claim is kim: the new policy still grants devices/kim/#. lee's is not.
+    kim = await read_rw_token(client, make_jwt("kim", device_id="kim"))
+    lee = await read_rw_token(client, make_jwt("lee", device_id="lee-2"))
+
+    path.write_text(BY_DEVICE_CLAIM)
+    reload_policy(client.app)
+    watcher = client.app[keys.POLICY_WATCHER]
+
+    async def swept() -> bool:
+        return watcher.narrowed > 0 and emulator.state.is_revoked(lee)
+
+    await eventually(swept, within=5.0)
+
+    async def drained() -> bool:
+        resp = await client.get("/v1/admin/revocations", headers=admin_headers())
+        return bool((await resp.json())["depth"] == 0)
+
+    await eventually(drained, within=5.0)
+    assert watcher.narrowed == 1
+    assert not emulator.state.is_revoked(kim)
+    assert await client.app[keys.TOKENS].lookup(kim) is not None
+
+
+async def read_rw_token(client: TestClient[Any, Any], jwt: str) -> str:
+    """The one RW token the gateway hands `jwt` (read and write grants are equal)."""
+    resp = await client.post("/v1/token", headers=bearer(jwt))
+    assert resp.status == 200, await resp.text()
+    (token,) = (await resp.json())["tokens"]
+    assert token["type"] == "RW"
+    return str(token["token"])
+
+
+async def test_narrowed_revokes_what_too_few_kept_claims_cannot_prove() -> None:
+    broadcast = '  - topics: ["broadcast/#"]\n    actions: [R]\n'
+    policy = parse_policy(BY_DEVICE_CLAIM + broadcast, "test")
+    cut = frozenset({"groups"})  # kept under a policy that read only the groups claim
+    records = [
+        # Whole claim sets: judged exactly.
+        ("k1", _record("kim", "RW", ("devices/kim/#",), device_id="kim")),
+        ("k2", _record("lee", "RW", ("devices/lee/#",), device_id="lee-2")),
+        # Cut claim sets lacking device_id: nothing proves devices/kim/# still allowed.
+        ("k3", dataclasses.replace(_record("kim", "RW", ("devices/kim/#",)), claim_names=cut)),
+        # ... while a cut record within what the known claims grant stays.
+        ("k4", dataclasses.replace(_record("kim", "R", ("broadcast/#",)), claim_names=cut)),
+    ]
+    doomed = await narrowed(policy, records)
+    assert [key for key, _record in doomed] == ["k2", "k3"]

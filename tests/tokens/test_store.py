@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import redis.asyncio as aioredis
+
 from authserver.clock import ManualClock
 from authserver.tokens.expiring import ExpiringMap
 from authserver.tokens.model import TokenRecord
-from authserver.tokens.store import MemoryStore
+from authserver.tokens.store import MemoryStore, RedisStore, TokenStore
 
 
 def record(token: str, subject: str, expire_ms: int, client_id: str | None = None) -> TokenRecord:
@@ -77,3 +79,27 @@ async def test_memory_store_delete_and_replace() -> None:
     await store.delete("k", found[1])
     assert await store.get("k", "carol") is None
     assert await store.subject_tokens("carol") == []
+
+
+async def test_a_record_minted_under_an_old_epoch_is_not_stored(store_url: str | None) -> None:
+    clock = ManualClock(start=1000.0)
+    redis = None if store_url is None else aioredis.Redis.from_url(store_url)
+    store: TokenStore = MemoryStore(clock) if redis is None else RedisStore(redis, clock)
+    try:
+        now = int(clock.time() * 1000)
+        assert await store.epoch("dan") == 0
+        assert await store.put("k0", record("t0", "dan", now + 50_000), epoch=0)
+        assert await store.bump_epoch("dan") == 1
+        assert await store.epoch("dan") == 1
+        assert await store.epoch("eve") == 0  # per subject
+
+        assert not await store.put("k1", record("t1", "dan", now + 50_000), epoch=0)
+        assert await store.get("k1", "dan") is None
+        assert await store.lookup("t1") is None
+        assert [k for k, _ in await store.subject_tokens("dan")] == ["k0"]
+        assert await store.put("k1", record("t1", "dan", now + 50_000), epoch=1)
+        assert await store.put("k2", record("t2", "dan", now + 50_000))  # unconditional
+        assert {k for k, _ in await store.subject_tokens("dan")} == {"k0", "k1", "k2"}
+    finally:
+        if redis is not None:
+            await redis.aclose()
