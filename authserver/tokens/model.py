@@ -9,25 +9,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from authserver.fingerprint import fingerprint
+from authserver.policy.claims import KeptClaims
 
 EARLY_REFRESH_MS = 60_000
 ACTIONS_PARAM = {"R": "R", "W": "W", "RW": "R,W"}
-
-
-class KeptClaims(dict[str, Any]):
-    """Some of an identity's claims, and the claim names they answer for.
-
-    A record normally keeps its identity's whole claim set, so that a later policy reading
-    any claim can be evaluated against it. When that set is too large to keep, only the claims
-    the policy of the day reads are kept: `names` says which names they cover (a name in
-    `names` missing from the dict was absent from the identity; any other is unknown).
-    """
-
-    __slots__ = ("names",)
-
-    def __init__(self, claims: Mapping[str, Any], names: frozenset[str]) -> None:
-        super().__init__(claims)
-        self.names = names
 
 
 def claim_names_of(claims: Mapping[str, Any]) -> frozenset[str] | None:

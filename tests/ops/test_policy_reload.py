@@ -12,9 +12,9 @@ from typing import Any
 
 from aiohttp.test_utils import TestClient
 
-from authserver import keys
+from authserver import appkeys
 from authserver.policy.loader import parse_policy
-from authserver.policy_watch import narrowed
+from authserver.tokens.narrowing import narrowed
 from authserver.tokens.model import TokenRecord
 from authserver.web.observe import reload_policy
 from tests.admin.conftest import admin_headers
@@ -110,7 +110,7 @@ async def test_configmap_swap_is_applied_within_two_seconds(
     assert value(text, "authserver_policy_reloads_total") == 1
     assert value(text, "authserver_policy_last_reload_success") == 1
     assert client.app is not None
-    version = client.app[keys.POLICY].current.version_id
+    version = client.app[appkeys.POLICY].current.version_id
     assert value(text, "authserver_policy_info", version=version) == 1
 
 
@@ -120,8 +120,8 @@ async def test_broken_file_is_kept_out(
     config = ConfigMapDir(tmp_path / "config", WIDE)
     client = await make_gateway(emulator, policy_file=config.path, policy_poll_interval=0.05)
     assert client.app is not None
-    watcher = client.app[keys.POLICY_WATCHER]
-    before = client.app[keys.POLICY].current.version_id
+    watcher = client.app[appkeys.POLICY_WATCHER]
+    before = client.app[appkeys.POLICY].current.version_id
 
     config.update(WIDE + "users:\n  bob: {topics: oops}\n")
 
@@ -129,7 +129,7 @@ async def test_broken_file_is_kept_out(
         return watcher.failures == 1
 
     await eventually(refused)
-    assert client.app[keys.POLICY].current.version_id == before
+    assert client.app[appkeys.POLICY].current.version_id == before
     assert watcher.last_errors
     assert (await read_tokens(client, make_jwt("bob")))["R"] == ["broadcast/#", "devices/bob/#"]
     text = await scrape(client)
@@ -164,7 +164,7 @@ async def test_forced_reload_reads_an_in_place_edit(
     reload_policy(client.app)
 
     async def applied() -> bool:
-        return client.app is not None and client.app[keys.POLICY_WATCHER].reloads == 1
+        return client.app is not None and client.app[appkeys.POLICY_WATCHER].reloads == 1
 
     await eventually(applied)
     assert "alerts/#" in (await read_tokens(client, make_jwt("bob")))["R"]
@@ -188,7 +188,7 @@ async def test_narrowing_revokes_cached_tokens_that_grant_more(
     assert set(tokens) == {("bob", "R"), ("bob", "W"), ("alice", "R"), ("alice", "W")}
 
     config.update(NARROW)
-    watcher = client.app[keys.POLICY_WATCHER]
+    watcher = client.app[appkeys.POLICY_WATCHER]
 
     async def swept() -> bool:
         return watcher.narrowed == 2
@@ -274,7 +274,7 @@ async def test_narrowing_reads_a_claim_the_old_policy_did_not(
 
     path.write_text(BY_DEVICE_CLAIM)
     reload_policy(client.app)
-    watcher = client.app[keys.POLICY_WATCHER]
+    watcher = client.app[appkeys.POLICY_WATCHER]
 
     async def swept() -> bool:
         return watcher.narrowed > 0 and emulator.state.is_revoked(lee)
@@ -288,7 +288,7 @@ async def test_narrowing_reads_a_claim_the_old_policy_did_not(
     await eventually(drained, within=5.0)
     assert watcher.narrowed == 1
     assert not emulator.state.is_revoked(kim)
-    assert await client.app[keys.TOKENS].lookup(kim) is not None
+    assert await client.app[appkeys.TOKENS].lookup(kim) is not None
 
 
 async def read_rw_token(client: TestClient[Any, Any], jwt: str) -> str:

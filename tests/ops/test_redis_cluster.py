@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from authserver import keys
+from authserver import appkeys
 from authserver.redis_conn import connect_redis
 from authserver.settings import SettingsError, load_settings
 from tests.admin.conftest import admin_headers
@@ -136,7 +136,7 @@ async def test_narrowing_sweeps_every_node(
         body = await (await client.post("/v1/token", headers=bearer(make_jwt(f"n{i}")))).json()
         read_tokens += [t["token"] for t in body["tokens"] if t["type"] == "R"]
     config.update(NARROW)
-    watcher = client.app[keys.POLICY_WATCHER]
+    watcher = client.app[appkeys.POLICY_WATCHER]
     await wait_for(lambda: watcher.narrowed == 9)
     await wait_for(lambda: all(emulator.state.is_revoked(t) for t in read_tokens), within=8)
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from aiohttp.test_utils import TestClient
 
-from authserver import keys
+from authserver import appkeys
 from tests.admin.conftest import admin_headers
 from tests.fixtures.emulator import EmulatorHandle
 from tests.fixtures.gateway import MakeGateway, bearer, make_jwt
@@ -101,7 +101,7 @@ async def test_redis_outage_under_load(
         for body in revokes:
             resp = await client.post("/v1/admin/revoke", json=body, headers=admin_headers())
             outage["revoke"].append((resp.status, resp.headers.get("Retry-After")))
-        outage["bus_connected"] = client.app[keys.BUS].connected
+        outage["bus_connected"] = client.app[appkeys.BUS].connected
         await asyncio.sleep(max(0.0, OUTAGE - (time.monotonic() - stopped_at)))
     finally:
         restarting_at = time.monotonic()
@@ -111,7 +111,7 @@ async def test_redis_outage_under_load(
     during = len(load.answers)
 
     async def bus_connected() -> bool:
-        return bool(client.app[keys.BUS].connected)
+        return bool(client.app[appkeys.BUS].connected)
 
     async def issuing() -> bool:
         async with client.post("/v1/token", headers=bearer(next(fresh))) as resp:

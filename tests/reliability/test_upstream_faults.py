@@ -9,7 +9,7 @@ from typing import Any
 
 from aiohttp.test_utils import TestClient
 
-from authserver import keys
+from authserver import appkeys
 from tests.fixtures.emulator import EmulatorHandle, MakeEmulator
 from tests.fixtures.gateway import MakeGateway, bearer, make_jwt
 
@@ -98,7 +98,7 @@ async def test_a_full_outage_opens_the_circuit_and_recovery_closes_it(
     emulator: EmulatorHandle, make_gateway: MakeGateway
 ) -> None:
     client = await make_gateway(emulator, request_deadline=1.0)
-    circuit = client.app[keys.CLOUD].circuit
+    circuit = client.app[appkeys.CLOUD].circuit
     circuit.reset_timeout = 1.0  # 10 s in production; the behaviour is the same
     cached_before = (await timed(client, "cached"))[2]["password"]
     await set_fault(client, emulator, outage=True)

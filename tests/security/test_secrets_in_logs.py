@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from authserver import keys
+from authserver import appkeys
 from authserver.logs import JsonFormatter, TextFormatter
 from tests.admin.conftest import API_KEY, admin_jwt
 from tests.fixtures.emulator import EmulatorHandle
@@ -99,7 +99,7 @@ async def test_no_secret_reaches_any_log_record(
     for path in ("/healthz", "/readyz", "/openapi.json", "/metrics"):
         assert (await call("GET", path, {}))[0] == 200, path
     # The revocations drain upstream (their log lines name fingerprints only).
-    worker = client.app[keys.REVOCATION_WORKER]
+    worker = client.app[appkeys.REVOCATION_WORKER]
     for _ in range(100):
         if worker.done >= 3:
             break

@@ -7,7 +7,7 @@ from typing import Any
 
 from aiohttp.test_utils import TestClient
 
-from authserver import keys
+from authserver import appkeys
 from authserver.clock import ManualClock
 from authserver.tokens.revocation import Revoker
 from tests.fixtures.emulator import EmulatorHandle, MakeEmulator
@@ -16,7 +16,7 @@ from tests.fixtures.gateway import IOT_FLEET_POLICY, MakeGateway, bearer, make_j
 
 def revoker_of(client: TestClient[Any, Any]) -> Revoker:
     """The Revoker of a gateway under test."""
-    return client.server.app[keys.REVOKER]
+    return client.server.app[appkeys.REVOKER]
 
 
 async def fetch(client: TestClient[Any, Any], jwt: str, **body: Any) -> dict[str, Any]:
@@ -131,7 +131,7 @@ async def test_second_gateway_stops_serving_a_revoked_token_within_a_second(
     jwt = make_jwt("frank")
     served = tokens_of(await fetch(second, jwt))  # now in second's L1 and answer cache
     assert tokens_of(await fetch(second, jwt)) == served
-    assert len(second.server.app[keys.TOKENS].answers) == 1
+    assert len(second.server.app[appkeys.TOKENS].answers) == 1
 
     await revoker_of(first).revoke_subject("frank", block_issued_before=False)
     loop = asyncio.get_running_loop()
@@ -216,7 +216,7 @@ async def test_failed_upstream_calls_are_retried_until_confirmed(
     ) as resp:
         assert resp.status == 200
     await revoker_of(client).revoke_token(token)
-    await eventually(lambda: client.server.app[keys.REVOCATION_WORKER].failures >= 1)
+    await eventually(lambda: client.server.app[appkeys.REVOCATION_WORKER].failures >= 1)
     status = await revoker_of(client).status()
     assert status["depth"] == 1
     assert status["recentFailures"][0]["fingerprint"]
@@ -243,7 +243,7 @@ async def test_a_renewed_token_stays_revocable_until_it_expires(
     renewed = await fetch(client, jwt)
     assert set(tokens_of(renewed)).isdisjoint(tokens_of(first))
 
-    listed = await client.server.app[keys.TOKENS].subject_tokens("hugo")
+    listed = await client.server.app[appkeys.TOKENS].subject_tokens("hugo")
     assert {r.token for r in listed} == set(tokens_of(first)) | set(tokens_of(renewed))
     result = await revoker_of(client).revoke_subject("hugo", block_issued_before=False)
     assert result.revoked_locally == 4
