@@ -14,8 +14,8 @@ from aiohttp.test_utils import TestClient
 
 from authserver import appkeys
 from authserver.policy.loader import parse_policy
-from authserver.tokens.narrowing import narrowed
 from authserver.tokens.model import TokenRecord
+from authserver.tokens.narrowing import narrowed
 from authserver.web.observe import reload_policy
 from tests.admin.conftest import admin_headers
 from tests.fixtures.emulator import EmulatorHandle

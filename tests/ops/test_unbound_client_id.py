@@ -10,8 +10,8 @@ from typing import Any
 
 from authserver import appkeys
 from authserver.policy.loader import parse_policy
-from authserver.tokens.narrowing import narrowed
 from authserver.tokens.model import TokenRecord
+from authserver.tokens.narrowing import narrowed
 from tests.fixtures.emulator import EmulatorHandle
 from tests.fixtures.gateway import IOT_FLEET_POLICY, MakeGateway, bearer, make_jwt
 from tests.ops.serving import serve
