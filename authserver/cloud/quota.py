@@ -1,27 +1,41 @@
 """The quota governor: never send a call the upstream would throttle, across all processes.
 
 Each limit is a GCRA (leaky) bucket with a burst of one: calls of one action are spaced by
-`(1 + margin) / limit` seconds (margin 10% by default), so any sliding one-second window sees
-at most `limit` of them even when event-loop lag bunches some calls on the way (a 5% margin
-was crossed once in a loaded test run: 201 calls in one window at a 200/s limit). Every call
+`(1 + margin) / limit` seconds (margin 10% by default), which keeps them smooth. Every call
 takes a slot in its action's bucket (when the action has a limit) and in the account bucket
 (the vendor's 300 calls/s per source IP, over which the IP is blocked, not throttled), both at
 the same instant or neither.
 
+`acquire` returns a `Permit`; the caller releases it once the call is over (its answer is
+back, or the attempt failed). Local mode (no Redis, or the Redis fallback) holds a call's
+place in each bucket's window from its grant until its release, and grants the
+(i + limit)-th call of a bucket only a window (one second plus half the margin) after the
+i-th call was released. The upstream therefore never sees more than `limit` arrivals in
+any one-second window, WHATEVER the delays: a call arrives after its grant and before its
+answer is back, so the arrivals of calls i and i + limit are at least a window apart
+however late a wake-up or a send was. (A call abandoned without an answer, a timeout, is
+released when it is abandoned: the promise holds for a request that reached the upstream
+before its client gave up on it, which is what a timeout means in practice.)
+
+Redis mode reserves slots with one Lua script on the server's `TIME`, in keys sharing the
+hash tag `{<key prefix>}` (Redis Cluster safe), so every process shares one bucket; it
+cannot see when another process's call arrives or completes. It promises the spacing: any
+`limit + 1` reservations span at least `limit * (1 + margin) / limit` = 1.1 s, so the
+upstream sees at most `limit` arrivals in a second as long as the delays between a grant
+and its arrival differ by less than the margin (100 ms by default) between calls. This
+process's own calls are additionally held by the local rule above.
+
 A caller passes an absolute deadline on `clock.monotonic()`; when its slot would come later,
 it gets `UpstreamThrottled` at once with the time until a slot would be free, and nothing is
-reserved.
-
-Local mode (no Redis) also keeps the times of the last grants per bucket and holds back a
-caller whose slot came but whose wake-up was late enough to crowd the window (a busy event
-loop). Redis mode reserves slots with one Lua script on the server's `TIME`, in keys sharing
-the hash tag `{<key prefix>}` (Redis Cluster safe), so every process shares one bucket.
+reserved. A call whose slot came but whose window is still held by calls in flight waits
+for their release until its deadline, then is refused.
 
 When Redis fails, the governor falls back to local buckets scaled by `fallback_fraction`
-(set it to 1 / the number of gateway processes sharing a source IP, so the processes together
-still stay under the account limit that would get the IP blocked), logs one warning per
-outage, and tries Redis again after `redis_retry_interval` seconds. Failing closed instead
-would turn a Redis outage into a full outage although the upstream is still protected.
+(the app sets it to 1 / `AUTHSERVER_REPLICAS`, the number of gateway processes sharing a
+source IP, so the processes together still stay under the account limit that would get the
+IP blocked), logs one warning per outage, and tries Redis again after
+`redis_retry_interval` seconds. Failing closed instead would turn a Redis outage into a
+full outage although the upstream is still protected.
 """
 
 from __future__ import annotations
@@ -78,24 +92,58 @@ return {1, wait}
 """
 
 
-class _Bucket:
-    """One local GCRA bucket with the times of its last grants."""
+class _Held:
+    """One granted call's place in a bucket's window: held until the call is released."""
 
-    __slots__ = ("grants", "interval", "tat", "window")
+    __slots__ = ("released_at",)
+
+    def __init__(self) -> None:
+        self.released_at: float | None = None
+
+
+class _Bucket:
+    """One local GCRA bucket with the places of its last `size` grants."""
+
+    __slots__ = ("held", "interval", "tat", "window")
 
     def __init__(self, limit: float, margin: float) -> None:
         self.interval = (1.0 + margin) / limit
         size = max(1, math.floor(limit))
-        # The hard check on actual grant times keeps half the margin for network jitter.
-        self.window = size / limit * (1.0 + margin / 2)
-        self.grants: deque[float] = deque(maxlen=size)
+        # The window is one second (the upstream's) plus half the margin, for clock jitter.
+        self.window = max(1.0, size / limit) * (1.0 + margin / 2)
+        self.held: deque[_Held] = deque(maxlen=size)
         self.tat = -math.inf
 
     def free_at(self) -> float:
-        """When the window of recent grants lets one more through."""
-        if len(self.grants) < (self.grants.maxlen or 1):
+        """When the oldest of the last `size` grants lets one more through (inf: in flight)."""
+        if len(self.held) < (self.held.maxlen or 1):
             return -math.inf
-        return self.grants[0] + self.window
+        released = self.held[0].released_at
+        return math.inf if released is None else released + self.window
+
+
+class Permit:
+    """A granted call's slot; `release()` it (or leave its `with` block) once the call is over."""
+
+    __slots__ = ("_governor", "_held")
+
+    def __init__(self, governor: QuotaGovernor | None, held: list[_Held]) -> None:
+        self._governor = governor
+        self._held = held
+
+    def release(self) -> None:
+        """The call is over: its answer is back, or it was abandoned. Idempotent."""
+        governor, self._governor = self._governor, None
+        if governor is not None:
+            governor._release(self._held)
+
+    def __enter__(self) -> Permit:
+        """Hold the slot for the block."""
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        """Release the slot, whatever ended the block."""
+        self.release()
 
 
 class QuotaGovernor:
@@ -126,7 +174,7 @@ class QuotaGovernor:
         self.account_limit = float(account_limit)
         self.margin = margin
         self._clock: Clock = clock or SystemClock()
-        self._sleep: Sleep = sleep or asyncio.sleep
+        self._sleep: Sleep = sleep or self._clock.sleep
         self._redis = redis
         tag = key_prefix.rstrip(":") or "authserver:quota"
         self._key_prefix = "{" + tag + "}:"
@@ -146,6 +194,7 @@ class QuotaGovernor:
         self.wait_seconds: defaultdict[str, float] = defaultdict(float)
         self.refused: Counter[str] = Counter()
         self.redis_errors = 0
+        self._released: asyncio.Event = asyncio.Event()
 
     @property
     def mode(self) -> str:
@@ -154,8 +203,11 @@ class QuotaGovernor:
             return "local"
         return "local-fallback" if self._redis_down else "redis"
 
-    async def acquire(self, action: str, deadline: float) -> None:
-        """Wait for a slot of `action` before `deadline` (monotonic), or raise at once."""
+    async def acquire(self, action: str, deadline: float) -> Permit:
+        """Wait for a slot of `action` before `deadline` (monotonic), or raise at once.
+
+        Release the permit once the call is over (`with permit:` around the call).
+        """
         buckets = [action, ACCOUNT_BUCKET] if action in self.limits else [ACCOUNT_BUCKET]
         if self._redis_usable():
             try:
@@ -165,8 +217,8 @@ class QuotaGovernor:
             else:
                 await self._wait(action, wait)
                 self.acquired[action] += 1
-                return
-        await self._acquire_local(action, buckets, deadline)
+                return Permit(None, [])
+        return await self._acquire_local(action, buckets, deadline)
 
     def stats(self) -> dict[str, Any]:
         """Counters for metrics: grants, waits, refusals per action, and the mode in use."""
@@ -181,7 +233,7 @@ class QuotaGovernor:
             "redis_errors": self.redis_errors,
         }
 
-    async def _acquire_local(self, action: str, names: list[str], deadline: float) -> None:
+    async def _acquire_local(self, action: str, names: list[str], deadline: float) -> Permit:
         buckets = [self._local[name] for name in names]
         now = self._clock.monotonic()
         slot = max(now, *(b.tat for b in buckets))
@@ -194,15 +246,43 @@ class QuotaGovernor:
             if slot > now:
                 await self._wait(action, slot - now)
                 continue
-            # Our slot has come; a late wake-up must still not crowd the window.
+            # Our slot has come; the window must still be free of calls not yet over.
             slot = max(b.free_at() for b in buckets)
             if slot <= now:
-                for bucket in buckets:
-                    bucket.grants.append(now)
+                held = [_Held() for _ in buckets]
+                for bucket, place in zip(buckets, held, strict=True):
+                    bucket.held.append(place)
                 self.acquired[action] += 1
-                return
-            if slot > deadline:
+                return Permit(self, held)
+            if slot > deadline and slot != math.inf:
                 self._refuse(action, slot - now)
+            if slot == math.inf:
+                # A call of the window is in flight: wait for a release, at most until the
+                # deadline.
+                if now >= deadline or not await self._until_released(deadline):
+                    self._refuse(action, max(b.window for b in buckets))
+                slot = now
+
+    async def _until_released(self, deadline: float) -> bool:
+        """Wait for some permit's release; False when the deadline came first."""
+        released = self._released
+        waiter = asyncio.ensure_future(released.wait())
+        timer = asyncio.ensure_future(self._sleep(max(0.0, deadline - self._clock.monotonic())))
+        try:
+            await asyncio.wait((waiter, timer), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (waiter, timer):
+                task.cancel()
+            await asyncio.gather(waiter, timer, return_exceptions=True)
+        return released.is_set() or self._clock.monotonic() < deadline
+
+    def _release(self, held: list[_Held]) -> None:
+        now = self._clock.monotonic()
+        for place in held:
+            place.released_at = now
+        # Wake every waiter once, then arm the event again for the next release.
+        self._released.set()
+        self._released = asyncio.Event()
 
     async def _reserve_redis(self, action: str, names: list[str], deadline: float) -> float:
         assert self._script is not None

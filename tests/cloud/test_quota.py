@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import random
 import time
 
 import pytest
@@ -19,6 +20,11 @@ from tests.cloud.vtime import VirtualTime, max_in_window
 from tests.fixtures.redis import free_port
 
 FAR = 1e9
+
+
+async def take(governor: QuotaGovernor, action: str, deadline: float) -> None:
+    """A call that is over as soon as it is granted."""
+    (await governor.acquire(action, deadline)).release()
 
 
 def governor_on(clock: ManualClock, vt: VirtualTime, **kwargs: object) -> QuotaGovernor:
@@ -44,7 +50,7 @@ async def test_concurrent_calls_are_paced_evenly() -> None:
     granted: list[float] = []
 
     async def one() -> None:
-        await governor.acquire("RevokeToken", FAR)
+        await take(governor, "RevokeToken", FAR)
         granted.append(clock.monotonic())
 
     results = await vt.run(one() for _ in range(30))
@@ -82,7 +88,7 @@ async def test_the_account_limit_spans_all_actions() -> None:
     granted: list[float] = []
 
     async def one(action: str) -> None:
-        await governor.acquire(action, FAR)
+        await take(governor, action, FAR)
         granted.append(clock.monotonic())
 
     actions = ["ApplyToken", "QueryToken", "SomethingUnlimited"] * 10
@@ -97,7 +103,7 @@ async def test_both_slots_or_neither() -> None:
     vt = VirtualTime(clock)
     governor = governor_on(clock, vt, account_limit=1, margin=0.0)
     start = clock.monotonic()
-    await governor.acquire("Unlimited", start)  # the account bucket is busy for 1 s
+    await take(governor, "Unlimited", start)  # the account bucket is busy for 1 s
     with pytest.raises(UpstreamThrottled):
         await governor.acquire("RevokeToken", start + 0.5)
     clock.advance(1.0)
@@ -113,7 +119,7 @@ async def test_a_late_wake_up_does_not_crowd_the_window() -> None:
     granted: list[float] = []
 
     async def one() -> None:
-        await governor.acquire("RevokeToken", FAR)
+        await take(governor, "RevokeToken", FAR)
         granted.append(clock.monotonic())
 
     await vt.run(one() for _ in range(12))
@@ -181,3 +187,47 @@ async def test_redis_failure_falls_back_to_a_local_share(
         assert "50%" in warnings[0].getMessage()
     finally:
         await dead.aclose()
+
+
+@pytest.mark.parametrize("seed", range(8))
+async def test_no_window_at_the_upstream_sees_more_than_the_limit_whatever_the_delays(
+    seed: int,
+) -> None:
+    # Every sleep (the governor's own waits included) wakes up to 0.3 s late; between its
+    # grant and its arrival upstream a call spends up to 0.5 s more, and as long again
+    # before its answer is back. Whatever those delays, arrivals stay a window apart.
+    rng = random.Random(seed)
+    clock = ManualClock()
+    vt = VirtualTime(clock, late=lambda _n: rng.choice((0.0, 0.0, rng.uniform(0, 0.3))))
+    governor = governor_on(clock, vt, margin=0.1)
+    arrivals: list[float] = []
+
+    async def call() -> None:
+        with await governor.acquire("RevokeToken", FAR):
+            await vt.sleep(rng.choice((0.0, rng.uniform(0, 0.5))))
+            arrivals.append(clock.monotonic())
+            await vt.sleep(rng.uniform(0, 0.5))
+
+    results = await vt.run(call() for _ in range(60))
+    assert all(r is None for r in results)
+    assert len(arrivals) == 60
+    # The emulator (and the vendor) count calls in (now - 1 s, now].
+    assert max_in_window(arrivals, 1.0 - 1e-9) <= 5
+
+
+async def test_a_window_still_held_by_calls_in_flight_is_waited_for_then_refused() -> None:
+    clock = ManualClock()
+    vt = VirtualTime(clock)
+    governor = governor_on(clock, vt, margin=0.0, account_limit=2)
+    first = await governor.acquire("Unlimited", FAR)
+    await vt.run([governor.acquire("Unlimited", FAR)])  # the second slot, 0.5 s later
+    start = clock.monotonic()
+    # Both places of the account window are held: the third call waits for a release.
+    [refused] = await vt.run([governor.acquire("Unlimited", start + 3)])
+    assert isinstance(refused, UpstreamThrottled)
+    assert clock.monotonic() == pytest.approx(start + 3), "waited until its deadline"
+    first.release()
+    third = asyncio.ensure_future(governor.acquire("Unlimited", FAR))
+    await vt.run([third])
+    # A window (1 s) after the first call was released, not before.
+    assert clock.monotonic() == pytest.approx(start + 3 + 1.0)

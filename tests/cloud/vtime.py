@@ -34,6 +34,8 @@ class VirtualTime:
         while not all(t.done() for t in tasks):
             for _ in range(5):
                 await asyncio.sleep(0)
+            while self._heap and self._heap[0][2].done():
+                heapq.heappop(self._heap)  # a sleep that was cancelled (a lost race)
             if self._heap and not all(t.done() for t in tasks):
                 when, _, future = heapq.heappop(self._heap)
                 self.clock.advance(max(0.0, when - self.clock.monotonic()))
