@@ -246,7 +246,7 @@ async def _policy_watch(app: web.Application) -> AsyncIterator[None]:
         app[keys.POLICY],
         interval=settings.policy_poll_interval,
         on_change=on_change,
-        wall_time=app[keys.CLOCK].time,
+        clock=app[keys.CLOCK],
     )
     app[keys.POLICY_WATCHER] = watcher
     await watcher.start()
