@@ -139,12 +139,10 @@ async def test_redis_shares_one_bucket_between_governors(redis_url: str) -> None
             await governor.acquire("RevokeToken", time.monotonic() + 10)
             granted.append(time.monotonic())
 
-        started = time.monotonic()
         await asyncio.gather(*(one(g) for g in governors for _ in range(30)))
-        elapsed = time.monotonic() - started
         assert len(granted) == 60
+        # Two separate buckets would have let all 60 through in 0.8 s.
         assert max_in_window(granted) <= 40
-        assert elapsed >= 59 * 1.05 / 40 - 0.05
         assert all(g.mode == "redis" for g in governors)
         assert governors[0].stats()["acquired"]["RevokeToken"] == 30
         # The other instance's reservation is seen: a short deadline is refused at once.

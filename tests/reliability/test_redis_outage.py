@@ -16,6 +16,7 @@ from tests.admin.conftest import admin_headers
 from tests.fixtures.emulator import EmulatorHandle
 from tests.fixtures.gateway import MakeGateway, bearer, make_jwt
 from tests.fixtures.redis import RedisServer
+from tests.helpers import eventually
 
 OUTAGE = 5.0
 DEADLINE = 2.0
@@ -49,15 +50,6 @@ async def drive(
             if resp.status == 200:
                 load.passwords.append((started, jwt, body["password"]))
         await asyncio.sleep(0.01)
-
-
-async def until(predicate: Any, within: float, what: str) -> None:
-    """Poll an async predicate until it holds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while not await predicate():
-        assert loop.time() < deadline, f"not within {within} s: {what}"
-        await asyncio.sleep(0.1)
 
 
 async def test_redis_outage_under_load(
@@ -121,9 +113,9 @@ async def test_redis_outage_under_load(
         async with client.get("/readyz") as resp:
             return resp.status == 200
 
-    await until(bus_connected, 5, "the invalidation bus resubscribes")
-    await until(issuing, 5, "new issuance works again")
-    await until(ready, 5, "readiness is back")
+    await eventually(bus_connected, what="the invalidation bus resubscribes")
+    await eventually(issuing, what="new issuance works again")
+    await eventually(ready, what="readiness is back")
     recovered_in = time.monotonic() - restarted_at
     stop.set()
     await asyncio.gather(*workers)
@@ -157,7 +149,7 @@ async def test_redis_outage_under_load(
     async def drained() -> bool:
         return emulator.state.is_revoked(held[0]["token"])
 
-    await until(drained, 10, "the revocation worker drains the queue after the outage")
+    await eventually(drained, what="the revocation worker drains the queue after the outage")
     print(  # the numbers for the issue note
         f"\nredis outage: {during} requests, cached {dict(load.statuses('cached'))}, "
         f"new {dict(load.statuses('new'))}, recovered in {recovered_in:.2f} s"

@@ -12,6 +12,7 @@ from authserver.clock import ManualClock
 from authserver.tokens.revocation import Revoker
 from tests.fixtures.emulator import EmulatorHandle, MakeEmulator
 from tests.fixtures.gateway import MakeGateway, bearer, make_jwt
+from tests.helpers import eventually
 
 
 def revoker_of(client: TestClient[Any, Any]) -> Revoker:
@@ -25,14 +26,6 @@ async def fetch(client: TestClient[Any, Any], jwt: str, **body: Any) -> dict[str
     assert resp.status == 200, await resp.text()
     result: dict[str, Any] = await resp.json()
     return result
-
-
-async def eventually(predicate: Any, within: float = 10.0) -> None:
-    """Wait until predicate() is true (polling a real server's state)."""
-    deadline = asyncio.get_running_loop().time() + within
-    while not predicate():
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
 
 
 def tokens_of(body: dict[str, Any]) -> list[str]:
@@ -185,7 +178,6 @@ async def test_queue_status_and_paced_drain(
     stats = emulator.state.stats()
     assert stats["maxPerSecond"]["RevokeToken"] <= quota
     assert stats["errors"].get("RevokeTokenOverflow", 0) == 0
-    await eventually(lambda: True)
     assert (await revoker.status())["depth"] == 0
 
 
