@@ -82,7 +82,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         account_limit=settings.account_quota,
         clock=clock,
         redis=redis_client,
-        sleep=clock.sleep,
+        fallback_fraction=settings.quota_share,
     )
     cloud = CloudClient(
         session,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from authserver.settings import SettingsError, load_settings
+from authserver.settings import DEFAULT_REDIS_REPLICAS, SettingsError, load_settings
 from tests.fixtures.gateway import EXAMPLE_POLICY
 
 GOOD = {
@@ -123,3 +123,12 @@ def test_serve_exits_2_on_a_bad_api_key_file(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert str(keys_file) in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_the_local_quota_share_follows_the_replica_count() -> None:
+    assert load_settings(GOOD).quota_share == 1.0
+    with_redis = {**GOOD, "AUTHSERVER_REDIS_URL": "redis://127.0.0.1:6379/0"}
+    assert load_settings(with_redis).quota_share == pytest.approx(1 / DEFAULT_REDIS_REPLICAS)
+    assert load_settings({**with_redis, "AUTHSERVER_REPLICAS": "4"}).quota_share == 0.25
+    with pytest.raises(SettingsError, match="AUTHSERVER_REPLICAS"):
+        load_settings({**GOOD, "AUTHSERVER_REPLICAS": "0"})

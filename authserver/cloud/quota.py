@@ -22,18 +22,18 @@ hash tag `{<key prefix>}` (Redis Cluster safe), so every process shares one buck
 cannot see when another process's call arrives or completes. It promises the spacing: any
 `limit + 1` reservations span at least `limit * (1 + margin) / limit` = 1.1 s, so the
 upstream sees at most `limit` arrivals in a second as long as the delays between a grant
-and its arrival differ by less than the margin (100 ms by default) between calls. This
-process's own calls are additionally held by the local rule above.
+and its arrival differ by less than the margin (100 ms by default) between calls.
 
 A caller passes an absolute deadline on `clock.monotonic()`; when its slot would come later,
 it gets `UpstreamThrottled` at once with the time until a slot would be free, and nothing is
 reserved. A call whose slot came but whose window is still held by calls in flight waits
 for their release until its deadline, then is refused.
 
-When Redis fails, the governor falls back to local buckets scaled by `fallback_fraction`
-(the app sets it to 1 / `AUTHSERVER_REPLICAS`, the number of gateway processes sharing a
-source IP, so the processes together still stay under the account limit that would get the
-IP blocked), logs one warning per outage, and tries Redis again after
+Local buckets (no Redis, or Redis failing) are scaled by `fallback_fraction`, this
+process's share (the app sets it to 1 / `AUTHSERVER_REPLICAS`, the number of gateway
+processes sharing a source IP, so the processes together still stay under the account
+limit that would get the IP blocked). When Redis fails, the governor falls back to them,
+logs one warning per outage, and tries Redis again after
 `redis_retry_interval` seconds. Failing closed instead would turn a Redis outage into a
 full outage although the upstream is still protected.
 """
@@ -182,8 +182,8 @@ class QuotaGovernor:
         self._redis_retry_interval = redis_retry_interval
         self._redis_down_until = -math.inf
         self._redis_down = False
-        # Without Redis this process owns the whole quota; as a fallback, only its share.
-        scale = 1.0 if redis is None else fallback_fraction
+        # Local buckets (no Redis, or Redis failing) hold only this process's share.
+        scale = fallback_fraction
         self._scale = scale
         self._local: dict[str, _Bucket] = {
             name: _Bucket(limit * scale, margin) for name, limit in merged.items()

@@ -12,8 +12,9 @@ from typing import Any
 from aiohttp.test_utils import TestClient
 
 from authserver import keys
+from authserver.cloud.quota import DEFAULT_LIMITS
 from tests.admin.conftest import admin_headers
-from tests.fixtures.emulator import EmulatorHandle
+from tests.fixtures.emulator import EmulatorHandle, MakeEmulator
 from tests.fixtures.gateway import MakeGateway, bearer, make_jwt
 from tests.fixtures.redis import RedisServer
 from tests.helpers import eventually
@@ -154,3 +155,40 @@ async def test_redis_outage_under_load(
         f"\nredis outage: {during} requests, cached {dict(load.statuses('cached'))}, "
         f"new {dict(load.statuses('new'))}, recovered in {recovered_in:.2f} s"
     )
+
+
+async def test_gateways_without_their_redis_share_the_quota_by_the_replica_count(
+    redis_server: RedisServer,
+    redis_url: str,
+    make_emulator: MakeEmulator,
+    make_gateway: MakeGateway,
+) -> None:
+    limit = 10.0
+    emulator = await make_emulator(qps={"QuerySessionByClientId": limit})
+    gateways = [
+        await make_gateway(
+            emulator,
+            redis_url=redis_url,
+            replicas=2,
+            quota={**DEFAULT_LIMITS, "QuerySessionByClientId": limit},
+            request_deadline=10.0,
+        )
+        for _ in range(2)
+    ]
+
+    async def online(client: TestClient[Any, Any], n: int) -> int:
+        path = f"/v1/admin/sessions/GID_fleet@@@dev-{n}"
+        async with client.get(path, headers=admin_headers()) as resp:
+            return resp.status
+
+    await asyncio.to_thread(redis_server.stop)
+    try:
+        # Each gateway, alone with its local buckets, may send only half the limit.
+        statuses = await asyncio.gather(*(online(g, n) for g in gateways for n in range(12)))
+    finally:
+        await asyncio.to_thread(redis_server.start)
+    assert statuses == [200] * 24
+    assert all(g.app[keys.CLOUD].governor.mode == "local-fallback" for g in gateways)
+    stats = emulator.state.stats()
+    assert stats["calls"]["QuerySessionByClientId"] == 24, "none throttled and retried"
+    assert stats["maxPerSecond"]["QuerySessionByClientId"] <= limit
