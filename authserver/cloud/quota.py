@@ -24,9 +24,17 @@ cannot see when another process's call arrives or completes. It promises the spa
 upstream sees at most `limit` arrivals in a second as long as the delays between a grant
 and its arrival differ by less than the margin (100 ms by default) between calls.
 
+Fairness, local mode: the waiters of one action queue per subject (named by `asking()`
+where the subject is known, carried by a context variable into the token service's mint
+tasks), and the next slot goes to the subjects in rotation. A subject that keeps minting
+when the quota is saturated delays a new device by one grant per subject waiting, not by
+its own queue. Redis mode reserves in the order calls reach Redis, across processes.
+
 A caller passes an absolute deadline on `clock.monotonic()`; when its slot would come later,
 it gets `UpstreamThrottled` at once with the time until a slot would be free, and nothing is
-reserved. A call whose slot came but whose window is still held by calls in flight waits
+reserved (locally: when even its turn in rotation, if nobody else came, would be too late;
+later arrivals of other subjects can still push it back, and it is then refused at its
+deadline). A call whose slot came but whose window is still held by calls in flight waits
 for their release until its deadline, then is refused.
 
 Local buckets (no Redis, or Redis failing) are scaled by `fallback_fraction`, this
@@ -41,9 +49,10 @@ full outage although the upstream is still protected.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import math
-from collections import Counter, defaultdict, deque
+from collections import Counter, OrderedDict, defaultdict, deque
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -90,6 +99,69 @@ for i = 1, #KEYS do
 end
 return {1, wait}
 """
+
+
+_ASKING: contextvars.ContextVar[str | None] = contextvars.ContextVar("quota_asking", default=None)
+
+
+def asking(subject: str | None) -> None:
+    """Name the subject on whose behalf upstream calls are made from this context on.
+
+    Set where the subject is known (the request handler); the token service mints in tasks
+    created from the request's context, so the name follows the request to the governor.
+    """
+    _ASKING.set(subject)
+
+
+class _Turns:
+    """The waiters for one action's local slots, served round-robin across subjects.
+
+    One waiter at a time holds the turn (it takes the next slot, waits for it, and passes
+    the turn on); the others queue per subject, and the turn goes to the subjects in
+    rotation, so a subject with a thousand calls queued delays a newcomer by at most one
+    call per subject waiting, not by its whole queue.
+    """
+
+    __slots__ = ("busy", "queues")
+
+    def __init__(self) -> None:
+        self.busy = False
+        self.queues: OrderedDict[str | None, deque[asyncio.Future[None]]] = OrderedDict()
+
+    def ahead(self, subject: str | None) -> int:
+        """How many turns a newcomer of `subject` waits, if nobody else comes."""
+        mine = len(self.queues.get(subject, ()))
+        others = sum(min(len(q), mine + 1) for s, q in self.queues.items() if s != subject)
+        return int(self.busy) + others + mine
+
+    def join(self, subject: str | None) -> asyncio.Future[None] | None:
+        """None: the turn is the caller's now; else a future set when it is."""
+        if not self.busy:
+            self.busy = True
+            return None
+        turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.queues.setdefault(subject, deque()).append(turn)
+        return turn
+
+    def leave(self, subject: str | None, turn: asyncio.Future[None]) -> None:
+        """A queued waiter gives up (its deadline came, or it was cancelled)."""
+        queue = self.queues.get(subject)
+        if queue is not None and turn in queue:
+            queue.remove(turn)
+            if not queue:
+                del self.queues[subject]
+
+    def pass_on(self) -> None:
+        """The holder is done: the next subject in rotation gets the turn."""
+        while self.queues:
+            subject, queue = self.queues.popitem(last=False)
+            turn = queue.popleft()
+            if queue:
+                self.queues[subject] = queue  # to the end of the rotation
+            if not turn.done():
+                turn.set_result(None)
+                return
+        self.busy = False
 
 
 class _Held:
@@ -161,6 +233,7 @@ class QuotaGovernor:
         fallback_fraction: float = 1.0,
         redis_retry_interval: float = 5.0,
         sleep: Sleep | None = None,
+        idle: Sleep | None = None,
     ) -> None:
         merged = {**DEFAULT_LIMITS, **(limits or {})}
         for name, value in [*merged.items(), ("account_limit", account_limit)]:
@@ -175,6 +248,8 @@ class QuotaGovernor:
         self.margin = margin
         self._clock: Clock = clock or SystemClock()
         self._sleep: Sleep = sleep or self._clock.sleep
+        # Deadline timers of queued waiters: they must not move a test's clock themselves.
+        self._idle: Sleep = idle or self._clock.idle
         self._redis = redis
         tag = key_prefix.rstrip(":") or "authserver:quota"
         self._key_prefix = "{" + tag + "}:"
@@ -195,6 +270,7 @@ class QuotaGovernor:
         self.refused: Counter[str] = Counter()
         self.redis_errors = 0
         self._released: asyncio.Event = asyncio.Event()
+        self._turns: defaultdict[str, _Turns] = defaultdict(_Turns)
 
     @property
     def mode(self) -> str:
@@ -235,6 +311,50 @@ class QuotaGovernor:
 
     async def _acquire_local(self, action: str, names: list[str], deadline: float) -> Permit:
         buckets = [self._local[name] for name in names]
+        turns = self._turns[action]
+        subject = _ASKING.get()
+        now = self._clock.monotonic()
+        # Refused at once when even a turn in rotation order would come too late.
+        interval = max(b.interval for b in buckets)
+        soonest = max(now, *(b.tat for b in buckets)) + turns.ahead(subject) * interval
+        if soonest > deadline:
+            self._refuse(action, soonest - now)
+        turn = turns.join(subject)
+        if turn is not None:
+            await self._take_turn(action, turns, subject, turn, deadline)
+        try:
+            return await self._slot(action, buckets, deadline)
+        finally:
+            turns.pass_on()
+
+    async def _take_turn(
+        self,
+        action: str,
+        turns: _Turns,
+        subject: str | None,
+        turn: asyncio.Future[None],
+        deadline: float,
+    ) -> None:
+        """Wait in the subject's queue until the turn is ours, or refuse at the deadline."""
+        timer = asyncio.ensure_future(self._idle(max(0.0, deadline - self._clock.monotonic())))
+        try:
+            await asyncio.wait((turn, timer), return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            if turn.done() and not turn.cancelled():
+                turns.pass_on()  # handed to us as we were cancelled: hand it on
+            else:
+                turns.leave(subject, turn)
+            raise
+        finally:
+            timer.cancel()
+            await asyncio.gather(timer, return_exceptions=True)
+        if not turn.done():
+            turns.leave(subject, turn)
+            turn.cancel()
+            self._refuse(action, max(0.0, deadline - self._clock.monotonic()) + 1.0)
+
+    async def _slot(self, action: str, buckets: list[_Bucket], deadline: float) -> Permit:
+        """The turn holder: take the next slot of every bucket and wait for it."""
         now = self._clock.monotonic()
         slot = max(now, *(b.tat for b in buckets))
         if slot > deadline:
@@ -267,7 +387,7 @@ class QuotaGovernor:
         """Wait for some permit's release; False when the deadline came first."""
         released = self._released
         waiter = asyncio.ensure_future(released.wait())
-        timer = asyncio.ensure_future(self._sleep(max(0.0, deadline - self._clock.monotonic())))
+        timer = asyncio.ensure_future(self._idle(max(0.0, deadline - self._clock.monotonic())))
         try:
             await asyncio.wait((waiter, timer), return_when=asyncio.FIRST_COMPLETED)
         finally:

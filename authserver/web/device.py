@@ -10,6 +10,7 @@ from aiohttp import web
 
 from authserver import keys, logs
 from authserver.clock import Clock
+from authserver.cloud import quota
 from authserver.errors import BadRequest
 from authserver.identity import Identity, JWTVerifier, bearer_token
 from authserver.policy_holder import PolicyHolder
@@ -114,6 +115,7 @@ async def post_token(request: web.Request) -> web.Response:
 
     # From here on the request may reach the upstream: the shared rate limits need to know who.
     limiter.asking(identity.subject, ip)
+    quota.asking(identity.subject)
     tokens = services.tokens
     revoker = services.revoker
     body = parse_object(raw, TOKEN_FIELDS, optional=True)

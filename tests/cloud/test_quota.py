@@ -14,6 +14,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from authserver.clock import ManualClock
+from authserver.cloud import quota
 from authserver.cloud.errors import UpstreamThrottled
 from authserver.cloud.quota import DEFAULT_LIMITS, QuotaGovernor
 from tests.cloud.vtime import VirtualTime, max_in_window
@@ -29,7 +30,7 @@ async def take(governor: QuotaGovernor, action: str, deadline: float) -> None:
 
 def governor_on(clock: ManualClock, vt: VirtualTime, **kwargs: object) -> QuotaGovernor:
     """A local governor whose sleeps run on virtual time."""
-    return QuotaGovernor(clock=clock, sleep=vt.sleep, **kwargs)  # type: ignore[arg-type]
+    return QuotaGovernor(clock=clock, sleep=vt.sleep, idle=vt.sleep, **kwargs)  # type: ignore[arg-type]
 
 
 async def test_defaults_are_the_documented_limits() -> None:
@@ -229,3 +230,45 @@ async def test_a_window_still_held_by_calls_in_flight_is_waited_for_then_refused
     await vt.run([third])
     # A window (1 s) after the first call was released, not before.
     assert clock.monotonic() == pytest.approx(start + 3 + 1.0)
+
+
+async def test_a_new_subject_is_not_starved_by_one_that_keeps_minting() -> None:
+    clock = ManualClock()
+    vt = VirtualTime(clock)
+    governor = governor_on(clock, vt, limits={"ApplyToken": 5})
+    granted: list[str] = []
+
+    async def mint(subject: str) -> None:
+        quota.asking(subject)
+        await take(governor, "ApplyToken", FAR)
+        granted.append(subject)
+
+    async def newcomer() -> None:
+        # Arrives once the flood's 40 requests all queue behind the first.
+        while len(granted) < 3:
+            await vt.sleep(0.05)
+        await mint("new-device")
+
+    await vt.run([*(mint("flooder") for _ in range(40)), newcomer()])
+    assert len(granted) == 41
+    asked_after = 3
+    # Served within two grants of asking (the turn holder, then the rotation), not after
+    # the 37 requests the flooder still had queued.
+    assert granted.index("new-device") - asked_after <= 2
+
+
+async def test_turns_rotate_across_subjects_in_order_of_arrival() -> None:
+    clock = ManualClock()
+    vt = VirtualTime(clock)
+    governor = governor_on(clock, vt)
+    granted: list[str] = []
+
+    async def mint(subject: str) -> None:
+        quota.asking(subject)
+        await take(governor, "RevokeToken", FAR)
+        granted.append(subject)
+
+    await vt.run([*(mint("a") for _ in range(4)), *(mint("b") for _ in range(2)), mint("c")])
+    # The first "a" is granted at once, the second holds the turn for the next slot; the
+    # rest queue per subject and are served one per subject in rotation.
+    assert granted == ["a", "a", "a", "b", "c", "a", "b"]

@@ -8,6 +8,7 @@ from typing import Any
 
 from authserver import keys
 from authserver.clock import ManualClock
+from authserver.cloud import quota
 from tests.fixtures.emulator import EmulatorHandle, MakeEmulator
 from tests.fixtures.gateway import MakeGateway, bearer, make_jwt
 from tests.helpers import eventually
@@ -253,3 +254,22 @@ async def test_hundreds_of_concurrent_redis_lookups_do_not_exhaust_the_pool(
     answers = await asyncio.gather(*(cold.post("/v1/token", headers=bearer(j)) for j in jwts))
     assert [r.status for r in answers] == [200] * len(jwts)
     assert apply_calls(emulator) == 300
+
+
+async def test_the_governor_learns_which_subject_a_mint_is_for(
+    emulator: EmulatorHandle, make_gateway: MakeGateway
+) -> None:
+    # The fair rotation of upstream slots is keyed by the subject the handler names.
+    client = await make_gateway(emulator)
+    governor = client.server.app[keys.CLOUD].governor
+    seen: list[str | None] = []
+    acquire = governor.acquire
+
+    async def spy(action: str, deadline: float) -> Any:
+        seen.append(quota._ASKING.get())
+        return await acquire(action, deadline)
+
+    governor.acquire = spy  # type: ignore[method-assign]
+    resp = await client.post("/v1/token", headers=bearer(make_jwt("zoe")))
+    assert resp.status == 200
+    assert seen == ["zoe", "zoe"]
