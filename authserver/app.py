@@ -106,7 +106,7 @@ async def _cloud(app: web.Application) -> AsyncIterator[None]:
         account_limit=settings.account_quota,
         clock=clock,
         redis=app.get(REDIS),
-        sleep=clock.sleep,
+        fallback_fraction=settings.quota_share,
     )
     app[appkeys.CLOUD] = CloudClient(
         app[appkeys.HTTP_SESSION],
@@ -229,7 +229,7 @@ async def _policy_watch(app: web.Application) -> AsyncIterator[None]:
         app[appkeys.POLICY],
         interval=settings.policy_poll_interval,
         on_change=on_change,
-        wall_time=app[appkeys.CLOCK].time,
+        clock=app[appkeys.CLOCK],
     )
     app[appkeys.POLICY_WATCHER] = watcher
     await watcher.start()

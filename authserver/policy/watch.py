@@ -20,12 +20,12 @@ import asyncio
 import hashlib
 import logging
 import os
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from authserver.clock import Clock, SystemClock
 from authserver.policy.holder import PolicyHolder
 from authserver.policy.loader import load_policy
 from authserver.policy.model import Policy, PolicyLoadError
@@ -75,12 +75,12 @@ class PolicyWatcher:
         *,
         interval: float = 1.0,
         on_change: OnChange | None = None,
-        wall_time: Callable[[], float] = time.time,
+        clock: Clock | None = None,
     ) -> None:
         self.holder = holder
         self.interval = interval
         self._on_change = on_change
-        self._time = wall_time
+        self._clock: Clock = clock or SystemClock()
         self._state: FileState | None = None
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
@@ -107,7 +107,7 @@ class PolicyWatcher:
 
     async def _run(self) -> None:
         while True:
-            await asyncio.sleep(self.interval)
+            await self._clock.idle(self.interval)
             try:
                 await self.poll()
             except Exception:
@@ -162,7 +162,7 @@ class PolicyWatcher:
                 return False
             holder.swap(policy)
             self.reloads += 1
-            self.last_reload_time = self._time()
+            self.last_reload_time = self._clock.time()
             log.warning(
                 "policy reloaded (%s): version %s -> %s", reason, old.version_id, policy.version_id
             )

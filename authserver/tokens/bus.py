@@ -20,7 +20,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from authserver.clock import Clock
+from authserver.clock import Clock, SystemClock
 from authserver.errors import StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -42,7 +42,7 @@ class InvalidationBus:
         retry_interval: float = 0.5,
     ) -> None:
         self._redis = redis
-        self._clock = clock
+        self._clock: Clock = clock or SystemClock()
         self._retry = retry_interval
         self._handlers: list[Handler] = []
         self._resyncs: list[Resync] = []
@@ -127,7 +127,7 @@ class InvalidationBus:
                 self.connected = False
             finally:
                 await _close_quietly(pubsub)
-            await asyncio.sleep(self._retry)
+            await self._clock.idle(self._retry)
 
     def _receive(self, data: bytes | str) -> None:
         try:

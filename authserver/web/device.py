@@ -11,6 +11,7 @@ from aiohttp import web
 
 from authserver import appkeys, logs
 from authserver.clock import Clock
+from authserver.cloud import quota
 from authserver.errors import BadRequest
 from authserver.identity import Identity, JWTVerifier, bearer_token
 from authserver.policy.holder import PolicyHolder
@@ -172,6 +173,7 @@ async def _work_out(
     )
     # From here on the request may reach the upstream: the mint budget needs to know who.
     services.limiter.asking(identity.subject, ip)
+    quota.asking(identity.subject)  # the governor serves its slots fairly across subjects
     answers = services.tokens.answers
     generation = answers.generation
     credentials = await services.tokens.credentials(

@@ -3,10 +3,8 @@ narrowing revokes the cached tokens that grant more than the new policy."""
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import os
-import time
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +18,7 @@ from authserver.web.observe import reload_policy
 from tests.admin.conftest import admin_headers
 from tests.fixtures.emulator import EmulatorHandle
 from tests.fixtures.gateway import MakeGateway, bearer, make_jwt
+from tests.helpers import eventually
 from tests.ops.helpers import scrape, value
 
 WIDE = """version: 1
@@ -76,15 +75,6 @@ class ConfigMapDir:
         os.replace(tmp, self.root / "..data")
 
 
-async def eventually(check: Any, within: float = 2.0) -> float:
-    """Wait until `check()` is true; how long it took."""
-    started = time.monotonic()
-    while not await check():
-        assert time.monotonic() - started < within, "condition not met in time"
-        await asyncio.sleep(0.02)
-    return time.monotonic() - started
-
-
 async def read_tokens(client: TestClient[Any, Any], jwt: str) -> dict[str, list[str]]:
     """The resources per token type the gateway hands out for `jwt`."""
     resp = await client.post("/v1/token", headers=bearer(jwt))
@@ -92,7 +82,7 @@ async def read_tokens(client: TestClient[Any, Any], jwt: str) -> dict[str, list[
     return {t["type"]: t["resources"] for t in (await resp.json())["tokens"]}
 
 
-async def test_configmap_swap_is_applied_within_two_seconds(
+async def test_configmap_swap_is_applied_by_the_poller(
     emulator: EmulatorHandle, make_gateway: MakeGateway, tmp_path: Path
 ) -> None:
     config = ConfigMapDir(tmp_path / "config", WIDE)
@@ -105,7 +95,7 @@ async def test_configmap_swap_is_applied_within_two_seconds(
     async def applied() -> bool:
         return "alerts/#" in (await read_tokens(client, jwt))["R"]
 
-    assert await eventually(applied, within=2.0) < 2.0
+    await eventually(applied)
     text = await scrape(client)
     assert value(text, "authserver_policy_reloads_total") == 1
     assert value(text, "authserver_policy_last_reload_success") == 1
@@ -138,8 +128,9 @@ async def test_broken_file_is_kept_out(
     assert value(text, "authserver_policy_info", version=before) == 1
     # Readiness does not drop: the old policy still serves.
     assert (await client.get("/readyz")).status == 200
-    # The same broken file is not retried on every poll.
-    await asyncio.sleep(0.3)
+    # The same broken file is not retried on every poll (polled here, not waited for).
+    for _ in range(3):
+        await watcher.poll()
     assert watcher.failures == 1
 
     config.update(WIDER)
@@ -200,7 +191,7 @@ async def test_narrowing_revokes_cached_tokens_that_grant_more(
             emulator.state.is_revoked(tokens[(who, "R")]["token"]) for who in ("bob", "alice")
         )
 
-    await eventually(revoked_upstream, within=5.0)
+    await eventually(revoked_upstream)
     for who in ("bob", "alice"):
         assert not emulator.state.is_revoked(tokens[(who, "W")]["token"])
     # Read and write are now the same set: the next request gets one RW token for it.
