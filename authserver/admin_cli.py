@@ -6,7 +6,8 @@ The credential comes from a file or an environment variable and is never printed
 
 Exit codes (stable; scripts may rely on them):
   0  done
-  1  the gateway refused (4xx or 5xx, problem+json shown) or answered something unreadable
+  1  the gateway refused (4xx or 5xx, problem+json shown), redirected, or answered something
+     unreadable
   2  usage: bad arguments, no credential, an unreadable file
   3  the gateway could not be reached (connection refused, DNS, TLS, timeout)
   4  a destructive command was not confirmed (declined, or no terminal and no --yes)
@@ -49,6 +50,10 @@ class UsageError(Exception):
 
 class Refused(Exception):
     """The gateway answered with an error (exit 1); the message is one line."""
+
+
+class NotConfirmed(Exception):
+    """A destructive command without confirmation (exit 4)."""
 
 
 @dataclass(frozen=True)
@@ -234,6 +239,11 @@ def _call(args: argparse.Namespace, stdin: TextIO) -> Call:
     return Call("GET", f"iot/devices/{_segment(args.iot_id)}/client-ids")
 
 
+def _printable(text: str) -> str:
+    """`text` with control characters as '?': what a gateway sends cannot drive the terminal."""
+    return "".join(c if c.isprintable() else "?" for c in text)
+
+
 def _what_revoke_does(body: Mapping[str, Any], url: str) -> str:
     if "token" in body:
         target = "one MQTT token"
@@ -246,19 +256,15 @@ def _what_revoke_does(body: Mapping[str, Any], url: str) -> str:
         if "token" in body or body.get("blockIssuedBefore") is False
         else (" and refuse its app JWTs issued before now")
     )
-    return f"Revoke {target}{block} at {url}?"
+    return _printable(f"Revoke {target}{block} at {url}?")
 
 
 def _confirmed(question: str, streams: Streams) -> bool:
     if not streams.stdin.isatty():
-        raise _NotConfirmed("revoke needs --yes when stdin is not a terminal; nothing was revoked")
+        raise NotConfirmed("revoke needs --yes when stdin is not a terminal; nothing was revoked")
     streams.stderr.write(f"{question} [y/N] ")
     streams.stderr.flush()
     return streams.stdin.readline().strip().lower() in {"y", "yes"}
-
-
-class _NotConfirmed(Exception):
-    """A destructive command without confirmation (exit 4)."""
 
 
 def _problem_line(status: int, text: str) -> str:
@@ -275,7 +281,7 @@ def _problem_line(status: int, text: str) -> str:
             line += f" (upstream {problem['upstream_code']})"
     else:
         line = f"HTTP {status}: {' '.join(text.split())[:200] or '(empty answer)'}"
-    return " ".join(line.split())
+    return _printable(" ".join(line.split()))
 
 
 async def _send(
@@ -285,8 +291,14 @@ async def _send(
     session_timeout = aiohttp.ClientTimeout(total=seconds)
     async with (
         aiohttp.ClientSession(timeout=session_timeout, cookie_jar=aiohttp.DummyCookieJar()) as http,
-        http.request(call.method, target, json=call.body, headers=dict(headers)) as resp,
+        # Never follow a redirect: it would carry the credential to wherever it points.
+        http.request(
+            call.method, target, json=call.body, headers=dict(headers), allow_redirects=False
+        ) as resp,
     ):
+        if 300 <= resp.status < 400:
+            where = resp.headers.get("Location", "?")
+            raise Refused(f"HTTP {resp.status}: redirected to {_printable(where)}; give that --url")
         return resp.status, await resp.text()
 
 
@@ -305,7 +317,7 @@ def _cell(value: Any) -> str:
         return ", ".join(_cell(v) for v in value) or "-"
     if isinstance(value, dict):
         return json.dumps(value, separators=(",", ":"))
-    return str(value)
+    return _printable(str(value))
 
 
 def _table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> str:
@@ -417,7 +429,7 @@ def _show_credentials(a: dict[str, Any]) -> str:
     out = _table(rows, ("CLIENT ID",)) if rows else "no device holds a credential in this page"
     footer = f"total {a.get('total')}, page {a.get('pageNo')} of size {a.get('pageSize')}"
     if a.get("nextToken"):
-        footer += f", next page: --next-token {a['nextToken']}"
+        footer += f", next page: --next-token {_printable(str(a['nextToken']))}"
     return out + "\n" + footer
 
 
@@ -450,12 +462,14 @@ async def run(argv: Sequence[str], env: Mapping[str, str], streams: Streams) -> 
         parsed = URL(url)
         if parsed.scheme not in {"http", "https"} or not parsed.host:
             raise UsageError(f"--url must be an http:// or https:// URL with a host, not {url!r}")
+        if not args.timeout > 0:
+            raise UsageError("--timeout must be a positive number of seconds")
         headers = _credential(args, env, streams.stdin)
         call = _call(args, streams.stdin)
         if args.command == "revoke" and not args.yes:
             assert call.body is not None
             if not _confirmed(_what_revoke_does(call.body, url), streams):
-                raise _NotConfirmed("not confirmed; nothing was revoked")
+                raise NotConfirmed("not confirmed; nothing was revoked")
         status, text = await _send(url, call, headers, args.timeout)
         if status >= 400:
             raise Refused(_problem_line(status, text))
@@ -466,7 +480,7 @@ async def run(argv: Sequence[str], env: Mapping[str, str], streams: Streams) -> 
     except UsageError as err:
         streams.stderr.write(f"{PROG}: {err}\n")
         return EXIT_USAGE
-    except _NotConfirmed as err:
+    except NotConfirmed as err:
         streams.stderr.write(f"{PROG}: {err}\n")
         return EXIT_NOT_CONFIRMED
     except Refused as err:

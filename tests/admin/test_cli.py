@@ -410,3 +410,58 @@ async def test_the_installed_command(gateway: Gateway) -> None:
     code, out, err = await command()
     assert code == EXIT_USAGE
     assert "usage: authserver admin" in err
+
+
+@pytest.fixture
+async def hostile(aiohttp_server: Any) -> tuple[str, list[str]]:
+    """Not our gateway: something at the URL that redirects or answers with escape codes."""
+    from aiohttp import web
+
+    seen: list[str] = []
+
+    async def redirect(request: web.Request) -> web.Response:
+        raise web.HTTPTemporaryRedirect("/elsewhere/v1/admin/revocations")
+
+    async def elsewhere(request: web.Request) -> web.Response:
+        seen.append(request.headers.get("X-API-Key", ""))
+        return web.json_response({})
+
+    async def escapes(request: web.Request) -> web.Response:
+        problem = {"code": "bad\x1b[2J", "detail": "line one\nline two \x1b]0;title\x07"}
+        return web.json_response(problem, status=400, content_type="application/problem+json")
+
+    app = web.Application()
+    app.router.add_get("/redirect/v1/admin/revocations", redirect)
+    app.router.add_get("/elsewhere/v1/admin/revocations", elsewhere)
+    app.router.add_get("/escapes/v1/admin/revocations", escapes)
+    server = await aiohttp_server(app)
+    return str(server.make_url("")).rstrip("/"), seen
+
+
+async def test_redirects_are_not_followed(gateway: Gateway, hostile: tuple[str, list[str]]) -> None:
+    """A redirect would carry the API key to wherever it points: refuse it instead."""
+    url, seen = hostile
+    result = await gateway.admin(
+        "--url", url + "/redirect", "revocations", env={"AUTHSERVER_ADMIN_API_KEY": API_KEY}
+    )
+    assert result.code == EXIT_REFUSED
+    assert result.err == (
+        "authserver admin: HTTP 307: redirected to /elsewhere/v1/admin/revocations;"
+        " give that --url\n"
+    )
+    assert seen == []
+
+
+async def test_answers_cannot_drive_the_terminal(
+    gateway: Gateway, hostile: tuple[str, list[str]]
+) -> None:
+    url, _seen = hostile
+    result = await gateway.admin(
+        "--url", url + "/escapes", "revocations", env={"AUTHSERVER_ADMIN_API_KEY": API_KEY}
+    )
+    assert result.code == EXIT_REFUSED
+    assert result.err == "authserver admin: 400 bad?[2J: line one line two ?]0;title?\n"
+
+
+async def test_timeout_must_be_positive(gateway: Gateway) -> None:
+    assert (await gateway.admin("--timeout", "0", "revocations")).code == EXIT_USAGE
