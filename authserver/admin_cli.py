@@ -74,7 +74,8 @@ class Streams:
     stderr: TextIO
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of `authserver admin`, one subcommand per admin route."""
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="Drive the admin API of a running gateway (see README, Admin CLI).",
@@ -452,7 +453,7 @@ SHOW: dict[str, Callable[[dict[str, Any]], str]] = {
 
 async def run(argv: Sequence[str], env: Mapping[str, str], streams: Streams) -> int:
     """Parse, confirm, call the gateway and print; returns the exit code."""
-    parser = _parser()
+    parser = build_parser()
     try:
         args = parser.parse_args(list(argv))
     except SystemExit as stop:  # argparse printed the usage error (or --help)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import io
 import json
@@ -21,6 +22,7 @@ from authserver.admin_cli import (
     EXIT_UNREACHABLE,
     EXIT_USAGE,
     Streams,
+    build_parser,
     run,
 )
 from tests.admin.conftest import API_KEY, admin_jwt
@@ -465,3 +467,32 @@ async def test_answers_cannot_drive_the_terminal(
 
 async def test_timeout_must_be_positive(gateway: Gateway) -> None:
     assert (await gateway.admin("--timeout", "0", "revocations")).code == EXIT_USAGE
+
+
+# Which admin routes (by name, see authserver/web/admin.py) each subcommand calls.
+SUBCOMMAND_ROUTES = {
+    "revoke": {"admin.revoke"},
+    "revocations": {"admin.revocations"},
+    "query": {"admin.query"},
+    "tokens": {"admin.subject_tokens"},
+    "sessions": {"admin.session", "admin.sessions_query"},
+    "explain": {"admin.explain"},
+    "device-credentials": {"admin.device_credentials"},
+    "iot-client-ids": {"admin.iot_client_ids"},
+}
+
+
+def test_every_admin_route_has_a_subcommand(gateway: Gateway) -> None:
+    """A new admin route without a subcommand fails here (add it to the CLI and the README)."""
+    app = gateway.client.app
+    named = {name for name in app.router.named_resources() if name.startswith("admin.")}
+    assert set().union(*SUBCOMMAND_ROUTES.values()) == named
+    subcommands = next(
+        action.choices
+        for action in build_parser()._actions
+        if isinstance(action, argparse._SubParsersAction)
+    )
+    assert set(subcommands) == set(SUBCOMMAND_ROUTES)
+    readme = (REPO / "README.md").read_text().split("## Admin CLI", 1)[1].split("\n## ", 1)[0]
+    for subcommand in SUBCOMMAND_ROUTES:
+        assert f"| `{subcommand}" in readme, f"the README's Admin CLI table lacks {subcommand}"
