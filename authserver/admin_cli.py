@@ -161,6 +161,13 @@ def _read_secret(path: str | Path, what: str, stdin: TextIO) -> str:
     value = text.strip()
     if not value:
         raise UsageError(f"{what} file {path} is empty")
+    return _one_word(value, f"{what} in {path}")
+
+
+def _one_word(value: str, what: str) -> str:
+    """A credential or token: visible ASCII, no spaces or line breaks (never shown back)."""
+    if not value.isascii() or not all(c.isprintable() and not c.isspace() for c in value):
+        raise UsageError(f"{what} must be one line of visible ASCII characters (not shown here)")
     return value
 
 
@@ -172,9 +179,9 @@ def _credential(args: argparse.Namespace, env: Mapping[str, str], stdin: TextIO)
         jwt = _read_secret(args.token_file, "the admin JWT", stdin)
         return {"Authorization": f"Bearer {jwt}"}
     if env.get(API_KEY_ENV, "").strip():
-        return {"X-API-Key": env[API_KEY_ENV].strip()}
+        return {"X-API-Key": _one_word(env[API_KEY_ENV].strip(), API_KEY_ENV)}
     if env.get(TOKEN_ENV, "").strip():
-        return {"Authorization": f"Bearer {env[TOKEN_ENV].strip()}"}
+        return {"Authorization": f"Bearer {_one_word(env[TOKEN_ENV].strip(), TOKEN_ENV)}"}
     raise UsageError(
         f"no admin credential: give --api-key-file or --token-file, or set {API_KEY_ENV} "
         f"or {TOKEN_ENV}"
@@ -462,7 +469,9 @@ async def run(argv: Sequence[str], env: Mapping[str, str], streams: Streams) -> 
     try:
         parsed = URL(url)
         if parsed.scheme not in {"http", "https"} or not parsed.host:
-            raise UsageError(f"--url must be an http:// or https:// URL with a host, not {url!r}")
+            raise UsageError("--url must be an http:// or https:// URL with a host")
+        if parsed.user is not None or parsed.password is not None:
+            raise UsageError("--url must not carry a user or password; use a credential file")
         if not args.timeout > 0:
             raise UsageError("--timeout must be a positive number of seconds")
         headers = _credential(args, env, streams.stdin)
@@ -478,6 +487,8 @@ async def run(argv: Sequence[str], env: Mapping[str, str], streams: Streams) -> 
             answer = json.loads(text)
         except ValueError as err:
             raise Refused(f"HTTP {status}: the answer is not JSON") from err
+        if not isinstance(answer, dict):
+            raise Refused(f"HTTP {status}: the answer is not a JSON object")
     except UsageError as err:
         streams.stderr.write(f"{PROG}: {err}\n")
         return EXIT_USAGE

@@ -496,3 +496,28 @@ def test_every_admin_route_has_a_subcommand(gateway: Gateway) -> None:
     readme = (REPO / "README.md").read_text().split("## Admin CLI", 1)[1].split("\n## ", 1)[0]
     for subcommand in SUBCOMMAND_ROUTES:
         assert f"| `{subcommand}" in readme, f"the README's Admin CLI table lacks {subcommand}"
+
+
+async def test_a_malformed_credential_is_refused_unshown(gateway: Gateway, tmp_path: Path) -> None:
+    """A header cannot carry a line break: refuse before sending, without echoing the value."""
+    two_lines = tmp_path / "two-lines"
+    two_lines.write_text(f"{API_KEY}\nsecond-line-secret\n")
+    by_file = await gateway.admin(
+        "--url", gateway.url, "--api-key-file", str(two_lines), "revocations", env={}
+    )
+    by_env = await gateway.admin(
+        "--url",
+        gateway.url,
+        "revocations",
+        env={"AUTHSERVER_ADMIN_TOKEN": "eyJ.secret-part\r\nX-Injected: 1"},
+    )
+    with_user = await gateway.admin(
+        "--url", gateway.url.replace("http://", "http://user:hunter2@"), "revocations"
+    )
+    for result in (by_file, by_env, with_user):
+        assert result.code == EXIT_USAGE
+        assert result.out == ""
+    assert "must be one line of visible ASCII characters (not shown here)" in by_file.err
+    printed = "".join(gateway.printed)
+    for secret in (API_KEY, "second-line-secret", "secret-part", "hunter2"):
+        assert secret not in printed
