@@ -19,9 +19,9 @@ from authserver.identity import JWTVerifier
 from authserver.policy.holder import PolicyHolder
 from authserver.policy.model import Policy
 from authserver.policy.watch import PolicyWatcher
-from authserver.ratelimit import Limit, RateLimiter, parse_networks
+from authserver.ratelimit import Limit, RateLimiter
 from authserver.redis_conn import open_redis
-from authserver.settings import Settings
+from authserver.settings import Settings, parse_networks
 from authserver.tokens.bus import InvalidationBus
 from authserver.tokens.narrowing import revoke_narrowed
 from authserver.tokens.revocation import (

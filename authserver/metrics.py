@@ -12,7 +12,7 @@ import logging
 import platform
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -113,7 +113,6 @@ class Sources:
     revocation: StatsSource = lambda: None
     policy: StatsSource = lambda: None
     limits: StatsSource = lambda: None
-    extra: dict[str, StatsSource] = field(default_factory=dict)
 
 
 def _counter(name: str, doc: str, labels: Iterable[str] = ()) -> CounterMetricFamily:

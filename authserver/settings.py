@@ -2,16 +2,47 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from authserver.cloud.client import endpoint_for_region, iot_endpoint_for_region
 from authserver.cloud.credentials import Credentials, credentials_from_env
-from authserver.cloud.quota import DEFAULT_LIMITS
-from authserver.identity import JWTSettings
-from authserver.ratelimit import parse_networks
+from authserver.cloud.vendor import DEFAULT_LIMITS, endpoint_for_region, iot_endpoint_for_region
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True)
+class JWTSettings:
+    """How to verify a JWT; every choice comes from here, never from the token.
+
+    The issuer is required: the subject alone names a caller everywhere (token reuse,
+    answers, rate limits, revocation blocks, the admin API), which is only unambiguous
+    when every accepted token comes from one issuer.
+    """
+
+    algorithms: tuple[str, ...]
+    issuer: str
+    secret: str | None = None
+    public_key_pem: str | None = None
+    jwks_url: str | None = None
+    audience: str | None = None
+    leeway: float = 30.0
+    # Seconds after its `iat` a JWT is refused, whatever its `exp`; None: no limit, `iat` optional.
+    max_age: float | None = None
+    subject_claim: str = "sub"
+    jwks_refresh_interval: float = 30.0
+    jwks_cache_ttl: float = 3600.0
+    max_token_bytes: int = 8192
+    cache_size: int = 100_000
+
+
+def parse_networks(values: Iterable[str]) -> tuple[Network, ...]:
+    """CIDRs (or single addresses) as networks; ValueError names the first bad one."""
+    return tuple(ipaddress.ip_network(v.strip(), strict=False) for v in values if v.strip())
+
 
 PREFIX = "AUTHSERVER_"
 # The gateway processes assumed to share a source IP when Redis is configured: the

@@ -209,3 +209,18 @@ def test_the_local_quota_share_follows_the_replica_count() -> None:
     assert load_settings({**with_redis, "AUTHSERVER_REPLICAS": "4"}).quota_share == 0.25
     with pytest.raises(SettingsError, match="AUTHSERVER_REPLICAS"):
         load_settings({**GOOD, "AUTHSERVER_REPLICAS": "0"})
+
+
+def test_settings_is_a_leaf() -> None:
+    # Configuration is read before any service exists: importing it must not pull in the
+    # HTTP client, Redis, the verifier or the token service (STYLE: settings a leaf).
+    code = (
+        "import sys, authserver.settings\n"
+        "heavy = {'aiohttp', 'redis', 'jwt', 'authserver.cloud.client', 'authserver.cloud.quota',\n"
+        "         'authserver.identity.verifier', 'authserver.ratelimit', 'authserver.tokens'}\n"
+        "print(sorted(heavy & set(sys.modules)))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.strip() == "[]"

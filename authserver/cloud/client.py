@@ -35,6 +35,7 @@ from authserver.cloud.errors import (
 )
 from authserver.cloud.quota import QuotaGovernor
 from authserver.cloud.signing import canonical_query, percent_encode, sign_v1
+from authserver.cloud.vendor import endpoint_for_region, iot_endpoint_for_region
 from authserver.errors import NotConfigured
 from authserver.fingerprint import fingerprint
 
@@ -60,16 +61,6 @@ def make_session(timeout: float = 10.0) -> aiohttp.ClientSession:
         cookie_jar=aiohttp.DummyCookieJar(),
         raise_for_status=False,
     )
-
-
-def endpoint_for_region(region_id: str) -> str:
-    """The MQTT OpenAPI endpoint of a region."""
-    return f"https://onsmqtt.{region_id}.aliyuncs.com"
-
-
-def iot_endpoint_for_region(region_id: str) -> str:
-    """The IoT Platform OpenAPI endpoint of a region."""
-    return f"https://iot.{region_id}.aliyuncs.com"
 
 
 @dataclass(frozen=True)

@@ -61,17 +61,10 @@ import redis.exceptions
 
 from authserver.clock import Clock, SystemClock
 from authserver.cloud.errors import UpstreamThrottled
+from authserver.cloud.vendor import DEFAULT_LIMITS
 
 log = logging.getLogger(__name__)
 
-DEFAULT_LIMITS: dict[str, float] = {
-    "ApplyToken": 100,
-    "QueryToken": 100,
-    "RevokeToken": 5,
-    "QuerySessionByClientId": 500,
-    "BatchQuerySessionByClientIds": 100,
-    "QueryClientIds": 10,
-}
 ACCOUNT_BUCKET = "account"
 
 Sleep = Callable[[float], Awaitable[None]]

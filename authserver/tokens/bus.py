@@ -50,7 +50,6 @@ class InvalidationBus:
         self._task: asyncio.Task[None] | None = None
         self.connected = redis is None
         self._subscribed = asyncio.Event()
-        self.received = 0
 
     def on_event(self, handler: Handler) -> None:
         """Call `handler` for every event, local or remote."""
@@ -137,7 +136,6 @@ class InvalidationBus:
             return
         if not isinstance(event, dict) or event.get("origin") == self.origin:
             return
-        self.received += 1
         self._dispatch(event)
 
 
