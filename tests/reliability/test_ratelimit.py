@@ -14,8 +14,8 @@ from multidict import CIMultiDict
 
 from authserver import appkeys
 from authserver.clock import ManualClock
-from authserver.ratelimit import Limit, LocalBuckets, RateLimiter, address, parse_networks
-from authserver.settings import SettingsError, load_settings
+from authserver.ratelimit import Limit, LocalBuckets, RateLimiter, address
+from authserver.settings import SettingsError, load_settings, parse_networks
 from tests.fixtures.emulator import EmulatorHandle, MakeEmulator
 from tests.fixtures.gateway import BOUND_POLICY, EXAMPLE_POLICY, MakeGateway, bearer, make_jwt
 from tests.fixtures.redis import free_port
