@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 from authserver.clock import ManualClock
@@ -11,6 +12,7 @@ from tests.broker.conftest import CHAT_POLICY, MakeDevice, broker_of, credential
 from tests.broker.devices import PahoDevice, eventually
 from tests.fixtures.emulator import MakeEmulator
 from tests.fixtures.gateway import MakeGateway, make_jwt
+from tests.ops.test_policy_reload import ConfigMapDir
 
 NOTICE = "$SYS/tokenInvalidNotice"
 EXPIRE_NOTICE = "$SYS/tokenExpireNotice"
@@ -130,3 +132,31 @@ async def test_an_uploaded_token_judges_the_very_next_publish(
     [message] = await alice.got("devices/alice/x")
     assert message.payload == b"now allowed"
     assert not alice.on(NOTICE)
+
+
+async def test_a_policy_narrowing_ends_the_sessions_of_the_narrowed_tokens(
+    make_emulator: MakeEmulator, make_gateway: MakeGateway, device: MakeDevice, tmp_path: Path
+) -> None:
+    emulator = await make_emulator(mqtt_port=0)
+    config = ConfigMapDir(tmp_path / "config", CHAT_POLICY.read_text())
+    gateway = await make_gateway(emulator, policy_file=config.path, policy_poll_interval=0.05)
+    creds = await credentials(gateway, make_jwt("bob"))
+    tokens = {t["type"]: t["token"] for t in creds["tokens"]}
+    port = broker_of(emulator).port
+    reader, writer = device("GID_test@@@bob-r"), device("GID_test@@@bob-w")
+    assert await reader.connect(port, creds["username"], f"R|{tokens['R']}") == 0
+    assert await reader.subscribed("broadcast/#") == [1]
+    assert await writer.connect(port, creds["username"], f"W|{tokens['W']}") == 0
+
+    # broadcast/# is gone from the policy: bob's R token grants more than it may now.
+    config.update(CHAT_POLICY.read_text().replace('["broadcast/#"]', '["broadcast/bob"]'))
+    [notice] = await reader.got(NOTICE)
+    assert notice.json() == {"code": 3, "type": "R"}
+    await reader.gone()
+    # The W token was not narrowed: that session goes on.
+    await writer.acked("devices/bob/still", b"here")
+    assert not writer.on(NOTICE)
+    refused = device("GID_test@@@bob-r")
+    assert str(await refused.connect(port, creds["username"], f"R|{tokens['R']}")) == (
+        "Not authorized"
+    )
