@@ -33,6 +33,7 @@ from amqtt.errors import ClientError, ConnectError
 from amqtt.mqtt.constants import QOS_1
 
 from authserver.clock import Clock, SystemClock
+from authserver.logs import quiet_amqtt_debug
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +103,7 @@ class ReferenceDevice:
         self.on_message = on_message
         self.stats = DeviceStats()
         self.online = asyncio.Event()
+        quiet_amqtt_debug()
 
     async def run(self) -> None:
         """Live until cancelled; DeviceStopped when the gateway refuses the device."""

@@ -48,6 +48,7 @@ from authserver.emulator import mqtt_auth
 from authserver.emulator.mqtt_auth import ConnectRefused, Grants, Refusal
 from authserver.emulator.state import BrokerStats, EmulatorState
 from authserver.fingerprint import fingerprint
+from authserver.logs import quiet_amqtt_debug
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +141,7 @@ class TokenBroker(Broker):
         self._wake = asyncio.Event()
         self._watcher: asyncio.Task[None] | None = None
         self._cutting: set[asyncio.Task[None]] = set()
+        quiet_amqtt_debug()
 
     @property
     def stats(self) -> BrokerStats:

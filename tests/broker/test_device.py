@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import time
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 import pytest
@@ -108,8 +110,12 @@ async def test_the_device_keeps_its_subscription_for_several_token_lifetimes(
 
 
 async def test_the_device_reconnects_after_a_revocation_and_stops_on_403(
-    make_emulator: MakeEmulator, make_gateway: MakeGateway, tmp_path: Any
+    make_emulator: MakeEmulator,
+    make_gateway: MakeGateway,
+    tmp_path: Any,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.DEBUG)
     emulator = await make_emulator(mqtt_port=0, mqtt_check_interval=0.05)
     policy = tmp_path / "policy.yaml"
     policy.write_text(CHAT_POLICY.read_text())
@@ -152,3 +158,8 @@ async def test_the_device_reconnects_after_a_revocation_and_stops_on_403(
         with pytest.raises(DeviceStopped) as stopped:
             await asyncio.wait_for(nobody.run(), 10)
         assert stopped.value.status in (401, 403)
+    # Even with DEBUG on, no token reaches the logs (amqtt's client logs its URI there).
+    assert emulator.state.tokens
+    for token in emulator.state.tokens:
+        assert token not in caplog.text
+        assert quote(token, safe="") not in caplog.text
