@@ -158,10 +158,6 @@ class TokenBroker(Broker):
         assert isinstance(instance, asyncio.Server)  # a tcp listener
         return int(instance.sockets[0].getsockname()[1])
 
-    def live_client_ids(self) -> set[str]:
-        """ClientIds with an accepted, live connection."""
-        return set(self._live)
-
     async def start(self) -> None:
         """Open the listener, start watching tokens, and report into the emulator's state."""
         await super().start()

@@ -9,7 +9,7 @@ its own. The rules follow the vendor's token-mode pages as distilled in
 - `Signature|<AccessKeyId>|<InstanceId>` with base64(HMAC-SHA1(AccessKeySecret, ClientId)),
   and `DeviceCredential|<DeviceAccessKeyId>|<InstanceId>` with the same signature keyed by
   the DeviceAccessKeySecret: both grant everything;
-- a SUBSCRIBE filter needs an R (or RW) resource that covers it, a PUBLISH an W (or RW)
+- a SUBSCRIBE filter needs an R (or RW) resource that covers it, a PUBLISH a W (or RW)
   resource that matches the topic; delivery needs an R resource matching the topic;
 - every check first re-validates every token the client holds: a revoked one answers code 3,
   an expired one code 2, one the emulator does not know (any more) code 1.
