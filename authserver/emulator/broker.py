@@ -58,6 +58,7 @@ EXPIRE_NOTICE_TOPIC = "$SYS/tokenExpireNotice"
 DEFAULT_EXPIRE_NOTICE_SECONDS = 300.0
 DEFAULT_CHECK_INTERVAL = 0.25
 _GRANTS = "authserver.grants"
+TAKEOVER_WAIT = 5.0
 
 
 def p2p_target(topic: str) -> str | None:
@@ -74,6 +75,7 @@ class TokenHandler(BrokerProtocolHandler):
     broker: TokenBroker
     grants: Grants
     ending: bool
+    finished: asyncio.Event
 
     async def handle_publish(self, publish_packet: PublishPacket) -> None:
         """Upload, refuse (notice, disconnect) or hand the PUBLISH to amqtt (queue, PUBACK)."""
@@ -223,6 +225,7 @@ class TokenBroker(Broker):
                 self.state.connected.discard(client_id)
             # amqtt leaves the socket open when its message loop ends on a bad PUBLISH.
             await self._stop_handler(handler)
+            token_handler.finished.set()
 
     def _adopt(self, handler: BrokerProtocolHandler, grants: Grants) -> TokenHandler:
         # amqtt builds the handler itself (`BrokerProtocolHandler.init_from_connect`) with no
@@ -233,6 +236,7 @@ class TokenBroker(Broker):
         handler.broker = self
         handler.grants = grants
         handler.ending = False
+        handler.finished = asyncio.Event()
         return handler
 
     async def _take_over(self, client_id: str, handler: TokenHandler, session: Session) -> None:
@@ -241,13 +245,19 @@ class TokenBroker(Broker):
         if old is None:
             return
         self.stats.takeovers += 1
+        old.ending = True
         if old.session is not None and old.session is not session:
             # A clean session: amqtt keeps the old one's subscriptions under the same ClientId
             # and would take them for the new client's; drop them and close the old socket.
-            # (A persistent session is the same object: amqtt's own takeover closes it.)
-            old.ending = True
             await self._del_all_subscriptions(old.session)
             await old.handle_connection_closed()
+            return
+        # A persistent session is one object for both connections. amqtt's own takeover lets
+        # the old connection's end mark that shared session disconnected while the new one
+        # is live (and deliveries to it stop); so end the old connection first, wholly.
+        await old.handle_connection_closed()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(old.finished.wait(), TAKEOVER_WAIT)
 
     async def _authenticate(self, session: Session, _: ListenerConfig) -> bool:
         return _GRANTS in session.attributes

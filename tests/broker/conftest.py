@@ -13,7 +13,7 @@ from authserver.emulator.broker import TokenBroker
 from tests.broker.devices import PahoDevice
 from tests.fixtures.emulator import EmulatorHandle, MakeEmulator
 
-MakeDevice = Callable[[str], PahoDevice]
+MakeDevice = Callable[..., PahoDevice]
 CHAT_POLICY = Path(__file__).with_name("chat-policy.yaml")
 
 
@@ -30,11 +30,11 @@ async def mqtt_emulator(make_emulator: MakeEmulator) -> EmulatorHandle:
 
 @pytest.fixture
 def device() -> Iterator[MakeDevice]:
-    """Factory: `device("GID_test@@@a")` -> a PahoDevice, disconnected at teardown."""
+    """Factory: `device("GID_test@@@a", clean_session=True)` -> a PahoDevice, closed at teardown."""
     made: list[PahoDevice] = []
 
-    def make(client_id: str) -> PahoDevice:
-        made.append(PahoDevice(client_id))
+    def make(client_id: str, clean_session: bool = True) -> PahoDevice:
+        made.append(PahoDevice(client_id, clean_session))
         return made[-1]
 
     yield make

@@ -45,6 +45,7 @@ class PahoDevice:
     """A paho-mqtt 2.x client on its own network thread, with what happened to it recorded."""
 
     client_id: str
+    clean_session: bool = True
     client: paho.Client = field(init=False)
     connack: list[Any] = field(default_factory=list)
     disconnected: threading.Event = field(default_factory=threading.Event)
@@ -56,6 +57,7 @@ class PahoDevice:
         self.client = paho.Client(
             CallbackAPIVersion.VERSION2,
             client_id=self.client_id,
+            clean_session=self.clean_session,
             protocol=MQTTProtocolVersion.MQTTv311,
             reconnect_on_failure=False,
         )

@@ -197,21 +197,28 @@ async def test_signature_and_device_credential_modes_grant_everything(
     assert str(await thief.connect(port, box_user, box_password)) == "Not authorized"
 
 
+@pytest.mark.parametrize("clean_session", [True, False])
 async def test_same_client_id_takes_over(
-    mqtt_emulator: EmulatorHandle, make_gateway: MakeGateway, device: MakeDevice
+    mqtt_emulator: EmulatorHandle,
+    make_gateway: MakeGateway,
+    device: MakeDevice,
+    clean_session: bool,
 ) -> None:
     gateway = await chat_gateway(mqtt_emulator, make_gateway)
     creds = await credentials(gateway, make_jwt("alice"))
     port = broker_of(mqtt_emulator).port
-    first, second = device("GID_test@@@alice"), device("GID_test@@@alice")
+    first = device("GID_test@@@alice", clean_session)
+    second = device("GID_test@@@alice", clean_session)
     assert await first.connect(port, creds["username"], creds["password"]) == 0
     assert await first.subscribed("chat/#") == [1]
     # A refused connect with the same ClientId does not disturb the live one.
-    intruder = device("GID_test@@@alice")
+    intruder = device("GID_test@@@alice", clean_session)
     assert str(await intruder.connect(port, creds["username"], "R|forged")) == "Not authorized"
     assert await second.connect(port, creds["username"], creds["password"]) == 0
     await first.gone()
-    assert await second.subscribed("chat/#") == [1]
+    if clean_session:
+        assert await second.subscribed("chat/#") == [1]
+    # (A persistent session keeps its subscription across the takeover.)
     await second.acked("chat/x", b"after takeover")
     await second.got("chat/x")
     assert not first.on("chat/x")
