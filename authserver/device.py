@@ -17,11 +17,14 @@ injected clock for every wait, so tests can run it through several token lifetim
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import json
 import logging
+import os
 import random
+import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -205,3 +208,58 @@ class ReferenceDevice:
                 self.stats.uploads += 1
             self.stats.refreshes += 1
             refresh_at_ms = max(int(fresh["refreshAt"]), refresh_at_ms + 1000)
+
+
+def device_main(argv: list[str]) -> int:
+    """`authserver device`: run one reference device, print what it receives; Ctrl-C stops."""
+    parser = argparse.ArgumentParser(
+        prog="authserver device",
+        description="A reference MQTT device: credentials from the gateway (app JWT in "
+        "DEVICE_JWT), one session kept across token lifetimes through $SYS/uploadToken.",
+    )
+    parser.add_argument("--gateway", default="http://127.0.0.1:8080", help="gateway base URL")
+    parser.add_argument("--broker", default="127.0.0.1:1883", help="MQTT broker HOST:PORT")
+    parser.add_argument("--client-id", required=True, help="GID_group@@@device")
+    parser.add_argument(
+        "--subscribe", action="append", default=[], help="a topic filter; repeat for more"
+    )
+    args = parser.parse_args(argv)
+    device_jwt = os.environ.get("DEVICE_JWT", "")
+    if not device_jwt:
+        parser.error("set DEVICE_JWT to the device's app JWT (not a flag: ps shows flags)")
+    host, _, port = args.broker.rpartition(":")
+    config = DeviceConfig(
+        gateway_url=args.gateway,
+        jwt=device_jwt,
+        broker_host=host or "127.0.0.1",
+        broker_port=int(port),
+        client_id=args.client_id,
+        subscriptions=tuple(args.subscribe),
+    )
+
+    def show(topic: str, payload: bytes) -> None:
+        print(topic, payload.decode(errors="replace"), flush=True)
+
+    async def main() -> int:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
+            device = ReferenceDevice(config, http, on_message=show)
+            life = asyncio.create_task(device.run())
+            online = asyncio.create_task(device.online.wait())
+            stopping = asyncio.create_task(stop.wait())
+            await asyncio.wait({online, life, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            if device.online.is_set():
+                print(f"device {config.client_id}: connected", flush=True)
+            await asyncio.wait({life, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            for task in (life, online, stopping):
+                task.cancel()
+            results = await asyncio.gather(life, online, stopping, return_exceptions=True)
+        if isinstance(results[0], DeviceStopped):
+            print(f"device {config.client_id}: {results[0]}; stopped", flush=True)
+            return 1
+        return 0
+
+    return asyncio.run(main())

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
+import signal
+import sys
 import time
 from typing import Any
 from urllib.parse import quote
@@ -163,3 +166,30 @@ async def test_the_device_reconnects_after_a_revocation_and_stops_on_403(
     for token in emulator.state.tokens:
         assert token not in caplog.text
         assert quote(token, safe="") not in caplog.text
+
+
+async def test_the_device_command_prints_what_it_receives(
+    mqtt_emulator: EmulatorHandle, make_gateway: MakeGateway, device: MakeDevice
+) -> None:
+    gateway = await make_gateway(mqtt_emulator, policy_file=CHAT_POLICY)
+    env = {**os.environ, "DEVICE_JWT": make_jwt("alice"), "PYTHONUNBUFFERED": "1"}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "authserver", "device",
+        "--gateway", str(gateway.make_url("")).rstrip("/"),
+        "--broker", f"127.0.0.1:{broker_of(mqtt_emulator).port}",
+        "--client-id", "GID_test@@@cli", "--subscribe", "devices/alice/#",
+        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        line = await asyncio.wait_for(proc.stdout.readline(), 10)
+        assert line.decode().strip() == "device GID_test@@@cli: connected"
+        await eventually(lambda: "devices/alice/#" in broker_of(mqtt_emulator).subscriptions)
+        publisher = await signature_publisher(mqtt_emulator, device)
+        await publisher.acked("devices/alice/door", b"open")
+        line = await asyncio.wait_for(proc.stdout.readline(), 10)
+        assert line.decode().strip() == "devices/alice/door open"
+    finally:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGINT)
+        assert await asyncio.wait_for(proc.wait(), 10) == 0
