@@ -6,7 +6,7 @@ import base64
 import random
 import secrets
 from collections import OrderedDict, defaultdict, deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -128,6 +128,38 @@ class Stats:
             self.errors_by_action[action][code] += 1
 
 
+class BrokerStats:
+    """What the MQTT listener counts, for `GET /_emulator/stats` (`broker`)."""
+
+    def __init__(self) -> None:
+        self.accepted = 0
+        self.refused: dict[str, int] = defaultdict(int)
+        self.notices: dict[str, int] = defaultdict(int)
+        self.expire_notices = 0
+        self.uploads = 0
+        self.takeovers = 0
+        self.published = 0
+        self.delivered = 0
+        self.p2p = 0
+
+    def document(self, connections: int) -> dict[str, Any]:
+        """The `broker` part of the statistics document."""
+        return {
+            "connections": connections,
+            "accepted": self.accepted,
+            "refused": dict(self.refused),
+            "invalidNotices": dict(self.notices),
+            "expireNotices": self.expire_notices,
+            "uploads": self.uploads,
+            "takeovers": self.takeovers,
+            "messages": {
+                "published": self.published,
+                "delivered": self.delivered,
+                "p2p": self.p2p,
+            },
+        }
+
+
 class EmulatorState:
     """Everything the emulator remembers; one per app, reachable as `app[EMULATOR_STATE]`."""
 
@@ -151,6 +183,11 @@ class EmulatorState:
         self.issued = 0
         self.revoked = 0
         self.online: set[str] = set()
+        # ClientIds with a live MQTT session on the emulator's broker (when it runs).
+        self.connected: set[str] = set()
+        self.broker_stats: BrokerStats | None = None
+        # Called with each token RevokeToken revokes (the broker ends dependent sessions).
+        self.revoke_listeners: list[Callable[[str], None]] = []
         self.credentials: dict[tuple[str, str], DeviceCredential] = {}
         self.iot_client_ids: dict[str, list[tuple[str, int]]] = {}
         self.faults: dict[str, Fault] = {}
@@ -228,6 +265,8 @@ class EmulatorState:
         if record is not None and record.instance_id == instance_id and not record.revoked:
             record.revoked = True
             self.revoked += 1
+            for listener in self.revoke_listeners:
+                listener(token)
 
     def sweep_expired(self) -> int:
         """Forget expired tokens (QueryToken answers false for them either way)."""
@@ -238,6 +277,10 @@ class EmulatorState:
         return len(dead)
 
     # sessions and device credentials
+    def is_online(self, client_id: str) -> bool:
+        """Whether a ClientId has a live broker session or is set online by the override."""
+        return client_id in self.connected or client_id in self.online
+
     def set_online(self, client_ids: Iterable[str]) -> None:
         """Replace the set of ClientIds the emulator reports online."""
         self.online = set(client_ids)
@@ -288,13 +331,15 @@ class EmulatorState:
     def reset_stats(self) -> None:
         """Zero every counter and peak (tokens and sessions stay)."""
         self.counters = Stats()
+        if self.broker_stats is not None:
+            self.broker_stats = BrokerStats()
 
     def stats(self) -> dict[str, Any]:
         """The statistics document of `GET /_emulator/stats`."""
         now = self.now_ms()
         live = sum(1 for r in self.tokens.values() if not r.revoked and r.expire_ms > now)
         s = self.counters
-        return {
+        document: dict[str, Any] = {
             "calls": dict(s.calls),
             "success": dict(s.success),
             "errors": dict(s.errors),
@@ -309,3 +354,6 @@ class EmulatorState:
             },
             "qps": dict(self.qps),
         }
+        if self.broker_stats is not None:
+            document["broker"] = self.broker_stats.document(len(self.connected))
+        return document
