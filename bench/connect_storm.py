@@ -48,6 +48,7 @@ from authserver.settings import Settings  # noqa: E402
 
 KEY_ID, SECRET, INSTANCE = "LTAIstorm", "storm-secret", "post-cn-storm"
 JWT_SECRET = "storm-jwt-secret-that-is-long-enough!"
+JWT_ISSUER = "https://storm.example.test"
 POLICY = """version: 1
 defaults:
   ttlSeconds: 3600
@@ -109,7 +110,7 @@ async def storm(args: argparse.Namespace) -> dict[str, Any]:
         await wait_http(f"{emulator_url}/_emulator/stats")
         settings = Settings(
             credentials=Credentials(KEY_ID, SECRET),
-            jwt=JWTSettings(algorithms=("HS256",), secret=JWT_SECRET),
+            jwt=JWTSettings(algorithms=("HS256",), issuer=JWT_ISSUER, secret=JWT_SECRET),
             instance_id=INSTANCE,
             policy_file=policy,
             mqtt_endpoint=emulator_url,
@@ -124,7 +125,9 @@ async def storm(args: argparse.Namespace) -> dict[str, Any]:
         now = int(time.time())
         subjects = [f"s{i}" for i in range(args.subjects)]
         jwts = {
-            s: jwt.encode({"sub": s, "iat": now, "exp": now + 3600}, JWT_SECRET, "HS256")
+            s: jwt.encode(
+                {"sub": s, "iss": JWT_ISSUER, "iat": now, "exp": now + 3600}, JWT_SECRET, "HS256"
+            )
             for s in subjects
         }
         devices = [(f"GID_storm@@@d{i}", subjects[i % len(subjects)]) for i in range(args.devices)]

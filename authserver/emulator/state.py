@@ -24,6 +24,9 @@ DEFAULT_QPS: dict[str, float] = {
 GENEROUS_QPS = 1000.0
 MAX_NONCES = 1_000_000
 
+# How long an expired token is still known (as expired) before the sweeper forgets it.
+EXPIRED_RETENTION_MS = 3_600_000
+
 
 class TokenRecord:
     """One issued token: where it is valid, what it grants, until when."""
@@ -269,8 +272,13 @@ class EmulatorState:
                 listener(token)
 
     def sweep_expired(self) -> int:
-        """Forget expired tokens (QueryToken answers false for them either way)."""
-        now = self.now_ms()
+        """Forget tokens that expired over EXPIRED_RETENTION_MS ago.
+
+        QueryToken answers false for an expired token either way; the broker tells an expired
+        token (CONNACK refused as `expired`, notice code 2) from one it never issued or forgot
+        (`forged`, code 1), so a token is kept a while past its expiry, as the cloud does.
+        """
+        now = self.now_ms() - EXPIRED_RETENTION_MS
         dead = [t for t, r in self.tokens.items() if r.expire_ms <= now]
         for token in dead:
             del self.tokens[token]
