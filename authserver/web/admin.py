@@ -34,6 +34,7 @@ from authserver.web.shapes import (
     GroupId,
     IotId,
     Subject,
+    SubjectSegment,
     respond,
 )
 
@@ -153,7 +154,7 @@ def _verdict(
 async def subject_tokens(request: web.Request) -> web.Response:
     """The subject's live tokens: type, resources, expiry and fingerprint, never the value."""
     query_params(request, ())
-    subject = shapes.check(request.match_info["subject"], Subject, "subject")
+    subject = shapes.check(request.match_info["subject"], SubjectSegment, "subject")
     records = await request.app[appkeys.TOKENS].subject_tokens(subject)
     records.sort(key=lambda r: (r.issued_ms, r.fingerprint))
     _audit(request, subject=subject, fingerprints=[r.fingerprint for r in records])

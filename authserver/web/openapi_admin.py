@@ -4,16 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
+
 from authserver.web.shapes import (
-    CLIENT_ID_PATTERN,
     DEFAULT_PAGE_SIZE,
-    GROUP_ID_PATTERN,
-    IOT_ID_PATTERN,
     MAX_NEXT_TOKEN_CHARS,
     MAX_PAGE_NO,
     MAX_PAGE_SIZE,
-    MAX_SUBJECT_CHARS,
-    SUBJECT_SEGMENT,
+    ClientId,
+    GroupId,
+    IotId,
+    SubjectSegment,
 )
 
 PROBLEM = {"$ref": "#/components/schemas/Problem"}
@@ -53,13 +54,14 @@ def _body(schema: str) -> dict[str, Any]:
     return {"required": True, "content": {"application/json": {"schema": _ref(schema)}}}
 
 
-def _path_param(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+def _path_param(name: str, kind: Any, description: str) -> dict[str, Any]:
+    """A path parameter whose schema is that of `kind`, the type its handler checks it with."""
     return {
         "name": name,
         "in": "path",
         "required": True,
         "description": description,
-        "schema": {"type": "string", **schema},
+        "schema": msgspec.json.schema(kind),
     }
 
 
@@ -128,13 +130,7 @@ def admin_paths() -> dict[str, Any]:
                 (400, 401, 403, 404, 503),
                 parameters=[
                     _path_param(
-                        "subject",
-                        {
-                            "minLength": 1,
-                            "maxLength": MAX_SUBJECT_CHARS,
-                            "pattern": SUBJECT_SEGMENT,
-                        },
-                        "The JWT subject, percent-encoded ('/' as %2F)",
+                        "subject", SubjectSegment, "The JWT subject, percent-encoded ('/' as %2F)"
                     )
                 ],
             )
@@ -145,9 +141,7 @@ def admin_paths() -> dict[str, Any]:
                 "Whether one MQTT client is online (QuerySessionByClientId)",
                 (200, "Online status", "Session"),
                 GET_PROBLEMS,
-                parameters=[
-                    _path_param("clientId", {"pattern": CLIENT_ID_PATTERN}, "GroupId@@@DeviceId")
-                ],
+                parameters=[_path_param("clientId", ClientId, "GroupId@@@DeviceId")],
             )
         },
         "/v1/admin/sessions:query": {
@@ -166,7 +160,7 @@ def admin_paths() -> dict[str, Any]:
                 (200, "One page", "DeviceCredentialPage"),
                 GET_PROBLEMS,
                 parameters=[
-                    _path_param("groupId", {"pattern": GROUP_ID_PATTERN}, "The MQTT group"),
+                    _path_param("groupId", GroupId, "The MQTT group"),
                     {
                         "name": "pageSize",
                         "in": "query",
@@ -200,7 +194,7 @@ def admin_paths() -> dict[str, Any]:
                 "ClientIDs registered for an IoT Platform device (QueryClientIds)",
                 (200, "The device's ClientIDs", "IotClientIds"),
                 (*GET_PROBLEMS, 404, 501),
-                parameters=[_path_param("iotId", {"pattern": IOT_ID_PATTERN}, "The IotId")],
+                parameters=[_path_param("iotId", IotId, "The IotId")],
             )
         },
         "/v1/admin/explain": {

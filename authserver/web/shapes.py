@@ -87,6 +87,16 @@ MqttToken = Annotated[
         description=f"an MQTT token value: 1 to {MAX_TOKEN_CHARS} characters",
     ),
 ]
+SubjectSegment = Annotated[
+    str,
+    Meta(
+        min_length=1,
+        max_length=MAX_SUBJECT_CHARS,
+        pattern=SUBJECT_SEGMENT,
+        description=f"a JWT subject as a path segment: 1 to {MAX_SUBJECT_CHARS} characters, "
+        "no NUL, not . or ..",
+    ),
+]
 GroupId = Annotated[
     str,
     Meta(
