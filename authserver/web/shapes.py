@@ -118,8 +118,12 @@ class Request(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):
     SCHEMA_EXTRA: ClassVar[dict[str, Any]] = {}
 
 
-class Response(msgspec.Struct, forbid_unknown_fields=True, rename="camel", omit_defaults=True):
-    """An answer body: fields left UNSET are omitted, None is sent as null."""
+class Response(msgspec.Struct, rename="camel", omit_defaults=True):
+    """An answer body: fields left UNSET are omitted, None is sent as null.
+
+    Open to additions in the description (no additionalProperties: false), so a client
+    generated from it keeps working when an answer gains a field.
+    """
 
     SCHEMA_EXTRA: ClassVar[dict[str, Any]] = {}
 
@@ -184,7 +188,7 @@ class TokenResponse(Response):
     refresh_at: EpochMs
 
 
-class Problem(Response, forbid_unknown_fields=False):
+class Problem(Response):
     """An RFC 9457 problem; `code` is stable, and some problems add fields (e.g. `field`)."""
 
     type: str

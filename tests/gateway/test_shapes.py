@@ -12,10 +12,12 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from authserver.errors import BadRequest
+from authserver.policy import load_policy
+from authserver.policy.engine import explain
 from authserver.policy.model import CLIENT_ID, MAX_TTL_SECONDS, MIN_TTL_SECONDS
 from authserver.web import shapes
 from tests.fixtures.emulator import EmulatorHandle
-from tests.fixtures.gateway import MakeGateway, bearer, make_jwt
+from tests.fixtures.gateway import EXAMPLE_POLICY, MakeGateway, bearer, make_jwt
 
 
 @pytest.fixture
@@ -128,8 +130,12 @@ async def test_description_and_server_agree_on_token_bodies(
 async def test_the_token_answer_is_exactly_its_shape(gateway: TestClient[Any, Any]) -> None:
     resp = await gateway.post("/v1/token", json={}, headers=bearer(make_jwt("bob")))
     assert resp.status == 200, await resp.text()
-    # Strict: a field the handler adds without declaring it in shapes fails here.
-    answer = msgspec.json.decode(await resp.read(), type=shapes.TokenResponse)
+    raw = await resp.read()
+    answer = msgspec.json.decode(raw, type=shapes.TokenResponse)
+    # Exactly: a field the handler adds without declaring it in shapes fails here.
+    assert set(msgspec.json.decode(raw)) == set(shapes.TokenResponse.__struct_encode_fields__)
+    for token in msgspec.json.decode(raw)["tokens"]:
+        assert set(token) == set(shapes.Token.__struct_encode_fields__)
     assert answer.tokens
     assert answer.username.startswith("Token|")
     refused = await gateway.post(
@@ -186,3 +192,10 @@ def test_cross_field_rules_answer_400_naming_the_fields() -> None:
     with pytest.raises(BadRequest) as refused:
         shapes.decode(shapes.RevokeRequest, b'{"token": "t", "blockIssuedBefore": true}')
     assert refused.value.extra == {"field": "blockIssuedBefore"}
+
+
+@pytest.mark.parametrize("client_id", [None, "GID_fleet@@@bob"])
+def test_every_key_of_the_policy_account_is_described(client_id: str | None) -> None:
+    # Answers are converted to their shape, which drops an undeclared key: declare it instead.
+    account = explain(load_policy(EXAMPLE_POLICY), "bob", {"sub": "bob"}, client_id)
+    assert set(account) <= set(shapes.Explanation.__struct_encode_fields__)
