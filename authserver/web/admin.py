@@ -82,16 +82,16 @@ async def revoke(request: web.Request) -> web.Response:
     body = await json_body(request, shapes.RevokeRequest)  # exactly one selector
     block = body.block_issued_before is not False  # the default is to block
     revoker = request.app[appkeys.REVOKER]
-    if isinstance(body.token, str):
-        _audit(request, fingerprints=[fingerprint(body.token)])
-        result = await revoker.revoke_token(body.token)
-    elif isinstance(body.subject, str):
-        _audit(request, subject=body.subject)
-        result = await revoker.revoke_subject(body.subject, block_issued_before=block)
+    selector, value = body.selector()
+    if selector == "token":
+        _audit(request, fingerprints=[fingerprint(value)])
+        result = await revoker.revoke_token(value)
+    elif selector == "subject":
+        _audit(request, subject=value)
+        result = await revoker.revoke_subject(value, block_issued_before=block)
     else:
-        client_id = str(body.client_id)
-        _audit(request, clientId=client_id)
-        result = await revoker.revoke_client(client_id, block_issued_before=block)
+        _audit(request, clientId=value)
+        result = await revoker.revoke_client(value, block_issued_before=block)
     _audit(
         request,
         fingerprints=list(result.fingerprints) or None,
@@ -116,17 +116,17 @@ async def query_token(request: web.Request) -> web.Response:
     """Whether a token is valid: answered locally when we can, else QueryToken (cached 5 s)."""
     token = (await json_body(request, shapes.TokenQueryRequest)).token
     app = request.app
-    print_ = fingerprint(token)
-    _audit(request, fingerprints=[print_])
+    token_print = fingerprint(token)
+    _audit(request, fingerprints=[token_print])
     if await app[appkeys.REVOKER].is_revoked(token):
-        return _verdict(request, print_, None, _local("revoked"))
+        return _verdict(request, token_print, None, _local("revoked"))
     record = await app[appkeys.TOKENS].lookup(token)
     if record is None:
-        return _verdict(request, print_, None, _local("unknown"))
+        return _verdict(request, token_print, None, _local("unknown"))
     known = {"type": record.type, "resources": list(record.resources)}
     expire_ms = record.expire_ms
     if expire_ms <= app[appkeys.CLOCK].time() * 1000:
-        return _verdict(request, print_, expire_ms, {**known, **_local("expired")})
+        return _verdict(request, token_print, expire_ms, {**known, **_local("expired")})
     cache = app[QUERY_CACHE]
     digest = hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
     valid = cache.get(digest)
@@ -135,7 +135,7 @@ async def query_token(request: web.Request) -> web.Response:
         valid = await app[appkeys.CLOUD].query_token(app[appkeys.SETTINGS].instance_id, token)
         cache[digest] = valid
     upstream = {"valid": valid, "source": "upstream", "cached": cached}
-    return _verdict(request, print_, expire_ms, {**known, **upstream})
+    return _verdict(request, token_print, expire_ms, {**known, **upstream})
 
 
 def _local(reason: str) -> dict[str, Any]:
@@ -143,12 +143,12 @@ def _local(reason: str) -> dict[str, Any]:
 
 
 def _verdict(
-    request: web.Request, print_: str, expire_ms: int | None, fields: dict[str, Any]
+    request: web.Request, token_print: str, expire_ms: int | None, fields: dict[str, Any]
 ) -> web.Response:
     _audit(request, valid=fields["valid"], source=fields["source"], reason=fields.get("reason"))
     if expire_ms is not None:
         fields["expireTime"] = expire_ms
-    return respond(msgspec.convert({"fingerprint": print_, **fields}, shapes.TokenQueryResult))
+    return respond(msgspec.convert({"fingerprint": token_print, **fields}, shapes.TokenQueryResult))
 
 
 async def subject_tokens(request: web.Request) -> web.Response:
@@ -199,7 +199,7 @@ async def explain_policy(request: web.Request) -> web.Response:
             entry.fingerprint, entry.expire_time = match.fingerprint, match.expire_ms
         cached.append(entry)
     account["cachedTokens"] = cached
-    return respond(msgspec.convert(account, shapes.Explanation, from_attributes=True))
+    return respond(msgspec.convert(account, shapes.Explanation))
 
 
 # -- sessions, device credentials, IoT ---------------------------------------------------

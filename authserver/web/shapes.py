@@ -222,15 +222,7 @@ class RevokeRequest(Request):
 
     def __post_init__(self) -> None:
         """Exactly one selector; no issued-before block for a single token."""
-        chosen = [
-            name
-            for name, value in (
-                ("token", self.token),
-                ("subject", self.subject),
-                ("clientId", self.client_id),
-            )
-            if value is not UNSET
-        ]
+        chosen = [name for name, _ in self._given()]
         if len(chosen) != 1:
             raise BadRequest(
                 "give exactly one of token, subject or clientId "
@@ -242,6 +234,15 @@ class RevokeRequest(Request):
                 "blockIssuedBefore applies to a subject or a clientId, not to one token",
                 extra={"field": "blockIssuedBefore"},
             )
+
+    def _given(self) -> list[tuple[str, str]]:
+        pairs = (("token", self.token), ("subject", self.subject), ("clientId", self.client_id))
+        return [(name, value) for name, value in pairs if isinstance(value, str)]
+
+    def selector(self) -> tuple[str, str]:
+        """The one selector given: ("token" | "subject" | "clientId", its value)."""
+        (chosen,) = self._given()
+        return chosen
 
 
 class RevocationResult(Response):
