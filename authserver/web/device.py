@@ -60,7 +60,7 @@ class Asked(NamedTuple):
 
 def parse_asked(raw: bytes, policy: Policy) -> Asked:
     """The canonical request in `raw` under `policy`; BadRequest names the first bad field."""
-    if not raw.strip():  # bodyless (or blank): the policy's defaults
+    if not raw or raw.isspace():  # bodyless (or blank): the policy's defaults
         return Asked(None, None, None, clamp_ttl(min(policy.ttl_seconds, policy.max_ttl_seconds)))
     body = shapes.decode(shapes.TokenRequest, raw)
     topics, actions, ttl = body.topics, body.actions, body.ttl_seconds
