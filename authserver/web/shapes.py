@@ -8,6 +8,8 @@ msgspec rather than pydantic v2 because it is faster on the hot path (POST /v1/t
 body is decoded and validated in one pass from bytes: `python -m bench.body_parsers`, µs per
 body on this machine, json.loads + hand checks / msgspec / pydantic:
 `{"clientId": ...}` 4.0 / 0.8 / 2.0, `{}` 2.5 / 0.35 / 1.2, all four fields 6.9 / 3.8 / 3.7.
+device.parse_asked as a whole (canonical request included) went from 9.8 to 2.7 µs for
+`{"clientId": ...}` and from 9.1 to 1.6 µs for `{}` (paired runs, same load).
 
 To add a route's shapes: declare a `Request` subclass for its body (and a `Response`
 subclass for its answer) below, then name both in `SHAPES`; the OpenAPI path refers to them
