@@ -472,7 +472,7 @@ S = TypeVar("S", bound=msgspec.Struct)
 _DECODERS: dict[type[Any], msgspec.json.Decoder[Any]] = {}
 # " - at `$.topics[3]`" ends msgspec's messages about one field; the first segment names it.
 _AT = re.compile(r" - at `\$\.([A-Za-z]+)[^`]*`$")
-_UNKNOWN = re.compile(r"^Object contains unknown field `(.*)`")
+_UNKNOWN = re.compile(r"^Object contains unknown field `")
 
 
 def decode(shape: type[S], raw: bytes) -> S:
@@ -483,7 +483,7 @@ def decode(shape: type[S], raw: bytes) -> S:
     try:
         value: S = decoder.decode(raw)
     except msgspec.ValidationError as err:
-        raise _refusal(shape, str(err)) from err
+        raise _refusal(shape, str(err), raw) from err
     except msgspec.DecodeError as err:
         raise BadRequest("the body is not valid JSON") from err
     except RecursionError as err:  # nesting deeper than the decoder's recursion limit
@@ -491,14 +491,20 @@ def decode(shape: type[S], raw: bytes) -> S:
     return value
 
 
-def _refusal(shape: type[msgspec.Struct], message: str) -> BadRequest:
+def _refusal(shape: type[msgspec.Struct], message: str, raw: bytes) -> BadRequest:
     allowed = sorted(shape.__struct_encode_fields__)
-    unknown = _UNKNOWN.match(message)
-    if unknown:
-        name = unknown.group(1)
+    if _UNKNOWN.match(message):
+        # msgspec stops at the first; the caller is better served by all of them. The rest
+        # of the body was not read yet: it may still be malformed or nested too deeply.
+        try:
+            unknown = sorted(set(msgspec.json.decode(raw)) - set(allowed))
+        except msgspec.DecodeError:
+            return BadRequest("the body is not valid JSON")
+        except RecursionError:
+            return BadRequest("the body is nested too deeply")
         return BadRequest(
-            f"unknown field: {name} (allowed: {', '.join(allowed)})",
-            extra={"unknownFields": [name], "allowedFields": allowed},
+            f"unknown field(s): {', '.join(unknown)} (allowed: {', '.join(allowed)})",
+            extra={"unknownFields": unknown, "allowedFields": allowed},
         )
     at = _AT.search(message)
     if at is None:

@@ -158,12 +158,27 @@ async def test_the_token_answer_is_exactly_its_shape(gateway: TestClient[Any, An
         (b'{"clientId": "x"}', "clientId must be GroupId@@@DeviceId", {"field": "clientId"}),
         (
             b'{"surprise": 1}',
-            "unknown field: surprise",
+            "unknown field(s): surprise",
             {
                 "unknownFields": ["surprise"],
                 "allowedFields": ["actions", "clientId", "topics", "ttlSeconds"],
             },
         ),
+        (
+            b'{"b": 1, "a": 2, "topics": ["x"]}',
+            "unknown field(s): a, b",
+            {
+                "unknownFields": ["a", "b"],
+                "allowedFields": ["actions", "clientId", "topics", "ttlSeconds"],
+            },
+        ),
+        # After an unknown field msgspec has not read the rest: it must still be a 400.
+        (
+            b'{"a": 1, "b": ' + b"[" * 30_000 + b"]" * 30_000 + b"}",
+            "the body is nested too deeply",
+            {},
+        ),
+        (b'{"a": 1, "b": [}', "the body is not valid JSON", {}),
         (b"[]", "the body must be a JSON object", {}),
         (b"{", "the body is not valid JSON", {}),
         (b'{"topics": ' + b"[" * 30_000 + b"]" * 30_000 + b"}", "topics", {"field": "topics"}),
