@@ -285,6 +285,11 @@ def admin_schemas() -> dict[str, Any]:
                 "expireTime": {"type": "integer"},
                 "issuedAt": {"type": "integer"},
                 "clientId": {"type": ["string", "null"]},
+                "shared": {
+                    "type": "boolean",
+                    "description": "One token of every holder of the same grant "
+                    "(AUTHSERVER_TOKEN_SHARING=identical-grants); clientId is then null",
+                },
             },
         },
         "SubjectTokens": {

@@ -27,7 +27,7 @@ from authserver.tokens.revocation.state import (
     prune_entries,
 )
 from authserver.tokens.service import TokenService
-from authserver.tokens.store import token_hash
+from authserver.tokens.store import HELD_BY_CLIENT, HELD_BY_SUBJECT, token_hash
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +177,12 @@ class Revoker:
     async def revoke_records(
         self, records: list[tuple[str, TokenRecord]], extra_tokens: Iterable[str] = ()
     ) -> RevocationResult:
-        """Queue upstream revocation, mark revoked, purge the store and every L1."""
+        """Queue upstream revocation, mark revoked, purge the store and every L1.
+
+        A shared record among them (tokens/sharing.py) is rotated by this: dropped for every
+        holder, whose next request mints its replacement.
+        """
+        records = list({record.token: (key, record) for key, record in records}.values())
         now = self._now_ms()
         instance = self.tokens.instance_id
         jobs = [(record.token, record.instance_id) for _key, record in records]
@@ -224,20 +229,26 @@ class Revoker:
     ) -> RevocationResult:
         """Revoke every token of a subject; optionally refuse its older app JWTs.
 
+        The shared tokens it was handed are rotated for all their holders (`revoke_records`).
+
         The subject's epoch moves first: a mint in flight now cannot store its token after
         the tokens are listed below (the token service revokes it instead).
         """
-        await self.tokens.store.bump_epoch(subject)
+        store = self.tokens.store
+        await store.bump_epoch(subject)
         before = await self._block(SUBJECT, subject) if block_issued_before else None
-        result = await self.revoke_records(await self.tokens.store.subject_tokens(subject))
+        records = await store.subject_tokens(subject)
+        result = await self.revoke_records(records + await store.held(HELD_BY_SUBJECT, subject))
         return _with_block(result, before)
 
     async def revoke_client(
         self, client_id: str, *, block_issued_before: bool = True
     ) -> RevocationResult:
         """Revoke every token handed to a client id; optionally refuse older app JWTs for it."""
+        store = self.tokens.store
         before = await self._block(CLIENT, client_id) if block_issued_before else None
-        result = await self.revoke_records(await self.tokens.store.client_tokens(client_id))
+        records = await store.client_tokens(client_id)
+        result = await self.revoke_records(records + await store.held(HELD_BY_CLIENT, client_id))
         return _with_block(result, before)
 
     async def is_revoked(self, token: str) -> bool:
