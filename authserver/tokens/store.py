@@ -263,9 +263,14 @@ class MemoryStore:
         else:
             self._holders_overflow.add(digest)
         if len(self._held) > 2 * self._maxsize:
-            self._held = {
-                k: v for k, v in self._held.items() if any(u > now_ms for u in v.values())
-            }
+            # Bounded like the records: the dead go first, then the oldest holders (whose
+            # shared token a revocation of them then no longer finds, as with an evicted
+            # record of their own).
+            live = {k: v for k, v in self._held.items() if any(u > now_ms for u in v.values())}
+            excess = len(live) - self._maxsize
+            for name in list(live)[: max(excess, 0)]:
+                del live[name]
+            self._held = live
 
     async def held(self, scope: str, name: str) -> list[tuple[str, TokenRecord]]:
         """The live shared records a subject or clientId was handed."""

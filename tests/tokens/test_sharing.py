@@ -16,6 +16,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from authserver import appkeys
+from authserver.clock import ManualClock
 from authserver.settings import SettingsError, load_settings
 from authserver.tokens.revocation import Revoker
 from authserver.tokens.sharing import (
@@ -24,7 +25,7 @@ from authserver.tokens.sharing import (
     shared_token_key,
 )
 from tests.admin.conftest import admin_headers
-from tests.fixtures.emulator import EmulatorHandle
+from tests.fixtures.emulator import EmulatorHandle, MakeEmulator
 from tests.fixtures.gateway import REPO, MakeGateway, bearer, make_jwt
 from tests.helpers import eventually
 
@@ -292,3 +293,43 @@ async def test_a_request_in_flight_across_its_revocation_is_not_served_the_repla
     resp = await in_flight
     assert resp.status == 503, await resp.text()
     assert resp.headers["Retry-After"] == "1"
+
+
+async def test_a_shared_token_retired_by_a_renewal_is_rotated_with_its_holder(
+    make_emulator: MakeEmulator, make_gateway: MakeGateway, store_url: str | None
+) -> None:
+    """The revoked device still holds the token the renewal replaced: that one is revoked."""
+    clock = ManualClock(start=1_900_000_000.0)
+    emulator = await make_emulator(clock=clock)
+    client = await make_gateway(
+        emulator,
+        clock=clock,
+        policy_file=TENANT_POLICY,
+        redis_url=store_url,
+        token_sharing=SHARING,
+    )
+    now = clock.time()
+    revoked = (
+        make_jwt("dev-0", tenant="acme", device_id="d0", now=now),
+        {"clientId": "GID_fleet@@@d0"},
+    )
+    other = (
+        make_jwt("dev-1", tenant="acme", device_id="d1", now=now),
+        {"clientId": "GID_fleet@@@d1"},
+    )
+    first = await tokens(client, *revoked)
+    resp = await client.post("/v1/token", headers=bearer(other[0]), json=other[1])
+    refresh_at = (await resp.json())["refreshAt"]
+    # Into the renewal window: the other device's request renews both shared tokens.
+    clock.advance((refresh_at - clock.time() * 1000) / 1000 - 0.0005)
+    await tokens(client, *other)
+    await eventually(lambda: applied(emulator) == 4)
+    clock.advance(1)
+    renewed = await tokens(client, *other)
+    assert set(renewed.values()).isdisjoint(first.values())
+
+    result = await revoker_of(client).revoke_subject("dev-0")
+    assert result.revoked_locally == 2  # the retired tokens it holds, not the renewed ones
+    await eventually(lambda: all(emulator.state.is_revoked(t) for t in first.values()))
+    assert not any(emulator.state.is_revoked(t) for t in renewed.values())
+    assert await tokens(client, *other) == renewed
