@@ -268,8 +268,8 @@ class MemoryStore:
             # record of their own).
             live = {k: v for k, v in self._held.items() if any(u > now_ms for u in v.values())}
             excess = len(live) - self._maxsize
-            for name in list(live)[: max(excess, 0)]:
-                del live[name]
+            for oldest in list(live)[: max(excess, 0)]:
+                del live[oldest]
             self._held = live
 
     async def held(self, scope: str, name: str) -> list[tuple[str, TokenRecord]]:
