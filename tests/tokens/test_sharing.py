@@ -13,16 +13,30 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis.asyncio as aioredis
 from aiohttp.test_utils import TestClient
 
 from authserver import appkeys
 from authserver.clock import ManualClock
+from authserver.policy.loader import parse_policy
 from authserver.settings import SettingsError, load_settings
+from authserver.tokens import store as store_module
+from authserver.tokens.model import TokenRecord
+from authserver.tokens.narrowing import narrowed
 from authserver.tokens.revocation import Revoker
 from authserver.tokens.sharing import (
     LIFETIME_CLASSES,
+    SHARED_SUBJECT,
+    Holder,
     lifetime_class,
     shared_token_key,
+)
+from authserver.tokens.store import (
+    HELD_BY_CLIENT,
+    HELD_BY_SUBJECT,
+    MemoryStore,
+    RedisStore,
+    TokenStore,
 )
 from tests.admin.conftest import admin_headers
 from tests.fixtures.emulator import EmulatorHandle, MakeEmulator
@@ -333,3 +347,73 @@ async def test_a_shared_token_retired_by_a_renewal_is_rotated_with_its_holder(
     await eventually(lambda: all(emulator.state.is_revoked(t) for t in first.values()))
     assert not any(emulator.state.is_revoked(t) for t in renewed.values())
     assert await tokens(client, *other) == renewed
+
+
+def shared_record(token: str, expire_ms: int) -> TokenRecord:
+    """A shared R record, as the service stores it."""
+    return TokenRecord(
+        token=token,
+        type="R",
+        resources=("t/acme/broadcast/#",),
+        expire_ms=expire_ms,
+        refresh_at_ms=expire_ms - 1000,
+        issued_ms=0,
+        subject=SHARED_SUBJECT,
+        instance_id="post-cn-x",
+    )
+
+
+async def test_holders_stop_at_the_bound_and_say_so(
+    store_url: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(store_module, "MAX_HOLDERS", 3)
+    clock = ManualClock(start=1000.0)
+    redis = None if store_url is None else aioredis.Redis.from_url(store_url)
+    store: TokenStore = MemoryStore(clock) if redis is None else RedisStore(redis, clock)
+    try:
+        record = shared_record("t-shared", int(clock.time() * 1000) + 60_000)
+        assert await store.put("ks", record)
+        for n in range(3):
+            await store.hold(record, Holder(f"dev-{n}", f"GID_fleet@@@d{n}", {"tenant": "acme"}))
+        holders, complete = await store.holders(record)
+        assert complete
+        assert sorted(h.subject for h in holders) == ["dev-0", "dev-1", "dev-2"]
+        assert holders[0].claims == {"tenant": "acme"}
+        await store.hold(record, Holder("dev-3"))
+        holders, complete = await store.holders(record)
+        assert not complete  # narrowing then rotates it on every policy change
+        assert len(holders) == 3
+        # Revocation does not depend on that list: every holder finds the token.
+        assert [k for k, _ in await store.held(HELD_BY_SUBJECT, "dev-3")] == ["ks"]
+        assert [k for k, _ in await store.held(HELD_BY_CLIENT, "GID_fleet@@@d0")] == ["ks"]
+    finally:
+        if redis is not None:
+            await redis.aclose()
+
+
+async def test_narrowing_rotates_a_shared_token_it_cannot_judge_for_every_holder() -> None:
+    record = shared_record("t-shared", 2**41)
+    policy = parse_policy(TENANT_POLICY.read_text(), "test")
+    holder = Holder("dev-0", "GID_fleet@@@d0", {"tenant": "acme", "device_id": "d0"})
+
+    async def complete(_record: TokenRecord) -> tuple[list[Holder], bool]:
+        return [holder], True
+
+    async def incomplete(_record: TokenRecord) -> tuple[list[Holder], bool]:
+        return [holder], False
+
+    assert await narrowed(policy, [("ks", record)], complete) == []
+    assert await narrowed(policy, [("ks", record)], incomplete) == [("ks", record)]
+    assert await narrowed(policy, [("ks", record)]) == [("ks", record)]  # no holders known
+
+
+async def test_the_memory_holder_index_is_bounded() -> None:
+    clock = ManualClock(start=1000.0)
+    store = MemoryStore(clock, maxsize=4)
+    record = shared_record("t-shared", int(clock.time() * 1000) + 60_000)
+    assert await store.put("ks", record)
+    for n in range(20):
+        await store.hold(record, Holder(f"dev-{n}"))
+    assert len(store._held) <= 8
+    assert await store.held(HELD_BY_SUBJECT, "dev-19") == [("ks", record)]
+    assert await store.held(HELD_BY_SUBJECT, "dev-0") == []  # the oldest went first
