@@ -13,6 +13,12 @@ for each of them). Revoking one holder rotates the shared token: the record is d
 everywhere and revoked upstream through the durable queue, the next request of any other
 holder mints the replacement (one ApplyToken for all of them), and the revoked identity is
 refused by its issued-before block.
+
+The per-subject revocation epoch guards the requester, not the record: a shared record is
+stored whatever any one holder's epoch did (it is the others' token too), and a request
+answers only if its subject's epoch is unchanged after its holding was written
+(`TokenService._hold`), so a request in flight across its own revocation never carries
+away the replacement minted for the others.
 """
 
 from __future__ import annotations
