@@ -18,6 +18,7 @@ from aiohttp.test_utils import TestClient
 
 from authserver import appkeys
 from authserver.clock import ManualClock
+from authserver.fingerprint import fingerprint
 from authserver.policy.loader import parse_policy
 from authserver.settings import SettingsError, load_settings
 from authserver.tokens import store as store_module
@@ -417,3 +418,55 @@ async def test_the_memory_holder_index_is_bounded() -> None:
     assert len(store._held) <= 8
     assert await store.held(HELD_BY_SUBJECT, "dev-19") == [("ks", record)]
     assert await store.held(HELD_BY_SUBJECT, "dev-0") == []  # the oldest went first
+
+
+async def test_two_gateways_share_one_token_and_rotate_it_together(
+    emulator: EmulatorHandle, make_gateway: MakeGateway, redis_url: str
+) -> None:
+    first = await make_gateway(
+        emulator, policy_file=TENANT_POLICY, redis_url=redis_url, token_sharing=SHARING
+    )
+    second = await make_gateway(
+        emulator, policy_file=TENANT_POLICY, redis_url=redis_url, token_sharing=SHARING
+    )
+    revoked, other = device(0, tenant="acme"), device(1, tenant="acme")
+    served = await tokens(first, *revoked)
+    assert await tokens(second, *other) == served  # one mint per token for both processes
+    assert await tokens(second, *other) == served  # now in second's L1 and answer cache
+    assert applied(emulator) == 2
+
+    # Revoked through the first process: the second's device is moved to the replacement.
+    await revoker_of(first).revoke_subject("dev-0")
+
+    async def rotated() -> bool:
+        return set((await tokens(second, *other)).values()).isdisjoint(served.values())
+
+    await eventually(rotated, what="the second gateway serves the replacement")
+    assert applied(emulator) == 4
+    resp = await second.post("/v1/token", headers=bearer(revoked[0]), json=revoked[1])
+    assert resp.status == 401
+
+
+async def test_explain_shows_the_shared_token_a_subject_holds(
+    emulator: EmulatorHandle, make_gateway: MakeGateway, store_url: str | None
+) -> None:
+    client = await make_gateway(
+        emulator, policy_file=TENANT_POLICY, redis_url=store_url, token_sharing=SHARING
+    )
+    held = await tokens(client, *device(0, tenant="acme"))
+    resp = await client.post(
+        "/v1/admin/explain",
+        headers=admin_headers(),
+        json={
+            "subject": "dev-0",
+            "clientId": "GID_fleet@@@d0",
+            "claims": {"tenant": "acme", "device_id": "d0"},
+        },
+    )
+    assert resp.status == 200, await resp.text()
+    cached = {t["type"]: t for t in (await resp.json())["cachedTokens"]}
+    assert cached["R"]["cached"]
+    assert cached["W"]["cached"]
+    assert {cached["R"]["fingerprint"], cached["W"]["fingerprint"]} == {
+        fingerprint(t) for t in held.values()
+    }
