@@ -270,6 +270,22 @@ def test_an_unknown_sharing_mode_is_reported(tmp_path: Path) -> None:
     assert any("TOKEN_SHARING='everyone'" in p for p in caught.value.problems)
 
 
+def test_sharing_is_off_unless_asked(tmp_path: Path) -> None:
+    policy = tmp_path / "p.yaml"
+    policy.write_bytes(TENANT_POLICY.read_bytes())
+    env = {
+        "AUTHSERVER_MQTT_INSTANCE_ID": "post-cn-x",
+        "AUTHSERVER_POLICY_FILE": str(policy),
+        "AUTHSERVER_JWT_SECRET": "a-secret-that-is-long-enough-for-hs256!!",
+        "AUTHSERVER_JWT_ISSUER": "https://app.example.test",
+        "ALIBABA_CLOUD_ACCESS_KEY_ID": "LTAIx",
+        "ALIBABA_CLOUD_ACCESS_KEY_SECRET": "secret",
+    }
+    assert load_settings(env).token_sharing == "off"
+    env["AUTHSERVER_TOKEN_SHARING"] = "Identical-Grants"
+    assert load_settings(env).token_sharing == SHARING
+
+
 async def test_a_request_in_flight_across_its_revocation_is_not_served_the_replacement(
     emulator: EmulatorHandle, make_gateway: MakeGateway, store_url: str | None
 ) -> None:
