@@ -49,8 +49,15 @@ class GatedClock:
         """Wait for the device's next live sleep, move time by it, and let the device go on."""
         while True:
             seconds, gate, sleeper = await asyncio.wait_for(self.sleepers.get(), 10)
+            # A sleep whose task is being cancelled (the refresh wait of a connection that was
+            # just cut off) is skipped: give the device's loop the turns its cancel and gather
+            # take before judging, so the next live sleep is the one that follows them.
+            for _ in range(50):
+                if sleeper is None or sleeper.done():
+                    break
+                await asyncio.sleep(0)
             if sleeper is None or not sleeper.done():
-                break  # (a sleep whose task was cancelled meanwhile is skipped)
+                break
         self.shared.advance(seconds)
         gate.set()
         return seconds
