@@ -287,7 +287,7 @@ def reload_policy(app: web.Application, reason: str = "SIGHUP") -> None:
 def start_draining(app: web.Application) -> None:
     """Turn readiness false (SIGTERM): the ingress stops routing here, requests still served."""
     if not app[appkeys.DRAINING].is_set():
-        log.warning("draining: readiness is now false; still serving until shutdown")
+        log.info("draining: readiness is now false; still serving until shutdown")
         app[appkeys.DRAINING].set()
 
 

@@ -102,7 +102,7 @@ async def test_sigterm_under_load_loses_no_accepted_request(emulator: EmulatorHa
     assert SHUTDOWN_DELAY <= took < SHUTDOWN_DELAY + 5
     records = gw.records()
     # A normal shutdown is INFO: WARNING is kept for what an operator should look at.
-    for prefix in ("shutting down after", "stopped (pid"):
+    for prefix in ("draining: readiness", "shutting down after", "stopped (pid"):
         [level] = [r["level"] for r in records if r["message"].startswith(prefix)]
         assert level == "INFO", prefix
 
