@@ -12,6 +12,7 @@ from authserver.cloud.credentials import Credentials, credentials_from_env
 from authserver.cloud.quota import DEFAULT_LIMITS
 from authserver.identity import JWTSettings
 from authserver.ratelimit import parse_networks
+from authserver.tracing import exporters_from_env
 
 PREFIX = "AUTHSERVER_"
 # The gateway processes assumed to share a source IP when Redis is configured: the
@@ -52,6 +53,8 @@ class Settings:
     admin_api_keys_file: Path | None = None
     log_level: str = "INFO"
     log_format: str = "json"
+    # OpenTelemetry trace exporters the OTEL_* variables ask for; empty: tracing off.
+    trace_exporters: tuple[str, ...] = ()
     refresh_margin: float = 600.0
     request_deadline: float = 5.0
     max_body_bytes: int = 65536
@@ -181,6 +184,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     log_format = (_env(env, "LOG_FORMAT") or "json").lower()
     if log_format not in {"json", "text"}:
         problems.append(f"{PREFIX}LOG_FORMAT={log_format!r} is not json or text")
+    trace_exporters, trace_problems = exporters_from_env(env)
+    problems.extend(trace_problems)
 
     quota = dict(DEFAULT_LIMITS)
     for action in DEFAULT_LIMITS:
@@ -254,6 +259,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         admin_api_keys_file=keys_file,
         log_level=log_level,
         log_format=log_format,
+        trace_exporters=trace_exporters,
         quota=quota,
         **settings_kwargs,  # type: ignore[arg-type]
     )
