@@ -84,8 +84,8 @@ ADMIN_JWT={admin}
 export AUTHSERVER_JWT_SECRET={secret} AUTHSERVER_JWT_ISSUER={DEMO_ISSUER}
 export AUTHSERVER_ADMIN_URL={base} AUTHSERVER_ADMIN_TOKEN="$ADMIN_JWT"
 
-DEVICE_JWT: subject alice, groups [ops], tenant t1, valid 24 h. ADMIN_JWT: scope
-authserver:admin, valid 1 h. Then:
+(The device JWT: subject alice, groups [ops], tenant t1, valid 24 h; the admin JWT:
+scope authserver:admin, valid 1 h.) Then:
 
 curl -s -X POST {base}/v1/token -H "Authorization: Bearer $DEVICE_JWT"
 .venv/bin/authserver admin tokens alice                  # alice's tokens (admin API)
