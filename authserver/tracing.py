@@ -60,6 +60,9 @@ def exporters_from_env(env: Mapping[str, str]) -> tuple[tuple[str, ...], list[st
     if not problems:
         try:
             import opentelemetry.sdk.trace  # noqa: F401
+
+            if "otlp" in exporters:
+                import opentelemetry.exporter.otlp.proto.http.trace_exporter  # noqa: F401
         except ImportError:
             problems.append(
                 "OTEL_* variables ask for tracing but OpenTelemetry is not installed: "
