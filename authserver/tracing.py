@@ -59,7 +59,7 @@ def exporters_from_env(env: Mapping[str, str]) -> tuple[tuple[str, ...], list[st
     ]
     if not problems:
         try:
-            import opentelemetry.sdk.trace  # noqa: F401
+            import opentelemetry.sdk.trace
 
             if "otlp" in exporters:
                 import opentelemetry.exporter.otlp.proto.http.trace_exporter  # noqa: F401
