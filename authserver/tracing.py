@@ -14,7 +14,9 @@ semantic conventions; the token store's calls, the quota wait and every upstream
 are its children, and the upstream call carries the trace context (`traceparent`).
 
 No attribute holds a JWT, an MQTT token, a key, a secret or a header value: the request's
-attributes are its method, route template, path, scheme, status, server address and
+attributes are its method, route template, path (only on a route of fixed shape: a path
+no route matched, or one under a catch-all, is whatever the caller typed, a JWT perhaps),
+scheme, status, server address and
 protocol version; the store's, the operation name; the upstream's, the action, the
 attempt, the vendor code and the endpoint URL (no query: the signed parameters travel in the
 body). Exceptions are not recorded on spans (their messages may quote what the vendor
@@ -102,7 +104,7 @@ class RequestSpan:
         tracer: Tracer,
         method: str,
         route: str,
-        path: str,
+        path: str | None,
         scheme: str,
         host: str | None,
         port: int | None,
@@ -116,10 +118,11 @@ class RequestSpan:
         attributes: dict[str, Any] = {
             "http.request.method": method,
             "http.route": route,
-            "url.path": path,
             "url.scheme": scheme,
             "network.protocol.version": f"{version[0]}.{version[1]}",
         }
+        if path is not None:
+            attributes["url.path"] = path
         if host:
             attributes["server.address"] = host
         if port is not None:

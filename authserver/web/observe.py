@@ -153,7 +153,8 @@ def _request_span(tracer: Tracer, request: web.Request, route: str) -> RequestSp
         tracer,
         request.method,
         route,
-        request.path,
+        # A path no route matched, or a catch-all's, is the caller's free text: not recorded.
+        None if route == UNMATCHED or "{tail" in route else request.path,
         request.scheme,
         url.host,
         url.port,

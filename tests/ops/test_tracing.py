@@ -193,6 +193,19 @@ async def test_an_admin_request_is_traced_under_its_route_template(traced: Trace
     assert admin not in server.to_json()
 
 
+async def test_a_path_of_the_callers_choosing_is_not_recorded(traced: Traced) -> None:
+    jwt = make_jwt("mallory")
+    resp = await traced.client.get(f"/{jwt}")
+    assert resp.status == 404
+    resp = await traced.client.get(f"/v1/admin/{jwt}", headers=bearer(jwt))
+    assert resp.status in {401, 403}
+    spans = traced.spans()
+    assert [s.name for s in spans] == ["GET <unmatched>", "GET /v1/admin/{tail}"]
+    for span in spans:
+        assert "url.path" not in dict(span.attributes or {})
+        assert jwt not in span.to_json()
+
+
 async def test_tracing_is_off_without_otel_variables(
     emulator: EmulatorHandle, aiohttp_client: Any
 ) -> None:
