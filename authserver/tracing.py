@@ -8,7 +8,8 @@ exporter (`otlp`, `console`), or, that unset, when `OTEL_EXPORTER_OTLP_ENDPOINT`
 `OTEL_BSP_*`, `OTEL_EXPORTER_OTLP_*` (endpoint, headers, protocol http/protobuf),
 `OTEL_PROPAGATORS` (default W3C tracecontext and baggage).
 
-Off, nothing of OpenTelemetry is imported and the request path pays one `is None` test.
+Off, the gateway imports nothing of OpenTelemetry (redis-py, when OpenTelemetry is installed,
+imports its metrics API by itself) and the request path pays one `is None` test.
 On, each request is a SERVER span named `METHOD /route/template` with the HTTP server
 semantic conventions; the token store's calls, the quota wait and every upstream attempt
 are its children, and the upstream call carries the trace context (`traceparent`).

@@ -7,6 +7,9 @@ emulator behind a recording proxy, so the test sees the `traceparent` each call 
 from __future__ import annotations
 
 import dataclasses
+import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -24,7 +27,13 @@ from authserver.app import create_app
 from authserver.settings import SettingsError, load_settings
 from authserver.tracing import exporters_from_env
 from tests.fixtures.emulator import EmulatorHandle
-from tests.fixtures.gateway import JWT_SECRET, bearer, gateway_settings, make_jwt
+from tests.fixtures.gateway import (
+    EXAMPLE_POLICY,
+    JWT_SECRET,
+    bearer,
+    gateway_settings,
+    make_jwt,
+)
 
 CALLER_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 CALLER_PARENT = f"00-{CALLER_TRACE}-00f067aa0ba902b7-01"
@@ -241,3 +250,31 @@ def test_a_bad_exporter_is_a_settings_problem() -> None:
     with pytest.raises(SettingsError) as raised:
         load_settings({"OTEL_TRACES_EXPORTER": "jaeger"})
     assert any("OTEL_TRACES_EXPORTER" in p for p in raised.value.problems)
+
+
+def test_off_imports_nothing_of_opentelemetry(emulator: EmulatorHandle) -> None:
+    script = (
+        "import sys\n"
+        "from authserver.app import create_app\n"
+        "from authserver.settings import load_settings\n"
+        "create_app(load_settings())\n"
+        # redis-py imports OpenTelemetry's metrics API on its own when it is installed; the
+        # gateway's tracing needs the trace SDK and the propagators, which stay unloaded.
+        "tracing = ('opentelemetry.sdk.trace', 'opentelemetry.propagate')\n"
+        "loaded = [m for m in tracing if m in sys.modules]\n"
+        "assert not loaded, loaded\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "AUTHSERVER_"))}
+    env.update(
+        ALIBABA_CLOUD_ACCESS_KEY_ID=emulator.access_key_id,
+        ALIBABA_CLOUD_ACCESS_KEY_SECRET=emulator.access_key_secret,
+        AUTHSERVER_MQTT_INSTANCE_ID=emulator.instance_id,
+        AUTHSERVER_MQTT_ENDPOINT=emulator.url,
+        AUTHSERVER_POLICY_FILE=str(EXAMPLE_POLICY),
+        AUTHSERVER_JWT_SECRET=JWT_SECRET,
+        AUTHSERVER_JWT_ISSUER="https://login.example.test/",
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr
