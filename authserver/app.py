@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from authserver import appkeys
+from authserver import __version__, appkeys, tracing
 from authserver.clock import Clock, SystemClock
 from authserver.cloud.circuit import CircuitBreaker
 from authserver.cloud.client import CloudClient, make_session
@@ -36,20 +38,33 @@ from authserver.tokens.store import MemoryStore, RedisStore, TokenStore
 from authserver.web.observe import setup_operations
 from authserver.web.routes import setup_routes
 
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import TracerProvider
+
 log = logging.getLogger(__name__)
 REDIS = web.AppKey("redis", aioredis.Redis)
 
 
-def create_app(settings: Settings, *, clock: Clock | None = None) -> web.Application:
-    """Build the gateway application; resources start and stop with it."""
+def create_app(
+    settings: Settings,
+    *,
+    clock: Clock | None = None,
+    tracer_provider: TracerProvider | None = None,
+) -> web.Application:
+    """Build the gateway application; resources start and stop with it.
+
+    `tracer_provider` (tests) traces without OTEL_* variables; the caller shuts it down.
+    """
     # No middleware: every route's handler is wrapped instead (see web.observe.observed).
     app = web.Application(client_max_size=settings.max_body_bytes)
     app[appkeys.SETTINGS] = settings
     app[appkeys.CLOCK] = clock or SystemClock()
     app[appkeys.POLICY] = PolicyHolder.load(settings.policy_file)
+    app[appkeys.TRACER] = None
     # One context per resource, in start order; they stop in the reverse order.
     app.cleanup_ctx.extend(
         (
+            functools.partial(_tracing, provider=tracer_provider),
             _http_session,
             _redis,
             _verifier,
@@ -65,6 +80,20 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> web.Applica
     setup_routes(app)
     app.on_startup.append(_log_ready)  # on_startup runs after every context has started
     return app
+
+
+async def _tracing(app: web.Application, *, provider: TracerProvider | None) -> AsyncIterator[None]:
+    """The tracer when tracing is on (OTEL_* variables or a given provider); first up."""
+    exporters = app[appkeys.SETTINGS].trace_exporters
+    own = provider is None and bool(exporters)
+    if own:
+        provider = tracing.provider_from_env(exporters)
+    if provider is not None:
+        app[appkeys.TRACER] = provider.get_tracer(tracing.INSTRUMENTATION, __version__)
+    yield
+    if own and provider is not None:
+        # Flushes the batch of spans still queued; off the loop, the exporter blocks.
+        await asyncio.to_thread(provider.shutdown)
 
 
 async def _http_session(app: web.Application) -> AsyncIterator[None]:
@@ -118,6 +147,7 @@ async def _cloud(app: web.Application) -> AsyncIterator[None]:
         circuit=CircuitBreaker(clock=clock),
         clock=clock,
         default_deadline=settings.request_deadline,
+        tracer=app[appkeys.TRACER],
     )
     yield  # the HTTP session it uses is closed by its own context
 
@@ -147,6 +177,9 @@ async def _tokens(app: web.Application) -> AsyncIterator[None]:
         store = RedisStore(redis_client, clock)
     else:
         store = MemoryStore(clock, maxsize=settings.token_cache_size)
+    tracer = app[appkeys.TRACER]
+    if tracer is not None:
+        store = tracing.TracedStore(store, tracer, "redis" if redis_client else "memory")
 
     async def mint(
         instance_id: str, resources: tuple[str, ...], actions: str, expire_ms: int, budget: float

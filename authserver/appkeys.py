@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import TYPE_CHECKING
 
 import aiohttp
 from aiohttp import web
@@ -19,6 +20,9 @@ from authserver.tokens.bus import InvalidationBus
 from authserver.tokens.revocation import RevocationWorker, Revoker
 from authserver.tokens.service import TokenService
 
+if TYPE_CHECKING:
+    from opentelemetry.trace import Tracer
+
 SETTINGS = web.AppKey("settings", Settings)
 CLOCK = web.AppKey("clock", Clock)
 HTTP_SESSION = web.AppKey("http_session", aiohttp.ClientSession)
@@ -33,3 +37,5 @@ METRICS = web.AppKey("metrics", Metrics)
 DRAINING = web.AppKey("draining", asyncio.Event)
 POLICY_WATCHER = web.AppKey("policy_watcher", PolicyWatcher)
 RATE_LIMITER = web.AppKey("rate_limiter", RateLimiter)
+# The OpenTelemetry tracer when OTEL_* variables turn tracing on, else None (authserver.tracing).
+TRACER: web.AppKey[Tracer | None] = web.AppKey("tracer")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib.resources
+import json
+import logging
 import secrets
 import shlex
 import signal
@@ -14,27 +16,21 @@ from collections.abc import Sequence
 from typing import Any
 
 import aiohttp
-import jwt
 from aiohttp import web
 
 from authserver.app import create_app
 from authserver.cloud.credentials import Credentials
 from authserver.emulator.app import EMULATOR_BROKER, EmulatorConfig, start_emulator
 from authserver.identity import JWTSettings
+from authserver.jwt_cli import mint
 from authserver.serve import configure_logging
 from authserver.settings import Settings
+from authserver.web.admin_auth import AUDIT_LOGGER
 
 DEMO_INSTANCE = "post-cn-demo"
 DEMO_ISSUER = "authserver-demo"
 DEMO_GROUP = "GID_demo"
 DEFAULT_MQTT_PORT = 1883
-
-
-def demo_jwt(secret: str, subject: str, lifetime: int = 24 * 3600, **claims: object) -> str:
-    """An HS256 JWT as the demo's made-up application would issue it."""
-    now = int(time.time())
-    payload = {"sub": subject, "iss": DEMO_ISSUER, "iat": now, "exp": now + lifetime, **claims}
-    return jwt.encode(payload, secret, algorithm="HS256")
 
 
 async def run_demo(
@@ -73,12 +69,14 @@ async def run_demo(
         try:
             await web.TCPSite(runner, host, port).start()
             bound = runner.addresses[0][1]
-            device = demo_jwt(jwt_secret, "alice", groups=["ops"], tenant="t1")
-            admin = demo_jwt(jwt_secret, "admin", lifetime=3600, scope="authserver:admin")
+            device = mint(
+                jwt_secret, DEMO_ISSUER, "alice", lifetime=24 * 3600, claims=DEVICE_CLAIMS
+            )
+            admin = mint(jwt_secret, DEMO_ISSUER, "admin", claims={"scope": "authserver:admin"})
             base = f"http://{'127.0.0.1' if host in {'0.0.0.0', ''} else host}:{bound}"  # noqa: S104
             credentials = await _fetch_credentials(base, device)
             broker_port = emulator_runner.app[EMULATOR_BROKER].port
-            print(_banner(base, emulator_url, device, admin), flush=True)
+            print(_banner(base, emulator_url, device, admin, jwt_secret), flush=True)
             print(_mqtt_banner(broker_port, credentials), flush=True)
             await stop.wait()
         finally:
@@ -98,20 +96,33 @@ async def _fetch_credentials(base: str, device_jwt: str) -> dict[str, Any]:
         return answer
 
 
-def _banner(base: str, emulator_url: str, device: str, admin: str) -> str:
+DEVICE_CLAIMS = {"groups": ["ops"], "tenant": "t1"}
+
+
+def _banner(base: str, emulator_url: str, device: str, admin: str, secret: str) -> str:
+    claims = json.dumps(DEVICE_CLAIMS)
     return f"""\
 ==================== authserver DEMO (local only, not for production) ====================
 Gateway:   {base}   (in-memory token store, example policy, random HS256 secret)
 Emulator:  {emulator_url}   (stand-in for the vendor OpenAPI; random demo access key)
 
-Device JWT (subject alice, groups [ops], tenant t1; valid 24 h):
+Paste these lines into another terminal (in this directory):
+
 DEVICE_JWT={device}
-
-Admin JWT (scope authserver:admin; valid 1 h):
 ADMIN_JWT={admin}
+export AUTHSERVER_JWT_SECRET={secret} AUTHSERVER_JWT_ISSUER={DEMO_ISSUER}
+export AUTHSERVER_ADMIN_URL={base} AUTHSERVER_ADMIN_TOKEN="$ADMIN_JWT"
 
-Try it:
-curl -s -X POST {base}/v1/token -H "Authorization: Bearer {device}"
+(The device JWT: subject alice, groups [ops], tenant t1, valid 24 h; the admin JWT:
+scope authserver:admin, valid 1 h.) Then:
+
+curl -s -X POST {base}/v1/token -H "Authorization: Bearer $DEVICE_JWT"
+.venv/bin/authserver admin tokens alice                  # alice's tokens (admin API)
+.venv/bin/authserver admin revoke --subject alice --yes  # revoke them; DEVICE_JWT now gets 401
+DEVICE_JWT=$(.venv/bin/authserver jwt --subject alice --claims '{claims}')
+export AUTHSERVER_ADMIN_TOKEN=$(.venv/bin/authserver jwt --subject admin --admin)  # a new admin JWT
+
+Admin requests are audited below (one line each, logger authserver.audit).
 """
 
 
@@ -179,6 +190,7 @@ def demo_main(argv: Sequence[str]) -> int:
     )
     args = parser.parse_args(list(argv))
     configure_logging("WARNING")
+    logging.getLogger(AUDIT_LOGGER).setLevel(logging.INFO)  # show the admin audit trail
 
     async def main() -> None:
         stop = asyncio.Event()

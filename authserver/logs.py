@@ -114,8 +114,15 @@ class TextFormatter(logging.Formatter):
         super().__init__("%(asctime)s %(levelname)s %(name)s %(message)s")
 
     def format(self, record: logging.LogRecord) -> str:
-        """The classic line, suffixed with `[request id]` inside a request."""
+        """The classic line, then the record's extras as JSON, then `[request id]`."""
         line = super().format(record)
+        extras = {
+            name: value
+            for name, value in record.__dict__.items()
+            if name not in _STANDARD_ATTRS and not name.startswith("_")
+        }
+        if extras:  # e.g. the admin audit record, which the demo shows
+            line = f"{line} {json.dumps(extras, default=str, ensure_ascii=False)}"
         context = CURRENT.get()
         if context is not None:
             line = f"{line} [{context.request_id}]"

@@ -182,7 +182,8 @@ async def serve_app(app: web.Application, settings: Settings, *, reuse_port: boo
         start_draining(app)
         with contextlib.suppress(TimeoutError):  # the delay ran out: the usual case
             await asyncio.wait_for(stop.wait(), settings.shutdown_delay)
-        log.warning(
+        # A planned stop is not a problem: INFO, so WARNING keeps meaning "look at this".
+        log.info(
             "shutting down after %.1f s of draining: closing the listener, "
             "finishing requests in flight",
             loop.time() - started,
@@ -191,7 +192,7 @@ async def serve_app(app: web.Application, settings: Settings, *, reuse_port: boo
         await runner.cleanup()
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
-    log.warning("stopped (pid %d)", os.getpid())
+    log.info("stopped (pid %d)", os.getpid())
     return 0
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from authserver.cloud.credentials import Credentials, credentials_from_env
 from authserver.cloud.vendor import DEFAULT_LIMITS, endpoint_for_region, iot_endpoint_for_region
+from authserver.tracing import exporters_from_env
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -84,6 +85,8 @@ class Settings:
     admin_api_keys_file: Path | None = None
     log_level: str = "INFO"
     log_format: str = "json"
+    # OpenTelemetry trace exporters the OTEL_* variables ask for; empty: tracing off.
+    trace_exporters: tuple[str, ...] = ()
     refresh_margin: float = 600.0
     request_deadline: float = 5.0
     max_body_bytes: int = 65536
@@ -219,6 +222,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         problems.append(
             f"{PREFIX}TOKEN_SHARING={token_sharing!r} is not " + " or ".join(TOKEN_SHARING_MODES)
         )
+    trace_exporters, trace_problems = exporters_from_env(env)
+    problems.extend(trace_problems)
 
     quota = dict(DEFAULT_LIMITS)
     for action in DEFAULT_LIMITS:
@@ -293,6 +298,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         log_level=log_level,
         log_format=log_format,
         token_sharing=token_sharing,
+        trace_exporters=trace_exporters,
         quota=quota,
         **settings_kwargs,  # type: ignore[arg-type]
     )

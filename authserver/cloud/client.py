@@ -17,7 +17,7 @@ from collections import Counter, defaultdict
 from collections.abc import Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import aiohttp
 
@@ -33,11 +33,14 @@ from authserver.cloud.errors import (
     UpstreamUnavailable,
     classify,
 )
-from authserver.cloud.quota import QuotaGovernor
+from authserver.cloud.quota import Permit, QuotaGovernor
 from authserver.cloud.signing import canonical_query, percent_encode, sign_v1
 from authserver.cloud.vendor import endpoint_for_region, iot_endpoint_for_region
 from authserver.errors import NotConfigured
 from authserver.fingerprint import fingerprint
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Tracer
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +116,7 @@ class CloudClient:
         backoff_max: float = 1.0,
         default_deadline: float = 5.0,
         rng: random.Random | None = None,
+        tracer: Tracer | None = None,
     ) -> None:
         if max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
@@ -131,6 +135,8 @@ class CloudClient:
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not a secret
         self._results: defaultdict[str, Counter[str]] = defaultdict(Counter)
         self._attempts: Counter[str] = Counter()
+        # Spans for the quota wait and each attempt (authserver.tracing); None: tracing off.
+        self.tracer = tracer
 
     # -- the typed actions -------------------------------------------------------------
 
@@ -326,7 +332,7 @@ class CloudClient:
                     retry_after=self.circuit.retry_after(),
                 )
             try:
-                permit = await self.governor.acquire(action, deadline)
+                permit = await self._acquire(action, deadline)
             except UpstreamThrottled as refused:
                 self._results[action]["quota_refused"] += 1
                 if failure is not None:
@@ -353,7 +359,9 @@ class CloudClient:
                     raise UpstreamUnavailable(f"{action}: deadline exhausted before sending")
                 self._attempts[action] += 1
                 try:
-                    data = await self._attempt(action, params, url, version, remaining)
+                    data = await self._attempt(
+                        action, params, url, version, remaining, attempt=attempt
+                    )
                 except CloudError as err:
                     self._log(action, attempt, err.vendor_code, err.request_id, token_fp)
                     self._results[action][err.vendor_code or f"http_{err.http_status}"] += 1
@@ -384,22 +392,85 @@ class CloudClient:
                 raise _give_up(action, failure, 1.0)
             await self._clock.sleep(pause)
 
+    async def _acquire(self, action: str, deadline: float) -> Permit:
+        """The governor's slot for one attempt; a `quota.wait` span when tracing."""
+        if self.tracer is None:
+            return await self.governor.acquire(action, deadline)
+        from authserver import tracing
+
+        attributes = {"authserver.upstream.action": action}
+        with tracing.start_span(self.tracer, "quota.wait", attributes) as span:
+            try:
+                return await self.governor.acquire(action, deadline)
+            except UpstreamThrottled:
+                tracing.mark_error(span, UpstreamThrottled.code)
+                raise
+
     async def _attempt(
-        self, action: str, params: Mapping[str, str], url: str, version: str, budget: float
+        self,
+        action: str,
+        params: Mapping[str, str],
+        url: str,
+        version: str,
+        budget: float,
+        *,
+        attempt: int = 0,
     ) -> dict[str, Any]:
-        """Send one signed request and return the parsed 2xx body, or raise a CloudError."""
+        """Send one signed request and return the parsed 2xx body, or raise a CloudError.
+
+        Traced, it is a CLIENT span `ACTION` (action, attempt, vendor code, HTTP status)
+        whose context goes along in `traceparent`.
+        """
+        headers = {"Content-Type": FORM_CONTENT_TYPE, "Accept": "application/json"}
+        if self.tracer is None:
+            return (await self._send(action, params, url, version, budget, headers))[1]
+        from authserver import tracing
+
+        attributes = {
+            "authserver.upstream.action": action,
+            "authserver.upstream.attempt": attempt + 1,
+            "http.request.method": "POST",
+            "url.full": url,
+        }
+        with tracing.start_span(self.tracer, action, attributes, client=True) as span:
+            tracing.inject(headers)
+            try:
+                status, data = await self._send(action, params, url, version, budget, headers)
+            except CloudError as err:
+                code = err.vendor_code or f"http_{err.http_status}"
+                span.set_attribute("authserver.upstream.vendor_code", code)
+                span.set_attribute("http.response.status_code", err.http_status)
+                tracing.mark_error(span, code)
+                raise
+            except TimeoutError:
+                tracing.mark_error(span, "timeout")
+                raise
+            except aiohttp.ClientError:
+                tracing.mark_error(span, "connection_error")
+                raise
+            span.set_attribute("authserver.upstream.vendor_code", "ok")
+            span.set_attribute("http.response.status_code", status)
+            return data
+
+    async def _send(
+        self,
+        action: str,
+        params: Mapping[str, str],
+        url: str,
+        version: str,
+        budget: float,
+        headers: Mapping[str, str],
+    ) -> tuple[int, dict[str, Any]]:
+        """POST the signed form; the status and parsed 2xx body, or raise a CloudError."""
         body = self._signed_form(action, params, version)
         async with self._session.post(
-            url,
-            data=body,
-            headers={"Content-Type": FORM_CONTENT_TYPE, "Accept": "application/json"},
-            timeout=aiohttp.ClientTimeout(total=budget),
+            url, data=body, headers=headers, timeout=aiohttp.ClientTimeout(total=budget)
         ) as response:
             status = response.status
             raw = await response.read()
         data = _parse_json(raw)
         if 200 <= status < 300 and data is not None and data.get("Success", True) is not False:
-            return data
+            return status, data
         if data is None:
             raise classify(
                 action=action,

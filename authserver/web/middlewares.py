@@ -35,6 +35,19 @@ def error_response(request: web.Request, err: Exception) -> web.Response:
     if isinstance(err, web.HTTPException):
         code = _HTTP_CODES.get(err.status, "http_error")
         headers = {k: v for k, v in err.headers.items() if k.lower() in {"allow", "retry-after"}}
-        return problem(err.status, code, err.reason, err.text or err.reason, headers=headers)
+        return problem(err.status, code, err.reason, _detail(err), headers=headers)
     log.error("unhandled error on %s %s", request.method, request.path, exc_info=err)
     return problem(500, "internal_error", "Internal error", "an unexpected error occurred")
+
+
+def _detail(err: web.HTTPException) -> str:
+    """A sentence for aiohttp's own refusals, whose text is only "405: Method Not Allowed".
+
+    Neither names the request's path or method back: both are the caller's bytes.
+    """
+    if isinstance(err, web.HTTPMethodNotAllowed):
+        allowed = ", ".join(sorted(err.allowed_methods)) or "none"
+        return f"this path does not accept that method; it accepts: {allowed} (see /openapi.json)"
+    if isinstance(err, web.HTTPNotFound) and err.text in {None, "", "404: Not Found"}:
+        return "there is no such path here (see /openapi.json)"
+    return err.text or err.reason

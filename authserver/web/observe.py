@@ -25,7 +25,7 @@ import functools
 import logging
 import sys
 from time import perf_counter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from aiohttp.http_exceptions import (
@@ -41,6 +41,11 @@ from authserver import appkeys, logs
 from authserver.errors import RequestTimeout
 from authserver.metrics import CONTENT_TYPE, Metrics, RequestMetrics, Sources, Stats
 from authserver.web.middlewares import error_response
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Tracer
+
+    from authserver.tracing import RequestSpan
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +71,9 @@ def observed(handler: Handler, *, label: str | None = None) -> Handler:
     default its template, read once. A redirect is passed on, with the request id.
     """
     route: str | None = label
-    # Read at the first request, once the app exists: (draining flag, request metrics).
-    app_state: tuple[asyncio.Event, RequestMetrics] | None = None
+    # Read at the first request, once the app exists: (draining flag, request metrics, the
+    # tracer or None when tracing is off).
+    app_state: tuple[asyncio.Event, RequestMetrics, Tracer | None] | None = None
 
     @functools.wraps(handler)
     async def observe(request: web.Request) -> web.StreamResponse:
@@ -76,13 +82,14 @@ def observed(handler: Handler, *, label: str | None = None) -> Handler:
         if route is None or app_state is None:
             route = route_label(request) if route is None else route
             app = request.app
-            app_state = (app[appkeys.DRAINING], app[appkeys.METRICS].requests)
-        draining, metrics = app_state
+            app_state = (app[appkeys.DRAINING], app[appkeys.METRICS].requests, app[appkeys.TRACER])
+        draining, metrics, tracer = app_state
         headers = request.headers
         request_id = logs.request_id_from(headers.get(logs.REQUEST_ID_HEADER))
         method = request.method
         context = logs.RequestContext(request_id, method, route, headers.get("Authorization"))
         reset = logs.CURRENT.set(context)
+        span = None if tracer is None else _request_span(tracer, request, route)
         status = 500
         try:
             try:
@@ -130,9 +137,30 @@ def observed(handler: Handler, *, label: str | None = None) -> Handler:
                     status,
                     extra={"status": status, "durationMs": round(elapsed * 1000, 3)},
                 )
+            if span is not None:
+                span.end(status)
             logs.CURRENT.reset(reset)
 
     return observe
+
+
+def _request_span(tracer: Tracer, request: web.Request, route: str) -> RequestSpan:
+    """The request's SERVER span (authserver.tracing); only called when tracing is on."""
+    from authserver.tracing import RequestSpan
+
+    url = request.url
+    return RequestSpan(
+        tracer,
+        request.method,
+        route,
+        # A path no route matched, or a catch-all's, is the caller's free text: not recorded.
+        None if route == UNMATCHED or "{tail" in route else request.path,
+        request.scheme,
+        url.host,
+        url.port,
+        request.version,
+        request.headers,
+    )
 
 
 def _client_gone(request: web.Request) -> bool:
@@ -287,7 +315,7 @@ def reload_policy(app: web.Application, reason: str = "SIGHUP") -> None:
 def start_draining(app: web.Application) -> None:
     """Turn readiness false (SIGTERM): the ingress stops routing here, requests still served."""
     if not app[appkeys.DRAINING].is_set():
-        log.warning("draining: readiness is now false; still serving until shutdown")
+        log.info("draining: readiness is now false; still serving until shutdown")
         app[appkeys.DRAINING].set()
 
 

@@ -214,7 +214,7 @@ async def test_api_key_accepted(
         resp = await client.get("/v1/admin/sessions/GID_fleet@@@d1", headers=headers)
     assert resp.status == 200, await resp.text()
     [line] = [r for r in caplog.records if r.name == "authserver.audit"]
-    assert json.loads(line.getMessage())["actor"] == f"apikey:{key_hash(API_KEY)[:8]}"
+    assert line.audit["actor"] == f"apikey:{key_hash(API_KEY)[:8]}"
     assert API_KEY not in caplog.text
 
 

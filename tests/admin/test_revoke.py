@@ -222,7 +222,7 @@ async def test_one_audit_line_without_token_values(
         # The worker revokes upstream while the log is captured.
         await eventually(lambda: emulator.state.is_revoked(token))
     assert token not in caplog.text
-    lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "authserver.audit"]
+    lines = [r.audit for r in caplog.records if r.name == "authserver.audit"]
     assert [(line["action"], line["result"]) for line in lines] == [
         ("revoke", 202),
         ("query", 200),

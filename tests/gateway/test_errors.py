@@ -181,10 +181,15 @@ async def test_upstream_throttling_is_503_with_retry_after(
 
 async def test_unknown_path_and_method_are_problems(gateway: TestClient[Any, Any]) -> None:
     resp = await gateway.get("/nope")
-    await problem_of(resp, 404, "not_found")
+    body = await problem_of(resp, 404, "not_found")
+    assert body["detail"] == "there is no such path here (see /openapi.json)"
     assert resp.headers["X-Request-Id"]
     resp = await gateway.get("/v1/token")
-    await problem_of(resp, 405, "method_not_allowed")
+    body = await problem_of(resp, 405, "method_not_allowed")
+    # A sentence naming what is accepted, not aiohttp's "405: Method Not Allowed".
+    assert body["detail"] == (
+        "this path does not accept that method; it accepts: POST (see /openapi.json)"
+    )
     assert resp.headers["Allow"] == "POST"
     assert resp.headers["X-Request-Id"]
     # Under /v1/admin/ the admin catch-all authenticates first: no probing without a key.

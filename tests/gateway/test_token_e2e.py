@@ -273,3 +273,23 @@ async def test_the_governor_learns_which_subject_a_mint_is_for(
     resp = await client.post("/v1/token", headers=bearer(make_jwt("zoe")))
     assert resp.status == 200
     assert seen == ["zoe", "zoe"]
+
+
+async def test_the_shortest_lifetime_still_meets_the_vendor_minimum_on_arrival(
+    make_emulator: MakeEmulator, make_gateway: MakeGateway
+) -> None:
+    # The vendor refuses an ExpireTime less than 60 s ahead *when the call arrives*: a
+    # request for the minimum, 60 s, is asked 62 s ahead, so a call that takes up to 2 s on
+    # the way (here: the emulator's clock is 1.9 s ahead) is still accepted. The answer gives
+    # the token's true expiry, 62 s (README, API summary).
+    gateway_clock = ManualClock(start=1_900_000_000.0)
+    emulator = await make_emulator(clock=ManualClock(start=1_900_000_001.9))
+    client = await make_gateway(emulator, clock=gateway_clock)
+    now_ms = int(gateway_clock.time() * 1000)
+    resp = await client.post(
+        "/v1/token", headers=bearer(make_jwt("bob", now=gateway_clock.time())),
+        json={"ttlSeconds": 60},
+    )  # fmt: skip
+    assert resp.status == 200, await resp.text()
+    body = await resp.json()
+    assert 0 <= body["expireTime"] - (now_ms + 62_000) < 1000  # quota pacing moves the clock

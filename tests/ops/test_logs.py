@@ -171,3 +171,25 @@ def test_configure_logging_json_and_text() -> None:
         for handler in saved[0]:
             root.addHandler(handler)
         root.setLevel(saved[1])
+
+
+async def test_audit_line_holds_its_record_once(
+    emulator: EmulatorHandle, make_gateway: MakeGateway, json_log: io.StringIO
+) -> None:
+    client = await make_gateway(emulator)
+    admin = make_jwt("root", scope="authserver:admin")
+    resp = await client.get("/v1/admin/subjects/alice/tokens", headers=bearer(admin))
+    assert resp.status == 200
+    [entry] = [e for e in lines(json_log) if e["logger"] == "authserver.audit"]
+    assert entry["audit"] == {
+        "action": "subject_tokens",
+        "method": "GET",
+        "actor": "root",
+        "subject": "alice",
+        "fingerprints": [],
+        "result": 200,
+    }
+    # The message is a sentence, not the record again (it used to be its JSON, doubling it).
+    assert entry["message"] == "admin GET subject_tokens by root: 200"
+    [raw] = [x for x in json_log.getvalue().splitlines() if "authserver.audit" in x]
+    assert raw.count('"actor"') == 1
