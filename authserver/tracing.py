@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from opentelemetry.trace import Span, Tracer
 
     from authserver.tokens.model import TokenRecord
+    from authserver.tokens.sharing import Holder
     from authserver.tokens.store import TokenStore
 
 EXPORTERS = frozenset({"otlp", "console"})
@@ -258,6 +259,21 @@ class TracedStore:
     async def ping(self) -> bool:
         """`TokenStore.ping`, untraced: readiness polls it."""
         return await self._store.ping()
+
+    async def hold(self, record: TokenRecord, holder: Holder) -> None:
+        """Traced `TokenStore.hold`."""
+        with self._span("hold"):
+            await self._store.hold(record, holder)
+
+    async def held(self, scope: str, name: str) -> list[tuple[str, TokenRecord]]:
+        """Traced `TokenStore.held`."""
+        with self._span("held"):
+            return await self._store.held(scope, name)
+
+    async def holders(self, record: TokenRecord) -> tuple[list[Holder], bool]:
+        """Traced `TokenStore.holders`."""
+        with self._span("holders"):
+            return await self._store.holders(record)
 
     def watch_evictions(self, callback: Callable[[str], None]) -> None:
         """`TokenStore.watch_evictions`."""
