@@ -34,6 +34,7 @@ from authserver.cloud.errors import (
     classify,
 )
 from authserver.cloud.quota import QuotaGovernor
+from authserver.cloud.resources import DeviceCredential, GroupIdInfo
 from authserver.cloud.signing import canonical_query, percent_encode, sign_v1
 from authserver.errors import NotConfigured
 from authserver.fingerprint import fingerprint
@@ -266,6 +267,97 @@ class CloudClient:
             )
         except (TypeError, ValueError) as err:
             raise _malformed("ListDeviceCredentialClientId", data, str(err)) from err
+
+    async def register_device_credential(
+        self, instance_id: str, client_id: str, *, deadline: float | None = None
+    ) -> DeviceCredential:
+        """RegisterDeviceCredential: give the ClientId a DeviceAccessKey pair (002 14.1)."""
+        return await self._device_credential(
+            "RegisterDeviceCredential", instance_id, client_id, deadline
+        )
+
+    async def get_device_credential(
+        self, instance_id: str, client_id: str, *, deadline: float | None = None
+    ) -> DeviceCredential:
+        """GetDeviceCredential: the ClientId's current pair (002 14.2)."""
+        return await self._device_credential(
+            "GetDeviceCredential", instance_id, client_id, deadline
+        )
+
+    async def refresh_device_credential(
+        self, instance_id: str, client_id: str, *, deadline: float | None = None
+    ) -> DeviceCredential:
+        """RefreshDeviceCredential: a new secret for the ClientId (002 14.4)."""
+        return await self._device_credential(
+            "RefreshDeviceCredential", instance_id, client_id, deadline
+        )
+
+    async def unregister_device_credential(
+        self, instance_id: str, client_id: str, *, deadline: float | None = None
+    ) -> None:
+        """UnRegisterDeviceCredential: the ClientId's pair stops working (002 14.3)."""
+        await self._call(
+            "UnRegisterDeviceCredential",
+            {"InstanceId": instance_id, "ClientId": client_id},
+            deadline=self._deadline(deadline),
+        )
+
+    async def _device_credential(
+        self, action: str, instance_id: str, client_id: str, deadline: float | None
+    ) -> DeviceCredential:
+        data = await self._call(
+            action,
+            {"InstanceId": instance_id, "ClientId": client_id},
+            deadline=self._deadline(deadline),
+        )
+        try:
+            return DeviceCredential.from_vendor(_field(action, data, "DeviceCredential", dict))
+        except (KeyError, TypeError, ValueError) as err:
+            # The message names the missing field only: the body holds a secret.
+            raise _malformed(action, {"RequestId": data.get("RequestId")}, repr(err)) from err
+
+    async def create_group_id(
+        self, instance_id: str, group_id: str, *, deadline: float | None = None
+    ) -> None:
+        """CreateGroupId (002 section 11.1)."""
+        await self._call(
+            "CreateGroupId",
+            {"InstanceId": instance_id, "GroupId": group_id},
+            deadline=self._deadline(deadline),
+        )
+
+    async def delete_group_id(
+        self, instance_id: str, group_id: str, *, deadline: float | None = None
+    ) -> None:
+        """DeleteGroupId (002 section 11.3)."""
+        await self._call(
+            "DeleteGroupId",
+            {"InstanceId": instance_id, "GroupId": group_id},
+            deadline=self._deadline(deadline),
+        )
+
+    async def list_group_ids(
+        self, instance_id: str, *, deadline: float | None = None
+    ) -> list[GroupIdInfo]:
+        """ListGroupId (002 section 11.2): every Group ID of the instance."""
+        data = await self._call(
+            "ListGroupId", {"InstanceId": instance_id}, deadline=self._deadline(deadline)
+        )
+        try:
+            return [GroupIdInfo.from_vendor(g) for g in _field("ListGroupId", data, "Data", list)]
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            raise _malformed("ListGroupId", data, repr(err)) from err
+
+    async def send_message(
+        self, instance_id: str, topic: str, payload: str, *, deadline: float | None = None
+    ) -> str:
+        """SendMessage (002 section 12.1): publish `payload` to `topic`; the MsgId."""
+        data = await self._call(
+            "SendMessage",
+            {"InstanceId": instance_id, "MqttTopic": topic, "Payload": payload},
+            deadline=self._deadline(deadline),
+        )
+        return _field("SendMessage", data, "MsgId", str)
 
     async def query_client_ids(
         self, iot_id: str, iot_instance_id: str | None = None, *, deadline: float | None = None
@@ -532,7 +624,9 @@ __all__ = [
     "CloudClient",
     "CloudError",
     "CloudRejected",
+    "DeviceCredential",
     "DeviceCredentialPage",
+    "GroupIdInfo",
     "IotClientId",
     "endpoint_for_region",
     "iot_endpoint_for_region",

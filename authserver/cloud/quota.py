@@ -48,6 +48,11 @@ DEFAULT_LIMITS: dict[str, float] = {
     "QuerySessionByClientId": 500,
     "BatchQuerySessionByClientIds": 100,
     "QueryClientIds": 10,
+    # 002 section 8
+    "CreateGroupId": 10,
+    "DeleteGroupId": 10,
+    "ListGroupId": 10,
+    "SendMessage": 1000,
 }
 ACCOUNT_BUCKET = "account"
 

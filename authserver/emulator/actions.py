@@ -9,7 +9,13 @@ Choices where the source documents are silent (each covered by a test):
 - Get/RefreshDeviceCredential of a device without a credential answer `ParameterCheckFailed`;
   UnRegisterDeviceCredential of one succeeds (idempotent);
 - ListDeviceCredentialClientId: `NextToken`, when given, wins over `PageNo`; it is absent on
-  the last page.
+  the last page;
+- a GroupId outside the documented shape (GID_ or GID-, then letters, digits, - and _, 7 to
+  64 in all) answers `ParameterFieldCheckFailed`, the code the Group section documents;
+  DeleteGroupId of an unknown Group ID succeeds (idempotent); ListGroupId lists newest first,
+  as the document's example does;
+- SendMessage needs a topic name (no wildcard, not empty) and a non-empty Payload, which is
+  delivered as its UTF-8 bytes (the vendor advises base64 for binary: it passes through).
 """
 
 from __future__ import annotations
@@ -173,6 +179,59 @@ def refresh_credential(state: EmulatorState, params: Params) -> dict[str, Any]:
     return {"DeviceCredential": credential.as_vendor()}
 
 
+_GROUP_ID = re.compile(r"GID[_-][A-Za-z0-9_-]{3,60}")
+
+
+def _group_id(params: Params) -> str:
+    group_id = _required(params, "GroupId")
+    if _GROUP_ID.fullmatch(group_id) is None:
+        raise protocol.VendorError(
+            400,
+            "ParameterFieldCheckFailed",
+            "Failed to validate the parameters. The parameters may be missing or invalid. "
+            "(GroupId: GID_ or GID- then letters, digits, - and _, 7 to 64 characters)",
+        )
+    return group_id
+
+
+def create_group_id(state: EmulatorState, params: Params) -> dict[str, Any]:
+    """CreateGroupId (002 section 11.1)."""
+    group_id = _group_id(params)
+    instance_id = _instance(state, params)
+    if state.create_group(instance_id, group_id) is None:
+        raise protocol.VendorError(
+            400, "GroupIdAlreadyExsited", "The specified GroupId already exists."
+        )
+    return {}
+
+
+def list_group_ids(state: EmulatorState, params: Params) -> dict[str, Any]:
+    """ListGroupId (002 section 11.2)."""
+    instance_id = _instance(state, params)
+    groups = [g for (iid, _), g in state.groups.items() if iid == instance_id]
+    groups.sort(key=lambda g: (-g.create_ms, g.group_id))
+    return {"Data": [g.as_vendor() for g in groups]}
+
+
+def delete_group_id(state: EmulatorState, params: Params) -> dict[str, Any]:
+    """DeleteGroupId (002 section 11.3)."""
+    group_id = _group_id(params)
+    instance_id = _instance(state, params)
+    state.groups.pop((instance_id, group_id), None)
+    return {}
+
+
+def send_message(state: EmulatorState, params: Params) -> dict[str, Any]:
+    """SendMessage (002 section 12.1)."""
+    instance_id = _instance(state, params)
+    topic = _required(params, "MqttTopic")
+    payload = _required(params, "Payload")
+    if not valid_topic_filter(topic) or "+" in topic or "#" in topic:
+        raise protocol.invalid("MqttTopic", "must be a topic name, without wildcards")
+    message = state.send_message(instance_id, topic, payload.encode("utf-8", "surrogatepass"))
+    return {"MsgId": message.msg_id}
+
+
 def _positive_int(params: Params, name: str, low: int, high: int) -> int:
     text = _required(params, name)
     try:
@@ -258,6 +317,10 @@ ACTIONS: dict[str, dict[str, Handler]] = {
         "UnRegisterDeviceCredential": unregister_credential,
         "RefreshDeviceCredential": refresh_credential,
         "ListDeviceCredentialClientId": list_credential_client_ids,
+        "CreateGroupId": create_group_id,
+        "ListGroupId": list_group_ids,
+        "DeleteGroupId": delete_group_id,
+        "SendMessage": send_message,
     },
     IOT_VERSION: {"QueryClientIds": query_client_ids},
 }
@@ -266,10 +329,6 @@ ACTIONS: dict[str, dict[str, Handler]] = {
 UNSUPPORTED: dict[str, frozenset[str]] = {
     ONSMQTT_VERSION: frozenset(
         {
-            "SendMessage",
-            "CreateGroupId",
-            "DeleteGroupId",
-            "ListGroupId",
             "QueryMqttTraceDevice",
             "QueryMqttTraceMessageOfClient",
             "QueryMqttTraceMessagePublish",

@@ -6,7 +6,7 @@ import base64
 import random
 import secrets
 from collections import OrderedDict, defaultdict, deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +19,10 @@ DEFAULT_QPS: dict[str, float] = {
     "QuerySessionByClientId": 500,
     "BatchQuerySessionByClientIds": 100,
     "QueryClientIds": 10,
+    "CreateGroupId": 10,
+    "DeleteGroupId": 10,
+    "ListGroupId": 10,
+    "SendMessage": 1000,
 }
 # Actions without a documented limit get a generous one, so they are still counted.
 GENEROUS_QPS = 1000.0
@@ -61,6 +65,41 @@ class DeviceCredential:
             "CreateTime": self.create_ms,
             "UpdateTime": self.update_ms,
         }
+
+
+@dataclass
+class GroupRecord:
+    """One Group ID of an instance (002 section 11)."""
+
+    group_id: str
+    instance_id: str
+    create_ms: int
+    update_ms: int
+
+    def as_vendor(self) -> dict[str, Any]:
+        """The `MqttGroupIdDo` struct of ListGroupId."""
+        return {
+            "InstanceId": self.instance_id,
+            "CreateTime": self.create_ms,
+            "UpdateTime": self.update_ms,
+            "IndependentNaming": True,
+            "GroupId": self.group_id,
+        }
+
+
+@dataclass(frozen=True)
+class SentMessage:
+    """One SendMessage call that was accepted (002 section 12)."""
+
+    msg_id: str
+    instance_id: str
+    topic: str
+    payload: bytes
+
+
+# Called with each accepted SendMessage: how a broker delivers it to its subscribers.
+MessageListener = Callable[[SentMessage], None]
+MAX_SENT_MESSAGES = 1000
 
 
 @dataclass
@@ -153,6 +192,9 @@ class EmulatorState:
         self.online: set[str] = set()
         self.credentials: dict[tuple[str, str], DeviceCredential] = {}
         self.iot_client_ids: dict[str, list[tuple[str, int]]] = {}
+        self.groups: dict[tuple[str, str], GroupRecord] = {}
+        self.sent: deque[SentMessage] = deque(maxlen=MAX_SENT_MESSAGES)
+        self.message_listeners: list[MessageListener] = []
         self.faults: dict[str, Fault] = {}
         self.counters = Stats()
         self._limits: dict[str, SlidingWindow] = defaultdict(SlidingWindow)
@@ -263,6 +305,24 @@ class EmulatorState:
         credential.update_ms = self.now_ms()
         return credential
 
+    # groups and messages
+    def create_group(self, instance_id: str, group_id: str) -> GroupRecord | None:
+        """A new Group ID, or None when the instance has it already."""
+        key = (instance_id, group_id)
+        if key in self.groups:
+            return None
+        now = self.now_ms()
+        self.groups[key] = GroupRecord(group_id, instance_id, now, now)
+        return self.groups[key]
+
+    def send_message(self, instance_id: str, topic: str, payload: bytes) -> SentMessage:
+        """Keep an accepted message (the last 1000) and hand it to every listener."""
+        message = SentMessage(secrets.token_hex(16).upper(), instance_id, topic, payload)
+        self.sent.append(message)
+        for listener in list(self.message_listeners):
+            listener(message)
+        return message
+
     def set_iot_client_ids(self, iot_id: str, client_ids: Iterable[str]) -> None:
         """Register an IoT Platform device and its ClientIds (for QueryClientIds)."""
         now = self.now_ms()
@@ -274,12 +334,14 @@ class EmulatorState:
         return self.faults.get(action) or self.faults.get("*")
 
     def reset_all(self) -> None:
-        """Forget tokens, sessions, credentials, IoT devices, faults and nonces."""
+        """Forget tokens, sessions, credentials, IoT devices, groups, messages, faults, nonces."""
         self.tokens.clear()
         self.issued = self.revoked = 0
         self.online.clear()
         self.credentials.clear()
         self.iot_client_ids.clear()
+        self.groups.clear()
+        self.sent.clear()
         self.faults.clear()
         self._nonces.clear()
         self._limits.clear()
