@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 from aiohttp import web
@@ -18,9 +18,9 @@ from cachetools import TTLCache
 
 from authserver import keys
 from authserver.cloud.errors import CloudRejected
-from authserver.errors import BadRequest, NotConfigured, NotFound
+from authserver.errors import BadRequest, GatewayError, NotConfigured, NotFound
 from authserver.fingerprint import fingerprint
-from authserver.policy.engine import evaluate, explain, token_plan
+from authserver.policy.engine import allowed_client_ids, evaluate, explain, token_plan
 from authserver.policy.model import CLIENT_ID
 from authserver.web.admin_auth import ADMIN_PREFIX, AUDIT, guarded, load_api_keys
 from authserver.web.observe import observed
@@ -109,7 +109,7 @@ REVOKE_SELECTORS = ("token", "subject", "clientId")
 
 async def revoke(request: web.Request) -> web.Response:
     """Revoke one token, or every token of a subject or a clientId; 202 once it is durable."""
-    body = await json_body(request, (*REVOKE_SELECTORS, "blockIssuedBefore"))
+    body = await json_body(request, (*REVOKE_SELECTORS, "blockIssuedBefore", "deviceCredentials"))
     chosen = [name for name in REVOKE_SELECTORS if name in body]
     if len(chosen) != 1:
         raise BadRequest(
@@ -122,8 +122,20 @@ async def revoke(request: web.Request) -> web.Response:
         raise BadRequest(
             "blockIssuedBefore must be true or false", extra={"field": "blockIssuedBefore"}
         )
+    credentials_action = body.get("deviceCredentials")
+    if "deviceCredentials" in body and credentials_action not in CREDENTIAL_ACTIONS:
+        raise BadRequest(
+            "deviceCredentials must be unregister or refresh",
+            extra={"field": "deviceCredentials"},
+        )
     revoker = request.app[keys.REVOKER]
     which = chosen[0]
+    if credentials_action is not None and which == "token":
+        raise BadRequest(
+            "deviceCredentials applies to a subject or a clientId, not to one token",
+            extra={"field": "deviceCredentials"},
+        )
+    swept: list[str] = []
     if which == "token":
         token = _required_str(body, "token", MAX_TOKEN_CHARS)
         if block:
@@ -136,12 +148,16 @@ async def revoke(request: web.Request) -> web.Response:
     elif which == "subject":
         subject = _required_str(body, "subject", MAX_SUBJECT_CHARS)
         _audit(request, subject=subject)
+        if credentials_action is not None:
+            # Read before revoking: the subject's tokens say which clientIds it used.
+            swept = await subject_client_ids(request.app, subject)
         result = await revoker.revoke_subject(
             subject, block_issued_before=True if block is None else block
         )
     else:
         client_id = _client_id(_required_str(body, "clientId", MAX_SUBJECT_CHARS))
         _audit(request, clientId=client_id)
+        swept = [client_id]
         result = await revoker.revoke_client(
             client_id, block_issued_before=True if block is None else block
         )
@@ -152,7 +168,65 @@ async def revoke(request: web.Request) -> web.Response:
         queued=result.queued,
         blockedIssuedBefore=result.blocked_before_ms,
     )
-    return web.json_response(result.to_dict(), status=202)
+    answer = result.to_dict()
+    if credentials_action is not None:
+        answer["deviceCredentials"] = await sweep_device_credentials(
+            request.app, str(credentials_action), swept
+        )
+        _audit(request, deviceCredentials=answer["deviceCredentials"])
+    return web.json_response(answer, status=202)
+
+
+CREDENTIAL_ACTIONS = ("unregister", "refresh")
+
+
+async def subject_client_ids(app: web.Application, subject: str) -> list[str]:
+    """The clientIds a subject is known to use: its live tokens', and the policy's.
+
+    The policy's are those its clientIds lists give the subject from `{sub}` alone, plus,
+    for each live token, those they give with the claims that token was issued for. A
+    clientId that only the subject's unseen claims would yield is not found: name it with a
+    clientId revocation.
+    """
+    policy = app[keys.POLICY].current
+    found: list[str] = []
+    records = await app[keys.TOKENS].subject_tokens(subject)
+    for claims in [{}, *(r.claims for r in records)]:
+        allowed, _ = allowed_client_ids(policy, subject, claims)
+        found.extend(allowed)
+    found.extend(r.client_id for r in records if r.client_id is not None)
+    return sorted(set(found))
+
+
+async def sweep_device_credentials(
+    app: web.Application, action: str, client_ids: Sequence[str]
+) -> dict[str, Any]:
+    """Unregister or refresh the device credentials of `client_ids`, each on its own.
+
+    The token revocation is done and durable by now: one failed credential call is reported
+    in `failed` rather than turning the whole answer into an error.
+    """
+    cloud = app[keys.CLOUD]
+    instance_id = app[keys.SETTINGS].instance_id
+    done: list[str] = []
+    absent: list[str] = []
+    failed: list[dict[str, str]] = []
+    for client_id in client_ids:
+        try:
+            if action == "unregister":
+                await cloud.unregister_device_credential(instance_id, client_id)
+            else:
+                await cloud.refresh_device_credential(instance_id, client_id)
+        except CloudRejected as err:
+            if err.vendor_code != "ParameterCheckFailed":
+                failed.append({"clientId": client_id, "code": err.vendor_code})
+            else:
+                absent.append(client_id)
+        except GatewayError as err:
+            failed.append({"clientId": client_id, "code": err.code})
+        else:
+            done.append(client_id)
+    return {"action": action, "clientIds": done, "absent": absent, "failed": failed}
 
 
 async def revocations(request: web.Request) -> web.Response:
@@ -379,14 +453,20 @@ async def iot_client_ids(request: web.Request) -> web.Response:
 # -- routes --------------------------------------------------------------------------------
 
 
-def setup_admin_routes(app: web.Application) -> None:
-    """Register the admin routes, each behind admin authentication; load the API key file."""
+AdminRoute = tuple[str, str, Handler, str]
+
+
+def setup_admin_routes(app: web.Application, extra: Sequence[AdminRoute] = ()) -> None:
+    """Register the admin routes (and `extra` ones), each behind admin authentication.
+
+    Loads the API key file too.
+    """
     load_api_keys(app)
     clock = app[keys.CLOCK]
     app[QUERY_CACHE] = TTLCache(
         maxsize=QUERY_CACHE_SIZE, ttl=QUERY_CACHE_TTL, timer=clock.monotonic
     )
-    routes: list[tuple[str, str, Handler, str]] = [
+    routes: list[AdminRoute] = [
         ("POST", "revoke", revoke, "admin.revoke"),
         ("GET", "revocations", revocations, "admin.revocations"),
         ("POST", "query", query_token, "admin.query"),
@@ -401,6 +481,7 @@ def setup_admin_routes(app: web.Application) -> None:
             "admin.device_credentials",
         ),
         ("GET", "iot/devices/{iotId}/client-ids", iot_client_ids, "admin.iot_client_ids"),
+        *extra,
     ]
     router = app.router
     for method, path, handler, name in routes:

@@ -75,6 +75,33 @@ def openapi_document() -> dict[str, Any]:
                     },
                 }
             },
+            "/v1/device-credential": {
+                "post": {
+                    "operationId": "deviceCredential",
+                    "summary": "The MQTT login of the caller's device credential (registered "
+                    "when the clientId has none); the policy must grant deviceCredentials",
+                    "security": [{"bearer": []}],
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {
+                                "schema": {"$ref": "#/components/schemas/DeviceCredentialRequest"}
+                            }
+                        },
+                    },
+                    "responses": {
+                        "200": {
+                            "description": "A ready MQTT username and password",
+                            "content": {
+                                "application/json": {
+                                    "schema": {"$ref": "#/components/schemas/DeviceCredentialLogin"}
+                                }
+                            },
+                        },
+                        **_problem_responses(400, 401, 403, 413, 429, 502, 503),
+                    },
+                }
+            },
             "/healthz": {
                 "get": {
                     "operationId": "healthz",
@@ -158,6 +185,44 @@ def _schemas() -> dict[str, Any]:
                     "maxItems": 2,
                 },
                 "ttlSeconds": {"type": "integer", "minimum": 60, "maximum": 2592000},
+            },
+        },
+        "DeviceCredentialRequest": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["clientId"],
+            "properties": {
+                "clientId": {
+                    "type": "string",
+                    "pattern": "^GID[_-][A-Za-z0-9_-]{3,60}@@@[A-Za-z0-9_.:-]{1,64}$",
+                }
+            },
+        },
+        "DeviceCredentialLogin": {
+            "type": "object",
+            "required": [
+                "clientId",
+                "instanceId",
+                "username",
+                "password",
+                "deviceAccessKeyId",
+                "updateTime",
+                "registered",
+            ],
+            "properties": {
+                "clientId": {"type": "string"},
+                "instanceId": {"type": "string"},
+                "username": {
+                    "type": "string",
+                    "description": "DeviceCredential|<DeviceAccessKeyId>|<InstanceId>",
+                },
+                "password": {
+                    "type": "string",
+                    "description": "base64(HMAC-SHA1(DeviceAccessKeySecret, clientId))",
+                },
+                "deviceAccessKeyId": {"type": "string"},
+                "updateTime": {"type": "integer", "description": "epoch ms of the last rotation"},
+                "registered": {"type": "boolean", "description": "registered by this call"},
             },
         },
         "Token": {

@@ -19,7 +19,8 @@ _DESCRIPTIONS = {
     400: "Malformed body or parameter",
     401: "Missing, malformed or expired credential, or a wrong API key",
     403: "A valid JWT without the admin scope or role",
-    404: "No such path (a path segment that normalises away) or no such IoT device",
+    404: "No such path (a path segment that normalises away), IoT device or device credential",
+    409: "The Group ID exists already (in this account or another)",
     413: "Body too large",
     501: "Feature not configured; `detail` names the missing setting",
     502: "The upstream refused the call",
@@ -59,6 +60,10 @@ def _path_param(name: str, schema: dict[str, Any], description: str) -> dict[str
     }
 
 
+def _client_id_param() -> dict[str, Any]:
+    return _path_param("clientId", {"pattern": CLIENT_ID_PATTERN}, "GroupId@@@DeviceId")
+
+
 def _operation(
     operation_id: str,
     summary: str,
@@ -66,6 +71,7 @@ def _operation(
     problems: tuple[int, ...],
     *,
     body: str | None = None,
+    body_required: bool = True,
     parameters: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     status, description, schema = ok
@@ -79,7 +85,7 @@ def _operation(
     if parameters:
         op["parameters"] = parameters
     if body is not None:
-        op["requestBody"] = _body(body)
+        op["requestBody"] = {**_body(body), "required": body_required}
     return op
 
 
@@ -190,6 +196,66 @@ def admin_paths() -> dict[str, Any]:
                 parameters=[_path_param("iotId", {"pattern": IOT_ID_PATTERN}, "The IotId")],
             )
         },
+        "/v1/admin/device-credentials/{clientId}": {
+            "get": _operation(
+                "adminDeviceCredential",
+                "One ClientId's device credential, without its secret (GetDeviceCredential)",
+                (200, "The credential (AccessKey ID, secret fingerprint)", "DeviceCredential"),
+                (*GET_PROBLEMS, 404),
+                parameters=[_client_id_param()],
+            ),
+            "delete": _operation(
+                "adminDeviceCredentialUnregister",
+                "Drop a ClientId's device credential (UnRegisterDeviceCredential); idempotent",
+                (200, "Unregistered", "DeviceCredentialUnregistered"),
+                GET_PROBLEMS,
+                parameters=[_client_id_param()],
+            ),
+        },
+        "/v1/admin/device-credentials/{clientId}/refresh": {
+            "post": _operation(
+                "adminDeviceCredentialRefresh",
+                "Rotate a ClientId's device secret (RefreshDeviceCredential)",
+                (200, "The rotated credential (a new secret fingerprint)", "DeviceCredential"),
+                (*POST_PROBLEMS, 404),
+                parameters=[_client_id_param()],
+                body="Empty",
+                body_required=False,
+            )
+        },
+        "/v1/admin/groups": {
+            "get": _operation(
+                "adminGroups",
+                "Every Group ID of the instance (ListGroupId)",
+                (200, "The Group IDs", "Groups"),
+                GET_PROBLEMS,
+            ),
+            "post": _operation(
+                "adminGroupCreate",
+                "Create a Group ID (CreateGroupId)",
+                (201, "Created", "GroupCreated"),
+                (*POST_PROBLEMS, 409),
+                body="GroupCreate",
+            ),
+        },
+        "/v1/admin/groups/{groupId}": {
+            "delete": _operation(
+                "adminGroupDelete",
+                "Delete a Group ID (DeleteGroupId); idempotent",
+                (200, "Deleted", "GroupDeleted"),
+                GET_PROBLEMS,
+                parameters=[_path_param("groupId", {"pattern": GROUP_ID_PATTERN}, "The group")],
+            )
+        },
+        "/v1/admin/messages": {
+            "post": _operation(
+                "adminSendMessage",
+                "Publish one message to a topic from the server side (SendMessage)",
+                (202, "Accepted by the upstream", "MessageSent"),
+                POST_PROBLEMS,
+                body="MessageSend",
+            )
+        },
         "/v1/admin/explain": {
             "post": _operation(
                 "adminExplain",
@@ -206,11 +272,99 @@ def _string(max_length: int) -> dict[str, Any]:
     return {"type": "string", "minLength": 1, "maxLength": max_length, "pattern": NO_NUL}
 
 
+def _strings() -> dict[str, Any]:
+    return {"type": "array", "items": {"type": "string"}}
+
+
+def _manage_schemas() -> dict[str, Any]:
+    """Device credentials, Group IDs and messages."""
+    group = {
+        "type": "object",
+        "required": ["groupId", "instanceId", "independentNaming", "createTime", "updateTime"],
+        "properties": {
+            "groupId": {"type": "string"},
+            "instanceId": {"type": "string"},
+            "independentNaming": {"type": "boolean"},
+            "createTime": {"type": "integer", "description": "epoch ms"},
+            "updateTime": {"type": "integer", "description": "epoch ms"},
+        },
+    }
+    return {
+        "Empty": {"type": "object", "additionalProperties": False},
+        "DeviceCredential": {
+            "type": "object",
+            "description": "Never the secret: its fingerprint tells one secret from another.",
+            "additionalProperties": False,
+            "required": [
+                "clientId",
+                "instanceId",
+                "deviceAccessKeyId",
+                "secretFingerprint",
+                "createTime",
+                "updateTime",
+            ],
+            "properties": {
+                "clientId": {"type": "string"},
+                "instanceId": {"type": "string"},
+                "deviceAccessKeyId": {"type": "string"},
+                "secretFingerprint": {"type": "string"},
+                "createTime": {"type": "integer", "description": "epoch ms"},
+                "updateTime": {"type": "integer", "description": "epoch ms"},
+            },
+        },
+        "DeviceCredentialUnregistered": {
+            "type": "object",
+            "required": ["clientId", "unregistered"],
+            "properties": {"clientId": {"type": "string"}, "unregistered": {"const": True}},
+        },
+        "Group": group,
+        "Groups": {
+            "type": "object",
+            "required": ["groups"],
+            "properties": {"groups": {"type": "array", "items": _ref("Group")}},
+        },
+        "GroupCreate": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["groupId"],
+            "properties": {"groupId": {"type": "string", "pattern": GROUP_ID_PATTERN}},
+        },
+        "GroupCreated": {
+            "type": "object",
+            "required": ["groupId", "created"],
+            "properties": {"groupId": {"type": "string"}, "created": {"const": True}},
+        },
+        "GroupDeleted": {
+            "type": "object",
+            "required": ["groupId", "deleted"],
+            "properties": {"groupId": {"type": "string"}, "deleted": {"const": True}},
+        },
+        "MessageSend": {
+            "type": "object",
+            "description": "payload is sent as given; with encoding base64 it must be valid "
+            "base64 (the vendor's advice for binary payloads), which subscribers receive as is",
+            "additionalProperties": False,
+            "required": ["topic", "payload"],
+            "properties": {
+                "topic": {**_string(65535), "pattern": "^[^+#\\u0000]+$"},
+                "payload": _string(65536),
+                "encoding": {"enum": ["text", "base64"], "default": "text"},
+            },
+        },
+        "MessageSent": {
+            "type": "object",
+            "required": ["topic", "msgId"],
+            "properties": {"topic": {"type": "string"}, "msgId": {"type": "string"}},
+        },
+    }
+
+
 def admin_schemas() -> dict[str, Any]:
     """The component schemas the admin paths refer to."""
     token_type = {"enum": ["R", "W", "RW"]}
     topics = {"type": "array", "items": {"type": "string"}}
     return {
+        **_manage_schemas(),
         "RevokeRequest": {
             "type": "object",
             "description": "Exactly one of token, subject, clientId. blockIssuedBefore "
@@ -222,9 +376,21 @@ def admin_schemas() -> dict[str, Any]:
                 "subject": _string(1024),
                 "clientId": {"type": "string", "pattern": CLIENT_ID_PATTERN},
                 "blockIssuedBefore": {"type": "boolean"},
+                "deviceCredentials": {
+                    "enum": ["unregister", "refresh"],
+                    "description": "Also unregister or rotate the device credentials of the "
+                    "clientId, or of the subject's clientIds (those of its live tokens and "
+                    "those its policy clientIds give it from {sub} and those tokens' claims)",
+                },
             },
             "oneOf": [
-                {"required": ["token"], "properties": {"blockIssuedBefore": {"const": False}}},
+                {
+                    "required": ["token"],
+                    "properties": {
+                        "blockIssuedBefore": {"const": False},
+                        "deviceCredentials": False,
+                    },
+                },
                 {"required": ["subject"]},
                 {"required": ["clientId"]},
             ],
@@ -240,6 +406,17 @@ def admin_schemas() -> dict[str, Any]:
                     "description": "epoch milliseconds",
                 },
                 "fingerprints": {"type": "array", "items": {"type": "string"}},
+                "deviceCredentials": {
+                    "type": "object",
+                    "description": "present when the request asked for deviceCredentials",
+                    "required": ["action", "clientIds", "absent", "failed"],
+                    "properties": {
+                        "action": {"enum": ["unregister", "refresh"]},
+                        "clientIds": _strings(),
+                        "absent": {**_strings(), "description": "had no credential"},
+                        "failed": {"type": "array", "items": {"type": "object"}},
+                    },
+                },
             },
         },
         "RevocationStatus": {

@@ -1,0 +1,101 @@
+"""The device endpoint POST /v1/device-credential: an app JWT becomes a device-credential login.
+
+For a device that cannot refresh a token every hour ("one device, one secret", 002 section 14):
+the caller names its policy-bound clientId; when the policy lets the identity hold a device
+credential, the gateway reads the ClientId's credential (GetDeviceCredential), registers one
+when it has none (RegisterDeviceCredential), and answers the MQTT username and password
+derived from it. The DeviceAccessKeySecret itself never leaves the gateway and is never
+kept: every request reads it afresh, and logs name only the AccessKey ID and a fingerprint.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import orjson
+from aiohttp import web
+
+from authserver import keys, logs
+from authserver.cloud.errors import CloudRejected
+from authserver.cloud.resources import DeviceCredential
+from authserver.errors import BadRequest
+from authserver.identity import bearer_token
+from authserver.policy.engine import check_device_credential
+from authserver.policy.model import CLIENT_ID
+from authserver.web.request import optional_str, parse_object, read_body
+
+log = logging.getLogger(__name__)
+
+FIELDS = frozenset({"clientId"})
+ANSWER_HEADERS = {"Content-Type": "application/json", "Cache-Control": "no-store"}
+# What GetDeviceCredential answers for a ClientId without a credential.
+NO_CREDENTIAL = "ParameterCheckFailed"
+
+
+def parse_client_id(raw: bytes) -> str:
+    """The body's required clientId, shaped GID_group@@@device; BadRequest otherwise."""
+    body = parse_object(raw, FIELDS)
+    client_id = optional_str(body, "clientId", max_length=128)
+    if client_id is None:
+        raise BadRequest("clientId is required", extra={"field": "clientId"})
+    if not CLIENT_ID.fullmatch(client_id):
+        raise BadRequest(
+            "clientId must look like GID_group@@@device (letters, digits, - _ . :)",
+            extra={"field": "clientId"},
+        )
+    return client_id
+
+
+async def post_device_credential(request: web.Request) -> web.Response:
+    """Answer the MQTT login of the caller's device credential, registering it when absent."""
+    app = request.app
+    limiter = app[keys.RATE_LIMITER]
+    ip = None
+    if limiter.per_ip:
+        ip = limiter.check_ip(request.remote, request.headers.getall("X-Forwarded-For", ()))
+    identity = await app[keys.VERIFIER].verify(bearer_token(request.headers.get("Authorization")))
+    logs.bind_subject(identity.subject)
+    client_id = parse_client_id(await read_body(request))
+    limiter.check_subject(identity.subject)
+    app[keys.REVOKER].check(identity, client_id)
+    granted_by = check_device_credential(
+        app[keys.POLICY].current, identity.subject, identity.claims, client_id
+    )
+    # Each request may reach the upstream twice: it counts against the subject's mint budget.
+    limiter.asking(identity.subject, ip)
+    await limiter.check_shared()
+    credential, registered = await fetch_or_register(request, client_id)
+    log.info(
+        "device credential %s for %s (key %s, secret %s, granted by %s)",
+        "registered" if registered else "read",
+        client_id,
+        credential.access_key_id,
+        credential.secret_fingerprint,
+        granted_by,
+    )
+    answer = {
+        "clientId": client_id,
+        "instanceId": credential.instance_id,
+        "username": credential.username,
+        "password": credential.password,
+        "deviceAccessKeyId": credential.access_key_id,
+        "updateTime": credential.update_time_ms,
+        "registered": registered,
+    }
+    return web.Response(body=orjson.dumps(answer), headers=ANSWER_HEADERS)
+
+
+async def fetch_or_register(request: web.Request, client_id: str) -> tuple[DeviceCredential, bool]:
+    """The ClientId's credential, and whether this call registered it."""
+    app = request.app
+    cloud = app[keys.CLOUD]
+    instance_id = app[keys.SETTINGS].instance_id
+    deadline = app[keys.SETTINGS].request_deadline
+    try:
+        return await cloud.get_device_credential(instance_id, client_id, deadline=deadline), False
+    except CloudRejected as err:
+        if err.vendor_code != NO_CREDENTIAL:
+            raise
+    # Registering an already registered ClientId answers its pair: a race with another
+    # request for the same device is harmless.
+    return await cloud.register_device_credential(instance_id, client_id, deadline=deadline), True
