@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import random
 import secrets
 from collections import OrderedDict, defaultdict, deque
@@ -322,6 +324,25 @@ class EmulatorState:
         for listener in list(self.message_listeners):
             listener(message)
         return message
+
+    def device_login_ok(self, client_id: str, username: str, password: str) -> bool:
+        """Whether an MQTT CONNECT's device-credential login is valid now (002 section 14).
+
+        Username `DeviceCredential|<DeviceAccessKeyId>|<InstanceId>`, password
+        base64(HMAC-SHA1(key=DeviceAccessKeySecret, msg=ClientId)) of the ClientId's current
+        credential: refused after UnRegister, and with the old secret after Refresh.
+        """
+        kind, _, rest = username.partition("|")
+        key_id, _, instance_id = rest.partition("|")
+        if kind != "DeviceCredential" or not key_id or not instance_id:
+            return False
+        credential = self.credentials.get((instance_id, client_id))
+        if credential is None or not hmac.compare_digest(credential.access_key_id, key_id):
+            return False
+        digest = hmac.new(
+            credential.access_key_secret.encode(), client_id.encode(), hashlib.sha1
+        ).digest()
+        return hmac.compare_digest(base64.b64encode(digest).decode(), password)
 
     def set_iot_client_ids(self, iot_id: str, client_ids: Iterable[str]) -> None:
         """Register an IoT Platform device and its ClientIds (for QueryClientIds)."""

@@ -150,3 +150,23 @@ async def test_the_secret_is_never_logged(
     assert [line["action"] for line in audit] == ["device_credential", "device_credential_refresh"]
     assert audit[0]["secretFingerprint"] != audit[1]["secretFingerprint"]
     assert audit[1]["secretFingerprint"] == fingerprint(stored.access_key_secret)
+
+
+async def test_the_login_opens_the_emulated_broker_until_rotated_or_dropped(
+    emulator: EmulatorHandle, make_gateway: MakeGateway
+) -> None:
+    client = await gateway(emulator, make_gateway)
+    cid = "GID_fleet@@@s1"
+    login = await (await ask(client, "s1", {"clientId": cid}, **SENSOR)).json()
+    state = emulator.state
+    assert state.device_login_ok(cid, login["username"], login["password"])
+    assert not state.device_login_ok("GID_fleet@@@s2", login["username"], login["password"])
+    assert not state.device_login_ok(cid, login["username"].replace("|", "x", 1), login["password"])
+    resp = await client.post(f"/v1/admin/device-credentials/{cid}/refresh", headers=admin_headers())
+    assert resp.status == 200
+    assert not state.device_login_ok(cid, login["username"], login["password"])
+    fresh = await (await ask(client, "s1", {"clientId": cid}, **SENSOR)).json()
+    assert state.device_login_ok(cid, fresh["username"], fresh["password"])
+    resp = await client.delete(f"/v1/admin/device-credentials/{cid}", headers=admin_headers())
+    assert resp.status == 200
+    assert not state.device_login_ok(cid, fresh["username"], fresh["password"])
