@@ -34,7 +34,13 @@ from authserver.cloud.errors import (
     classify,
 )
 from authserver.cloud.quota import QuotaGovernor
-from authserver.cloud.resources import DeviceCredential, GroupIdInfo
+from authserver.cloud.resources import (
+    ClientDetail,
+    DeviceCredential,
+    GroupIdInfo,
+    StatsSeries,
+    vendor_items,
+)
 from authserver.cloud.signing import canonical_query, percent_encode, sign_v1
 from authserver.errors import NotConfigured
 from authserver.fingerprint import fingerprint
@@ -45,6 +51,7 @@ T = TypeVar("T")
 
 MQTT_VERSION = "2020-04-20"
 IOT_VERSION = "2018-01-20"
+ONS_VERSION = "2019-02-14"  # the legacy management API (001), product Ons
 TOKEN_ACTIONS = frozenset({"R", "W", "R,W"})
 MAX_RESOURCES = 100
 BATCH_SIZE = 10
@@ -64,6 +71,11 @@ def make_session(timeout: float = 10.0) -> aiohttp.ClientSession:
 def endpoint_for_region(region_id: str) -> str:
     """The MQTT OpenAPI endpoint of a region."""
     return f"https://onsmqtt.{region_id}.aliyuncs.com"
+
+
+def ons_endpoint_for_region(region_id: str) -> str:
+    """The legacy Ons management API endpoint of a region (001)."""
+    return f"https://ons.{region_id}.aliyuncs.com"
 
 
 def iot_endpoint_for_region(region_id: str) -> str:
@@ -112,6 +124,7 @@ class CloudClient:
         *,
         endpoint: str,
         iot_endpoint: str | None = None,
+        ons_endpoint: str | None = None,
         region_id: str = "cn-hangzhou",
         governor: QuotaGovernor | None = None,
         circuit: CircuitBreaker | None = None,
@@ -128,6 +141,7 @@ class CloudClient:
         self._credentials = credentials
         self.endpoint = _with_slash(endpoint)
         self.iot_endpoint = _with_slash(iot_endpoint) if iot_endpoint else None
+        self.ons_endpoint = _with_slash(ons_endpoint) if ons_endpoint else None
         self.region_id = region_id
         self._clock: Clock = clock or SystemClock()
         self.governor = governor or QuotaGovernor(clock=self._clock)
@@ -385,6 +399,163 @@ class CloudClient:
         except (KeyError, TypeError, ValueError) as err:
             raise _malformed("QueryClientIds", data, str(err)) from err
 
+    # -- the legacy Ons management API (001) --------------------------------------------
+
+    async def _ons(
+        self, action: str, params: Mapping[str, str], deadline: float | None
+    ) -> dict[str, Any]:
+        if self.ons_endpoint is None:
+            raise NotConfigured(f"{action} needs the Ons management API endpoint")
+        return await self._call(
+            action,
+            params,
+            deadline=self._deadline(deadline),
+            endpoint=self.ons_endpoint,
+            version=ONS_VERSION,
+        )
+
+    async def ons_create_group_id(
+        self,
+        instance_id: str,
+        group_id: str,
+        topic: str | None = None,
+        *,
+        deadline: float | None = None,
+    ) -> None:
+        """OnsMqttGroupIdCreate (001 section 5.1); `topic`: the parent topic it subscribes."""
+        params = {"InstanceId": instance_id, "GroupId": group_id}
+        if topic:
+            params["Topic"] = topic
+        await self._ons("OnsMqttGroupIdCreate", params, deadline)
+
+    async def ons_delete_group_id(
+        self, instance_id: str, group_id: str, *, deadline: float | None = None
+    ) -> None:
+        """OnsMqttGroupIdDelete (001 section 5.2)."""
+        await self._ons(
+            "OnsMqttGroupIdDelete", {"InstanceId": instance_id, "GroupId": group_id}, deadline
+        )
+
+    async def ons_list_group_ids(
+        self, instance_id: str, *, deadline: float | None = None
+    ) -> list[GroupIdInfo]:
+        """OnsMqttGroupIdList (001 section 5.3)."""
+        data = await self._ons("OnsMqttGroupIdList", {"InstanceId": instance_id}, deadline)
+        try:
+            return [
+                GroupIdInfo.from_vendor(g) for g in vendor_items(data.get("Data"), "MqttGroupIdDo")
+            ]
+        except (KeyError, TypeError, ValueError) as err:
+            raise _malformed("OnsMqttGroupIdList", data, repr(err)) from err
+
+    async def ons_history_online(
+        self,
+        instance_id: str,
+        group_id: str,
+        begin_ms: int,
+        end_ms: int,
+        *,
+        deadline: float | None = None,
+    ) -> StatsSeries:
+        """OnsMqttQueryHistoryOnline (001 section 6.1): a group's online count over time."""
+        params = {
+            "InstanceId": instance_id,
+            "GroupId": group_id,
+            "BeginTime": str(begin_ms),
+            "EndTime": str(end_ms),
+        }
+        return self._series(
+            "OnsMqttQueryHistoryOnline",
+            await self._ons("OnsMqttQueryHistoryOnline", params, deadline),
+        )
+
+    async def ons_clients_by_topic(
+        self,
+        instance_id: str,
+        parent_topic: str,
+        sub_topic: str | None = None,
+        *,
+        deadline: float | None = None,
+    ) -> int:
+        """OnsMqttQueryClientByTopic (001 section 6.2): online clients subscribed to it."""
+        params = {"InstanceId": instance_id, "ParentTopic": parent_topic}
+        if sub_topic:
+            params["SubTopic"] = sub_topic
+        data = await self._ons("OnsMqttQueryClientByTopic", params, deadline)
+        return self._online_count("OnsMqttQueryClientByTopic", data)
+
+    async def ons_clients_by_group(
+        self, instance_id: str, group_id: str, *, deadline: float | None = None
+    ) -> int:
+        """OnsMqttQueryClientByGroupId (001 section 6.3): the group's online clients."""
+        data = await self._ons(
+            "OnsMqttQueryClientByGroupId",
+            {"InstanceId": instance_id, "GroupId": group_id},
+            deadline,
+        )
+        return self._online_count("OnsMqttQueryClientByGroupId", data)
+
+    async def ons_client_detail(
+        self, instance_id: str, client_id: str, *, deadline: float | None = None
+    ) -> ClientDetail:
+        """OnsMqttQueryClientByClientId (001 section 6.4): online, address, subscriptions."""
+        action = "OnsMqttQueryClientByClientId"
+        data = await self._ons(action, {"InstanceId": instance_id, "ClientId": client_id}, deadline)
+        try:
+            return ClientDetail.from_vendor(_field(action, data, "MqttClientInfoDo", dict))
+        except (KeyError, TypeError, ValueError) as err:
+            raise _malformed(action, data, repr(err)) from err
+
+    async def ons_msg_trans_trend(
+        self,
+        instance_id: str,
+        parent_topic: str,
+        begin_ms: int,
+        end_ms: int,
+        *,
+        tps_type: str = "SUM",
+        trans_type: str = "PUB",
+        sub_topic: str | None = None,
+        msg_type: str | None = None,
+        qos: int | None = None,
+        deadline: float | None = None,
+    ) -> StatsSeries:
+        """OnsMqttQueryMsgTransTrend (001 section 7.1): a topic's message volume over time."""
+        if tps_type not in ("TPS", "SUM") or trans_type not in ("PUB", "SUB"):
+            raise ValueError("tps_type is TPS or SUM; trans_type is PUB or SUB")
+        params = {
+            "InstanceId": instance_id,
+            "ParentTopic": parent_topic,
+            "BeginTime": str(begin_ms),
+            "EndTime": str(end_ms),
+            "TpsType": tps_type,
+            "TransType": trans_type,
+        }
+        if sub_topic:
+            params["SubTopic"] = sub_topic
+        if msg_type:
+            params["MsgType"] = msg_type
+        if qos is not None:
+            params["Qos"] = str(qos)
+        return self._series(
+            "OnsMqttQueryMsgTransTrend",
+            await self._ons("OnsMqttQueryMsgTransTrend", params, deadline),
+        )
+
+    @staticmethod
+    def _series(action: str, data: dict[str, Any]) -> StatsSeries:
+        try:
+            return StatsSeries.from_vendor(_field(action, data, "Data", dict))
+        except (KeyError, TypeError, ValueError) as err:
+            raise _malformed(action, data, repr(err)) from err
+
+    @staticmethod
+    def _online_count(action: str, data: dict[str, Any]) -> int:
+        try:
+            return int(_field(action, data, "MqttClientSetDo", dict)["OnlineCount"])
+        except (KeyError, TypeError, ValueError) as err:
+            raise _malformed(action, data, repr(err)) from err
+
     def stats(self) -> dict[str, Any]:
         """Calls by action and result code (`ok`, a vendor code, `timeout`, ...), attempts."""
         return {
@@ -631,4 +802,5 @@ __all__ = [
     "endpoint_for_region",
     "iot_endpoint_for_region",
     "make_session",
+    "ons_endpoint_for_region",
 ]

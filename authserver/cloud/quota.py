@@ -53,6 +53,15 @@ DEFAULT_LIMITS: dict[str, float] = {
     "DeleteGroupId": 10,
     "ListGroupId": 10,
     "SendMessage": 1000,
+    # 001: the legacy management API throttles each call at about 30 a minute
+    "OnsMqttGroupIdCreate": 0.5,
+    "OnsMqttGroupIdDelete": 0.5,
+    "OnsMqttGroupIdList": 0.5,
+    "OnsMqttQueryHistoryOnline": 0.5,
+    "OnsMqttQueryClientByTopic": 0.5,
+    "OnsMqttQueryClientByGroupId": 0.5,
+    "OnsMqttQueryClientByClientId": 0.5,
+    "OnsMqttQueryMsgTransTrend": 0.5,
 }
 ACCOUNT_BUCKET = "account"
 

@@ -115,3 +115,88 @@ class GroupIdInfo:
             "createTime": self.create_time_ms,
             "updateTime": self.update_time_ms,
         }
+
+
+def vendor_items(value: object, name: str) -> list[Any]:
+    """A vendor list wrapped as `{name: [...]}` (or one item not in a list), or []."""
+    if not isinstance(value, Mapping):
+        return []
+    inner = value.get(name)
+    if inner is None:
+        return []
+    return list(inner) if isinstance(inner, list) else [inner]
+
+
+@dataclass(frozen=True)
+class StatsSeries:
+    """A legacy-API report (001 sections 6.1, 7.1): points (epoch ms, value) and their units."""
+
+    title: str
+    x_unit: str
+    y_unit: str
+    points: tuple[tuple[int, float], ...]
+
+    @classmethod
+    def from_vendor(cls, data: Mapping[str, Any]) -> StatsSeries:
+        """Parse `Data` with `Records.StatsDataDo`; KeyError/TypeError/ValueError when malformed."""
+        points = tuple(
+            (int(p["X"]), float(p["Y"])) for p in vendor_items(data.get("Records"), "StatsDataDo")
+        )
+        return cls(
+            title=str(data.get("Title") or ""),
+            x_unit=str(data.get("XUnit") or ""),
+            y_unit=str(data.get("YUnit") or ""),
+            points=points,
+        )
+
+    def public(self) -> dict[str, Any]:
+        """The admin API's shape."""
+        return {
+            "title": self.title,
+            "xUnit": self.x_unit,
+            "yUnit": self.y_unit,
+            "points": [{"time": x, "value": y} for x, y in self.points],
+        }
+
+
+@dataclass(frozen=True)
+class ClientDetail:
+    """One client as the legacy API tells it (001 section 6.4)."""
+
+    client_id: str
+    online: bool
+    last_touch_ms: int
+    address: str
+    subscriptions: tuple[tuple[str, str | None, int], ...]  # (ParentTopic, SubTopic, QoS)
+
+    @classmethod
+    def from_vendor(cls, data: Mapping[str, Any]) -> ClientDetail:
+        """Parse `MqttClientInfoDo`; KeyError/TypeError/ValueError when malformed."""
+        subs = tuple(
+            (
+                str(s["ParentTopic"]),
+                str(s["SubTopic"]) if s.get("SubTopic") else None,
+                int(s["Qos"]),
+            )
+            for s in vendor_items(data.get("SubScriptonData"), "SubscriptionDo")
+        )
+        return cls(
+            client_id=str(data["ClientId"]),
+            online=bool(data.get("Online", False)),
+            last_touch_ms=int(data.get("LastTouch") or 0),
+            address=str(data.get("SocketChannel") or ""),
+            subscriptions=subs,
+        )
+
+    def public(self) -> dict[str, Any]:
+        """The admin API's shape: each subscription also as the whole topic filter."""
+        return {
+            "clientId": self.client_id,
+            "online": self.online,
+            "lastTouch": self.last_touch_ms,
+            "address": self.address,
+            "subscriptions": [
+                {"topic": parent + (sub or ""), "parentTopic": parent, "subTopic": sub, "qos": qos}
+                for parent, sub, qos in self.subscriptions
+            ],
+        }

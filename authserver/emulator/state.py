@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from authserver.clock import Clock
+from authserver.topics import InvalidTopicFilter, covers
 
 DEFAULT_QPS: dict[str, float] = {
     "ApplyToken": 100,
@@ -29,6 +30,14 @@ DEFAULT_QPS: dict[str, float] = {
 # Actions without a documented limit get a generous one, so they are still counted.
 GENEROUS_QPS = 1000.0
 MAX_NONCES = 1_000_000
+
+
+def topic_matches(topic_filter: str, topic: str) -> bool:
+    """Whether a subscription filter matches a topic name (False for an invalid filter)."""
+    try:
+        return covers(topic_filter, topic)
+    except InvalidTopicFilter:
+        return False
 
 
 class TokenRecord:
@@ -97,11 +106,23 @@ class SentMessage:
     instance_id: str
     topic: str
     payload: bytes
+    sent_ms: int = 0
+    # Online subscribers whose filters matched when it was sent (the legacy API's SUB trend).
+    deliveries: int = 0
+
+
+@dataclass
+class ClientSession:
+    """What the legacy API (001 section 6.4) tells about one client: address, last touch."""
+
+    address: str = ""
+    last_touch_ms: int = 0
 
 
 # Called with each accepted SendMessage: how a broker delivers it to its subscribers.
 MessageListener = Callable[[SentMessage], None]
-MAX_SENT_MESSAGES = 1000
+MAX_SENT_MESSAGES = 10_000
+MAX_ONLINE_LOG = 10_000
 
 
 @dataclass
@@ -197,6 +218,11 @@ class EmulatorState:
         self.groups: dict[tuple[str, str], GroupRecord] = {}
         self.sent: deque[SentMessage] = deque(maxlen=MAX_SENT_MESSAGES)
         self.message_listeners: list[MessageListener] = []
+        # client -> {topic filter: QoS}; what a broker (or a test) says each one subscribes to
+        self.subscriptions: dict[str, dict[str, int]] = {}
+        self.client_sessions: dict[str, ClientSession] = {}
+        # (epoch ms, the online set from then on): the legacy API's online history
+        self.online_log: deque[tuple[int, frozenset[str]]] = deque(maxlen=MAX_ONLINE_LOG)
         self.faults: dict[str, Fault] = {}
         self.counters = Stats()
         self._limits: dict[str, SlidingWindow] = defaultdict(SlidingWindow)
@@ -283,8 +309,30 @@ class EmulatorState:
 
     # sessions and device credentials
     def set_online(self, client_ids: Iterable[str]) -> None:
-        """Replace the set of ClientIds the emulator reports online."""
-        self.online = set(client_ids)
+        """Replace the set of ClientIds the emulator reports online (and log the change)."""
+        now = self.now_ms()
+        new = set(client_ids)
+        for client_id in new ^ self.online:
+            self.client_sessions.setdefault(client_id, ClientSession()).last_touch_ms = now
+        self.online = new
+        self.online_log.append((now, frozenset(new)))
+
+    def online_at(self, when_ms: int) -> frozenset[str]:
+        """The ClientIds online at `when_ms`, by the online log (empty before its start)."""
+        found: frozenset[str] = frozenset()
+        for stamp, online in self.online_log:
+            if stamp > when_ms:
+                break
+            found = online
+        return found
+
+    def subscribers(self, topic: str) -> list[str]:
+        """Online ClientIds with a subscription filter matching the topic name `topic`."""
+        return sorted(
+            cid
+            for cid in self.online
+            if any(topic_matches(f, topic) for f in self.subscriptions.get(cid, {}))
+        )
 
     def register_credential(self, instance_id: str, client_id: str) -> DeviceCredential:
         """The device's credential, created on first registration."""
@@ -319,7 +367,14 @@ class EmulatorState:
 
     def send_message(self, instance_id: str, topic: str, payload: bytes) -> SentMessage:
         """Keep an accepted message (the last 1000) and hand it to every listener."""
-        message = SentMessage(secrets.token_hex(16).upper(), instance_id, topic, payload)
+        message = SentMessage(
+            secrets.token_hex(16).upper(),
+            instance_id,
+            topic,
+            payload,
+            sent_ms=self.now_ms(),
+            deliveries=len(self.subscribers(topic)),
+        )
         self.sent.append(message)
         for listener in list(self.message_listeners):
             listener(message)
@@ -363,6 +418,9 @@ class EmulatorState:
         self.iot_client_ids.clear()
         self.groups.clear()
         self.sent.clear()
+        self.subscriptions.clear()
+        self.client_sessions.clear()
+        self.online_log.clear()
         self.faults.clear()
         self._nonces.clear()
         self._limits.clear()
