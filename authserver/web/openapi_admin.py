@@ -91,6 +91,36 @@ def _operation(
 
 POST_PROBLEMS = (400, 401, 403, 413, 502, 503)
 GET_PROBLEMS = (400, 401, 403, 502, 503)
+LEGACY_PROBLEMS = (*GET_PROBLEMS, 501)
+
+
+def _query_param(name: str, schema: dict[str, Any], description: str = "") -> dict[str, Any]:
+    param: dict[str, Any] = {"name": name, "in": "query", "required": False, "schema": schema}
+    if description:
+        param["description"] = description
+    return param
+
+
+def _group_param() -> dict[str, Any]:
+    return _path_param("groupId", {"pattern": GROUP_ID_PATTERN}, "The MQTT group")
+
+
+def _topic_param() -> dict[str, Any]:
+    return {
+        "name": "topic",
+        "in": "query",
+        "required": True,
+        "description": "A topic (filter); its first level is the legacy API's ParentTopic",
+        "schema": {"type": "string", "minLength": 1, "pattern": "^[^+#/\\u0000][^\\u0000]*$"},
+    }
+
+
+def _range_params() -> list[dict[str, Any]]:
+    when = {"type": "integer", "minimum": 0, "maximum": 2**53}
+    return [
+        _query_param("begin", when, "epoch ms; default an hour before end"),
+        _query_param("end", when, "epoch ms; default now; at most a day after begin"),
+    ]
 
 
 def admin_paths() -> dict[str, Any]:
@@ -256,6 +286,57 @@ def admin_paths() -> dict[str, Any]:
                 body="MessageSend",
             )
         },
+        "/v1/admin/clients/{clientId}": {
+            "get": _operation(
+                "adminClientDetail",
+                "One client: online, address, last touch, subscriptions "
+                "(legacy OnsMqttQueryClientByClientId)",
+                (200, "The client", "ClientDetail"),
+                LEGACY_PROBLEMS,
+                parameters=[_client_id_param()],
+            )
+        },
+        "/v1/admin/groups/{groupId}/online": {
+            "get": _operation(
+                "adminGroupOnline",
+                "How many clients of a group are online (legacy OnsMqttQueryClientByGroupId)",
+                (200, "The count", "GroupOnline"),
+                LEGACY_PROBLEMS,
+                parameters=[_group_param()],
+            )
+        },
+        "/v1/admin/groups/{groupId}/online-history": {
+            "get": _operation(
+                "adminGroupOnlineHistory",
+                "A group's online count per minute (legacy OnsMqttQueryHistoryOnline)",
+                (200, "The series", "GroupOnlineHistory"),
+                LEGACY_PROBLEMS,
+                parameters=[_group_param(), *_range_params()],
+            )
+        },
+        "/v1/admin/topics/online": {
+            "get": _operation(
+                "adminTopicOnline",
+                "How many online clients subscribe to a topic (legacy OnsMqttQueryClientByTopic)",
+                (200, "The count", "TopicOnline"),
+                LEGACY_PROBLEMS,
+                parameters=[_topic_param()],
+            )
+        },
+        "/v1/admin/topics/messages": {
+            "get": _operation(
+                "adminTopicMessages",
+                "A topic's message volume over time (legacy OnsMqttQueryMsgTransTrend)",
+                (200, "The series", "TopicMessages"),
+                LEGACY_PROBLEMS,
+                parameters=[
+                    _topic_param(),
+                    *_range_params(),
+                    _query_param("measure", {"enum": ["SUM", "TPS"], "default": "SUM"}),
+                    _query_param("direction", {"enum": ["PUB", "SUB"], "default": "PUB"}),
+                ],
+            )
+        },
         "/v1/admin/explain": {
             "post": _operation(
                 "adminExplain",
@@ -276,6 +357,82 @@ def _strings() -> dict[str, Any]:
     return {"type": "array", "items": {"type": "string"}}
 
 
+def _report_schemas() -> dict[str, Any]:
+    """The legacy management API's answers."""
+    series = {
+        "title": {"type": "string"},
+        "xUnit": {"type": "string"},
+        "yUnit": {"type": "string"},
+        "points": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["time", "value"],
+                "properties": {"time": {"type": "integer"}, "value": {"type": "number"}},
+            },
+        },
+        "begin": {"type": "integer"},
+        "end": {"type": "integer"},
+    }
+    required = ["title", "xUnit", "yUnit", "points", "begin", "end"]
+    return {
+        "ClientDetail": {
+            "type": "object",
+            "required": ["clientId", "online", "lastTouch", "address", "subscriptions"],
+            "properties": {
+                "clientId": {"type": "string"},
+                "online": {"type": "boolean"},
+                "lastTouch": {"type": "integer", "description": "epoch ms"},
+                "address": {"type": "string"},
+                "subscriptions": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["topic", "parentTopic", "subTopic", "qos"],
+                        "properties": {
+                            "topic": {"type": "string"},
+                            "parentTopic": {"type": "string"},
+                            "subTopic": {"type": ["string", "null"]},
+                            "qos": {"enum": [0, 1, 2]},
+                        },
+                    },
+                },
+            },
+        },
+        "GroupOnline": {
+            "type": "object",
+            "required": ["groupId", "onlineCount"],
+            "properties": {
+                "groupId": {"type": "string"},
+                "onlineCount": {"type": "integer", "minimum": 0},
+            },
+        },
+        "TopicOnline": {
+            "type": "object",
+            "required": ["topic", "onlineCount"],
+            "properties": {
+                "topic": {"type": "string"},
+                "onlineCount": {"type": "integer", "minimum": 0},
+            },
+        },
+        "GroupOnlineHistory": {
+            "type": "object",
+            "required": ["groupId", *required],
+            "properties": {"groupId": {"type": "string"}, **series},
+        },
+        "TopicMessages": {
+            "type": "object",
+            "required": ["topic", "measure", "direction", *required],
+            "properties": {
+                "topic": {"type": "string"},
+                "measure": {"enum": ["SUM", "TPS"]},
+                "direction": {"enum": ["PUB", "SUB"]},
+                **series,
+            },
+        },
+    }
+
+
 def _manage_schemas() -> dict[str, Any]:
     """Device credentials, Group IDs and messages."""
     group = {
@@ -291,6 +448,7 @@ def _manage_schemas() -> dict[str, Any]:
     }
     return {
         "Empty": {"type": "object", "additionalProperties": False},
+        **_report_schemas(),
         "DeviceCredential": {
             "type": "object",
             "description": "Never the secret: its fingerprint tells one secret from another.",
