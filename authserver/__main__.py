@@ -1,4 +1,4 @@
-"""The `authserver` command line: serve, demo, emulator, policy."""
+"""The `authserver` command line: serve, demo, emulator, policy, admin."""
 
 from __future__ import annotations
 
@@ -9,12 +9,13 @@ from collections.abc import Sequence
 from authserver import __version__
 
 USAGE = """\
-authserver {serve,demo,emulator,policy} ...
+authserver {serve,demo,emulator,policy,admin} ...
 
   serve      run the gateway (configured by AUTHSERVER_* variables; see README)
   demo       emulator + gateway in one process, in-memory store, example policy (local only)
   emulator   a local stand-in for the vendor MQTT token OpenAPI
   policy     check FILE | explain FILE --claims JSON [--client-id ID]
+  admin      the admin API of a running gateway: revoke, query, tokens, sessions, explain, ...
 """
 
 
@@ -27,7 +28,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Token gateway between MQTT devices and the cloud MQTT token API.",
     )
     parser.add_argument("--version", action="version", version=f"authserver {__version__}")
-    parser.add_argument("command", choices=["serve", "demo", "emulator", "policy"])
+    parser.add_argument("command", choices=["serve", "demo", "emulator", "policy", "admin"])
     if not args or args[0] in {"-h", "--help", "--version"}:
         parser.parse_args(args or ["--help"])
         return 0
@@ -48,6 +49,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from authserver.policy.cli import main as policy_main
 
         return policy_main(rest)
+    if command == "admin":
+        from authserver.admin_cli import main as admin_main
+
+        return admin_main(rest)
     parser.parse_args(args)  # prints the usage error and exits 2
     return 2
 

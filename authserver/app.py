@@ -10,17 +10,20 @@ from collections.abc import AsyncIterator
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from authserver import keys
+from authserver import appkeys
 from authserver.clock import Clock, SystemClock
 from authserver.cloud.circuit import CircuitBreaker
 from authserver.cloud.client import CloudClient, make_session
 from authserver.cloud.quota import QuotaGovernor
 from authserver.identity import JWTVerifier
-from authserver.policy_holder import PolicyHolder
-from authserver.ratelimit import Limit, RateLimiter, parse_networks
+from authserver.policy.holder import PolicyHolder
+from authserver.policy.model import Policy
+from authserver.policy.watch import PolicyWatcher
+from authserver.ratelimit import Limit, RateLimiter
 from authserver.redis_conn import open_redis
-from authserver.settings import Settings
+from authserver.settings import Settings, parse_networks
 from authserver.tokens.bus import InvalidationBus
+from authserver.tokens.narrowing import revoke_narrowed
 from authserver.tokens.revocation import (
     MemoryState,
     RedisState,
@@ -41,30 +44,42 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> web.Applica
     """Build the gateway application; resources start and stop with it."""
     # No middleware: every route's handler is wrapped instead (see web.observe.observed).
     app = web.Application(client_max_size=settings.max_body_bytes)
-    app[keys.SETTINGS] = settings
-    app[keys.CLOCK] = clock or SystemClock()
-    app[keys.POLICY] = PolicyHolder.load(settings.policy_file)
-    app.cleanup_ctx.append(_http_session)
-    app.cleanup_ctx.append(_redis)
-    app.cleanup_ctx.append(_services)
+    app[appkeys.SETTINGS] = settings
+    app[appkeys.CLOCK] = clock or SystemClock()
+    app[appkeys.POLICY] = PolicyHolder.load(settings.policy_file)
+    # One context per resource, in start order; they stop in the reverse order.
+    app.cleanup_ctx.extend(
+        (
+            _http_session,
+            _redis,
+            _verifier,
+            _cloud,
+            _limiter,
+            _tokens,
+            _revocation,
+            _revocation_worker,
+            _policy_watch,
+        )
+    )
     setup_operations(app)
     setup_routes(app)
+    app.on_startup.append(_log_ready)  # on_startup runs after every context has started
     return app
 
 
 async def _http_session(app: web.Application) -> AsyncIterator[None]:
-    session = make_session(timeout=app[keys.SETTINGS].request_deadline + 5)
-    app[keys.HTTP_SESSION] = session
+    session = make_session(timeout=app[appkeys.SETTINGS].request_deadline + 5)
+    app[appkeys.HTTP_SESSION] = session
     yield
     await session.close()
 
 
 async def _redis(app: web.Application) -> AsyncIterator[None]:
-    url = app[keys.SETTINGS].redis_url
+    url = app[appkeys.SETTINGS].redis_url
     if url is None:
         yield
         return
-    client = await open_redis(url, cluster=app[keys.SETTINGS].redis_cluster)
+    client = await open_redis(url, cluster=app[appkeys.SETTINGS].redis_cluster)
     app[REDIS] = client
     yield
     # Bounded: a node that stopped answering must not hold up shutdown.
@@ -72,20 +87,29 @@ async def _redis(app: web.Application) -> AsyncIterator[None]:
         await asyncio.wait_for(client.aclose(), timeout=5.0)
 
 
-async def _services(app: web.Application) -> AsyncIterator[None]:
-    settings = app[keys.SETTINGS]
-    clock = app[keys.CLOCK]
-    session = app[keys.HTTP_SESSION]
-    redis_client = app.get(REDIS)
+async def _verifier(app: web.Application) -> AsyncIterator[None]:
+    settings = app[appkeys.SETTINGS]
+    verifier = JWTVerifier(
+        settings.jwt, session=app[appkeys.HTTP_SESSION], clock=app[appkeys.CLOCK]
+    )
+    await verifier.start()
+    app[appkeys.VERIFIER] = verifier
+    yield
+    await verifier.close()
+
+
+async def _cloud(app: web.Application) -> AsyncIterator[None]:
+    settings = app[appkeys.SETTINGS]
+    clock = app[appkeys.CLOCK]
     governor = QuotaGovernor(
         settings.quota,
         account_limit=settings.account_quota,
         clock=clock,
-        redis=redis_client,
-        sleep=clock.sleep,
+        redis=app.get(REDIS),
+        fallback_fraction=settings.quota_share,
     )
-    cloud = CloudClient(
-        session,
+    app[appkeys.CLOUD] = CloudClient(
+        app[appkeys.HTTP_SESSION],
         settings.credentials,
         endpoint=settings.endpoint,
         iot_endpoint=settings.iot_endpoint,
@@ -96,27 +120,34 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         clock=clock,
         default_deadline=settings.request_deadline,
     )
-    app[keys.CLOUD] = cloud
-    verifier = JWTVerifier(settings.jwt, session=session, clock=clock)
-    await verifier.start()
-    app[keys.VERIFIER] = verifier
+    yield  # the HTTP session it uses is closed by its own context
 
+
+async def _limiter(app: web.Application) -> AsyncIterator[None]:
+    settings = app[appkeys.SETTINGS]
+    app[appkeys.RATE_LIMITER] = RateLimiter(
+        subject=Limit(settings.rate_limit_subject, settings.rate_limit_subject_burst),
+        ip=Limit(settings.rate_limit_ip, settings.rate_limit_ip_burst),
+        # The budget is set per minute; the buckets count per second.
+        mint=Limit(settings.mint_budget / 60, settings.mint_budget_burst),
+        clock=app[appkeys.CLOCK],
+        trusted_proxies=parse_networks(settings.trusted_proxies),
+        redis=app.get(REDIS),
+    )
+    yield
+
+
+async def _tokens(app: web.Application) -> AsyncIterator[None]:
+    settings = app[appkeys.SETTINGS]
+    clock = app[appkeys.CLOCK]
+    redis_client = app.get(REDIS)
+    cloud = app[appkeys.CLOUD]
+    limiter = app[appkeys.RATE_LIMITER]
     store: TokenStore
     if redis_client is not None:
         store = RedisStore(redis_client, clock)
     else:
         store = MemoryStore(clock, maxsize=settings.token_cache_size)
-
-    limiter = RateLimiter(
-        subject=Limit(settings.rate_limit_subject, settings.rate_limit_subject_burst),
-        ip=Limit(settings.rate_limit_ip, settings.rate_limit_ip_burst),
-        # The budget is set per minute; the buckets count per second.
-        mint=Limit(settings.mint_budget / 60, settings.mint_budget_burst),
-        clock=clock,
-        trusted_proxies=parse_networks(settings.trusted_proxies),
-        redis=redis_client,
-    )
-    app[keys.RATE_LIMITER] = limiter
 
     async def mint(
         instance_id: str, resources: tuple[str, ...], actions: str, expire_ms: int, budget: float
@@ -142,41 +173,77 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         answer_cache_size=settings.answer_cache_size,
         answer_cache_bytes=settings.answer_cache_bytes,
     )
-    app[keys.TOKENS] = tokens
+    app[appkeys.TOKENS] = tokens
+    yield
+    await tokens.close()
 
-    bus = InvalidationBus(redis_client, clock=clock)
+
+async def _revocation(app: web.Application) -> AsyncIterator[None]:
+    """The invalidation bus and the revoker (blocks, purges) that speaks through it."""
+    settings = app[appkeys.SETTINGS]
+    redis_client = app.get(REDIS)
+    bus = InvalidationBus(redis_client, clock=app[appkeys.CLOCK])
     state: RevocationState
     if redis_client is not None:
         state = RedisState(redis_client, bus.origin, claim_idle=settings.revocation_claim_idle)
     else:
         state = MemoryState()
-    app[keys.BUS] = bus
-    revoker = Revoker(
-        tokens,
+    app[appkeys.BUS] = bus
+    app[appkeys.REVOKER] = Revoker(
+        app[appkeys.TOKENS],
         state,
         bus,
-        clock=clock,
-        client_ids=app[keys.POLICY].client_ids,
+        clock=app[appkeys.CLOCK],
+        client_ids=app[appkeys.POLICY].client_ids,
         block_retention=settings.revocation_block_retention,
     )
-    app[keys.REVOKER] = revoker
     await bus.start()
+    yield
+    await bus.close()
+
+
+async def _revocation_worker(app: web.Application) -> AsyncIterator[None]:
+    """The worker that carries accepted revocations to the upstream (RevokeToken)."""
+    cloud = app[appkeys.CLOUD]
+    revoker = app[appkeys.REVOKER]
 
     async def revoke(instance_id: str, token: str) -> None:
         await cloud.revoke_token(instance_id, token, deadline=30.0)
 
-    worker = RevocationWorker(state, revoke, clock=clock, maintain=revoker.maintain)
-    app[keys.REVOCATION_WORKER] = worker
+    worker = RevocationWorker(
+        revoker.state, revoke, clock=app[appkeys.CLOCK], maintain=revoker.maintain
+    )
+    app[appkeys.REVOCATION_WORKER] = worker
     worker.start()
+    yield
+    await worker.stop()
+
+
+async def _policy_watch(app: web.Application) -> AsyncIterator[None]:
+    """Hot reload of the policy file; a narrowing revokes the tokens it no longer allows."""
+    settings = app[appkeys.SETTINGS]
+
+    async def on_change(_old: Policy, new: Policy) -> int:
+        return await revoke_narrowed(app[appkeys.TOKENS], app.get(appkeys.REVOKER), new)
+
+    watcher = PolicyWatcher(
+        app[appkeys.POLICY],
+        interval=settings.policy_poll_interval,
+        on_change=on_change,
+        clock=app[appkeys.CLOCK],
+    )
+    app[appkeys.POLICY_WATCHER] = watcher
+    await watcher.start()
+    yield
+    await watcher.close()
+
+
+async def _log_ready(app: web.Application) -> None:
+    settings = app[appkeys.SETTINGS]
     log.info(
         "gateway ready: instance %s, endpoint %s, store %s, policy %s",
         settings.instance_id,
         settings.endpoint,
-        "redis" if redis_client is not None else "memory",
-        app[keys.POLICY].current.version_id,
+        "redis" if app.get(REDIS) is not None else "memory",
+        app[appkeys.POLICY].current.version_id,
     )
-    yield
-    await worker.stop()
-    await tokens.close()
-    await bus.close()
-    await verifier.close()

@@ -9,9 +9,10 @@ Prometheus scrapes, by a custom collector, so the components never import this m
 from __future__ import annotations
 
 import logging
+import platform
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -23,6 +24,8 @@ from prometheus_client.core import (
 )
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 from prometheus_client.registry import Collector
+
+from authserver import __version__
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +113,6 @@ class Sources:
     revocation: StatsSource = lambda: None
     policy: StatsSource = lambda: None
     limits: StatsSource = lambda: None
-    extra: dict[str, StatsSource] = field(default_factory=dict)
 
 
 def _counter(name: str, doc: str, labels: Iterable[str] = ()) -> CounterMetricFamily:
@@ -274,11 +276,26 @@ def _policy_metrics(stats: Stats) -> Iterable[Metric]:
         yield stamp
 
 
+class BuildInfo(Collector):
+    """`authserver_build_info`: which release and Python each pod runs (dashboards join on it)."""
+
+    def collect(self) -> Iterable[Metric]:
+        """One sample of value 1 whose labels say what is running."""
+        info = _gauge(
+            "build_info",
+            "The running authserver: its version and Python version (value 1)",
+            ("version", "python_version"),
+        )
+        info.add_metric([__version__, platform.python_version()], 1)
+        yield info
+
+
 class Metrics:
     """The metrics of one application: its own registry, never the process-global one."""
 
     def __init__(self, sources: Sources | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(BuildInfo())
         self.requests = RequestMetrics()
         self.registry.register(self.requests)
         self.components = ComponentCollector(sources or Sources())

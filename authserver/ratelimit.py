@@ -187,11 +187,6 @@ def address(text: str) -> Address | None:
     return ip
 
 
-def parse_networks(values: Iterable[str]) -> tuple[Network, ...]:
-    """CIDRs (or single addresses) as networks; ValueError names the first bad one."""
-    return tuple(ipaddress.ip_network(v.strip(), strict=False) for v in values if v.strip())
-
-
 def _bucket_key(scope: str, key: str) -> str:
     digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:32]
     return f"{KEY_PREFIX}{{{scope}:{digest}}}"

@@ -137,7 +137,7 @@ def run_worker(settings: Settings, *, reuse_port: bool = False) -> int:
 
 def server_options(app: web.Application, settings: Settings) -> dict[str, Any]:
     """How aiohttp serves `app` (AppRunner keywords): timeouts, parser limits, its log."""
-    from authserver import keys
+    from authserver import appkeys
     from authserver.web.observe import ProtocolLog
 
     return {
@@ -146,7 +146,7 @@ def server_options(app: web.Application, settings: Settings) -> dict[str, Any]:
         "lingering_time": LINGERING_TIME,
         "max_line_size": settings.max_header_bytes,
         "max_field_size": settings.max_header_bytes,
-        "logger": ProtocolLog(app[keys.METRICS].requests),
+        "logger": ProtocolLog(app[appkeys.METRICS].requests),
     }
 
 

@@ -2,22 +2,57 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from authserver.cloud.client import (
+from authserver.cloud.credentials import Credentials, credentials_from_env
+from authserver.cloud.vendor import (
+    DEFAULT_LIMITS,
     endpoint_for_region,
     iot_endpoint_for_region,
     ons_endpoint_for_region,
 )
-from authserver.cloud.credentials import Credentials, credentials_from_env
-from authserver.cloud.quota import DEFAULT_LIMITS
-from authserver.identity import JWTSettings
-from authserver.ratelimit import parse_networks
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True)
+class JWTSettings:
+    """How to verify a JWT; every choice comes from here, never from the token.
+
+    The issuer is required: the subject alone names a caller everywhere (token reuse,
+    answers, rate limits, revocation blocks, the admin API), which is only unambiguous
+    when every accepted token comes from one issuer.
+    """
+
+    algorithms: tuple[str, ...]
+    issuer: str
+    secret: str | None = None
+    public_key_pem: str | None = None
+    jwks_url: str | None = None
+    audience: str | None = None
+    leeway: float = 30.0
+    # Seconds after its `iat` a JWT is refused, whatever its `exp`; None: no limit, `iat` optional.
+    max_age: float | None = None
+    subject_claim: str = "sub"
+    jwks_refresh_interval: float = 30.0
+    jwks_cache_ttl: float = 3600.0
+    max_token_bytes: int = 8192
+    cache_size: int = 100_000
+
+
+def parse_networks(values: Iterable[str]) -> tuple[Network, ...]:
+    """CIDRs (or single addresses) as networks; ValueError names the first bad one."""
+    return tuple(ipaddress.ip_network(v.strip(), strict=False) for v in values if v.strip())
+
 
 PREFIX = "AUTHSERVER_"
+# The gateway processes assumed to share a source IP when Redis is configured: the
+# maximum of the production HPA in deploy/ (maxReplicas: 30).
+DEFAULT_REDIS_REPLICAS = 30
 HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
 KEY_ALGORITHMS = frozenset(
     {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
@@ -81,6 +116,21 @@ class Settings:
     keepalive_timeout: float = 75.0
     body_read_timeout: float = 10.0
     max_header_bytes: int = 16384
+    replicas: int | None = None
+
+    @property
+    def quota_share(self) -> float:
+        """This process's share of the upstream limits whenever its quota buckets are local.
+
+        Local means no Redis, or Redis failing: every process then counts alone, so each
+        takes 1 / replicas. Unset, one process is assumed without Redis and
+        DEFAULT_REDIS_REPLICAS with it (a shared Redis means several replicas, and more
+        of them than assumed would send more than the account limit and get the source IP
+        blocked; fewer only serve more slowly while Redis is down).
+        """
+        if self.replicas is not None:
+            return 1.0 / self.replicas
+        return 1.0 / (DEFAULT_REDIS_REPLICAS if self.redis_url else 1)
 
     @property
     def endpoint(self) -> str:
@@ -218,6 +268,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         "keepalive_timeout": _number(env, "KEEPALIVE_TIMEOUT", 75.0, problems, minimum=0.1),
         "body_read_timeout": _number(env, "BODY_READ_TIMEOUT", 10.0, problems, minimum=0.1),
         "max_header_bytes": _max_header_bytes(env, jwt_settings, problems),
+        "replicas": _replicas(env, problems),
     }
     cluster_raw = (_env(env, "REDIS_CLUSTER") or "false").lower()
     if cluster_raw not in {"true", "false", "1", "0", "yes", "no"}:
@@ -265,6 +316,12 @@ def _max_header_bytes(env: Mapping[str, str], jwt: JWTSettings | None, problems:
             "accepted and its Authorization header line"
         )
     return value
+
+
+def _replicas(env: Mapping[str, str], problems: list[str]) -> int | None:
+    if _env(env, "REPLICAS") is None:
+        return None
+    return int(_number(env, "REPLICAS", 1, problems, minimum=1, integer=True))
 
 
 def _trusted_proxies(env: Mapping[str, str], problems: list[str]) -> tuple[str, ...]:

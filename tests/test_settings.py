@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from authserver.settings import SettingsError, load_settings
+from authserver.settings import DEFAULT_REDIS_REPLICAS, SettingsError, load_settings
 from tests.fixtures.gateway import EXAMPLE_POLICY
 
 GOOD = {
@@ -200,3 +200,27 @@ def test_the_answer_caches_byte_bound() -> None:
     assert tuned.answer_cache_bytes == 1024 * 1024
     with pytest.raises(SettingsError, match="ANSWER_CACHE_BYTES"):
         load_settings({**GOOD, "AUTHSERVER_ANSWER_CACHE_BYTES": "lots"})
+
+
+def test_the_local_quota_share_follows_the_replica_count() -> None:
+    assert load_settings(GOOD).quota_share == 1.0
+    with_redis = {**GOOD, "AUTHSERVER_REDIS_URL": "redis://127.0.0.1:6379/0"}
+    assert load_settings(with_redis).quota_share == pytest.approx(1 / DEFAULT_REDIS_REPLICAS)
+    assert load_settings({**with_redis, "AUTHSERVER_REPLICAS": "4"}).quota_share == 0.25
+    with pytest.raises(SettingsError, match="AUTHSERVER_REPLICAS"):
+        load_settings({**GOOD, "AUTHSERVER_REPLICAS": "0"})
+
+
+def test_settings_is_a_leaf() -> None:
+    # Configuration is read before any service exists: importing it must not pull in the
+    # HTTP client, Redis, the verifier or the token service (STYLE: settings a leaf).
+    code = (
+        "import sys, authserver.settings\n"
+        "heavy = {'aiohttp', 'redis', 'jwt', 'authserver.cloud.client', 'authserver.cloud.quota',\n"
+        "         'authserver.identity.verifier', 'authserver.ratelimit', 'authserver.tokens'}\n"
+        "print(sorted(heavy & set(sys.modules)))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.strip() == "[]"

@@ -42,6 +42,11 @@ from authserver.cloud.resources import (
     vendor_items,
 )
 from authserver.cloud.signing import canonical_query, percent_encode, sign_v1
+from authserver.cloud.vendor import (
+    endpoint_for_region,
+    iot_endpoint_for_region,
+    ons_endpoint_for_region,
+)
 from authserver.errors import NotConfigured
 from authserver.fingerprint import fingerprint
 
@@ -57,6 +62,8 @@ MAX_RESOURCES = 100
 BATCH_SIZE = 10
 BATCH_CONCURRENCY = 4
 FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
+# A retry is started only with at least this long (or the last attempt's duration) left.
+MIN_ATTEMPT_BUDGET = 0.05
 
 
 def make_session(timeout: float = 10.0) -> aiohttp.ClientSession:
@@ -66,21 +73,6 @@ def make_session(timeout: float = 10.0) -> aiohttp.ClientSession:
         cookie_jar=aiohttp.DummyCookieJar(),
         raise_for_status=False,
     )
-
-
-def endpoint_for_region(region_id: str) -> str:
-    """The MQTT OpenAPI endpoint of a region."""
-    return f"https://onsmqtt.{region_id}.aliyuncs.com"
-
-
-def ons_endpoint_for_region(region_id: str) -> str:
-    """The legacy Ons management API endpoint of a region (001)."""
-    return f"https://ons.{region_id}.aliyuncs.com"
-
-
-def iot_endpoint_for_region(region_id: str) -> str:
-    """The IoT Platform OpenAPI endpoint of a region."""
-    return f"https://iot.{region_id}.aliyuncs.com"
 
 
 @dataclass(frozen=True)
@@ -584,6 +576,7 @@ class CloudClient:
         token_fp = fingerprint(secret_param) if secret_param else None
         attempt = 0
         failure: Exception | None = None
+        last_took = 0.0
         while True:
             if self.circuit.state == "open":
                 self._results[action]["circuit_open"] += 1
@@ -595,51 +588,63 @@ class CloudClient:
                     retry_after=self.circuit.retry_after(),
                 )
             try:
-                await self.governor.acquire(action, deadline)
+                permit = await self.governor.acquire(action, deadline)
             except UpstreamThrottled as refused:
                 self._results[action]["quota_refused"] += 1
                 if failure is not None:
                     raise refused from failure
                 raise
-            if not self.circuit.allow():
-                self._results[action]["circuit_open"] += 1
-                raise UpstreamUnavailable(
-                    f"{action}: the upstream circuit is half-open, a probe is in flight",
-                    retry_after=max(self.circuit.retry_after(), 1.0),
-                )
-            remaining = deadline - self._clock.monotonic()
-            if remaining <= 0:
-                self._results[action]["deadline"] += 1
-                raise UpstreamUnavailable(
-                    f"{action}: deadline exhausted before sending"
-                ) from failure
-            self._attempts[action] += 1
-            try:
-                data = await self._attempt(action, params, url, version, remaining)
-            except CloudError as err:
-                self._log(action, attempt, err.vendor_code, err.request_id, token_fp)
-                self._results[action][err.vendor_code or f"http_{err.http_status}"] += 1
-                if not err.retryable:
-                    self.circuit.record_success()  # the upstream is alive and answering
-                    raise
-                self.circuit.record_failure()
-                failure = err
-            except (TimeoutError, aiohttp.ClientError) as err:
-                kind = "timeout" if isinstance(err, TimeoutError) else "connection_error"
-                self._log(action, attempt, kind, None, token_fp)
-                self._results[action][kind] += 1
-                self.circuit.record_failure()
-                failure = err
-            else:
-                self.circuit.record_success()
-                self._results[action]["ok"] += 1
-                self._log(action, attempt, "ok", _request_id(data), token_fp)
-                return data
+            # The slot is held until the answer is back (or the attempt is abandoned): the
+            # governor's proof that the upstream sees no more than the limit rests on it.
+            with permit:
+                if not self.circuit.allow():
+                    self._results[action]["circuit_open"] += 1
+                    raise UpstreamUnavailable(
+                        f"{action}: the upstream circuit is half-open, a probe is in flight",
+                        retry_after=max(self.circuit.retry_after(), 1.0),
+                    )
+                started = self._clock.monotonic()
+                remaining = deadline - started
+                if failure is not None and remaining < max(last_took, MIN_ATTEMPT_BUDGET):
+                    # A retry that cannot finish in the time left would only end in a
+                    # timeout that says nothing about the upstream: report what it said.
+                    self._results[action]["deadline"] += 1
+                    raise _give_up(action, failure, 1.0)
+                if remaining <= 0:
+                    self._results[action]["deadline"] += 1
+                    raise UpstreamUnavailable(f"{action}: deadline exhausted before sending")
+                self._attempts[action] += 1
+                try:
+                    data = await self._attempt(action, params, url, version, remaining)
+                except CloudError as err:
+                    self._log(action, attempt, err.vendor_code, err.request_id, token_fp)
+                    self._results[action][err.vendor_code or f"http_{err.http_status}"] += 1
+                    if not err.retryable:
+                        self.circuit.record_success()  # the upstream is alive and answering
+                        raise
+                    self.circuit.record_failure()
+                    failure = err
+                except (TimeoutError, aiohttp.ClientError) as err:
+                    kind = "timeout" if isinstance(err, TimeoutError) else "connection_error"
+                    self._log(action, attempt, kind, None, token_fp)
+                    self._results[action][kind] += 1
+                    self.circuit.record_failure()
+                    if isinstance(err, TimeoutError) and failure is not None:
+                        # Cut short by the caller's deadline: the previous answer is what
+                        # the upstream last said.
+                        raise _give_up(action, failure, 1.0)  # noqa: B904 - cause set
+                    failure = err
+                else:
+                    self.circuit.record_success()
+                    self._results[action]["ok"] += 1
+                    self._log(action, attempt, "ok", _request_id(data), token_fp)
+                    return data
+                last_took = self._clock.monotonic() - started
             attempt += 1
             pause = self._rng.uniform(0, min(self.backoff_max, self.backoff_base * 2**attempt))
             if attempt >= self.max_attempts or self._clock.monotonic() + pause >= deadline:
                 raise _give_up(action, failure, 1.0)
-            await asyncio.sleep(pause)
+            await self._clock.sleep(pause)
 
     async def _attempt(
         self, action: str, params: Mapping[str, str], url: str, version: str, budget: float

@@ -1,35 +1,58 @@
 """The quota governor: never send a call the upstream would throttle, across all processes.
 
 Each limit is a GCRA (leaky) bucket with a burst of one: calls of one action are spaced by
-`(1 + margin) / limit` seconds (margin 10% by default), so any sliding one-second window sees
-at most `limit` of them even when event-loop lag bunches some calls on the way (a 5% margin
-was crossed once in a loaded test run: 201 calls in one window at a 200/s limit). Every call
+`(1 + margin) / limit` seconds (margin 10% by default), which keeps them smooth. Every call
 takes a slot in its action's bucket (when the action has a limit) and in the account bucket
 (the vendor's 300 calls/s per source IP, over which the IP is blocked, not throttled), both at
 the same instant or neither.
 
+`acquire` returns a `Permit`; the caller releases it once the call is over (its answer is
+back, or the attempt failed). Local mode (no Redis, or the Redis fallback) holds a call's
+place in each bucket's window from its grant until its release, and grants the
+(i + limit)-th call of a bucket only a window (one second plus half the margin) after the
+i-th call was released. The upstream therefore never sees more than `limit` arrivals in
+any one-second window, WHATEVER the delays: a call arrives after its grant and before its
+answer is back, so the arrivals of calls i and i + limit are at least a window apart
+however late a wake-up or a send was. (A call abandoned without an answer, a timeout, is
+released when it is abandoned: the promise holds for a request that reached the upstream
+before its client gave up on it, which is what a timeout means in practice.)
+
+Redis mode reserves slots with one Lua script on the server's `TIME`, in keys sharing the
+hash tag `{<key prefix>}` (Redis Cluster safe), so every process shares one bucket; it
+cannot see when another process's call arrives or completes. It promises the spacing: any
+`limit + 1` reservations span at least `limit * (1 + margin) / limit` = 1.1 s, so the
+upstream sees at most `limit` arrivals in a second as long as the delays between a grant
+and its arrival differ by less than the margin (100 ms by default) between calls.
+
+Fairness, local mode: the waiters of one action queue per subject (named by `asking()`
+where the subject is known, carried by a context variable into the token service's mint
+tasks), and the next slot goes to the subjects in rotation. A subject that keeps minting
+when the quota is saturated delays a new device by one grant per subject waiting, not by
+its own queue. Redis mode reserves in the order calls reach Redis, across processes.
+
 A caller passes an absolute deadline on `clock.monotonic()`; when its slot would come later,
 it gets `UpstreamThrottled` at once with the time until a slot would be free, and nothing is
-reserved.
+reserved (locally: when even its turn in rotation, if nobody else came, would be too late;
+later arrivals of other subjects can still push it back, and it is then refused at its
+deadline). A call whose slot came but whose window is still held by calls in flight waits
+for their release until its deadline, then is refused.
 
-Local mode (no Redis) also keeps the times of the last grants per bucket and holds back a
-caller whose slot came but whose wake-up was late enough to crowd the window (a busy event
-loop). Redis mode reserves slots with one Lua script on the server's `TIME`, in keys sharing
-the hash tag `{<key prefix>}` (Redis Cluster safe), so every process shares one bucket.
-
-When Redis fails, the governor falls back to local buckets scaled by `fallback_fraction`
-(set it to 1 / the number of gateway processes sharing a source IP, so the processes together
-still stay under the account limit that would get the IP blocked), logs one warning per
-outage, and tries Redis again after `redis_retry_interval` seconds. Failing closed instead
-would turn a Redis outage into a full outage although the upstream is still protected.
+Local buckets (no Redis, or Redis failing) are scaled by `fallback_fraction`, this
+process's share (the app sets it to 1 / `AUTHSERVER_REPLICAS`, the number of gateway
+processes sharing a source IP, so the processes together still stay under the account
+limit that would get the IP blocked). When Redis fails, the governor falls back to them,
+logs one warning per outage, and tries Redis again after
+`redis_retry_interval` seconds. Failing closed instead would turn a Redis outage into a
+full outage although the upstream is still protected.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import math
-from collections import Counter, defaultdict, deque
+from collections import Counter, OrderedDict, defaultdict, deque
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -38,31 +61,10 @@ import redis.exceptions
 
 from authserver.clock import Clock, SystemClock
 from authserver.cloud.errors import UpstreamThrottled
+from authserver.cloud.vendor import DEFAULT_LIMITS
 
 log = logging.getLogger(__name__)
 
-DEFAULT_LIMITS: dict[str, float] = {
-    "ApplyToken": 100,
-    "QueryToken": 100,
-    "RevokeToken": 5,
-    "QuerySessionByClientId": 500,
-    "BatchQuerySessionByClientIds": 100,
-    "QueryClientIds": 10,
-    # 002 section 8
-    "CreateGroupId": 10,
-    "DeleteGroupId": 10,
-    "ListGroupId": 10,
-    "SendMessage": 1000,
-    # 001: the legacy management API throttles each call at about 30 a minute
-    "OnsMqttGroupIdCreate": 0.5,
-    "OnsMqttGroupIdDelete": 0.5,
-    "OnsMqttGroupIdList": 0.5,
-    "OnsMqttQueryHistoryOnline": 0.5,
-    "OnsMqttQueryClientByTopic": 0.5,
-    "OnsMqttQueryClientByGroupId": 0.5,
-    "OnsMqttQueryClientByClientId": 0.5,
-    "OnsMqttQueryMsgTransTrend": 0.5,
-}
 ACCOUNT_BUCKET = "account"
 
 Sleep = Callable[[float], Awaitable[None]]
@@ -92,24 +94,121 @@ return {1, wait}
 """
 
 
-class _Bucket:
-    """One local GCRA bucket with the times of its last grants."""
+_ASKING: contextvars.ContextVar[str | None] = contextvars.ContextVar("quota_asking", default=None)
 
-    __slots__ = ("grants", "interval", "tat", "window")
+
+def asking(subject: str | None) -> None:
+    """Name the subject on whose behalf upstream calls are made from this context on.
+
+    Set where the subject is known (the request handler); the token service mints in tasks
+    created from the request's context, so the name follows the request to the governor.
+    """
+    _ASKING.set(subject)
+
+
+class _Turns:
+    """The waiters for one action's local slots, served round-robin across subjects.
+
+    One waiter at a time holds the turn (it takes the next slot, waits for it, and passes
+    the turn on); the others queue per subject, and the turn goes to the subjects in
+    rotation, so a subject with a thousand calls queued delays a newcomer by at most one
+    call per subject waiting, not by its whole queue.
+    """
+
+    __slots__ = ("busy", "queues")
+
+    def __init__(self) -> None:
+        self.busy = False
+        self.queues: OrderedDict[str | None, deque[asyncio.Future[None]]] = OrderedDict()
+
+    def ahead(self, subject: str | None) -> int:
+        """How many turns a newcomer of `subject` waits, if nobody else comes."""
+        mine = len(self.queues.get(subject, ()))
+        others = sum(min(len(q), mine + 1) for s, q in self.queues.items() if s != subject)
+        return int(self.busy) + others + mine
+
+    def join(self, subject: str | None) -> asyncio.Future[None] | None:
+        """None: the turn is the caller's now; else a future set when it is."""
+        if not self.busy:
+            self.busy = True
+            return None
+        turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.queues.setdefault(subject, deque()).append(turn)
+        return turn
+
+    def leave(self, subject: str | None, turn: asyncio.Future[None]) -> None:
+        """A queued waiter gives up (its deadline came, or it was cancelled)."""
+        queue = self.queues.get(subject)
+        if queue is not None and turn in queue:
+            queue.remove(turn)
+            if not queue:
+                del self.queues[subject]
+
+    def pass_on(self) -> None:
+        """The holder is done: the next subject in rotation gets the turn."""
+        while self.queues:
+            subject, queue = self.queues.popitem(last=False)
+            turn = queue.popleft()
+            if queue:
+                self.queues[subject] = queue  # to the end of the rotation
+            if not turn.done():
+                turn.set_result(None)
+                return
+        self.busy = False
+
+
+class _Held:
+    """One granted call's place in a bucket's window: held until the call is released."""
+
+    __slots__ = ("released_at",)
+
+    def __init__(self) -> None:
+        self.released_at: float | None = None
+
+
+class _Bucket:
+    """One local GCRA bucket with the places of its last `size` grants."""
+
+    __slots__ = ("held", "interval", "tat", "window")
 
     def __init__(self, limit: float, margin: float) -> None:
         self.interval = (1.0 + margin) / limit
         size = max(1, math.floor(limit))
-        # The hard check on actual grant times keeps half the margin for network jitter.
-        self.window = size / limit * (1.0 + margin / 2)
-        self.grants: deque[float] = deque(maxlen=size)
+        # The window is one second (the upstream's) plus half the margin, for clock jitter.
+        self.window = max(1.0, size / limit) * (1.0 + margin / 2)
+        self.held: deque[_Held] = deque(maxlen=size)
         self.tat = -math.inf
 
     def free_at(self) -> float:
-        """When the window of recent grants lets one more through."""
-        if len(self.grants) < (self.grants.maxlen or 1):
+        """When the oldest of the last `size` grants lets one more through (inf: in flight)."""
+        if len(self.held) < (self.held.maxlen or 1):
             return -math.inf
-        return self.grants[0] + self.window
+        released = self.held[0].released_at
+        return math.inf if released is None else released + self.window
+
+
+class Permit:
+    """A granted call's slot; `release()` it (or leave its `with` block) once the call is over."""
+
+    __slots__ = ("_governor", "_held")
+
+    def __init__(self, governor: QuotaGovernor | None, held: list[_Held]) -> None:
+        self._governor = governor
+        self._held = held
+
+    def release(self) -> None:
+        """The call is over: its answer is back, or it was abandoned. Idempotent."""
+        governor, self._governor = self._governor, None
+        if governor is not None:
+            governor._release(self._held)
+
+    def __enter__(self) -> Permit:
+        """Hold the slot for the block."""
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        """Release the slot, whatever ended the block."""
+        self.release()
 
 
 class QuotaGovernor:
@@ -127,6 +226,7 @@ class QuotaGovernor:
         fallback_fraction: float = 1.0,
         redis_retry_interval: float = 5.0,
         sleep: Sleep | None = None,
+        idle: Sleep | None = None,
     ) -> None:
         merged = {**DEFAULT_LIMITS, **(limits or {})}
         for name, value in [*merged.items(), ("account_limit", account_limit)]:
@@ -140,7 +240,9 @@ class QuotaGovernor:
         self.account_limit = float(account_limit)
         self.margin = margin
         self._clock: Clock = clock or SystemClock()
-        self._sleep: Sleep = sleep or asyncio.sleep
+        self._sleep: Sleep = sleep or self._clock.sleep
+        # Deadline timers of queued waiters: they must not move a test's clock themselves.
+        self._idle: Sleep = idle or self._clock.idle
         self._redis = redis
         tag = key_prefix.rstrip(":") or "authserver:quota"
         self._key_prefix = "{" + tag + "}:"
@@ -148,8 +250,8 @@ class QuotaGovernor:
         self._redis_retry_interval = redis_retry_interval
         self._redis_down_until = -math.inf
         self._redis_down = False
-        # Without Redis this process owns the whole quota; as a fallback, only its share.
-        scale = 1.0 if redis is None else fallback_fraction
+        # Local buckets (no Redis, or Redis failing) hold only this process's share.
+        scale = fallback_fraction
         self._scale = scale
         self._local: dict[str, _Bucket] = {
             name: _Bucket(limit * scale, margin) for name, limit in merged.items()
@@ -160,6 +262,8 @@ class QuotaGovernor:
         self.wait_seconds: defaultdict[str, float] = defaultdict(float)
         self.refused: Counter[str] = Counter()
         self.redis_errors = 0
+        self._released: asyncio.Event = asyncio.Event()
+        self._turns: defaultdict[str, _Turns] = defaultdict(_Turns)
 
     @property
     def mode(self) -> str:
@@ -168,8 +272,11 @@ class QuotaGovernor:
             return "local"
         return "local-fallback" if self._redis_down else "redis"
 
-    async def acquire(self, action: str, deadline: float) -> None:
-        """Wait for a slot of `action` before `deadline` (monotonic), or raise at once."""
+    async def acquire(self, action: str, deadline: float) -> Permit:
+        """Wait for a slot of `action` before `deadline` (monotonic), or raise at once.
+
+        Release the permit once the call is over (`with permit:` around the call).
+        """
         buckets = [action, ACCOUNT_BUCKET] if action in self.limits else [ACCOUNT_BUCKET]
         if self._redis_usable():
             try:
@@ -179,8 +286,8 @@ class QuotaGovernor:
             else:
                 await self._wait(action, wait)
                 self.acquired[action] += 1
-                return
-        await self._acquire_local(action, buckets, deadline)
+                return Permit(None, [])
+        return await self._acquire_local(action, buckets, deadline)
 
     def stats(self) -> dict[str, Any]:
         """Counters for metrics: grants, waits, refusals per action, and the mode in use."""
@@ -195,8 +302,52 @@ class QuotaGovernor:
             "redis_errors": self.redis_errors,
         }
 
-    async def _acquire_local(self, action: str, names: list[str], deadline: float) -> None:
+    async def _acquire_local(self, action: str, names: list[str], deadline: float) -> Permit:
         buckets = [self._local[name] for name in names]
+        turns = self._turns[action]
+        subject = _ASKING.get()
+        now = self._clock.monotonic()
+        # Refused at once when even a turn in rotation order would come too late.
+        interval = max(b.interval for b in buckets)
+        soonest = max(now, *(b.tat for b in buckets)) + turns.ahead(subject) * interval
+        if soonest > deadline:
+            self._refuse(action, soonest - now)
+        turn = turns.join(subject)
+        if turn is not None:
+            await self._take_turn(action, turns, subject, turn, deadline)
+        try:
+            return await self._slot(action, buckets, deadline)
+        finally:
+            turns.pass_on()
+
+    async def _take_turn(
+        self,
+        action: str,
+        turns: _Turns,
+        subject: str | None,
+        turn: asyncio.Future[None],
+        deadline: float,
+    ) -> None:
+        """Wait in the subject's queue until the turn is ours, or refuse at the deadline."""
+        timer = asyncio.ensure_future(self._idle(max(0.0, deadline - self._clock.monotonic())))
+        try:
+            await asyncio.wait((turn, timer), return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            if turn.done() and not turn.cancelled():
+                turns.pass_on()  # handed to us as we were cancelled: hand it on
+            else:
+                turns.leave(subject, turn)
+            raise
+        finally:
+            timer.cancel()
+            await asyncio.gather(timer, return_exceptions=True)
+        if not turn.done():
+            turns.leave(subject, turn)
+            turn.cancel()
+            self._refuse(action, max(0.0, deadline - self._clock.monotonic()) + 1.0)
+
+    async def _slot(self, action: str, buckets: list[_Bucket], deadline: float) -> Permit:
+        """The turn holder: take the next slot of every bucket and wait for it."""
         now = self._clock.monotonic()
         slot = max(now, *(b.tat for b in buckets))
         if slot > deadline:
@@ -208,15 +359,43 @@ class QuotaGovernor:
             if slot > now:
                 await self._wait(action, slot - now)
                 continue
-            # Our slot has come; a late wake-up must still not crowd the window.
+            # Our slot has come; the window must still be free of calls not yet over.
             slot = max(b.free_at() for b in buckets)
             if slot <= now:
-                for bucket in buckets:
-                    bucket.grants.append(now)
+                held = [_Held() for _ in buckets]
+                for bucket, place in zip(buckets, held, strict=True):
+                    bucket.held.append(place)
                 self.acquired[action] += 1
-                return
-            if slot > deadline:
+                return Permit(self, held)
+            if slot > deadline and slot != math.inf:
                 self._refuse(action, slot - now)
+            if slot == math.inf:
+                # A call of the window is in flight: wait for a release, at most until the
+                # deadline.
+                if now >= deadline or not await self._until_released(deadline):
+                    self._refuse(action, max(b.window for b in buckets))
+                slot = now
+
+    async def _until_released(self, deadline: float) -> bool:
+        """Wait for some permit's release; False when the deadline came first."""
+        released = self._released
+        waiter = asyncio.ensure_future(released.wait())
+        timer = asyncio.ensure_future(self._idle(max(0.0, deadline - self._clock.monotonic())))
+        try:
+            await asyncio.wait((waiter, timer), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (waiter, timer):
+                task.cancel()
+            await asyncio.gather(waiter, timer, return_exceptions=True)
+        return released.is_set() or self._clock.monotonic() < deadline
+
+    def _release(self, held: list[_Held]) -> None:
+        now = self._clock.monotonic()
+        for place in held:
+            place.released_at = now
+        # Wake every waiter once, then arm the event again for the next release.
+        self._released.set()
+        self._released = asyncio.Event()
 
     async def _reserve_redis(self, action: str, names: list[str], deadline: float) -> float:
         assert self._script is not None

@@ -103,6 +103,8 @@ async def _apply_fault(
     request: web.Request, state: EmulatorState, fault: Fault, action: str
 ) -> None:
     if fault.latency_ms > 0:
+        # Real time, not the emulator's clock: it stands for the network, and a client's
+        # timeout on it is real whatever clock the test gave the emulator.
         await asyncio.sleep(fault.latency_ms / 1000)
     if fault.outage:
         # Abort the socket: the client sees the connection drop with no answer at all. The
@@ -227,7 +229,7 @@ async def _sweeper(app: web.Application) -> AsyncIterator[None]:
 
     async def sweep() -> None:
         while True:
-            await asyncio.sleep(SWEEP_INTERVAL)
+            await state.clock.idle(SWEEP_INTERVAL)
             state.sweep_expired()
 
     app[_SWEEPER] = asyncio.create_task(sweep(), name="emulator-sweeper")

@@ -117,7 +117,7 @@ class JWKSSource:
             else:
                 due = self._loaded_at + self._cache_ttl - self._clock.monotonic()
                 delay = max(due, min(self._cache_ttl, 1.0))
-            await asyncio.sleep(delay)
+            await self._clock.idle(delay)
             if await self.refresh(rate_limited=False):
                 failures = 0
             else:

@@ -7,33 +7,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from authserver.errors import InvalidToken
+from authserver.settings import JWTSettings
 
 BEARER_CHALLENGE = {"WWW-Authenticate": 'Bearer error="invalid_token"'}
-
-
-@dataclass(frozen=True)
-class JWTSettings:
-    """How to verify a JWT; every choice comes from here, never from the token.
-
-    The issuer is required: the subject alone names a caller everywhere (token reuse,
-    answers, rate limits, revocation blocks, the admin API), which is only unambiguous
-    when every accepted token comes from one issuer.
-    """
-
-    algorithms: tuple[str, ...]
-    issuer: str
-    secret: str | None = None
-    public_key_pem: str | None = None
-    jwks_url: str | None = None
-    audience: str | None = None
-    leeway: float = 30.0
-    # Seconds after its `iat` a JWT is refused, whatever its `exp`; None: no limit, `iat` optional.
-    max_age: float | None = None
-    subject_claim: str = "sub"
-    jwks_refresh_interval: float = 30.0
-    jwks_cache_ttl: float = 3600.0
-    max_token_bytes: int = 8192
-    cache_size: int = 100_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,3 +30,6 @@ class Identity:
 def invalid_token(detail: str) -> InvalidToken:
     """An InvalidToken carrying the RFC 6750 challenge for a bad bearer token."""
     return InvalidToken(detail, headers=BEARER_CHALLENGE)
+
+
+__all__ = ["Identity", "JWTSettings", "invalid_token"]

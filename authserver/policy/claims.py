@@ -27,3 +27,19 @@ def referenced_claims(policy: Policy) -> frozenset[str]:
 def relevant_claims(names: frozenset[str], claims: Mapping[str, Any]) -> dict[str, Any]:
     """The claims among `names` that the identity carries."""
     return {name: claims[name] for name in names if name in claims}
+
+
+class KeptClaims(dict[str, Any]):
+    """Some of an identity's claims, and the claim names they answer for.
+
+    A record normally keeps its identity's whole claim set, so that a later policy reading
+    any claim can be evaluated against it. When that set is too large to keep, only the claims
+    the policy of the day reads are kept: `names` says which names they cover (a name in
+    `names` missing from the dict was absent from the identity; any other is unknown).
+    """
+
+    __slots__ = ("names",)
+
+    def __init__(self, claims: Mapping[str, Any], names: frozenset[str]) -> None:
+        super().__init__(claims)
+        self.names = names

@@ -20,7 +20,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from authserver.clock import Clock
+from authserver.clock import Clock, SystemClock
 from authserver.errors import StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -42,7 +42,7 @@ class InvalidationBus:
         retry_interval: float = 0.5,
     ) -> None:
         self._redis = redis
-        self._clock = clock
+        self._clock: Clock = clock or SystemClock()
         self._retry = retry_interval
         self._handlers: list[Handler] = []
         self._resyncs: list[Resync] = []
@@ -50,7 +50,6 @@ class InvalidationBus:
         self._task: asyncio.Task[None] | None = None
         self.connected = redis is None
         self._subscribed = asyncio.Event()
-        self.received = 0
 
     def on_event(self, handler: Handler) -> None:
         """Call `handler` for every event, local or remote."""
@@ -127,7 +126,7 @@ class InvalidationBus:
                 self.connected = False
             finally:
                 await _close_quietly(pubsub)
-            await asyncio.sleep(self._retry)
+            await self._clock.idle(self._retry)
 
     def _receive(self, data: bytes | str) -> None:
         try:
@@ -137,7 +136,6 @@ class InvalidationBus:
             return
         if not isinstance(event, dict) or event.get("origin") == self.origin:
             return
-        self.received += 1
         self._dispatch(event)
 
 

@@ -9,25 +9,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from authserver.fingerprint import fingerprint
+from authserver.policy.claims import KeptClaims
 
 EARLY_REFRESH_MS = 60_000
+# A renewal needs time to land (quota wait, round trip) before devices need the new token.
+RENEW_LEAD_MS = 5_000
 ACTIONS_PARAM = {"R": "R", "W": "W", "RW": "R,W"}
-
-
-class KeptClaims(dict[str, Any]):
-    """Some of an identity's claims, and the claim names they answer for.
-
-    A record normally keeps its identity's whole claim set, so that a later policy reading
-    any claim can be evaluated against it. When that set is too large to keep, only the claims
-    the policy of the day reads are kept: `names` says which names they cover (a name in
-    `names` missing from the dict was absent from the identity; any other is unknown).
-    """
-
-    __slots__ = ("names",)
-
-    def __init__(self, claims: Mapping[str, Any], names: frozenset[str]) -> None:
-        super().__init__(claims)
-        self.names = names
 
 
 def claim_names_of(claims: Mapping[str, Any]) -> frozenset[str] | None:
@@ -83,13 +70,16 @@ class TokenRecord:
 
         Each token gets its own point in a window before refreshAt (at most a minute, or a
         tenth of its life) derived from the token, so a fleet that fetched its tokens in the
-        same second is renewed spread over that window rather than at once.
+        same second is renewed spread over that window rather than at once. The window ends
+        a lead (5 s, or the window's width if that is shorter) before refreshAt: a renewal
+        started a millisecond before refreshAt would land after devices need the new token,
+        and they would wait on a synchronous mint, the stampede this renewal exists to avoid.
         """
         if not self.renew_at_ms:
             window = max(min(EARLY_REFRESH_MS, (self.refresh_at_ms - self.issued_ms) // 10), 1)
+            lead = min(RENEW_LEAD_MS, window)
             jitter = int(fingerprint(self.token), 16) % window
-            # Strictly before refreshAt, so the renewal always starts before devices need it.
-            object.__setattr__(self, "renew_at_ms", self.refresh_at_ms - 1 - jitter)
+            object.__setattr__(self, "renew_at_ms", self.refresh_at_ms - lead - jitter)
 
     @property
     def fingerprint(self) -> str:

@@ -147,7 +147,6 @@ class TokenService:
         self.hits = {"l1": 0, "store": 0}
         self.misses = 0
         self.minted = 0
-        self.renewed = 0
         self._renewing: set[str] = set()
         self._background: set[asyncio.Task[None]] = set()
         # Set by the revoker: revokes upstream a token minted across a revocation.
@@ -337,7 +336,6 @@ class TokenService:
             )
             if self._l1 is not None and self.answers.generation == generation:
                 self._l1.put(key, record)
-            self.renewed += 1
         finally:
             await self._unlock(key, request.subject, lock_id)
 

@@ -16,7 +16,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from cachetools import TTLCache
 
-from authserver import keys
+from authserver import appkeys
 from authserver.cloud.errors import CloudRejected
 from authserver.errors import BadRequest, GatewayError, NotConfigured, NotFound
 from authserver.fingerprint import fingerprint
@@ -128,7 +128,7 @@ async def revoke(request: web.Request) -> web.Response:
             "deviceCredentials must be unregister or refresh",
             extra={"field": "deviceCredentials"},
         )
-    revoker = request.app[keys.REVOKER]
+    revoker = request.app[appkeys.REVOKER]
     which = chosen[0]
     if credentials_action is not None and which == "token":
         raise BadRequest(
@@ -188,9 +188,9 @@ async def subject_client_ids(app: web.Application, subject: str) -> list[str]:
     clientId that only the subject's unseen claims would yield is not found: name it with a
     clientId revocation.
     """
-    policy = app[keys.POLICY].current
+    policy = app[appkeys.POLICY].current
     found: list[str] = []
-    records = await app[keys.TOKENS].subject_tokens(subject)
+    records = await app[appkeys.TOKENS].subject_tokens(subject)
     for claims in [{}, *(r.claims for r in records)]:
         allowed, _ = allowed_client_ids(policy, subject, claims)
         found.extend(allowed)
@@ -206,8 +206,8 @@ async def sweep_device_credentials(
     The token revocation is done and durable by now: one failed credential call is reported
     in `failed` rather than turning the whole answer into an error.
     """
-    cloud = app[keys.CLOUD]
-    instance_id = app[keys.SETTINGS].instance_id
+    cloud = app[appkeys.CLOUD]
+    instance_id = app[appkeys.SETTINGS].instance_id
     done: list[str] = []
     absent: list[str] = []
     failed: list[dict[str, str]] = []
@@ -232,7 +232,7 @@ async def sweep_device_credentials(
 async def revocations(request: web.Request) -> web.Response:
     """The upstream revocation queue: depth, oldest pending age, recent failures."""
     query_params(request, ())
-    return web.json_response(await request.app[keys.REVOKER].status())
+    return web.json_response(await request.app[appkeys.REVOKER].status())
 
 
 # -- tokens --------------------------------------------------------------------------------
@@ -245,22 +245,22 @@ async def query_token(request: web.Request) -> web.Response:
     app = request.app
     answer: dict[str, Any] = {"fingerprint": fingerprint(token)}
     _audit(request, fingerprints=[answer["fingerprint"]])
-    if await app[keys.REVOKER].is_revoked(token):
+    if await app[appkeys.REVOKER].is_revoked(token):
         return _query_answer(request, answer, valid=False, source="local", reason="revoked")
-    record = await app[keys.TOKENS].lookup(token)
+    record = await app[appkeys.TOKENS].lookup(token)
     if record is None:
         return _query_answer(request, answer, valid=False, source="local", reason="unknown")
     answer.update(
         {"type": record.type, "resources": list(record.resources), "expireTime": record.expire_ms}
     )
-    if record.expire_ms <= app[keys.CLOCK].time() * 1000:
+    if record.expire_ms <= app[appkeys.CLOCK].time() * 1000:
         return _query_answer(request, answer, valid=False, source="local", reason="expired")
     cache = app[QUERY_CACHE]
     digest = hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
     valid = cache.get(digest)
     answer["cached"] = valid is not None
     if valid is None:
-        valid = await app[keys.CLOUD].query_token(app[keys.SETTINGS].instance_id, token)
+        valid = await app[appkeys.CLOUD].query_token(app[appkeys.SETTINGS].instance_id, token)
         cache[digest] = valid
     return _query_answer(request, answer, valid=valid, source="upstream")
 
@@ -284,7 +284,7 @@ async def subject_tokens(request: web.Request) -> web.Response:
     """The subject's live tokens: type, resources, expiry and fingerprint, never the value."""
     query_params(request, ())
     subject = _checked_str(request.match_info["subject"], "subject", MAX_SUBJECT_CHARS)
-    records = await request.app[keys.TOKENS].subject_tokens(subject)
+    records = await request.app[appkeys.TOKENS].subject_tokens(subject)
     records.sort(key=lambda r: (r.issued_ms, r.fingerprint))
     _audit(request, subject=subject, fingerprints=[r.fingerprint for r in records])
     return web.json_response({"subject": subject, "tokens": [r.summary() for r in records]})
@@ -300,7 +300,7 @@ async def explain_policy(request: web.Request) -> web.Response:
     if client_id is not None:
         _client_id(client_id)
     app = request.app
-    subject_claim = app[keys.SETTINGS].jwt.subject_claim
+    subject_claim = app[appkeys.SETTINGS].jwt.subject_claim
     subject = _optional_str(body, "subject", MAX_SUBJECT_CHARS)
     if subject is None:
         found = claims.get(subject_claim)
@@ -311,9 +311,9 @@ async def explain_policy(request: web.Request) -> web.Response:
             )
         subject = _checked_str(found, "subject", MAX_SUBJECT_CHARS)
     _audit(request, subject=subject, clientId=client_id)
-    policy = app[keys.POLICY].current
+    policy = app[appkeys.POLICY].current
     account = explain(policy, subject, claims, client_id)
-    held = await app[keys.TOKENS].subject_tokens(subject)
+    held = await app[appkeys.TOKENS].subject_tokens(subject)
     cached = []
     for planned in token_plan(evaluate(policy, subject, claims, client_id)):
         kind = planned.actions.replace(",", "")
@@ -346,7 +346,7 @@ async def get_session(request: web.Request) -> web.Response:
     client_id = _client_id(request.match_info["clientId"])
     _audit(request, clientId=client_id)
     app = request.app
-    online = await app[keys.CLOUD].query_session(app[keys.SETTINGS].instance_id, client_id)
+    online = await app[appkeys.CLOUD].query_session(app[appkeys.SETTINGS].instance_id, client_id)
     return web.json_response({"clientId": client_id, "online": online})
 
 
@@ -364,7 +364,9 @@ async def query_sessions(request: web.Request) -> web.Response:
     client_ids = [_client_id(c, "clientIds") for c in dict.fromkeys(raw)]
     _audit(request, clientIds=client_ids)
     app = request.app
-    online = await app[keys.CLOUD].batch_query_sessions(app[keys.SETTINGS].instance_id, client_ids)
+    online = await app[appkeys.CLOUD].batch_query_sessions(
+        app[appkeys.SETTINGS].instance_id, client_ids
+    )
     return web.json_response(
         {"sessions": [{"clientId": c, "online": online.get(c, False)} for c in client_ids]}
     )
@@ -392,8 +394,8 @@ async def list_device_credentials(request: web.Request) -> web.Response:
     _audit(request, groupId=group_id)
     app = request.app
     try:
-        page = await app[keys.CLOUD].list_device_credential_client_ids(
-            app[keys.SETTINGS].instance_id,
+        page = await app[appkeys.CLOUD].list_device_credential_client_ids(
+            app[appkeys.SETTINGS].instance_id,
             group_id,
             page_no=page_no,
             page_size=page_size,
@@ -422,7 +424,7 @@ async def list_device_credentials(request: web.Request) -> web.Response:
 async def iot_client_ids(request: web.Request) -> web.Response:
     """The ClientIDs registered for an IoT Platform device (QueryClientIds)."""
     query_params(request, ())
-    settings = request.app[keys.SETTINGS]
+    settings = request.app[appkeys.SETTINGS]
     if settings.iot_endpoint is None:
         raise NotConfigured(
             "IoT Platform lookups need AUTHSERVER_IOT_REGION_ID or AUTHSERVER_IOT_ENDPOINT",
@@ -435,7 +437,7 @@ async def iot_client_ids(request: web.Request) -> web.Response:
         )
     _audit(request, iotId=iot_id)
     try:
-        found = await request.app[keys.CLOUD].query_client_ids(iot_id, settings.iot_instance_id)
+        found = await request.app[appkeys.CLOUD].query_client_ids(iot_id, settings.iot_instance_id)
     except CloudRejected as err:
         if err.vendor_code != "iot.device.NotExistedDevice":
             raise
@@ -462,7 +464,7 @@ def setup_admin_routes(app: web.Application, extra: Sequence[AdminRoute] = ()) -
     Loads the API key file too.
     """
     load_api_keys(app)
-    clock = app[keys.CLOCK]
+    clock = app[appkeys.CLOCK]
     app[QUERY_CACHE] = TTLCache(
         maxsize=QUERY_CACHE_SIZE, ttl=QUERY_CACHE_TTL, timer=clock.monotonic
     )

@@ -23,7 +23,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from authserver import keys
+from authserver import appkeys
 from authserver.errors import Forbidden, GatewayError, InvalidToken
 from authserver.fingerprint import fingerprint
 from authserver.identity import Identity, bearer_token
@@ -126,7 +126,7 @@ AUDIT = web.RequestKey("admin_audit", dict[str, Any])
 
 def load_api_keys(app: web.Application) -> None:
     """Load the configured API key file into the app (at creation, never per request)."""
-    path = app[keys.SETTINGS].admin_api_keys_file
+    path = app[appkeys.SETTINGS].admin_api_keys_file
     if path is not None:
         app[API_KEYS] = ApiKeys.load(path)
 
@@ -172,11 +172,11 @@ async def authenticate_admin(request: web.Request) -> AdminActor:
         return AdminActor(f"apikey:{fingerprint(key)}", "apikey")
     try:
         token = bearer_token(request.headers.get("Authorization"))
-        identity: Identity = await request.app[keys.VERIFIER].verify(token)
+        identity: Identity = await request.app[appkeys.VERIFIER].verify(token)
     except InvalidToken as err:
         raise unauthenticated(err.detail) from err
     actor = AdminActor(identity.subject, "jwt")
-    scope = request.app[keys.SETTINGS].admin_scope
+    scope = request.app[appkeys.SETTINGS].admin_scope
     if not has_admin_scope(identity.claims, scope):
         refused = AdminScopeRequired(
             f"the token's scope or roles claim does not include {scope!r}",

@@ -13,7 +13,7 @@ import binascii
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from authserver import keys
+from authserver import appkeys
 from authserver.cloud.errors import CloudRejected
 from authserver.errors import BadRequest, NotFound
 from authserver.topics import InvalidTopicFilter, validate_filter
@@ -59,8 +59,8 @@ async def get_device_credential(request: web.Request) -> web.Response:
     client_id = _path_client_id(request)
     app = request.app
     try:
-        credential = await app[keys.CLOUD].get_device_credential(
-            app[keys.SETTINGS].instance_id, client_id
+        credential = await app[appkeys.CLOUD].get_device_credential(
+            app[appkeys.SETTINGS].instance_id, client_id
         )
     except CloudRejected as err:
         if err.vendor_code != NO_CREDENTIAL:
@@ -80,8 +80,8 @@ async def refresh_device_credential(request: web.Request) -> web.Response:
     client_id = _path_client_id(request)
     app = request.app
     try:
-        credential = await app[keys.CLOUD].refresh_device_credential(
-            app[keys.SETTINGS].instance_id, client_id
+        credential = await app[appkeys.CLOUD].refresh_device_credential(
+            app[appkeys.SETTINGS].instance_id, client_id
         )
     except CloudRejected as err:
         if err.vendor_code != NO_CREDENTIAL:
@@ -100,7 +100,9 @@ async def unregister_device_credential(request: web.Request) -> web.Response:
     query_params(request, ())
     client_id = _path_client_id(request)
     app = request.app
-    await app[keys.CLOUD].unregister_device_credential(app[keys.SETTINGS].instance_id, client_id)
+    await app[appkeys.CLOUD].unregister_device_credential(
+        app[appkeys.SETTINGS].instance_id, client_id
+    )
     return web.json_response({"clientId": client_id, "unregistered": True})
 
 
@@ -111,7 +113,7 @@ async def list_groups(request: web.Request) -> web.Response:
     """Every Group ID of the instance (ListGroupId)."""
     query_params(request, ())
     app = request.app
-    groups = await app[keys.CLOUD].list_group_ids(app[keys.SETTINGS].instance_id)
+    groups = await app[appkeys.CLOUD].list_group_ids(app[appkeys.SETTINGS].instance_id)
     return web.json_response({"groups": [g.public() for g in groups]})
 
 
@@ -122,7 +124,7 @@ async def create_group(request: web.Request) -> web.Response:
     _audit(request, groupId=group_id)
     app = request.app
     try:
-        await app[keys.CLOUD].create_group_id(app[keys.SETTINGS].instance_id, group_id)
+        await app[appkeys.CLOUD].create_group_id(app[appkeys.SETTINGS].instance_id, group_id)
     except CloudRejected as err:
         if err.vendor_code == "GroupIdAlreadyExsited":  # sic, the vendor's spelling
             raise GroupExists(
@@ -143,7 +145,7 @@ async def delete_group(request: web.Request) -> web.Response:
     group_id = _group_id(request.match_info["groupId"])
     _audit(request, groupId=group_id)
     app = request.app
-    await app[keys.CLOUD].delete_group_id(app[keys.SETTINGS].instance_id, group_id)
+    await app[appkeys.CLOUD].delete_group_id(app[appkeys.SETTINGS].instance_id, group_id)
     return web.json_response({"groupId": group_id, "deleted": True})
 
 
@@ -193,7 +195,9 @@ async def send_message(request: web.Request) -> web.Response:
     payload = _payload(body)
     _audit(request, topic=topic, payloadChars=len(payload))
     app = request.app
-    msg_id = await app[keys.CLOUD].send_message(app[keys.SETTINGS].instance_id, topic, payload)
+    msg_id = await app[appkeys.CLOUD].send_message(
+        app[appkeys.SETTINGS].instance_id, topic, payload
+    )
     _audit(request, msgId=msg_id)
     return web.json_response({"topic": topic, "msgId": msg_id}, status=202)
 

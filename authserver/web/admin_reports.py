@@ -14,7 +14,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from authserver import keys
+from authserver import appkeys
 from authserver.cloud.client import CloudClient
 from authserver.errors import BadRequest, NotConfigured
 from authserver.topics import InvalidTopicFilter, validate_filter
@@ -27,18 +27,18 @@ MAX_TIME_MS = 2**53
 
 
 def _cloud(request: web.Request) -> tuple[CloudClient, str]:
-    settings = request.app[keys.SETTINGS]
+    settings = request.app[appkeys.SETTINGS]
     if settings.ons_endpoint is None:
         raise NotConfigured(
             "the legacy management API needs AUTHSERVER_ONS_REGION_ID or AUTHSERVER_ONS_ENDPOINT",
             extra={"missingSetting": ["AUTHSERVER_ONS_REGION_ID", "AUTHSERVER_ONS_ENDPOINT"]},
         )
-    return request.app[keys.CLOUD], settings.instance_id
+    return request.app[appkeys.CLOUD], settings.instance_id
 
 
 def _time_range(request: web.Request, params: Mapping[str, str]) -> tuple[int, int]:
     """`begin` and `end` in epoch ms: default the last hour, at most a day apart."""
-    now = int(request.app[keys.CLOCK].time() * 1000)
+    now = int(request.app[appkeys.CLOCK].time() * 1000)
     end = _int_param(params, "end", now, 0, MAX_TIME_MS)
     begin = _int_param(params, "begin", max(0, end - HOUR_MS), 0, MAX_TIME_MS)
     if not 0 <= end - begin <= MAX_RANGE_MS:

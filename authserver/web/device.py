@@ -9,12 +9,13 @@ from typing import NamedTuple
 import orjson
 from aiohttp import web
 
-from authserver import keys, logs
+from authserver import appkeys, logs
 from authserver.clock import Clock
+from authserver.cloud import quota
 from authserver.errors import BadRequest
 from authserver.identity import Identity, JWTVerifier, bearer_token
+from authserver.policy.holder import PolicyHolder
 from authserver.policy.model import CLIENT_ID, Policy
-from authserver.policy_holder import PolicyHolder
 from authserver.ratelimit import RateLimiter
 from authserver.tokens.answers import Answer, Repeat
 from authserver.tokens.revocation import Revoker
@@ -96,13 +97,13 @@ def _repeated(services: _Services, repeat: Repeat) -> web.Response:
 async def bind_services(app: web.Application) -> None:
     """on_startup, after the services' cleanup contexts: resolve what the handler uses."""
     app[SERVICES] = _Services(
-        limiter=app[keys.RATE_LIMITER],
-        verifier=app[keys.VERIFIER],
-        tokens=app[keys.TOKENS],
-        holder=app[keys.POLICY],
-        revoker=app[keys.REVOKER],
-        clock=app[keys.CLOCK],
-        request_deadline=app[keys.SETTINGS].request_deadline,
+        limiter=app[appkeys.RATE_LIMITER],
+        verifier=app[appkeys.VERIFIER],
+        tokens=app[appkeys.TOKENS],
+        holder=app[appkeys.POLICY],
+        revoker=app[appkeys.REVOKER],
+        clock=app[appkeys.CLOCK],
+        request_deadline=app[appkeys.SETTINGS].request_deadline,
     )
 
 
@@ -172,6 +173,7 @@ async def _work_out(
     )
     # From here on the request may reach the upstream: the mint budget needs to know who.
     services.limiter.asking(identity.subject, ip)
+    quota.asking(identity.subject)  # the governor serves its slots fairly across subjects
     answers = services.tokens.answers
     generation = answers.generation
     credentials = await services.tokens.credentials(

@@ -15,7 +15,7 @@ import logging
 import orjson
 from aiohttp import web
 
-from authserver import keys, logs
+from authserver import appkeys, logs
 from authserver.cloud.errors import CloudRejected
 from authserver.cloud.resources import DeviceCredential
 from authserver.errors import BadRequest
@@ -49,17 +49,19 @@ def parse_client_id(raw: bytes) -> str:
 async def post_device_credential(request: web.Request) -> web.Response:
     """Answer the MQTT login of the caller's device credential, registering it when absent."""
     app = request.app
-    limiter = app[keys.RATE_LIMITER]
+    limiter = app[appkeys.RATE_LIMITER]
     ip = None
     if limiter.per_ip:
         ip = limiter.check_ip(request.remote, request.headers.getall("X-Forwarded-For", ()))
-    identity = await app[keys.VERIFIER].verify(bearer_token(request.headers.get("Authorization")))
+    identity = await app[appkeys.VERIFIER].verify(
+        bearer_token(request.headers.get("Authorization"))
+    )
     logs.bind_subject(identity.subject)
     client_id = parse_client_id(await read_body(request))
     limiter.check_subject(identity.subject)
-    app[keys.REVOKER].check(identity, client_id)
+    app[appkeys.REVOKER].check(identity, client_id)
     granted_by = check_device_credential(
-        app[keys.POLICY].current, identity.subject, identity.claims, client_id
+        app[appkeys.POLICY].current, identity.subject, identity.claims, client_id
     )
     # Each request may reach the upstream twice: it counts against the subject's mint budget.
     limiter.asking(identity.subject, ip)
@@ -88,9 +90,9 @@ async def post_device_credential(request: web.Request) -> web.Response:
 async def fetch_or_register(request: web.Request, client_id: str) -> tuple[DeviceCredential, bool]:
     """The ClientId's credential, and whether this call registered it."""
     app = request.app
-    cloud = app[keys.CLOUD]
-    instance_id = app[keys.SETTINGS].instance_id
-    deadline = app[keys.SETTINGS].request_deadline
+    cloud = app[appkeys.CLOUD]
+    instance_id = app[appkeys.SETTINGS].instance_id
+    deadline = app[appkeys.SETTINGS].request_deadline
     try:
         return await cloud.get_device_credential(instance_id, client_id, deadline=deadline), False
     except CloudRejected as err:

@@ -6,7 +6,7 @@ import asyncio
 
 from aiohttp import web
 
-from authserver import keys
+from authserver import appkeys
 from authserver.web.openapi import openapi_document
 
 # Well under the probe's timeoutSeconds (2 in deploy/base): a Redis that stopped answering
@@ -23,7 +23,7 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def _store_reachable(app: web.Application) -> bool:
     try:
-        return await asyncio.wait_for(app[keys.TOKENS].store.ping(), STORE_PING_TIMEOUT)
+        return await asyncio.wait_for(app[appkeys.TOKENS].store.ping(), STORE_PING_TIMEOUT)
     except TimeoutError:
         return False
 
@@ -36,11 +36,11 @@ async def readyz(request: web.Request) -> web.Response:
     Their state is reported in `checks` (and in metrics) without failing readiness.
     """
     app = request.app
-    circuit = app[keys.CLOUD].circuit.state
+    circuit = app[appkeys.CLOUD].circuit.state
     checks = {
-        "jwtKeys": "ok" if app[keys.VERIFIER].ready else "not loaded",
-        "blocklist": "ok" if app[keys.REVOKER].blocks_loaded else "not loaded",
-        "shutdown": "draining" if app[keys.DRAINING].is_set() else "ok",
+        "jwtKeys": "ok" if app[appkeys.VERIFIER].ready else "not loaded",
+        "blocklist": "ok" if app[appkeys.REVOKER].blocks_loaded else "not loaded",
+        "shutdown": "draining" if app[appkeys.DRAINING].is_set() else "ok",
         "store": "ok" if await _store_reachable(app) else "unreachable",
         "upstream": "ok" if circuit != "open" else "circuit open",
     }

@@ -24,7 +24,6 @@ import asyncio
 import functools
 import logging
 import sys
-from collections.abc import AsyncIterator
 from time import perf_counter
 from typing import Any
 
@@ -38,11 +37,9 @@ from aiohttp.http_exceptions import (
 )
 from aiohttp.typedefs import Handler
 
-from authserver import keys, logs
+from authserver import appkeys, logs
 from authserver.errors import RequestTimeout
 from authserver.metrics import CONTENT_TYPE, Metrics, RequestMetrics, Sources, Stats
-from authserver.policy.model import Policy
-from authserver.policy_watch import PolicyWatcher, narrowed
 from authserver.web.middlewares import error_response
 
 log = logging.getLogger(__name__)
@@ -79,7 +76,7 @@ def observed(handler: Handler, *, label: str | None = None) -> Handler:
         if route is None or app_state is None:
             route = route_label(request) if route is None else route
             app = request.app
-            app_state = (app[keys.DRAINING], app[keys.METRICS].requests)
+            app_state = (app[appkeys.DRAINING], app[appkeys.METRICS].requests)
         draining, metrics = app_state
         headers = request.headers
         request_id = logs.request_id_from(headers.get(logs.REQUEST_ID_HEADER))
@@ -207,18 +204,18 @@ async def metrics_handler(request: web.Request) -> web.Response:
     """Prometheus text exposition of this process's metrics (unauthenticated: restrict it)."""
     app = request.app
     revocation: Stats | None = None
-    revoker = app.get(keys.REVOKER)
+    revoker = app.get(appkeys.REVOKER)
     if revoker is not None:
         try:
             revocation = dict(await revoker.status())
         except Exception:
             log.warning("metrics: the revocation queue status is unavailable", exc_info=True)
         else:
-            worker = app.get(keys.REVOCATION_WORKER)
+            worker = app.get(appkeys.REVOCATION_WORKER)
             if worker is not None:
                 revocation["done"] = worker.done
                 revocation["failures"] = worker.failures
-    metrics = app[keys.METRICS]
+    metrics = app[appkeys.METRICS]
     # Read synchronously right below, with no await in between: concurrent scrapes are safe.
     metrics.components.sources.revocation = lambda: revocation
     return web.Response(body=metrics.render(), headers={"Content-Type": CONTENT_TYPE})
@@ -226,7 +223,7 @@ async def metrics_handler(request: web.Request) -> web.Response:
 
 def _token_stats(app: web.Application) -> Stats | None:
     """Cache lookups per layer, from the token service's (and verifier's) counters."""
-    tokens = app.get(keys.TOKENS)
+    tokens = app.get(appkeys.TOKENS)
     if tokens is None:
         return None
     layers: dict[str, dict[str, int]] = {}
@@ -248,7 +245,7 @@ def _token_stats(app: web.Application) -> Stats | None:
         layers["store"] = {"hits": store_hits, "misses": misses}
     elif isinstance(hits, int):
         layers["store"] = {"hits": hits, "misses": misses}
-    verifier = app.get(keys.VERIFIER)
+    verifier = app.get(appkeys.VERIFIER)
     if verifier is not None:  # read typed, not by getattr: a missing counter must not hide
         layers["jwt"] = {"hits": verifier.hits, "misses": verifier.misses}
     return {"layers": layers, "minted": int(getattr(tokens, "minted", 0)), **extra}
@@ -256,21 +253,21 @@ def _token_stats(app: web.Application) -> Stats | None:
 
 def _sources(app: web.Application) -> Sources:
     def cloud() -> Stats | None:
-        client = app.get(keys.CLOUD)
+        client = app.get(appkeys.CLOUD)
         return None if client is None else client.stats()
 
     def quota() -> Stats | None:
-        client = app.get(keys.CLOUD)
+        client = app.get(appkeys.CLOUD)
         return None if client is None else client.governor.stats()
 
     def policy() -> Stats | None:
-        watcher = app.get(keys.POLICY_WATCHER)
+        watcher = app.get(appkeys.POLICY_WATCHER)
         if watcher is not None:
             return watcher.stats()
-        return {"version": app[keys.POLICY].current.version_id}
+        return {"version": app[appkeys.POLICY].current.version_id}
 
     def limits() -> Stats | None:
-        limiter = app.get(keys.RATE_LIMITER)
+        limiter = app.get(appkeys.RATE_LIMITER)
         return None if limiter is None else {"refused": dict(limiter.refused)}
 
     return Sources(
@@ -280,7 +277,7 @@ def _sources(app: web.Application) -> Sources:
 
 def reload_policy(app: web.Application, reason: str = "SIGHUP") -> None:
     """Force a policy reload now (the SIGHUP handler); a no-op before start-up."""
-    watcher = app.get(keys.POLICY_WATCHER)
+    watcher = app.get(appkeys.POLICY_WATCHER)
     if watcher is None:
         log.warning("policy reload asked (%s) before the watcher started; ignored", reason)
         return
@@ -289,54 +286,12 @@ def reload_policy(app: web.Application, reason: str = "SIGHUP") -> None:
 
 def start_draining(app: web.Application) -> None:
     """Turn readiness false (SIGTERM): the ingress stops routing here, requests still served."""
-    if not app[keys.DRAINING].is_set():
+    if not app[appkeys.DRAINING].is_set():
         log.warning("draining: readiness is now false; still serving until shutdown")
-        app[keys.DRAINING].set()
-
-
-async def revoke_narrowed(app: web.Application, old: Policy, new: Policy) -> int:
-    """Revoke the cached tokens that grant more than the new policy allows; how many."""
-    tokens = app[keys.TOKENS]
-    # Every process sweeps when it switches: a replica still on the old policy may mint a
-    # wide token until its own watcher sees the change, and its own sweep then catches it.
-    # Records revoked by an earlier sweeper are gone from the shared store already.
-    doomed = await narrowed(new, tokens.store.all_tokens())
-    if not doomed:
-        return 0
-    revoker = app.get(keys.REVOKER)
-    if revoker is None:
-        log.error("policy narrowed %d cached token(s) but no revoker is configured", len(doomed))
-        return 0
-    await revoker.revoke_records(doomed)
-    log.warning(
-        "policy %s narrowed grants: revoked %d cached token(s) of %d subject(s)",
-        new.version_id,
-        len(doomed),
-        len({record.subject for _key, record in doomed}),
-    )
-    return len(doomed)
-
-
-async def _policy_watch(app: web.Application) -> AsyncIterator[None]:
-    settings = app[keys.SETTINGS]
-
-    async def on_change(old: Policy, new: Policy) -> int:
-        return await revoke_narrowed(app, old, new)
-
-    watcher = PolicyWatcher(
-        app[keys.POLICY],
-        interval=settings.policy_poll_interval,
-        on_change=on_change,
-        wall_time=app[keys.CLOCK].time,
-    )
-    app[keys.POLICY_WATCHER] = watcher
-    await watcher.start()
-    yield
-    await watcher.close()
+        app[appkeys.DRAINING].set()
 
 
 def setup_operations(app: web.Application) -> None:
-    """Metrics, the draining flag and the policy watcher; call after the services' contexts."""
-    app[keys.METRICS] = Metrics(_sources(app))
-    app[keys.DRAINING] = asyncio.Event()
-    app.cleanup_ctx.append(_policy_watch)
+    """Metrics and the draining flag."""
+    app[appkeys.METRICS] = Metrics(_sources(app))
+    app[appkeys.DRAINING] = asyncio.Event()

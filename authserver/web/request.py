@@ -10,7 +10,7 @@ from typing import Any
 
 from aiohttp import web
 
-from authserver import keys
+from authserver import appkeys
 from authserver.errors import BadRequest, PayloadTooLarge, RequestTimeout
 
 log = logging.getLogger(__name__)
@@ -31,7 +31,7 @@ async def read_body(request: web.Request) -> bytes:
         if request.content.is_eof():
             # Small bodies arrive with the headers: no timer to arm and cancel.
             return await request.read()
-        seconds = request.app[keys.SETTINGS].body_read_timeout
+        seconds = request.app[appkeys.SETTINGS].body_read_timeout
         log.debug("waiting for the rest of a body (Content-Length %s)", request.content_length)
         try:
             async with asyncio.timeout(seconds):

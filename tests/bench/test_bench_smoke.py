@@ -13,7 +13,7 @@ import jwt
 import pytest
 from aiohttp.test_utils import TestClient
 
-from authserver import keys
+from authserver import appkeys
 from authserver.identity import JWTSettings
 from authserver.settings import load_settings
 from bench import harness
@@ -114,7 +114,7 @@ async def test_wrk_script_sends_the_bodies_of_the_jwt_file(
         harness.run_wrk, server_url(client), jwt_file, duration=1, connections=1
     )
     assert result["statuses"].get("200", 0) == result["requests"] > 2
-    records = await client.server.app[keys.TOKENS].subject_tokens("b-000000")
+    records = await client.server.app[appkeys.TOKENS].subject_tokens("b-000000")
     assert {r.client_id for r in records} == {"GID_bench@@@b-000000"}
 
 

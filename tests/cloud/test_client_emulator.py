@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from authserver.clock import ManualClock
 from authserver.cloud.circuit import CircuitBreaker
 from authserver.cloud.client import CloudClient, make_session
 from authserver.cloud.credentials import Credentials
@@ -171,16 +173,50 @@ async def test_injected_internal_errors_are_retried(
 
 
 async def test_the_emulator_throttling_until_the_deadline(
-    session: aiohttp.ClientSession, emulator: EmulatorHandle
+    session: aiohttp.ClientSession, make_emulator: MakeEmulator
 ) -> None:
-    client = client_of(session, emulator, max_attempts=50)
-    await set_fault(session, emulator, action="ApplyToken", errorCode="ApplyTokenOverflow")
-    started = time.monotonic()
+    clock = ManualClock()
+    emu = await make_emulator(clock=clock)
+    client = client_of(session, emu, max_attempts=50, clock=clock, rng=random.Random(1))
+    await set_fault(session, emu, action="ApplyToken", errorCode="ApplyTokenOverflow")
+    end = clock.monotonic() + 0.5
     with pytest.raises(UpstreamThrottled) as caught:
-        await client.apply_token(emulator.instance_id, ["a"], "R", in_an_hour_ms(), deadline=0.5)
-    assert time.monotonic() - started < 0.5 + 0.2
+        await client.apply_token(emu.instance_id, ["a"], "R", in_an_hour_ms(), deadline=0.5)
     assert isinstance(caught.value.__cause__, CloudThrottled)
     assert caught.value.__cause__.vendor_code == "ApplyTokenOverflow"
+    # Retried while the deadline allowed, on the client's clock, and no attempt after it.
+    attempts = client.stats()["attempts"]["ApplyToken"]
+    assert attempts > 3
+    assert (await emulator_stats(session, emu))["calls"]["ApplyToken"] == attempts
+    assert clock.monotonic() <= end
+
+
+@pytest.mark.parametrize(
+    ("left", "attempts"),
+    [
+        # 30 ms left when the retry's quota slot comes: too little to start it at all.
+        (0.03, 1),
+        # 80 ms left: the retry starts and the deadline cuts it short (the answer takes
+        # 100 ms); the upstream's last word was still "throttled".
+        (0.08, 2),
+    ],
+)
+async def test_a_deadline_that_runs_out_on_a_throttled_call_reports_throttling(
+    session: aiohttp.ClientSession, make_emulator: MakeEmulator, left: float, attempts: int
+) -> None:
+    clock = ManualClock()
+    emu = await make_emulator(clock=clock)
+    # ApplyToken slots 0.4 s apart: the retry's slot comes with `left` of the deadline.
+    governor = QuotaGovernor({"ApplyToken": 2.5}, margin=0.0, clock=clock)
+    client = client_of(session, emu, clock=clock, governor=governor, max_attempts=50)
+    await set_fault(
+        session, emu, action="ApplyToken", errorCode="ApplyTokenOverflow", latencyMs=100
+    )
+    with pytest.raises(UpstreamThrottled) as caught:
+        await client.apply_token(emu.instance_id, ["a"], "R", in_an_hour_ms(), deadline=0.4 + left)
+    assert isinstance(caught.value.__cause__, CloudThrottled)
+    assert client.stats()["attempts"]["ApplyToken"] == attempts
+    assert governor.stats()["refused"] == {}
 
 
 async def test_latency_beyond_the_deadline(
@@ -188,31 +224,32 @@ async def test_latency_beyond_the_deadline(
 ) -> None:
     client = client_of(session, emulator)
     await set_fault(session, emulator, action="QueryToken", latencyMs=1000)
-    started = time.monotonic()
-    with pytest.raises(UpstreamUnavailable):
+    with pytest.raises(UpstreamUnavailable) as caught:
         await client.query_token(emulator.instance_id, "x", deadline=0.4)
-    assert time.monotonic() - started < 0.4 + 0.2
+    assert isinstance(caught.value.__cause__, TimeoutError)
+    # The one attempt had the whole deadline; none was started after it ran out.
+    assert client.stats()["attempts"]["QueryToken"] == 1
 
 
 async def test_an_outage_opens_the_circuit(
-    session: aiohttp.ClientSession, emulator: EmulatorHandle
+    session: aiohttp.ClientSession, make_emulator: MakeEmulator
 ) -> None:
-    circuit = CircuitBreaker(failure_threshold=3, reset_timeout=0.3)
-    client = client_of(session, emulator, circuit=circuit)
-    await set_fault(session, emulator, outage=True)
+    clock = ManualClock()
+    emu = await make_emulator(clock=clock)
+    circuit = CircuitBreaker(failure_threshold=3, reset_timeout=0.3, clock=clock)
+    client = client_of(session, emu, circuit=circuit, clock=clock)
+    await set_fault(session, emu, outage=True)
     with pytest.raises(UpstreamUnavailable) as caught:
-        await client.query_token(emulator.instance_id, "x")
+        await client.query_token(emu.instance_id, "x")
     assert isinstance(caught.value.__cause__, aiohttp.ClientError)
     assert circuit.state == "open"
-    started = time.monotonic()
     with pytest.raises(UpstreamUnavailable, match="circuit is open"):
-        await client.query_token(emulator.instance_id, "x")
-    assert time.monotonic() - started < 0.05
-    assert (await emulator_stats(session, emulator))["calls"]["QueryToken"] == 3
-    await set_fault(session, emulator, clear=True)
-    await asyncio.sleep(0.3)
+        await client.query_token(emu.instance_id, "x")
+    assert (await emulator_stats(session, emu))["calls"]["QueryToken"] == 3, "not sent"
+    await set_fault(session, emu, clear=True)
+    clock.advance(0.3)
     assert circuit.state == "half_open"
-    assert not await client.query_token(emulator.instance_id, "x")
+    assert not await client.query_token(emu.instance_id, "x")
     assert circuit.state == "closed"
 
 

@@ -10,7 +10,6 @@ import asyncio
 import json
 import logging
 import random
-import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -251,16 +250,18 @@ async def test_persistent_server_errors_end_as_the_last_server_error(
 async def test_backoff_is_full_jitter_and_bounded(
     upstream: FakeUpstream, make_client: MakeClient
 ) -> None:
-    client = make_client(max_attempts=4, backoff_base=0.1, backoff_max=0.15, rng=random.Random(1))
+    clock = ManualClock()
+    client = make_client(
+        max_attempts=4, backoff_base=0.1, backoff_max=0.15, rng=random.Random(1), clock=clock
+    )
     expected = random.Random(1)
     pauses = [expected.uniform(0, min(0.15, 0.1 * 2**n)) for n in (1, 2, 3)]
     upstream.script(error(500, "InternalError"))
-    started = time.monotonic()
+    started = clock.monotonic()
     with pytest.raises(CloudServerError):
         await apply(client, deadline=5)
-    elapsed = time.monotonic() - started
-    # Three pauses between four attempts (the last failure does not pause).
-    assert sum(pauses[:3]) <= elapsed < sum(pauses[:3]) + 0.5
+    # Three pauses between four attempts (the last failure does not pause), on the clock.
+    assert clock.monotonic() - started == pytest.approx(sum(pauses))
     assert len(upstream.requests) == 4
 
 
@@ -270,10 +271,10 @@ async def test_deadline_is_respected_when_the_upstream_is_slow(
     client = make_client()
     upstream.latency = 2.0
     upstream.script(OK_APPLY)
-    started = time.monotonic()
     with pytest.raises(UpstreamUnavailable) as caught:
         await apply(client, deadline=0.3)
-    assert time.monotonic() - started < 0.3 + 0.2
+    # The one attempt had the whole deadline; none was started after it ran out.
+    assert client.stats()["attempts"] == {"ApplyToken": 1}
     assert isinstance(caught.value.__cause__, TimeoutError)
     assert caught.value.code == "upstream_unavailable"
     assert caught.value.headers["Retry-After"] == "1"
@@ -307,10 +308,8 @@ async def test_the_circuit_opens_then_fails_fast_then_recovers_half_open(
     assert len(upstream.requests) == 3
     assert circuit.state == "open"
 
-    started = time.monotonic()
     with pytest.raises(UpstreamUnavailable, match="circuit is open") as caught:
         await apply(client)
-    assert time.monotonic() - started < 0.05, "an open circuit answers in milliseconds"
     assert caught.value.headers["Retry-After"] == "10"
     assert len(upstream.requests) == 3
 
@@ -331,25 +330,28 @@ async def test_the_circuit_opens_then_fails_fast_then_recovers_half_open(
 async def test_retries_wait_for_the_governor(
     upstream: FakeUpstream, make_client: MakeClient
 ) -> None:
-    governor = QuotaGovernor({"ApplyToken": 10}, margin=0.0)
-    client = make_client(governor=governor)
+    clock = ManualClock()
+    governor = QuotaGovernor({"ApplyToken": 10}, margin=0.0, clock=clock)
+    client = make_client(governor=governor, clock=clock)
     upstream.script(error(500, "InternalError"), error(500, "InternalError"), OK_APPLY)
-    started = time.monotonic()
+    started = clock.monotonic()
     await apply(client)
-    assert time.monotonic() - started >= 2 * 0.1 - 0.01, "each attempt takes a quota slot"
+    # Each attempt takes a quota slot, 0.1 s apart (the backoff pauses are shorter).
+    assert clock.monotonic() - started == pytest.approx(2 * 0.1)
     assert governor.stats()["acquired"]["ApplyToken"] == 3
 
 
 async def test_governor_refusal_is_immediate(
     upstream: FakeUpstream, make_client: MakeClient
 ) -> None:
-    client = make_client(governor=QuotaGovernor({"RevokeToken": 1}))
+    clock = ManualClock()
+    client = make_client(governor=QuotaGovernor({"RevokeToken": 1}, clock=clock), clock=clock)
     upstream.script((200, {"RequestId": "R"}))
     await client.revoke_token("post-cn-x", "t1")
-    started = time.monotonic()
+    started = clock.monotonic()
     with pytest.raises(UpstreamThrottled):
         await client.revoke_token("post-cn-x", "t2", deadline=0.5)
-    assert time.monotonic() - started < 0.05
+    assert clock.monotonic() == started, "refused without waiting"
     assert len(upstream.requests) == 1
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import random
 import time
 
 import pytest
@@ -13,6 +14,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from authserver.clock import ManualClock
+from authserver.cloud import quota
 from authserver.cloud.errors import UpstreamThrottled
 from authserver.cloud.quota import DEFAULT_LIMITS, QuotaGovernor
 from tests.cloud.vtime import VirtualTime, max_in_window
@@ -21,9 +23,14 @@ from tests.fixtures.redis import free_port
 FAR = 1e9
 
 
+async def take(governor: QuotaGovernor, action: str, deadline: float) -> None:
+    """A call that is over as soon as it is granted."""
+    (await governor.acquire(action, deadline)).release()
+
+
 def governor_on(clock: ManualClock, vt: VirtualTime, **kwargs: object) -> QuotaGovernor:
     """A local governor whose sleeps run on virtual time."""
-    return QuotaGovernor(clock=clock, sleep=vt.sleep, **kwargs)  # type: ignore[arg-type]
+    return QuotaGovernor(clock=clock, sleep=vt.sleep, idle=vt.sleep, **kwargs)  # type: ignore[arg-type]
 
 
 async def test_defaults_are_the_documented_limits() -> None:
@@ -44,7 +51,7 @@ async def test_concurrent_calls_are_paced_evenly() -> None:
     granted: list[float] = []
 
     async def one() -> None:
-        await governor.acquire("RevokeToken", FAR)
+        await take(governor, "RevokeToken", FAR)
         granted.append(clock.monotonic())
 
     results = await vt.run(one() for _ in range(30))
@@ -82,7 +89,7 @@ async def test_the_account_limit_spans_all_actions() -> None:
     granted: list[float] = []
 
     async def one(action: str) -> None:
-        await governor.acquire(action, FAR)
+        await take(governor, action, FAR)
         granted.append(clock.monotonic())
 
     actions = ["ApplyToken", "QueryToken", "SomethingUnlimited"] * 10
@@ -97,7 +104,7 @@ async def test_both_slots_or_neither() -> None:
     vt = VirtualTime(clock)
     governor = governor_on(clock, vt, account_limit=1, margin=0.0)
     start = clock.monotonic()
-    await governor.acquire("Unlimited", start)  # the account bucket is busy for 1 s
+    await take(governor, "Unlimited", start)  # the account bucket is busy for 1 s
     with pytest.raises(UpstreamThrottled):
         await governor.acquire("RevokeToken", start + 0.5)
     clock.advance(1.0)
@@ -113,7 +120,7 @@ async def test_a_late_wake_up_does_not_crowd_the_window() -> None:
     granted: list[float] = []
 
     async def one() -> None:
-        await governor.acquire("RevokeToken", FAR)
+        await take(governor, "RevokeToken", FAR)
         granted.append(clock.monotonic())
 
     await vt.run(one() for _ in range(12))
@@ -133,12 +140,10 @@ async def test_redis_shares_one_bucket_between_governors(redis_url: str) -> None
             await governor.acquire("RevokeToken", time.monotonic() + 10)
             granted.append(time.monotonic())
 
-        started = time.monotonic()
         await asyncio.gather(*(one(g) for g in governors for _ in range(30)))
-        elapsed = time.monotonic() - started
         assert len(granted) == 60
+        # Two separate buckets would have let all 60 through in 0.8 s.
         assert max_in_window(granted) <= 40
-        assert elapsed >= 59 * 1.05 / 40 - 0.05
         assert all(g.mode == "redis" for g in governors)
         assert governors[0].stats()["acquired"]["RevokeToken"] == 30
         # The other instance's reservation is seen: a short deadline is refused at once.
@@ -181,3 +186,89 @@ async def test_redis_failure_falls_back_to_a_local_share(
         assert "50%" in warnings[0].getMessage()
     finally:
         await dead.aclose()
+
+
+@pytest.mark.parametrize("seed", range(8))
+async def test_no_window_at_the_upstream_sees_more_than_the_limit_whatever_the_delays(
+    seed: int,
+) -> None:
+    # Every sleep (the governor's own waits included) wakes up to 0.3 s late; between its
+    # grant and its arrival upstream a call spends up to 0.5 s more, and as long again
+    # before its answer is back. Whatever those delays, arrivals stay a window apart.
+    rng = random.Random(seed)
+    clock = ManualClock()
+    vt = VirtualTime(clock, late=lambda _n: rng.choice((0.0, 0.0, rng.uniform(0, 0.3))))
+    governor = governor_on(clock, vt, margin=0.1)
+    arrivals: list[float] = []
+
+    async def call() -> None:
+        with await governor.acquire("RevokeToken", FAR):
+            await vt.sleep(rng.choice((0.0, rng.uniform(0, 0.5))))
+            arrivals.append(clock.monotonic())
+            await vt.sleep(rng.uniform(0, 0.5))
+
+    results = await vt.run(call() for _ in range(60))
+    assert all(r is None for r in results)
+    assert len(arrivals) == 60
+    # The emulator (and the vendor) count calls in (now - 1 s, now].
+    assert max_in_window(arrivals, 1.0 - 1e-9) <= 5
+
+
+async def test_a_window_still_held_by_calls_in_flight_is_waited_for_then_refused() -> None:
+    clock = ManualClock()
+    vt = VirtualTime(clock)
+    governor = governor_on(clock, vt, margin=0.0, account_limit=2)
+    first = await governor.acquire("Unlimited", FAR)
+    await vt.run([governor.acquire("Unlimited", FAR)])  # the second slot, 0.5 s later
+    start = clock.monotonic()
+    # Both places of the account window are held: the third call waits for a release.
+    [refused] = await vt.run([governor.acquire("Unlimited", start + 3)])
+    assert isinstance(refused, UpstreamThrottled)
+    assert clock.monotonic() == pytest.approx(start + 3), "waited until its deadline"
+    first.release()
+    third = asyncio.ensure_future(governor.acquire("Unlimited", FAR))
+    await vt.run([third])
+    # A window (1 s) after the first call was released, not before.
+    assert clock.monotonic() == pytest.approx(start + 3 + 1.0)
+
+
+async def test_a_new_subject_is_not_starved_by_one_that_keeps_minting() -> None:
+    clock = ManualClock()
+    vt = VirtualTime(clock)
+    governor = governor_on(clock, vt, limits={"ApplyToken": 5})
+    granted: list[str] = []
+
+    async def mint(subject: str) -> None:
+        quota.asking(subject)
+        await take(governor, "ApplyToken", FAR)
+        granted.append(subject)
+
+    async def newcomer() -> None:
+        # Arrives once the flood's 40 requests all queue behind the first.
+        while len(granted) < 3:
+            await vt.sleep(0.05)
+        await mint("new-device")
+
+    await vt.run([*(mint("flooder") for _ in range(40)), newcomer()])
+    assert len(granted) == 41
+    asked_after = 3
+    # Served within two grants of asking (the turn holder, then the rotation), not after
+    # the 37 requests the flooder still had queued.
+    assert granted.index("new-device") - asked_after <= 2
+
+
+async def test_turns_rotate_across_subjects_in_order_of_arrival() -> None:
+    clock = ManualClock()
+    vt = VirtualTime(clock)
+    governor = governor_on(clock, vt)
+    granted: list[str] = []
+
+    async def mint(subject: str) -> None:
+        quota.asking(subject)
+        await take(governor, "RevokeToken", FAR)
+        granted.append(subject)
+
+    await vt.run([*(mint("a") for _ in range(4)), *(mint("b") for _ in range(2)), mint("c")])
+    # The first "a" is granted at once, the second holds the turn for the next slot; the
+    # rest queue per subject and are served one per subject in rotation.
+    assert granted == ["a", "a", "a", "b", "c", "a", "b"]

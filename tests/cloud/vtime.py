@@ -9,6 +9,10 @@ from collections.abc import Awaitable, Callable, Iterable
 
 from authserver.clock import ManualClock
 
+# Loop turns given to woken tasks before time moves on: enough for a waiter handed a turn
+# to wake, pass its asyncio.wait and go to sleep on its slot.
+SETTLE = 50
+
 
 class VirtualTime:
     """A scheduler of sleepers on a ManualClock; `late(n)` adds lateness to the n-th sleep."""
@@ -32,8 +36,10 @@ class VirtualTime:
         """Run the coroutines concurrently, advancing the clock whenever all are asleep."""
         tasks = [asyncio.ensure_future(c) for c in coros]
         while not all(t.done() for t in tasks):
-            for _ in range(5):
+            for _ in range(SETTLE):
                 await asyncio.sleep(0)
+            while self._heap and self._heap[0][2].done():
+                heapq.heappop(self._heap)  # a sleep that was cancelled (a lost race)
             if self._heap and not all(t.done() for t in tasks):
                 when, _, future = heapq.heappop(self._heap)
                 self.clock.advance(max(0.0, when - self.clock.monotonic()))

@@ -23,6 +23,8 @@ DEPLOY = ROOT / "deploy"
 BASE = DEPLOY / "base"
 OVERLAYS = {"dev": DEPLOY / "overlays" / "dev", "prod": DEPLOY / "overlays" / "prod"}
 KUSTOMIZATIONS = {"base": BASE, **OVERLAYS}
+# A kustomize Component (PodMonitor, PrometheusRule, Grafana dashboard) that overlays opt into.
+MONITORING = DEPLOY / "monitoring"
 
 # The oldest Kubernetes minor we promise to run on, and the newest the schemas know.
 K8S_VERSIONS = ("1.30.0", kubernetes_validate.latest_version())

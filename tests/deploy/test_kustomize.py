@@ -14,6 +14,7 @@ from tests.deploy.helpers import (
     DEPLOY,
     K8S_VERSIONS,
     KUSTOMIZATIONS,
+    MONITORING,
     OVERLAYS,
     Doc,
     k8s_errors,
@@ -30,6 +31,7 @@ KUSTOMIZATION_KEYS = {
     "images",
     "labels",
     "namespace",
+    "components",
 }
 
 
@@ -96,7 +98,7 @@ def test_overlay_builds_on_base(name: str) -> None:
 def test_every_file_under_deploy_is_used() -> None:
     """No stray manifest: each file is a kustomization, a referenced file or the compose file."""
     used = {DEPLOY / "compose.yaml"}
-    for directory in KUSTOMIZATIONS.values():
+    for directory in (*KUSTOMIZATIONS.values(), MONITORING):
         used.add(directory / "kustomization.yaml")
         used.update(p for paths in local_references(directory).values() for p in paths)
     used = {p.resolve() for p in used}

@@ -12,7 +12,7 @@ from typing import Any
 
 from aiohttp.test_utils import TestClient
 
-from authserver import keys
+from authserver import appkeys
 from authserver.tokens.answers import REPEAT_MAX_BODY, AnswerCache
 from tests.fixtures.emulator import EmulatorHandle
 from tests.fixtures.gateway import BOUND_POLICY, MakeGateway, bearer, make_jwt
@@ -22,7 +22,7 @@ CLIENT = "GID_fleet@@@alice-1"
 
 
 def answers_of(client: TestClient[Any, Any]) -> AnswerCache:
-    return client.server.app[keys.TOKENS].answers
+    return client.server.app[appkeys.TOKENS].answers
 
 
 def apply_calls(emulator: EmulatorHandle) -> int:
@@ -159,5 +159,5 @@ async def test_a_flood_of_large_distinct_requests_stays_within_the_byte_bound(
         assert_consistent(cache)
     assert cache.bytes <= bound
     assert 2 <= len(cache) < 10  # each large answer is about 10 KB
-    await client.server.app[keys.REVOKER].revoke_token(last["tokens"][0]["token"])
+    await client.server.app[appkeys.REVOKER].revoke_token(last["tokens"][0]["token"])
     assert_consistent(cache)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from authserver import keys
+from authserver import appkeys
 from authserver.app import create_app
 from authserver.identity import JWTSettings
 from authserver.web.observe import start_draining
@@ -45,7 +45,7 @@ async def test_redis_stopped_after_start_up_leaves_the_pod_ready(
         redis_server.start()
     client = await make_gateway(emulator, redis_url=redis_server.url)
     for _ in range(200):  # the blocks are read with the invalidation bus's first subscription
-        if client.app[keys.REVOKER].blocks_loaded:
+        if client.app[appkeys.REVOKER].blocks_loaded:
             break
         await asyncio.sleep(0.025)
     assert (await readiness(client))[0] == 200
@@ -88,7 +88,7 @@ async def test_an_open_circuit_leaves_the_pod_ready(
     emulator: EmulatorHandle, make_gateway: MakeGateway
 ) -> None:
     client = await make_gateway(emulator)
-    circuit = client.app[keys.CLOUD].circuit
+    circuit = client.app[appkeys.CLOUD].circuit
     while circuit.state != "open":
         circuit.record_failure()
     status, body = await readiness(client)

@@ -13,7 +13,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from aiohttp.test_utils import TestClient
 
-from authserver import keys
+from authserver import appkeys
 from authserver.clock import ManualClock
 from authserver.policy.loader import load_policy
 from authserver.tokens.answers import REPEAT_MAX_HEADER, AnswerCache
@@ -23,7 +23,7 @@ from tests.fixtures.gateway import MakeGateway, bearer, make_jwt
 
 
 def answers_of(client: TestClient[Any, Any]) -> AnswerCache:
-    return client.server.app[keys.TOKENS].answers
+    return client.server.app[appkeys.TOKENS].answers
 
 
 async def fetch(client: TestClient[Any, Any], jwt: str, **body: Any) -> dict[str, Any]:
@@ -79,7 +79,7 @@ async def test_a_subject_block_refuses_the_repeated_jwt(
     jwt = make_jwt("bob", now=clock.time())
     await repeated(client, jwt)
     clock.advance(1)
-    await client.server.app[keys.REVOKER].revoke_subject("bob")
+    await client.server.app[appkeys.REVOKER].revoke_subject("bob")
     resp = await client.post("/v1/token", headers=bearer(jwt))
     assert resp.status == 401
     assert (await resp.json())["code"] == "token_revoked"
@@ -91,7 +91,7 @@ async def test_a_revoked_token_is_not_repeated(
     client = await make_gateway(emulator)
     jwt = make_jwt("erin")
     body = await repeated(client, jwt)
-    await client.server.app[keys.REVOKER].revoke_token(token_of(body, "R"))
+    await client.server.app[appkeys.REVOKER].revoke_token(token_of(body, "R"))
     again = await fetch(client, jwt)
     assert token_of(again, "R") != token_of(body, "R")
     assert token_of(again, "W") == token_of(body, "W")
@@ -105,7 +105,7 @@ async def test_an_evicted_answer_is_not_repeated_after_its_token_is_revoked(
     jwt = make_jwt("erin")
     body = await repeated(client, jwt)
     await fetch(client, make_jwt("bob"))
-    await client.server.app[keys.REVOKER].revoke_token(token_of(body, "R"))
+    await client.server.app[appkeys.REVOKER].revoke_token(token_of(body, "R"))
     assert token_of(await fetch(client, jwt), "R") != token_of(body, "R")
 
 
@@ -120,7 +120,7 @@ async def test_a_new_policy_is_applied_to_the_repeated_jwt(
     policy.write_text(
         "version: 1\neveryone:\n  - topics: ['devices/{sub}/#']\n    actions: [R, W]\n"
     )
-    client.server.app[keys.POLICY].swap(load_policy(policy))
+    client.server.app[appkeys.POLICY].swap(load_policy(policy))
     again = await fetch(client, jwt)
     assert [t["type"] for t in again["tokens"]] == ["RW"]
 
@@ -187,7 +187,7 @@ async def test_a_block_alone_refuses_the_repeated_jwt(
     finally:
         await redis.aclose()
     clock.advance(1)
-    result = await client.server.app[keys.REVOKER].revoke_subject("alice")
+    result = await client.server.app[appkeys.REVOKER].revoke_subject("alice")
     assert result.revoked_locally == 0
     resp = await client.post("/v1/token", headers=bearer(jwt))
     assert resp.status == 401
@@ -203,7 +203,7 @@ async def test_a_token_the_store_evicted_is_not_repeated_after_its_revocation(
     jwt = make_jwt("erin")
     body = await repeated(client, jwt)
     await fetch(client, make_jwt("bob"))
-    result = await client.server.app[keys.REVOKER].revoke_token(token_of(body, "R"))
+    result = await client.server.app[appkeys.REVOKER].revoke_token(token_of(body, "R"))
     assert result.revoked_locally == 0
     assert token_of(await fetch(client, jwt), "R") != token_of(body, "R")
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 
 import aiohttp
 import pytest
@@ -11,6 +10,8 @@ from jwt.algorithms import RSAAlgorithm
 
 from authserver.errors import InvalidToken, ServiceUnavailable
 from authserver.identity import JWTSettings, JWTVerifier
+from authserver.identity.jwks import RETRY_FIRST_DELAY
+from tests.helpers import eventually
 from tests.identity.conftest import JWKSServer, MakeVerifier
 from tests.identity.test_verify import CountingVerifier
 from tests.identity.tokens import ISSUER, Keys, Minter, public_jwk
@@ -22,14 +23,6 @@ def settings(server: JWKSServer, **overrides: object) -> JWTSettings:
     """JWKS settings for the test server."""
     chosen: dict[str, object] = {"issuer": ISSUER, **overrides}
     return JWTSettings(algorithms=ALGS, jwks_url=server.url, **chosen)  # type: ignore[arg-type]
-
-
-async def eventually(condition: Callable[[], bool], within: float = 5.0) -> None:
-    """Wait (briefly, on the loop) until a condition that a background task brings about."""
-    deadline = asyncio.get_running_loop().time() + within
-    while not condition():
-        assert asyncio.get_running_loop().time() < deadline, "condition never became true"
-        await asyncio.sleep(0.02)
 
 
 async def test_keys_of_every_family_are_loaded_at_start_and_chosen_by_kid(
@@ -233,18 +226,27 @@ async def test_start_survives_a_jwks_outage_and_becomes_ready_when_it_ends(
     assert caught.value.headers["Retry-After"]
 
     jwks_server.publish(public_jwk(keys.rsa, kid="k1"))
-    await eventually(lambda: verifier.ready)  # the background task retries after ~1 s
+    # The background task retries RETRY_FIRST_DELAY after the failure, on the clock.
+    await eventually(lambda: minter.clock.idlers == 1, what="the refresh loop waits")
+    assert not verifier.ready
+    minter.clock.advance(RETRY_FIRST_DELAY)
+    await eventually(lambda: verifier.ready)
 
     assert (await verifier.verify(token)).subject == "dev1"
 
 
 async def test_the_jwks_is_refreshed_periodically(
-    jwks_server: JWKSServer, make_verifier: MakeVerifier, keys: Keys
+    jwks_server: JWKSServer, make_verifier: MakeVerifier, minter: Minter, keys: Keys
 ) -> None:
     jwks_server.publish(public_jwk(keys.rsa, kid="k1"))
-    await make_verifier(settings(jwks_server, jwks_cache_ttl=0.05))
-
-    await eventually(lambda: jwks_server.requests >= 3)
+    await make_verifier(settings(jwks_server, jwks_cache_ttl=60))
+    assert jwks_server.requests == 1
+    for fetches in (2, 3):
+        # Each refresh waits one TTL on the clock, and only then fetches.
+        await eventually(lambda: minter.clock.idlers == 1, what="the refresh loop waits")
+        assert jwks_server.requests == fetches - 1
+        minter.clock.advance(60)
+        await eventually(lambda n=fetches: jwks_server.requests == n)  # type: ignore[misc]
 
 
 async def test_close_stops_the_background_refresh(
@@ -253,9 +255,14 @@ async def test_close_stops_the_background_refresh(
     jwks_server.publish(public_jwk(keys.rsa, kid="k1"))
     verifier = JWTVerifier(settings(jwks_server, jwks_cache_ttl=0.05), clock=minter.clock)
     await verifier.start()  # with its own session, closed by close()
+    await eventually(lambda: minter.clock.idlers == 1, what="the refresh loop waits")
     await verifier.close()
     seen = jwks_server.requests
-    await asyncio.sleep(0.2)
+    # The loop was waiting on the clock; once closed, moving time past its refresh is
+    # decided: no task is left to fetch.
+    assert minter.clock.idlers == 0
+    minter.clock.advance(3600)
+    await asyncio.sleep(0)
     assert jwks_server.requests == seen
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from authserver import keys
+from authserver import appkeys
 from authserver.web.openapi import openapi_document
 from tests.fixtures.emulator import EmulatorHandle
 from tests.fixtures.gateway import MakeGateway, bearer, make_jwt
@@ -72,7 +72,7 @@ async def test_policy_version_is_exposed(
 ) -> None:
     client = await make_gateway(emulator)
     assert client.app is not None
-    current = client.app[keys.POLICY].current.version_id
+    current = client.app[appkeys.POLICY].current.version_id
     text = await scrape(client)
     assert value(text, "authserver_policy_info", version=current) == 1
 
@@ -168,5 +168,5 @@ async def test_refusals_by_limit_and_the_answer_cache_bytes_are_exposed(
     assert resp.status == 429
     text = await scrape(client)
     assert value(text, "authserver_rate_limited_total", limit="mint") == 1
-    held = client.server.app[keys.TOKENS].answers.bytes
+    held = client.server.app[appkeys.TOKENS].answers.bytes
     assert value(text, "authserver_answer_cache_bytes") == held > 0

@@ -5,30 +5,22 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from authserver import keys
+from authserver import appkeys
 from authserver.redis_conn import connect_redis
 from authserver.settings import SettingsError, load_settings
 from tests.admin.conftest import admin_headers
 from tests.fixtures.emulator import EmulatorHandle
 from tests.fixtures.gateway import MakeGateway, bearer, make_jwt
+from tests.helpers import eventually
 from tests.ops.test_policy_reload import NARROW, WIDE, ConfigMapDir
 
 
 def apply_calls(emulator: EmulatorHandle) -> int:
     """Successful ApplyToken calls the emulator answered."""
     return int(emulator.state.stats()["success"].get("ApplyToken", 0))
-
-
-async def wait_for(check: Any, within: float = 5.0) -> None:
-    """Poll `check()` until true."""
-    end = time.monotonic() + within
-    while not check():
-        assert time.monotonic() < end, "condition not met in time"
-        await asyncio.sleep(0.05)
 
 
 async def test_client_spreads_keys_over_the_nodes(redis_cluster_url: str) -> None:
@@ -98,7 +90,7 @@ async def test_revocation_through_the_cluster(
     assert resp.status == 202, await resp.text()
     answer = await resp.json()
     assert answer["revokedLocally"] == 2
-    await wait_for(lambda: all(emulator.state.is_revoked(t) for t in tokens))
+    await eventually(lambda: all(emulator.state.is_revoked(t) for t in tokens))
 
     # Gateway two forgets them too (the invalidation reached it) and mints new ones.
     async def fresh_on_two() -> bool:
@@ -136,9 +128,9 @@ async def test_narrowing_sweeps_every_node(
         body = await (await client.post("/v1/token", headers=bearer(make_jwt(f"n{i}")))).json()
         read_tokens += [t["token"] for t in body["tokens"] if t["type"] == "R"]
     config.update(NARROW)
-    watcher = client.app[keys.POLICY_WATCHER]
-    await wait_for(lambda: watcher.narrowed == 9)
-    await wait_for(lambda: all(emulator.state.is_revoked(t) for t in read_tokens), within=8)
+    watcher = client.app[appkeys.POLICY_WATCHER]
+    await eventually(lambda: watcher.narrowed == 9)
+    await eventually(lambda: all(emulator.state.is_revoked(t) for t in read_tokens), within=8)
 
 
 def test_cluster_setting_needs_a_url() -> None:

@@ -8,10 +8,10 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-from authserver import keys
+from authserver import appkeys
 from authserver.policy.loader import parse_policy
-from authserver.policy_watch import narrowed
 from authserver.tokens.model import TokenRecord
+from authserver.tokens.narrowing import narrowed
 from tests.fixtures.emulator import EmulatorHandle
 from tests.fixtures.gateway import IOT_FLEET_POLICY, MakeGateway, bearer, make_jwt
 from tests.ops.serving import serve
@@ -45,8 +45,8 @@ async def test_a_hot_reload_is_refused_and_the_old_policy_keeps_serving(
     config = ConfigMapDir(tmp_path / "config", BOUND)
     client = await make_gateway(emulator, policy_file=config.path, policy_poll_interval=0.05)
     assert client.app is not None
-    watcher = client.app[keys.POLICY_WATCHER]
-    before = client.app[keys.POLICY].current.version_id
+    watcher = client.app[appkeys.POLICY_WATCHER]
+    before = client.app[appkeys.POLICY].current.version_id
 
     config.update(UNBOUND)
 
@@ -54,7 +54,7 @@ async def test_a_hot_reload_is_refused_and_the_old_policy_keeps_serving(
         return watcher.failures == 1
 
     await eventually(refused)
-    assert client.app[keys.POLICY].current.version_id == before
+    assert client.app[appkeys.POLICY].current.version_id == before
     assert any("everyone[0].topics[0]" in e and "{client_id}" in e for e in watcher.last_errors)
     # Still the bound policy: the device gets its own topics, and only under its own clientId.
     jwt = make_jwt("dev-a", tenant="acme", device_id="dev-a")

@@ -21,7 +21,7 @@ from authserver.policy import (
 )
 from authserver.policy.claims import referenced_claims
 from authserver.policy.cli import main
-from authserver.policy_holder import PolicyHolder
+from authserver.policy.holder import PolicyHolder
 from tests.policy.test_loader import ISSUE_EXAMPLE
 
 FLEET = """\

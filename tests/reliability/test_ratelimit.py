@@ -12,10 +12,10 @@ import redis.asyncio as aioredis
 from aiohttp.test_utils import TestClient
 from multidict import CIMultiDict
 
-from authserver import keys
+from authserver import appkeys
 from authserver.clock import ManualClock
-from authserver.ratelimit import Limit, LocalBuckets, RateLimiter, address, parse_networks
-from authserver.settings import SettingsError, load_settings
+from authserver.ratelimit import Limit, LocalBuckets, RateLimiter, address
+from authserver.settings import SettingsError, load_settings, parse_networks
 from tests.fixtures.emulator import EmulatorHandle, MakeEmulator
 from tests.fixtures.gateway import BOUND_POLICY, EXAMPLE_POLICY, MakeGateway, bearer, make_jwt
 from tests.fixtures.redis import free_port
@@ -82,7 +82,7 @@ async def test_a_retry_loop_is_answered_and_only_new_work_meets_the_subject_limi
     clock.advance(0.5)
     assert (await post(client, looping, **wider(10))).status == 200
     assert (await post(client, looping, **wider(11))).status == 429
-    assert client.app[keys.RATE_LIMITER].refused["subject"] == 3
+    assert client.app[appkeys.RATE_LIMITER].refused["subject"] == 3
 
 
 async def test_two_hundred_concurrent_first_requests_of_one_subject_all_get_200(
@@ -99,7 +99,7 @@ async def test_two_hundred_concurrent_first_requests_of_one_subject_all_get_200(
     bodies = {await r.read() for r in answers}
     assert len(bodies) == 1
     assert apply_calls(emulator) == 2  # one R, one W: the single-flight held
-    assert client.app[keys.RATE_LIMITER].refused == {}
+    assert client.app[appkeys.RATE_LIMITER].refused == {}
 
 
 async def test_a_warm_subject_asking_130_times_a_second_is_never_refused(
@@ -128,7 +128,7 @@ async def test_a_warm_subject_asking_130_times_a_second_is_never_refused(
         clock.advance(1 / 130)
     assert statuses == [200] * (3 * 130)
     assert apply_calls(manual_emulator) == calls
-    assert client.app[keys.RATE_LIMITER].refused == {}
+    assert client.app[appkeys.RATE_LIMITER].refused == {}
 
 
 async def test_the_ip_limit_applies_before_the_jwt_is_even_read(
@@ -336,7 +336,7 @@ async def test_a_subject_asking_new_token_shapes_is_refused_past_its_mint_budget
     await assert_limited(
         await post(client, jwt, json={"topics": ["devices/shape-shifter/4"]}), "mint"
     )
-    assert client.app[keys.RATE_LIMITER].refused["mint"] == 2
+    assert client.app[appkeys.RATE_LIMITER].refused["mint"] == 2
 
 
 async def test_the_mint_budget_is_shared_by_gateways_through_redis(
@@ -357,7 +357,7 @@ async def test_the_mint_budget_is_shared_by_gateways_through_redis(
     # A request whose tokens are in the shared store mints nothing and is not refused.
     assert (await post(two, jwt, json={"ttlSeconds": 600})).status == 200
     assert (await post(two, make_jwt("someone-else"))).status == 200
-    assert two.app[keys.RATE_LIMITER].mode == "shared"
+    assert two.app[appkeys.RATE_LIMITER].mode == "shared"
 
 
 async def test_a_redis_failure_falls_back_to_local_limits() -> None:

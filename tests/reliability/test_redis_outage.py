@@ -11,11 +11,13 @@ from typing import Any
 
 from aiohttp.test_utils import TestClient
 
-from authserver import keys
+from authserver import appkeys
+from authserver.cloud.quota import DEFAULT_LIMITS
 from tests.admin.conftest import admin_headers
-from tests.fixtures.emulator import EmulatorHandle
+from tests.fixtures.emulator import EmulatorHandle, MakeEmulator
 from tests.fixtures.gateway import MakeGateway, bearer, make_jwt
 from tests.fixtures.redis import RedisServer
+from tests.helpers import eventually
 
 OUTAGE = 5.0
 DEADLINE = 2.0
@@ -49,15 +51,6 @@ async def drive(
             if resp.status == 200:
                 load.passwords.append((started, jwt, body["password"]))
         await asyncio.sleep(0.01)
-
-
-async def until(predicate: Any, within: float, what: str) -> None:
-    """Poll an async predicate until it holds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while not await predicate():
-        assert loop.time() < deadline, f"not within {within} s: {what}"
-        await asyncio.sleep(0.1)
 
 
 async def test_redis_outage_under_load(
@@ -101,7 +94,7 @@ async def test_redis_outage_under_load(
         for body in revokes:
             resp = await client.post("/v1/admin/revoke", json=body, headers=admin_headers())
             outage["revoke"].append((resp.status, resp.headers.get("Retry-After")))
-        outage["bus_connected"] = client.app[keys.BUS].connected
+        outage["bus_connected"] = client.app[appkeys.BUS].connected
         await asyncio.sleep(max(0.0, OUTAGE - (time.monotonic() - stopped_at)))
     finally:
         restarting_at = time.monotonic()
@@ -111,7 +104,7 @@ async def test_redis_outage_under_load(
     during = len(load.answers)
 
     async def bus_connected() -> bool:
-        return bool(client.app[keys.BUS].connected)
+        return bool(client.app[appkeys.BUS].connected)
 
     async def issuing() -> bool:
         async with client.post("/v1/token", headers=bearer(next(fresh))) as resp:
@@ -121,9 +114,9 @@ async def test_redis_outage_under_load(
         async with client.get("/readyz") as resp:
             return resp.status == 200
 
-    await until(bus_connected, 5, "the invalidation bus resubscribes")
-    await until(issuing, 5, "new issuance works again")
-    await until(ready, 5, "readiness is back")
+    await eventually(bus_connected, what="the invalidation bus resubscribes")
+    await eventually(issuing, what="new issuance works again")
+    await eventually(ready, what="readiness is back")
     recovered_in = time.monotonic() - restarted_at
     stop.set()
     await asyncio.gather(*workers)
@@ -158,8 +151,45 @@ async def test_redis_outage_under_load(
     async def drained() -> bool:
         return emulator.state.is_revoked(held[0]["token"])
 
-    await until(drained, 10, "the revocation worker drains the queue after the outage")
+    await eventually(drained, what="the revocation worker drains the queue after the outage")
     print(  # the numbers for the issue note
         f"\nredis outage: {during} requests, cached {dict(load.statuses('cached'))}, "
         f"new {dict(load.statuses('new'))}, recovered in {recovered_in:.2f} s"
     )
+
+
+async def test_gateways_without_their_redis_share_the_quota_by_the_replica_count(
+    redis_server: RedisServer,
+    redis_url: str,
+    make_emulator: MakeEmulator,
+    make_gateway: MakeGateway,
+) -> None:
+    limit = 10.0
+    emulator = await make_emulator(qps={"QuerySessionByClientId": limit})
+    gateways = [
+        await make_gateway(
+            emulator,
+            redis_url=redis_url,
+            replicas=2,
+            quota={**DEFAULT_LIMITS, "QuerySessionByClientId": limit},
+            request_deadline=10.0,
+        )
+        for _ in range(2)
+    ]
+
+    async def online(client: TestClient[Any, Any], n: int) -> int:
+        path = f"/v1/admin/sessions/GID_fleet@@@dev-{n}"
+        async with client.get(path, headers=admin_headers()) as resp:
+            return resp.status
+
+    await asyncio.to_thread(redis_server.stop)
+    try:
+        # Each gateway, alone with its local buckets, may send only half the limit.
+        statuses = await asyncio.gather(*(online(g, n) for g in gateways for n in range(12)))
+    finally:
+        await asyncio.to_thread(redis_server.start)
+    assert statuses == [200] * 24
+    assert all(g.app[appkeys.CLOUD].governor.mode == "local-fallback" for g in gateways)
+    stats = emulator.state.stats()
+    assert stats["calls"]["QuerySessionByClientId"] == 24, "none throttled and retried"
+    assert stats["maxPerSecond"]["QuerySessionByClientId"] <= limit

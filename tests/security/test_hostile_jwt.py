@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from authserver import keys as app_keys
+from authserver import appkeys as app_keys
 from authserver.clock import ManualClock
 from authserver.identity import JWTSettings
 from tests.fixtures.emulator import EmulatorHandle, MakeEmulator

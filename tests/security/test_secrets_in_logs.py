@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from authserver import keys
+from authserver import appkeys
 from authserver.logs import JsonFormatter, TextFormatter
 from tests.admin.conftest import API_KEY, admin_jwt
 from tests.fixtures.emulator import EmulatorHandle
 from tests.fixtures.gateway import JWT_SECRET, MakeGateway, bearer, make_jwt
+from tests.helpers import eventually
 
 GROUP = "GID_fleet"
 
@@ -99,12 +99,8 @@ async def test_no_secret_reaches_any_log_record(
     for path in ("/healthz", "/readyz", "/openapi.json", "/metrics"):
         assert (await call("GET", path, {}))[0] == 200, path
     # The revocations drain upstream (their log lines name fingerprints only).
-    worker = client.app[keys.REVOCATION_WORKER]
-    for _ in range(100):
-        if worker.done >= 3:
-            break
-        await asyncio.sleep(0.05)
-    assert worker.done >= 3
+    worker = client.app[appkeys.REVOCATION_WORKER]
+    await eventually(lambda: worker.done >= 3)
 
     records = caplog.records
     assert len(records) > 30  # DEBUG really was on: per-request and upstream lines

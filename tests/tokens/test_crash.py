@@ -5,23 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from typing import Any
 
 import aiohttp
 
 from tests.admin.conftest import admin_headers
 from tests.fixtures.emulator import EmulatorHandle
 from tests.fixtures.gateway import bearer, make_jwt
+from tests.helpers import eventually
 from tests.ops.serving import serve
-
-
-async def until(predicate: Any, within: float) -> None:
-    """Poll `predicate` until true or fail after `within` seconds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while not predicate():
-        assert loop.time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.05)
 
 
 async def test_sigkill_while_draining_loses_no_revocation(
@@ -41,7 +32,9 @@ async def test_sigkill_while_draining_loses_no_revocation(
                 ) as resp:
                     assert resp.status == 202, await resp.text()
             # Kill it mid-drain: RevokeToken runs at 5/s, so most jobs are still pending.
-            await until(lambda: sum(emulator.state.is_revoked(t) for t in tokens) >= 3, 10)
+            await eventually(
+                lambda: sum(emulator.state.is_revoked(t) for t in tokens) >= 3,
+            )
             first.process.send_signal(signal.SIGKILL)
             await first.process.wait()
         done_before = sum(emulator.state.is_revoked(t) for t in tokens)
@@ -49,7 +42,7 @@ async def test_sigkill_while_draining_loses_no_revocation(
 
         async with serve(emulator, **env) as second:
             await second.wait_ready(session)
-            await until(lambda: all(emulator.state.is_revoked(t) for t in tokens), 30)
+            await eventually(lambda: all(emulator.state.is_revoked(t) for t in tokens), within=30)
             async with session.get(
                 second.url + "/v1/admin/revocations", headers=admin_headers()
             ) as resp:
@@ -75,7 +68,9 @@ async def test_sigkill_during_issuance_leaves_no_stuck_lock(
         ) as resp:
             assert resp.status == 200
         pending = asyncio.create_task(session.post(first.url + "/v1/token", headers=bearer(jwt)))
-        await until(lambda: emulator.state.stats()["calls"].get("ApplyToken", 0) >= 1, 5)
+        await eventually(
+            lambda: emulator.state.stats()["calls"].get("ApplyToken", 0) >= 1,
+        )
         first.process.send_signal(signal.SIGKILL)  # dies holding the issuance lock
         await first.process.wait()
         with contextlib.suppress(aiohttp.ClientError):

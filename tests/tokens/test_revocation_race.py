@@ -14,7 +14,7 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
 
-from authserver import keys
+from authserver import appkeys
 from authserver.clock import ManualClock
 from authserver.tokens.bus import InvalidationBus
 from authserver.tokens.model import TokenRecord
@@ -87,7 +87,7 @@ async def test_a_token_minted_across_a_subject_revocation_is_revoked(
     assert answer.headers["Retry-After"] == "1"
     assert minted not in await answer.text()
     await eventually(lambda: emulator.state.is_revoked(minted))
-    tokens = client.server.app[keys.TOKENS]
+    tokens = client.server.app[appkeys.TOKENS]
     assert tokens.lost_mints == 1
     assert await tokens.lookup(minted) is None
 
@@ -123,7 +123,7 @@ async def test_a_renewal_across_a_subject_revocation_stores_nothing(
     assert served.status == 200, await served.text()
     assert (await served.json())["tokens"][0]["token"] == current["token"]
     await eventually(lambda: apply_calls(emulator) == 2)
-    tokens = client.server.app[keys.TOKENS]
+    tokens = client.server.app[appkeys.TOKENS]
     resp = await client.post(
         "/v1/admin/revoke",
         json={"subject": "mia", "blockIssuedBefore": False},

@@ -16,7 +16,7 @@ import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from authserver import keys
+from authserver import appkeys
 from authserver.clock import ManualClock, SystemClock
 from authserver.errors import StoreUnavailable
 from authserver.tokens.revocation import GROUP, STREAM, RedisState, RevocationWorker
@@ -163,7 +163,7 @@ async def test_blocks_are_pruned_after_the_retention(
     client = await make_gateway(
         emulator, clock=clock, redis_url=store_url, revocation_block_retention=3600
     )
-    revoker = client.server.app[keys.REVOKER]
+    revoker = client.server.app[appkeys.REVOKER]
     # App JWTs that live a day, longer than the retention: what a pruned block lets back in.
     old_jwt = make_jwt("olga", now=clock.time(), lifetime=86400)
     new_jwt = make_jwt("nina", now=clock.time(), lifetime=86400)

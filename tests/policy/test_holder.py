@@ -7,9 +7,10 @@ import json
 from pathlib import Path
 from types import MappingProxyType
 
+from authserver.policy.claims import KeptClaims
+from authserver.policy.holder import PolicyHolder
 from authserver.policy.loader import parse_policy
-from authserver.policy_holder import PolicyHolder
-from authserver.tokens.model import KeptClaims, TokenRecord, claim_names_of
+from authserver.tokens.model import TokenRecord, claim_names_of
 from tests.fixtures.gateway import EXAMPLE_POLICY
 
 

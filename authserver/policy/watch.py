@@ -9,10 +9,9 @@ changed. A new hash triggers a reload, which validates the file and swaps it in
 only when it is valid; a broken file keeps the old policy, is logged, and counts as a failure.
 The file is read and parsed in a worker thread; `PolicyHolder.swap` runs on the event loop.
 
-After a change, `narrowed()` finds the cached tokens whose resources the new policy no longer
-grants their subject; the caller revokes them. Each record is judged with the claims it kept of
-its identity (normally the whole set, see `KeptClaims`), so a new policy reading a claim the old
-one ignored still sees its value.
+After a change the watcher calls `on_change(old, new)`; the app passes
+`authserver.tokens.narrowing.revoke_narrowed`, which revokes the cached tokens the new policy no
+longer allows.
 """
 
 from __future__ import annotations
@@ -21,25 +20,19 @@ import asyncio
 import hashlib
 import logging
 import os
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from authserver.policy.claims import referenced_claims
-from authserver.policy.engine import evaluate
+from authserver.clock import Clock, SystemClock
+from authserver.policy.holder import PolicyHolder
 from authserver.policy.loader import load_policy
 from authserver.policy.model import Policy, PolicyLoadError
-from authserver.policy_holder import PolicyHolder
-from authserver.tokens.model import TokenRecord
-from authserver.topics import FilterSet
 
 log = logging.getLogger(__name__)
 
 OnChange = Callable[[Policy, Policy], Awaitable[int]]
-# Yield to the event loop this often while re-evaluating many cached tokens.
-NARROW_BATCH = 256
 
 
 @dataclass(frozen=True)
@@ -82,12 +75,12 @@ class PolicyWatcher:
         *,
         interval: float = 1.0,
         on_change: OnChange | None = None,
-        wall_time: Callable[[], float] = time.time,
+        clock: Clock | None = None,
     ) -> None:
         self.holder = holder
         self.interval = interval
         self._on_change = on_change
-        self._time = wall_time
+        self._clock: Clock = clock or SystemClock()
         self._state: FileState | None = None
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
@@ -114,7 +107,7 @@ class PolicyWatcher:
 
     async def _run(self) -> None:
         while True:
-            await asyncio.sleep(self.interval)
+            await self._clock.idle(self.interval)
             try:
                 await self.poll()
             except Exception:
@@ -169,7 +162,7 @@ class PolicyWatcher:
                 return False
             holder.swap(policy)
             self.reloads += 1
-            self.last_reload_time = self._time()
+            self.last_reload_time = self._clock.time()
             log.warning(
                 "policy reloaded (%s): version %s -> %s", reason, old.version_id, policy.version_id
             )
@@ -191,72 +184,3 @@ class PolicyWatcher:
             "last_reload_time": self.last_reload_time,
             "last_errors": list(self.last_errors),
         }
-
-
-_TYPE_ACTIONS = {"R": ("R",), "W": ("W",), "RW": ("R", "W")}
-
-
-def exceeds(record: TokenRecord, grants: dict[str, FilterSet]) -> bool:
-    """Whether `record` grants a resource outside `grants` for one of its actions."""
-    for action in _TYPE_ACTIONS.get(record.type, ("R", "W")):
-        allowed = grants[action]
-        if any(not allowed.covers(resource) for resource in record.resources):
-            return True
-    return False
-
-
-async def narrowed(
-    policy: Policy,
-    records: AsyncIterator[tuple[str, TokenRecord]] | Iterable[tuple[str, TokenRecord]],
-) -> list[tuple[str, TokenRecord]]:
-    """The (key, record) pairs granting more than `policy` now grants their subject.
-
-    A record that kept only some claims (`TokenRecord.claim_names`) may lack one `policy`
-    reads. The policy only grants (default deny, no deny rules), so a missing claim can only
-    take grants away: a record inside what its known claims grant is allowed whatever the
-    missing one holds, and is kept. A record beyond that may or may not be allowed; it cannot
-    be proven allowed, so it is returned too (revoked: the safe side, since dropping it only
-    from the cache would leave a possibly forbidden token valid upstream until it expires;
-    its device gets a new token, if still allowed, on its next request) and logged.
-    """
-    needed = referenced_claims(policy)
-    decisions: dict[tuple[str, str, str | None], dict[str, FilterSet]] = {}
-    found: list[tuple[str, TokenRecord]] = []
-    unproven = 0
-    seen = 0
-
-    def check(key: str, record: TokenRecord) -> None:
-        nonlocal unproven
-        # Only the claims the policy reads: the decision depends on nothing else.
-        claims = {name: record.claims[name] for name in needed if name in record.claims}
-        cache_key = (record.subject, repr(sorted(claims.items())), record.client_id)
-        grants = decisions.get(cache_key)
-        if grants is None:
-            decision = evaluate(policy, record.subject, claims, record.client_id)
-            grants = {"R": FilterSet(decision.read), "W": FilterSet(decision.write)}
-            decisions[cache_key] = grants
-        if exceeds(record, grants):
-            found.append((key, record))
-            if record.claim_names is not None and not needed <= record.claim_names:
-                unproven += 1
-
-    if isinstance(records, AsyncIterator):
-        async for key, record in records:
-            check(key, record)
-            seen += 1
-            if seen % NARROW_BATCH == 0:
-                await asyncio.sleep(0)
-    else:
-        for key, record in records:
-            check(key, record)
-            seen += 1
-            if seen % NARROW_BATCH == 0:
-                await asyncio.sleep(0)
-    if unproven:
-        log.warning(
-            "policy %s: %d cached token(s) kept too few claims to be proven still allowed "
-            "(the policy reads claims they lack); revoking them as narrowed",
-            policy.version_id,
-            unproven,
-        )
-    return found

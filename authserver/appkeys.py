@@ -11,8 +11,8 @@ from authserver.clock import Clock
 from authserver.cloud.client import CloudClient
 from authserver.identity import JWTVerifier
 from authserver.metrics import Metrics
-from authserver.policy_holder import PolicyHolder
-from authserver.policy_watch import PolicyWatcher
+from authserver.policy.holder import PolicyHolder
+from authserver.policy.watch import PolicyWatcher
 from authserver.ratelimit import RateLimiter
 from authserver.settings import Settings
 from authserver.tokens.bus import InvalidationBus

@@ -11,11 +11,10 @@ from typing import Any
 
 from cachetools import LRUCache
 
-from authserver.policy.claims import referenced_claims, relevant_claims
+from authserver.policy.claims import KeptClaims, referenced_claims, relevant_claims
 from authserver.policy.engine import allowed_client_ids, check_limits, evaluate, restrict
 from authserver.policy.loader import load_policy
 from authserver.policy.model import Policy
-from authserver.tokens.model import KeptClaims
 
 # A token record keeps its identity's whole claim set up to this size (as compact JSON), so a
 # policy reload that reads another claim can still tell whether the token stays allowed. A
@@ -53,7 +52,7 @@ def _freeze(value: Any) -> Any:
 
 
 class PolicyHolder:
-    """Holds the current Policy; `policy_watch` swaps a new one in, a failed reload keeps it.
+    """Holds the current Policy; `policy.watch` swaps a new one in, a failed reload keeps it.
 
     Decisions are cached per (policy version, subject, client id, the claims the policy
     looks at, requested topics and actions), so a device that comes back skips evaluation;
