@@ -1,4 +1,4 @@
-"""The `authserver` command line: serve, demo, emulator, policy, admin."""
+"""The `authserver` command line: serve, demo, emulator, device, policy, admin."""
 
 from __future__ import annotations
 
@@ -9,11 +9,12 @@ from collections.abc import Sequence
 from authserver import __version__
 
 USAGE = """\
-authserver {serve,demo,emulator,policy,admin} ...
+authserver {serve,demo,emulator,device,policy,admin} ...
 
   serve      run the gateway (configured by AUTHSERVER_* variables; see README)
   demo       emulator + gateway in one process, in-memory store, example policy (local only)
-  emulator   a local stand-in for the vendor MQTT token OpenAPI
+  emulator   a local stand-in for the vendor MQTT token OpenAPI (and its MQTT broker)
+  device     a reference MQTT device (app JWT in DEVICE_JWT) that lives on the gateway's tokens
   policy     check FILE | explain FILE --claims JSON [--client-id ID]
   admin      the admin API of a running gateway: revoke, query, tokens, sessions, explain, ...
 """
@@ -28,7 +29,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Token gateway between MQTT devices and the cloud MQTT token API.",
     )
     parser.add_argument("--version", action="version", version=f"authserver {__version__}")
-    parser.add_argument("command", choices=["serve", "demo", "emulator", "policy", "admin"])
+    parser.add_argument(
+        "command", choices=["serve", "demo", "emulator", "device", "policy", "admin"]
+    )
     if not args or args[0] in {"-h", "--help", "--version"}:
         parser.parse_args(args or ["--help"])
         return 0
@@ -45,6 +48,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from authserver.emulator.cli import main as emulator_main
 
         return emulator_main(rest)
+    if command == "device":
+        from authserver.device import device_main
+
+        return device_main(rest)
     if command == "policy":
         from authserver.policy.cli import main as policy_main
 

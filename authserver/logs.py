@@ -131,3 +131,14 @@ def configure_logging(level: str, *, json: bool = True, stream: TextIO | None = 
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(getattr(logging, level.upper(), logging.INFO))
+
+
+def quiet_amqtt_debug() -> None:
+    """Keep amqtt's DEBUG records out: they carry payloads and, on the client, the password.
+
+    (amqtt.client logs the broker URI, user:password included, at DEBUG.) Used by the
+    emulator's broker and the reference device, which both run amqtt in-process.
+    """
+    amqtt_log = logging.getLogger("amqtt")
+    if amqtt_log.getEffectiveLevel() < logging.INFO:
+        amqtt_log.setLevel(logging.INFO)

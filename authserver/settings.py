@@ -57,8 +57,6 @@ HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
 KEY_ALGORITHMS = frozenset(
     {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
 )
-MIN_TTL = 60
-MAX_TTL = 30 * 24 * 3600
 
 
 class SettingsError(Exception):

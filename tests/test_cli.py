@@ -60,7 +60,7 @@ def test_demo_works_as_the_readme_says() -> None:
     port = free_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "authserver", "demo", "--port", str(port)],
+        [sys.executable, "-m", "authserver", "demo", "--port", str(port), "--mqtt-port", "0"],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

@@ -123,7 +123,7 @@ def revoke_token(state: EmulatorState, params: Params) -> dict[str, Any]:
 def query_session(state: EmulatorState, params: Params) -> dict[str, Any]:
     """QuerySessionByClientId (000, 002 section 13.1)."""
     _instance(state, params)
-    return {"OnlineStatus": _client_id(params) in state.online}
+    return {"OnlineStatus": state.is_online(_client_id(params))}
 
 
 def batch_query_sessions(state: EmulatorState, params: Params) -> dict[str, Any]:
@@ -142,7 +142,7 @@ def batch_query_sessions(state: EmulatorState, params: Params) -> dict[str, Any]
     client_ids = [_client_id(params, name) for _, name in indexed]
     return {
         "OnlineStatusList": [
-            {"ClientId": cid, "OnlineStatus": cid in state.online} for cid in client_ids
+            {"ClientId": cid, "OnlineStatus": state.is_online(cid)} for cid in client_ids
         ]
     }
 

@@ -7,7 +7,9 @@ Admin paths, UNSIGNED and meant for local use only (never expose the emulator):
 
 - `GET  /_emulator/stats`    calls, successes and errors per action, error counts per code,
                              the highest count seen in any sliding 1-second window per action
-                             (`maxPerSecond`), account-wide counts, token counts.
+                             (`maxPerSecond`), account-wide counts, token counts; with the
+                             MQTT listener on, `broker`: connections, accepted, refused by
+                             reason, notices by code, uploads, takeovers, messages routed.
 - `POST /_emulator/faults`   `{"action": "ApplyToken"|"*", "errorCode": "InternalError",
                              "rate": 0.2, "latencyMs": 2000, "outage": true, "status": 500}`;
                              `outage` drops the connection without an answer;
@@ -35,6 +37,11 @@ from authserver.clock import Clock, SystemClock
 from authserver.emulator import protocol
 from authserver.emulator.actions import find_handler
 from authserver.emulator.auth import IncomingRequest, authenticate
+from authserver.emulator.broker import (
+    DEFAULT_CHECK_INTERVAL,
+    DEFAULT_EXPIRE_NOTICE_SECONDS,
+    TokenBroker,
+)
 from authserver.emulator.state import DEFAULT_QPS, EmulatorState, Fault
 
 log = logging.getLogger(__name__)
@@ -53,11 +60,18 @@ class EmulatorConfig:
     qps: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_QPS))
     clock: Clock = field(default_factory=SystemClock)
     timestamp_tolerance: float = 900.0
+    # The MQTT 3.1.1 listener (authserver.emulator.broker): off when mqtt_port is None;
+    # 0 binds a free port.
+    mqtt_port: int | None = None
+    mqtt_host: str = "127.0.0.1"
+    expire_notice_seconds: float = DEFAULT_EXPIRE_NOTICE_SECONDS
+    mqtt_check_interval: float = DEFAULT_CHECK_INTERVAL
 
 
 EMULATOR_STATE = web.AppKey("emulator_state", EmulatorState)
 EMULATOR_CONFIG = web.AppKey("emulator_config", EmulatorConfig)
 _SWEEPER = web.AppKey("emulator_sweeper", asyncio.Task[None])
+EMULATOR_BROKER = web.AppKey("emulator_broker", TokenBroker)
 
 
 def _render(
@@ -239,6 +253,23 @@ async def _sweeper(app: web.Application) -> AsyncIterator[None]:
         await app[_SWEEPER]
 
 
+async def _broker(app: web.Application) -> AsyncIterator[None]:
+    config = app[EMULATOR_CONFIG]
+    assert config.mqtt_port is not None  # only registered when on
+    broker = TokenBroker(
+        app[EMULATOR_STATE],
+        config.mqtt_host,
+        config.mqtt_port,
+        expire_notice_seconds=config.expire_notice_seconds,
+        check_interval=config.mqtt_check_interval,
+    )
+    await broker.start()
+    app[EMULATOR_BROKER] = broker
+    log.info("emulator MQTT listener on %s:%d", config.mqtt_host, broker.port)
+    yield
+    await broker.stop()
+
+
 def create_emulator_app(config: EmulatorConfig) -> web.Application:
     """The emulator as an aiohttp application; its state is `app[EMULATOR_STATE]`."""
     app = web.Application()
@@ -251,6 +282,8 @@ def create_emulator_app(config: EmulatorConfig) -> web.Application:
         timestamp_tolerance=config.timestamp_tolerance,
     )
     app.cleanup_ctx.append(_sweeper)
+    if config.mqtt_port is not None:
+        app.cleanup_ctx.append(_broker)
     app.router.add_get("/_emulator/stats", handle_stats)
     app.router.add_post("/_emulator/faults", handle_faults)
     app.router.add_post("/_emulator/sessions", handle_sessions)

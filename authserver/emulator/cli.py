@@ -27,7 +27,8 @@ QPS_FLAGS = {
 
 EPILOG = """\
 Admin paths (UNSIGNED, local use only; bind to 127.0.0.1):
-  GET  /_emulator/stats     calls/successes/errors per action, errors per code, maxPerSecond
+  GET  /_emulator/stats     calls/successes/errors per action, errors per code, maxPerSecond,
+                            and with --mqtt-port the broker's figures (`broker`)
   POST /_emulator/faults    {"action": "ApplyToken"|"*", "errorCode": "InternalError",
                              "rate": 0.2, "latencyMs": 2000, "outage": true} | {"clear": true}
   POST /_emulator/sessions  {"online": ["GID_x@@@a", ...]}
@@ -77,6 +78,20 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
     )
     add("region-id", "cn-hangzhou", "the region the emulator claims")
     add("timestamp-tolerance", "900", "allowed clock skew in seconds", type=float)
+    mqtt_port = env.get(_env_name("mqtt-port"))
+    parser.add_argument(
+        "--mqtt-port",
+        type=int,
+        default=int(mqtt_port) if mqtt_port else None,
+        help="also serve MQTT 3.1.1 on this TCP port of --host, honouring the emulator's "
+        f"tokens (env {_env_name('mqtt-port')}; default: off)",
+    )
+    add(
+        "expire-notice-seconds",
+        "300",
+        "send $SYS/tokenExpireNotice this long before a token expires",
+        type=float,
+    )
     for action, flag in QPS_FLAGS.items():
         add(f"qps-{flag}", str(DEFAULT_QPS[action]), f"{action} calls per second", type=float)
     parser.set_defaults(
@@ -100,6 +115,9 @@ def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
         region_id=args.region_id,
         qps=qps,
         timestamp_tolerance=float(args.timestamp_tolerance),
+        mqtt_port=args.mqtt_port,
+        mqtt_host=args.host,
+        expire_notice_seconds=float(args.expire_notice_seconds),
     )
 
 
@@ -112,6 +130,10 @@ def main(argv: list[str] | None = None) -> int:
         f"instances {','.join(config.instance_ids)} region {config.region_id}",
         flush=True,
     )
+    if config.mqtt_port is not None:
+        print(
+            f"emulator: mqtt://{args.host}:{config.mqtt_port} (MQTT 3.1.1, token mode)", flush=True
+        )
     web.run_app(create_emulator_app(config), host=args.host, port=int(args.port), print=None)
     return 0
 

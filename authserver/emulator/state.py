@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import base64
-import hashlib
-import hmac
 import random
 import secrets
 from collections import OrderedDict, defaultdict, deque
@@ -30,6 +28,9 @@ DEFAULT_QPS: dict[str, float] = {
 # Actions without a documented limit get a generous one, so they are still counted.
 GENEROUS_QPS = 1000.0
 MAX_NONCES = 1_000_000
+
+# How long an expired token is still known (as expired) before the sweeper forgets it.
+EXPIRED_RETENTION_MS = 3_600_000
 
 
 def topic_matches(topic_filter: str, topic: str) -> bool:
@@ -190,6 +191,38 @@ class Stats:
             self.errors_by_action[action][code] += 1
 
 
+class BrokerStats:
+    """What the MQTT listener counts, for `GET /_emulator/stats` (`broker`)."""
+
+    def __init__(self) -> None:
+        self.accepted = 0
+        self.refused: dict[str, int] = defaultdict(int)
+        self.notices: dict[str, int] = defaultdict(int)
+        self.expire_notices = 0
+        self.uploads = 0
+        self.takeovers = 0
+        self.published = 0
+        self.delivered = 0
+        self.p2p = 0
+
+    def document(self, connections: int) -> dict[str, Any]:
+        """The `broker` part of the statistics document."""
+        return {
+            "connections": connections,
+            "accepted": self.accepted,
+            "refused": dict(self.refused),
+            "invalidNotices": dict(self.notices),
+            "expireNotices": self.expire_notices,
+            "uploads": self.uploads,
+            "takeovers": self.takeovers,
+            "messages": {
+                "published": self.published,
+                "delivered": self.delivered,
+                "p2p": self.p2p,
+            },
+        }
+
+
 class EmulatorState:
     """Everything the emulator remembers; one per app, reachable as `app[EMULATOR_STATE]`."""
 
@@ -213,6 +246,11 @@ class EmulatorState:
         self.issued = 0
         self.revoked = 0
         self.online: set[str] = set()
+        # ClientIds with a live MQTT session on the emulator's broker (when it runs).
+        self.connected: set[str] = set()
+        self.broker_stats: BrokerStats | None = None
+        # Called with each token RevokeToken revokes (the broker ends dependent sessions).
+        self.revoke_listeners: list[Callable[[str], None]] = []
         self.credentials: dict[tuple[str, str], DeviceCredential] = {}
         self.iot_client_ids: dict[str, list[tuple[str, int]]] = {}
         self.groups: dict[tuple[str, str], GroupRecord] = {}
@@ -298,16 +336,27 @@ class EmulatorState:
         if record is not None and record.instance_id == instance_id and not record.revoked:
             record.revoked = True
             self.revoked += 1
+            for listener in self.revoke_listeners:
+                listener(token)
 
     def sweep_expired(self) -> int:
-        """Forget expired tokens (QueryToken answers false for them either way)."""
-        now = self.now_ms()
+        """Forget tokens that expired over EXPIRED_RETENTION_MS ago.
+
+        QueryToken answers false for an expired token either way; the broker tells an expired
+        token (CONNACK refused as `expired`, notice code 2) from one it never issued or forgot
+        (`forged`, code 1), so a token is kept a while past its expiry, as the cloud does.
+        """
+        now = self.now_ms() - EXPIRED_RETENTION_MS
         dead = [t for t, r in self.tokens.items() if r.expire_ms <= now]
         for token in dead:
             del self.tokens[token]
         return len(dead)
 
     # sessions and device credentials
+    def is_online(self, client_id: str) -> bool:
+        """Whether a ClientId has a live broker session or is set online by the override."""
+        return client_id in self.connected or client_id in self.online
+
     def set_online(self, client_ids: Iterable[str]) -> None:
         """Replace the set of ClientIds the emulator reports online (and log the change)."""
         now = self.now_ms()
@@ -380,25 +429,6 @@ class EmulatorState:
             listener(message)
         return message
 
-    def device_login_ok(self, client_id: str, username: str, password: str) -> bool:
-        """Whether an MQTT CONNECT's device-credential login is valid now (002 section 14).
-
-        Username `DeviceCredential|<DeviceAccessKeyId>|<InstanceId>`, password
-        base64(HMAC-SHA1(key=DeviceAccessKeySecret, msg=ClientId)) of the ClientId's current
-        credential: refused after UnRegister, and with the old secret after Refresh.
-        """
-        kind, _, rest = username.partition("|")
-        key_id, _, instance_id = rest.partition("|")
-        if kind != "DeviceCredential" or not key_id or not instance_id:
-            return False
-        credential = self.credentials.get((instance_id, client_id))
-        if credential is None or not hmac.compare_digest(credential.access_key_id, key_id):
-            return False
-        digest = hmac.new(
-            credential.access_key_secret.encode(), client_id.encode(), hashlib.sha1
-        ).digest()
-        return hmac.compare_digest(base64.b64encode(digest).decode(), password)
-
     def set_iot_client_ids(self, iot_id: str, client_ids: Iterable[str]) -> None:
         """Register an IoT Platform device and its ClientIds (for QueryClientIds)."""
         now = self.now_ms()
@@ -429,13 +459,15 @@ class EmulatorState:
     def reset_stats(self) -> None:
         """Zero every counter and peak (tokens and sessions stay)."""
         self.counters = Stats()
+        if self.broker_stats is not None:
+            self.broker_stats = BrokerStats()
 
     def stats(self) -> dict[str, Any]:
         """The statistics document of `GET /_emulator/stats`."""
         now = self.now_ms()
         live = sum(1 for r in self.tokens.values() if not r.revoked and r.expire_ms > now)
         s = self.counters
-        return {
+        document: dict[str, Any] = {
             "calls": dict(s.calls),
             "success": dict(s.success),
             "errors": dict(s.errors),
@@ -450,3 +482,6 @@ class EmulatorState:
             },
             "qps": dict(self.qps),
         }
+        if self.broker_stats is not None:
+            document["broker"] = self.broker_stats.document(len(self.connected))
+        return document

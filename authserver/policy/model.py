@@ -17,6 +17,8 @@ READ = "R"
 WRITE = "W"
 ACTIONS = (READ, WRITE)
 
+# The lifetimes the cloud API accepts for a token (ApplyToken ExpireTime), defined only here:
+# the policy's bounds, the token service's clamp and the request shapes all use them.
 MIN_TTL_SECONDS = 60
 MAX_TTL_SECONDS = 30 * 24 * 3600
 DEFAULT_TTL_SECONDS = 3600

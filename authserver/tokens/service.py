@@ -11,6 +11,7 @@ from typing import Any
 
 from authserver.clock import Clock
 from authserver.errors import ServiceUnavailable, StoreUnavailable
+from authserver.policy.model import MAX_TTL_SECONDS, MIN_TTL_SECONDS
 from authserver.tokens.answers import DEFAULT_MAX_BYTES, AnswerCache
 from authserver.tokens.bus import STOP_TIMEOUT
 from authserver.tokens.expiring import ExpiringMap
@@ -19,8 +20,9 @@ from authserver.tokens.store import TokenStore
 
 log = logging.getLogger(__name__)
 
-MIN_TTL = 60
-MAX_TTL = 30 * 24 * 3600
+# The upstream's token lifetimes, defined once with the policy's bounds (which are the same).
+MIN_TTL = MIN_TTL_SECONDS
+MAX_TTL = MAX_TTL_SECONDS
 BROKER_NOTICE_SECONDS = 300
 # ExpireTime must be at least 60 s ahead when the upstream receives it, not when we send it.
 MIN_TTL_SLACK_MS = 2000

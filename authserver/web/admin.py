@@ -8,10 +8,10 @@ authenticates and writes the one audit line per request; handlers add what they 
 from __future__ import annotations
 
 import hashlib
-import re
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
+import msgspec
 from aiohttp import web
 from aiohttp.typedefs import Handler
 from cachetools import TTLCache
@@ -21,20 +21,23 @@ from authserver.cloud.errors import CloudRejected
 from authserver.errors import BadRequest, GatewayError, NotConfigured, NotFound
 from authserver.fingerprint import fingerprint
 from authserver.policy.engine import allowed_client_ids, evaluate, explain, token_plan
-from authserver.policy.model import CLIENT_ID
+from authserver.web import shapes
 from authserver.web.admin_auth import ADMIN_PREFIX, AUDIT, guarded, load_api_keys
 from authserver.web.observe import observed
 from authserver.web.request import json_body
+from authserver.web.shapes import (
+    DEFAULT_PAGE_SIZE,
+    MAX_NEXT_TOKEN_CHARS,
+    MAX_PAGE_NO,
+    MAX_PAGE_SIZE,
+    ClientId,
+    GroupId,
+    IotId,
+    Subject,
+    SubjectSegment,
+    respond,
+)
 
-# GroupId per 002 section 11.1: GID_ or GID- then letters, digits, - and _; 7..64 in all.
-GROUP_ID = re.compile(r"GID[_-][A-Za-z0-9_-]{3,60}")
-# IoT Platform IotId: an opaque identifier of letters, digits and a few separators.
-IOT_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
-MAX_SESSION_IDS = 100
-MAX_TOKEN_CHARS = 4096
-MAX_SUBJECT_CHARS = 1024
-MAX_NEXT_TOKEN_CHARS = 1024
-MAX_PAGE_NO = 1_000_000
 QUERY_CACHE_TTL = 5.0
 QUERY_CACHE_SIZE = 10_000
 
@@ -71,96 +74,30 @@ def _int_param(params: Mapping[str, str], name: str, default: int, lo: int, hi: 
     return int(raw)
 
 
-def _client_id(value: str, field: str = "clientId") -> str:
-    if not CLIENT_ID.fullmatch(value):
-        raise BadRequest(
-            f"{field} must look like GID_group@@@device (letters, digits, - _ . :)",
-            extra={"field": field},
-        )
-    return value
-
-
-def _checked_str(value: object, name: str, max_length: int) -> str:
-    if not isinstance(value, str) or not value or len(value) > max_length or "\x00" in value:
-        raise BadRequest(
-            f"{name} must be a non-empty string of at most {max_length} characters",
-            extra={"field": name},
-        )
-    return value
-
-
-def _required_str(data: Mapping[str, Any], name: str, max_length: int) -> str:
-    if name not in data:
-        raise BadRequest(f"{name} is required", extra={"field": name})
-    return _checked_str(data[name], name, max_length)
-
-
-def _optional_str(data: Mapping[str, Any], name: str, max_length: int) -> str | None:
-    """Absent is None; present must be a string (null is refused, as the schema says)."""
-    if name not in data:
-        return None
-    return _checked_str(data[name], name, max_length)
-
-
 # -- revocation ----------------------------------------------------------------------------
-
-REVOKE_SELECTORS = ("token", "subject", "clientId")
 
 
 async def revoke(request: web.Request) -> web.Response:
     """Revoke one token, or every token of a subject or a clientId; 202 once it is durable."""
-    body = await json_body(request, (*REVOKE_SELECTORS, "blockIssuedBefore", "deviceCredentials"))
-    chosen = [name for name in REVOKE_SELECTORS if name in body]
-    if len(chosen) != 1:
-        raise BadRequest(
-            "give exactly one of token, subject or clientId "
-            f"(found {', '.join(chosen) if chosen else 'none'})",
-            extra={"fields": chosen},
-        )
-    block = body.get("blockIssuedBefore")
-    if "blockIssuedBefore" in body and not isinstance(block, bool):
-        raise BadRequest(
-            "blockIssuedBefore must be true or false", extra={"field": "blockIssuedBefore"}
-        )
-    credentials_action = body.get("deviceCredentials")
-    if "deviceCredentials" in body and credentials_action not in CREDENTIAL_ACTIONS:
-        raise BadRequest(
-            "deviceCredentials must be unregister or refresh",
-            extra={"field": "deviceCredentials"},
-        )
+    body = await json_body(request, shapes.RevokeRequest)  # exactly one selector
+    block = body.block_issued_before is not False  # the default is to block
+    credentials_action = body.device_credentials or None
     revoker = request.app[appkeys.REVOKER]
-    which = chosen[0]
-    if credentials_action is not None and which == "token":
-        raise BadRequest(
-            "deviceCredentials applies to a subject or a clientId, not to one token",
-            extra={"field": "deviceCredentials"},
-        )
+    selector, value = body.selector()
     swept: list[str] = []
-    if which == "token":
-        token = _required_str(body, "token", MAX_TOKEN_CHARS)
-        if block:
-            raise BadRequest(
-                "blockIssuedBefore applies to a subject or a clientId, not to one token",
-                extra={"field": "blockIssuedBefore"},
-            )
-        _audit(request, fingerprints=[fingerprint(token)])
-        result = await revoker.revoke_token(token)
-    elif which == "subject":
-        subject = _required_str(body, "subject", MAX_SUBJECT_CHARS)
-        _audit(request, subject=subject)
+    if selector == "token":
+        _audit(request, fingerprints=[fingerprint(value)])
+        result = await revoker.revoke_token(value)
+    elif selector == "subject":
+        _audit(request, subject=value)
         if credentials_action is not None:
             # Read before revoking: the subject's tokens say which clientIds it used.
-            swept = await subject_client_ids(request.app, subject)
-        result = await revoker.revoke_subject(
-            subject, block_issued_before=True if block is None else block
-        )
+            swept = await subject_client_ids(request.app, value)
+        result = await revoker.revoke_subject(value, block_issued_before=block)
     else:
-        client_id = _client_id(_required_str(body, "clientId", MAX_SUBJECT_CHARS))
-        _audit(request, clientId=client_id)
-        swept = [client_id]
-        result = await revoker.revoke_client(
-            client_id, block_issued_before=True if block is None else block
-        )
+        _audit(request, clientId=value)
+        swept = [value]
+        result = await revoker.revoke_client(value, block_issued_before=block)
     _audit(
         request,
         fingerprints=list(result.fingerprints) or None,
@@ -174,10 +111,7 @@ async def revoke(request: web.Request) -> web.Response:
             request.app, str(credentials_action), swept
         )
         _audit(request, deviceCredentials=answer["deviceCredentials"])
-    return web.json_response(answer, status=202)
-
-
-CREDENTIAL_ACTIONS = ("unregister", "refresh")
+    return respond(msgspec.convert(answer, shapes.RevocationResult), status=202)
 
 
 async def subject_client_ids(app: web.Application, subject: str) -> list[str]:
@@ -232,7 +166,8 @@ async def sweep_device_credentials(
 async def revocations(request: web.Request) -> web.Response:
     """The upstream revocation queue: depth, oldest pending age, recent failures."""
     query_params(request, ())
-    return web.json_response(await request.app[appkeys.REVOKER].status())
+    status = await request.app[appkeys.REVOKER].status()
+    return respond(msgspec.convert(status, shapes.RevocationStatus))
 
 
 # -- tokens --------------------------------------------------------------------------------
@@ -240,76 +175,71 @@ async def revocations(request: web.Request) -> web.Response:
 
 async def query_token(request: web.Request) -> web.Response:
     """Whether a token is valid: answered locally when we can, else QueryToken (cached 5 s)."""
-    body = await json_body(request, ("token",))
-    token = _required_str(body, "token", MAX_TOKEN_CHARS)
+    token = (await json_body(request, shapes.TokenQueryRequest)).token
     app = request.app
-    answer: dict[str, Any] = {"fingerprint": fingerprint(token)}
-    _audit(request, fingerprints=[answer["fingerprint"]])
+    token_print = fingerprint(token)
+    _audit(request, fingerprints=[token_print])
     if await app[appkeys.REVOKER].is_revoked(token):
-        return _query_answer(request, answer, valid=False, source="local", reason="revoked")
+        return _verdict(request, token_print, None, _local("revoked"))
     record = await app[appkeys.TOKENS].lookup(token)
     if record is None:
-        return _query_answer(request, answer, valid=False, source="local", reason="unknown")
-    answer.update(
-        {"type": record.type, "resources": list(record.resources), "expireTime": record.expire_ms}
-    )
-    if record.expire_ms <= app[appkeys.CLOCK].time() * 1000:
-        return _query_answer(request, answer, valid=False, source="local", reason="expired")
+        return _verdict(request, token_print, None, _local("unknown"))
+    known = {"type": record.type, "resources": list(record.resources)}
+    expire_ms = record.expire_ms
+    if expire_ms <= app[appkeys.CLOCK].time() * 1000:
+        return _verdict(request, token_print, expire_ms, {**known, **_local("expired")})
     cache = app[QUERY_CACHE]
     digest = hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
     valid = cache.get(digest)
-    answer["cached"] = valid is not None
+    cached = valid is not None
     if valid is None:
         valid = await app[appkeys.CLOUD].query_token(app[appkeys.SETTINGS].instance_id, token)
         cache[digest] = valid
-    return _query_answer(request, answer, valid=valid, source="upstream")
+    upstream = {"valid": valid, "source": "upstream", "cached": cached}
+    return _verdict(request, token_print, expire_ms, {**known, **upstream})
 
 
-def _query_answer(
-    request: web.Request,
-    answer: dict[str, Any],
-    *,
-    valid: bool,
-    source: str,
-    reason: str | None = None,
+def _local(reason: str) -> dict[str, Any]:
+    return {"valid": False, "source": "local", "reason": reason}
+
+
+def _verdict(
+    request: web.Request, token_print: str, expire_ms: int | None, fields: dict[str, Any]
 ) -> web.Response:
-    answer.update({"valid": valid, "source": source})
-    if reason is not None:
-        answer["reason"] = reason
-    _audit(request, valid=valid, source=source, reason=reason)
-    return web.json_response(answer)
+    _audit(request, valid=fields["valid"], source=fields["source"], reason=fields.get("reason"))
+    if expire_ms is not None:
+        fields["expireTime"] = expire_ms
+    return respond(msgspec.convert({"fingerprint": token_print, **fields}, shapes.TokenQueryResult))
 
 
 async def subject_tokens(request: web.Request) -> web.Response:
     """The subject's live tokens: type, resources, expiry and fingerprint, never the value."""
     query_params(request, ())
-    subject = _checked_str(request.match_info["subject"], "subject", MAX_SUBJECT_CHARS)
+    subject = shapes.check(request.match_info["subject"], SubjectSegment, "subject")
     records = await request.app[appkeys.TOKENS].subject_tokens(subject)
     records.sort(key=lambda r: (r.issued_ms, r.fingerprint))
     _audit(request, subject=subject, fingerprints=[r.fingerprint for r in records])
-    return web.json_response({"subject": subject, "tokens": [r.summary() for r in records]})
+    tokens = msgspec.convert([r.summary() for r in records], list[shapes.TokenSummary])
+    return respond(shapes.SubjectTokens(subject, tokens))
 
 
 async def explain_policy(request: web.Request) -> web.Response:
     """What the current policy would grant for these claims, and whether it is cached."""
-    body = await json_body(request, ("claims", "clientId", "subject"))
-    claims = body.get("claims")
-    if not isinstance(claims, dict):
-        raise BadRequest("claims must be a JSON object", extra={"field": "claims"})
-    client_id = _optional_str(body, "clientId", MAX_SUBJECT_CHARS)
-    if client_id is not None:
-        _client_id(client_id)
+    body = await json_body(request, shapes.ExplainRequest)
+    claims = body.claims
+    client_id = body.client_id if isinstance(body.client_id, str) else None
     app = request.app
     subject_claim = app[appkeys.SETTINGS].jwt.subject_claim
-    subject = _optional_str(body, "subject", MAX_SUBJECT_CHARS)
-    if subject is None:
+    if isinstance(body.subject, str):
+        subject = body.subject
+    else:
         found = claims.get(subject_claim)
         if not isinstance(found, str) or not found:
             raise BadRequest(
                 f"give subject, or a non-empty string '{subject_claim}' claim",
                 extra={"field": "subject"},
             )
-        subject = _checked_str(found, "subject", MAX_SUBJECT_CHARS)
+        subject = shapes.check(found, Subject, "subject")
     _audit(request, subject=subject, clientId=client_id)
     policy = app[appkeys.POLICY].current
     account = explain(policy, subject, claims, client_id)
@@ -325,16 +255,12 @@ async def explain_policy(request: web.Request) -> web.Response:
             ),
             None,
         )
-        entry: dict[str, Any] = {
-            "type": kind,
-            "resources": list(planned.resources),
-            "cached": match is not None,
-        }
+        entry = shapes.CachedToken(kind, list(planned.resources), match is not None)
         if match is not None:
-            entry.update({"fingerprint": match.fingerprint, "expireTime": match.expire_ms})
+            entry.fingerprint, entry.expire_time = match.fingerprint, match.expire_ms
         cached.append(entry)
     account["cachedTokens"] = cached
-    return web.json_response(account)
+    return respond(msgspec.convert(account, shapes.Explanation))
 
 
 # -- sessions, device credentials, IoT ---------------------------------------------------
@@ -343,45 +269,30 @@ async def explain_policy(request: web.Request) -> web.Response:
 async def get_session(request: web.Request) -> web.Response:
     """Whether one MQTT client is online (QuerySessionByClientId)."""
     query_params(request, ())
-    client_id = _client_id(request.match_info["clientId"])
+    client_id = shapes.check(request.match_info["clientId"], ClientId, "clientId")
     _audit(request, clientId=client_id)
     app = request.app
     online = await app[appkeys.CLOUD].query_session(app[appkeys.SETTINGS].instance_id, client_id)
-    return web.json_response({"clientId": client_id, "online": online})
+    return respond(shapes.Session(client_id, online))
 
 
 async def query_sessions(request: web.Request) -> web.Response:
     """Whether up to 100 MQTT clients are online (BatchQuerySessionByClientIds, 10 per call)."""
-    body = await json_body(request, ("clientIds",))
-    raw = body.get("clientIds")
-    if not isinstance(raw, list) or not all(isinstance(c, str) for c in raw):
-        raise BadRequest("clientIds must be a list of strings", extra={"field": "clientIds"})
-    if not 1 <= len(raw) <= MAX_SESSION_IDS:
-        raise BadRequest(
-            f"clientIds must hold 1 to {MAX_SESSION_IDS} items (found {len(raw)})",
-            extra={"field": "clientIds"},
-        )
-    client_ids = [_client_id(c, "clientIds") for c in dict.fromkeys(raw)]
+    body = await json_body(request, shapes.SessionsQuery)
+    client_ids = list(dict.fromkeys(body.client_ids))
     _audit(request, clientIds=client_ids)
     app = request.app
     online = await app[appkeys.CLOUD].batch_query_sessions(
         app[appkeys.SETTINGS].instance_id, client_ids
     )
-    return web.json_response(
-        {"sessions": [{"clientId": c, "online": online.get(c, False)} for c in client_ids]}
-    )
+    return respond(shapes.Sessions([shapes.Session(c, online.get(c, False)) for c in client_ids]))
 
 
 async def list_device_credentials(request: web.Request) -> web.Response:
     """One page of a group's devices holding a device credential (ListDeviceCredentialClientId)."""
     params = query_params(request, ("pageSize", "pageNo", "nextToken"))
-    group_id = request.match_info["groupId"]
-    if not GROUP_ID.fullmatch(group_id):
-        raise BadRequest(
-            "groupId must be GID_ or GID- followed by letters, digits, - or _ (7 to 64 in all)",
-            extra={"field": "groupId"},
-        )
-    page_size = _int_param(params, "pageSize", 50, 1, 100)
+    group_id = shapes.check(request.match_info["groupId"], GroupId, "groupId")
+    page_size = _int_param(params, "pageSize", DEFAULT_PAGE_SIZE, 1, MAX_PAGE_SIZE)
     page_no = _int_param(params, "pageNo", 1, 1, MAX_PAGE_NO)
     next_token = params.get("nextToken") or None
     if next_token is not None and (
@@ -409,15 +320,10 @@ async def list_device_credentials(request: web.Request) -> web.Response:
             "nextToken is not one this API returned (or it has expired)",
             extra={"field": "nextToken"},
         ) from err
-    return web.json_response(
-        {
-            "groupId": group_id,
-            "total": page.total,
-            "clientIds": page.client_ids,
-            "pageNo": page.page_no,
-            "pageSize": page.page_size,
-            "nextToken": page.next_token,
-        }
+    return respond(
+        shapes.DeviceCredentialPage(
+            group_id, page.total, page.client_ids, page.page_no, page.page_size, page.next_token
+        )
     )
 
 
@@ -430,11 +336,7 @@ async def iot_client_ids(request: web.Request) -> web.Response:
             "IoT Platform lookups need AUTHSERVER_IOT_REGION_ID or AUTHSERVER_IOT_ENDPOINT",
             extra={"missingSetting": ["AUTHSERVER_IOT_REGION_ID", "AUTHSERVER_IOT_ENDPOINT"]},
         )
-    iot_id = request.match_info["iotId"]
-    if not IOT_ID.fullmatch(iot_id):
-        raise BadRequest(
-            "iotId must be 1 to 64 letters, digits, '.', '_' or '-'", extra={"field": "iotId"}
-        )
+    iot_id = shapes.check(request.match_info["iotId"], IotId, "iotId")
     _audit(request, iotId=iot_id)
     try:
         found = await request.app[appkeys.CLOUD].query_client_ids(iot_id, settings.iot_instance_id)
@@ -444,11 +346,10 @@ async def iot_client_ids(request: web.Request) -> web.Response:
         raise NotFound(
             "no IoT Platform device has this iotId", extra={"upstream_code": err.vendor_code}
         ) from err
-    return web.json_response(
-        {
-            "iotId": iot_id,
-            "clientIds": [{"clientId": c.client_id, "createTime": c.create_time_ms} for c in found],
-        }
+    return respond(
+        shapes.IotClientIds(
+            iot_id, [shapes.IotClientId(c.client_id, c.create_time_ms) for c in found]
+        )
     )
 
 

@@ -17,31 +17,24 @@ from authserver import appkeys
 from authserver.cloud.errors import CloudRejected
 from authserver.errors import BadRequest, NotFound
 from authserver.topics import InvalidTopicFilter, validate_filter
-from authserver.web.admin import GROUP_ID, _audit, _client_id, _required_str, query_params
-from authserver.web.request import json_body
+from authserver.web import shapes
+from authserver.web.admin import _audit, query_params
+from authserver.web.request import json_body, read_body
+from authserver.web.shapes import ClientId, GroupId
 
 # What Get/RefreshDeviceCredential answer for a ClientId without a credential.
 NO_CREDENTIAL = "ParameterCheckFailed"
-MAX_TOPIC_BYTES = 65535
-# Large enough for a command, small enough to keep one admin body bounded (the body limit
-# applies too); the vendor documents no limit for SendMessage.
-MAX_PAYLOAD_CHARS = 64 * 1024
-ENCODINGS = ("text", "base64")
+MAX_TOPIC_BYTES = shapes.MAX_TOPIC_BYTES
 
 
 def _path_client_id(request: web.Request) -> str:
-    client_id = _client_id(request.match_info["clientId"])
+    client_id = shapes.check(request.match_info["clientId"], ClientId, "clientId")
     _audit(request, clientId=client_id)
     return client_id
 
 
 def _group_id(value: str) -> str:
-    if not GROUP_ID.fullmatch(value):
-        raise BadRequest(
-            "groupId must be GID_ or GID- followed by letters, digits, - or _ (7 to 64 in all)",
-            extra={"field": "groupId"},
-        )
-    return value
+    return shapes.check(value, GroupId, "groupId")
 
 
 def _no_credential(client_id: str, err: CloudRejected) -> NotFound:
@@ -76,7 +69,9 @@ async def get_device_credential(request: web.Request) -> web.Response:
 
 async def refresh_device_credential(request: web.Request) -> web.Response:
     """Rotate a ClientId's secret (RefreshDeviceCredential): its old password stops working."""
-    await json_body(request, (), optional=True)
+    raw = await read_body(request)
+    if raw.strip():  # no body, or an empty object
+        shapes.decode(shapes.Empty, raw)
     client_id = _path_client_id(request)
     app = request.app
     try:
@@ -119,8 +114,7 @@ async def list_groups(request: web.Request) -> web.Response:
 
 async def create_group(request: web.Request) -> web.Response:
     """Create a Group ID (CreateGroupId); 409 when it exists."""
-    body = await json_body(request, ("groupId",))
-    group_id = _group_id(_required_str(body, "groupId", 64))
+    group_id = (await json_body(request, shapes.GroupCreate)).group_id
     _audit(request, groupId=group_id)
     app = request.app
     try:
@@ -173,12 +167,9 @@ def _topic_name(value: str) -> str:
     return value
 
 
-def _payload(body: dict[str, object]) -> str:
-    encoding = body.get("encoding", "text")
-    if encoding not in ENCODINGS:
-        raise BadRequest("encoding must be text or base64", extra={"field": "encoding"})
-    payload = _required_str(body, "payload", MAX_PAYLOAD_CHARS)
-    if encoding == "base64":
+def _payload(body: shapes.MessageSend) -> str:
+    payload = body.payload
+    if body.encoding == "base64":
         try:
             base64.b64decode(payload, validate=True)
         except (binascii.Error, ValueError):
@@ -190,8 +181,8 @@ def _payload(body: dict[str, object]) -> str:
 
 async def send_message(request: web.Request) -> web.Response:
     """Publish one message to a topic from the server side (SendMessage)."""
-    body = await json_body(request, ("topic", "payload", "encoding"))
-    topic = _topic_name(_required_str(body, "topic", MAX_TOPIC_BYTES))
+    body = await json_body(request, shapes.MessageSend)
+    topic = _topic_name(body.topic)
     payload = _payload(body)
     _audit(request, topic=topic, payloadChars=len(payload))
     app = request.app

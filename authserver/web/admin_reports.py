@@ -18,7 +18,8 @@ from authserver import appkeys
 from authserver.cloud.client import CloudClient
 from authserver.errors import BadRequest, NotConfigured
 from authserver.topics import InvalidTopicFilter, validate_filter
-from authserver.web.admin import _audit, _client_id, _int_param, query_params
+from authserver.web import shapes
+from authserver.web.admin import _audit, _int_param, query_params
 from authserver.web.admin_manage import _group_id
 
 HOUR_MS = 3600 * 1000
@@ -76,7 +77,7 @@ def _choice(params: Mapping[str, str], name: str, allowed: tuple[str, ...]) -> s
 async def client_detail(request: web.Request) -> web.Response:
     """One client: online, address, last touch, its subscriptions (OnsMqttQueryClientByClientId)."""
     query_params(request, ())
-    client_id = _client_id(request.match_info["clientId"])
+    client_id = shapes.check(request.match_info["clientId"], shapes.ClientId, "clientId")
     _audit(request, clientId=client_id)
     cloud, instance_id = _cloud(request)
     detail = await cloud.ons_client_detail(instance_id, client_id)

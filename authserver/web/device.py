@@ -8,29 +8,21 @@ from typing import NamedTuple
 
 import orjson
 from aiohttp import web
+from msgspec import UNSET
 
 from authserver import appkeys, logs
 from authserver.clock import Clock
 from authserver.cloud import quota
-from authserver.errors import BadRequest
 from authserver.identity import Identity, JWTVerifier, bearer_token
 from authserver.policy.holder import PolicyHolder
-from authserver.policy.model import CLIENT_ID, Policy
+from authserver.policy.model import ACTIONS, Policy
 from authserver.ratelimit import RateLimiter
 from authserver.tokens.answers import Answer, Repeat
 from authserver.tokens.revocation import Revoker
-from authserver.tokens.service import MAX_TTL, MIN_TTL, TokenRequest, TokenService, clamp_ttl
-from authserver.web.request import (
-    optional_int,
-    optional_str,
-    optional_str_list,
-    parse_object,
-    read_body,
-)
+from authserver.tokens.service import TokenRequest, TokenService, clamp_ttl
+from authserver.web import shapes
+from authserver.web.request import read_body
 
-TOKEN_FIELDS = frozenset({"clientId", "topics", "actions", "ttlSeconds"})
-MAX_REQUESTED_TOPICS = 100
-ACTIONS = ("R", "W")
 ANSWER_HEADERS = {"Content-Type": "application/json", "Cache-Control": "no-store"}
 BEARER = "Bearer "
 
@@ -68,21 +60,15 @@ class Asked(NamedTuple):
 
 def parse_asked(raw: bytes, policy: Policy) -> Asked:
     """The canonical request in `raw` under `policy`; BadRequest names the first bad field."""
-    body = parse_object(raw, TOKEN_FIELDS, optional=True)
-    client_id = optional_str(body, "clientId", max_length=128)
-    if client_id is not None and not CLIENT_ID.fullmatch(client_id):
-        raise BadRequest(
-            "clientId must look like GID_group@@@device (letters, digits, - _ . :)",
-            extra={"field": "clientId"},
-        )
-    topics = optional_str_list(body, "topics", max_items=MAX_REQUESTED_TOPICS)
-    actions = optional_str_list(body, "actions", max_items=2, allowed=ACTIONS)
-    ttl_asked = optional_int(body, "ttlSeconds", minimum=MIN_TTL, maximum=MAX_TTL)
+    if not raw or raw.isspace():  # bodyless (or blank): the policy's defaults
+        return Asked(None, None, None, clamp_ttl(min(policy.ttl_seconds, policy.max_ttl_seconds)))
+    body = shapes.decode(shapes.TokenRequest, raw)
+    topics, actions, ttl = body.topics, body.actions, body.ttl_seconds
     return Asked(
-        client_id,
-        None if topics is None else tuple(sorted(set(topics))),
-        None if actions is None else tuple(a for a in ACTIONS if a in actions),
-        clamp_ttl(min(ttl_asked or policy.ttl_seconds, policy.max_ttl_seconds)),
+        None if body.client_id is UNSET else body.client_id,
+        None if topics is UNSET else tuple(sorted(set(topics))),
+        None if actions is UNSET else tuple(a for a in ACTIONS if a in actions),
+        clamp_ttl(min(policy.ttl_seconds if ttl is UNSET else ttl, policy.max_ttl_seconds)),
     )
 
 

@@ -18,32 +18,16 @@ from aiohttp import web
 from authserver import appkeys, logs
 from authserver.cloud.errors import CloudRejected
 from authserver.cloud.resources import DeviceCredential
-from authserver.errors import BadRequest
 from authserver.identity import bearer_token
 from authserver.policy.engine import check_device_credential
-from authserver.policy.model import CLIENT_ID
-from authserver.web.request import optional_str, parse_object, read_body
+from authserver.web import shapes
+from authserver.web.request import json_body
 
 log = logging.getLogger(__name__)
 
-FIELDS = frozenset({"clientId"})
 ANSWER_HEADERS = {"Content-Type": "application/json", "Cache-Control": "no-store"}
 # What GetDeviceCredential answers for a ClientId without a credential.
 NO_CREDENTIAL = "ParameterCheckFailed"
-
-
-def parse_client_id(raw: bytes) -> str:
-    """The body's required clientId, shaped GID_group@@@device; BadRequest otherwise."""
-    body = parse_object(raw, FIELDS)
-    client_id = optional_str(body, "clientId", max_length=128)
-    if client_id is None:
-        raise BadRequest("clientId is required", extra={"field": "clientId"})
-    if not CLIENT_ID.fullmatch(client_id):
-        raise BadRequest(
-            "clientId must look like GID_group@@@device (letters, digits, - _ . :)",
-            extra={"field": "clientId"},
-        )
-    return client_id
 
 
 async def post_device_credential(request: web.Request) -> web.Response:
@@ -57,7 +41,7 @@ async def post_device_credential(request: web.Request) -> web.Response:
         bearer_token(request.headers.get("Authorization"))
     )
     logs.bind_subject(identity.subject)
-    client_id = parse_client_id(await read_body(request))
+    client_id = (await json_body(request, shapes.DeviceCredentialRequest)).client_id
     limiter.check_subject(identity.subject)
     app[appkeys.REVOKER].check(identity, client_id)
     granted_by = check_device_credential(

@@ -1,11 +1,15 @@
-"""The OpenAPI 3.1 description of the gateway; a test keeps it in step with the router."""
+"""The OpenAPI 3.1 description of the gateway; a test keeps it in step with the router.
+
+The paths are written here and in `openapi_admin`; every body schema comes from `shapes`.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 from authserver import __version__
-from authserver.web.openapi_admin import admin_paths, admin_schemas, admin_security_schemes
+from authserver.web import shapes
+from authserver.web.openapi_admin import admin_paths, admin_security_schemes, manage_schemas
 
 PROBLEM = {"$ref": "#/components/schemas/Problem"}
 
@@ -46,7 +50,7 @@ def openapi_document() -> dict[str, Any]:
                 "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
                 **admin_security_schemes(),
             },
-            "schemas": {**_schemas(), **admin_schemas()},
+            "schemas": {**shapes.schemas(), **manage_schemas()},
         },
         "paths": {
             "/v1/token": {
@@ -148,110 +152,4 @@ def _json_ok(description: str) -> dict[str, Any]:
     return {
         "description": description,
         "content": {"application/json": {"schema": {"type": "object"}}},
-    }
-
-
-def _schemas() -> dict[str, Any]:
-    return {
-        "Problem": {
-            "type": "object",
-            "required": ["type", "title", "status", "detail", "code"],
-            "properties": {
-                "type": {"type": "string"},
-                "title": {"type": "string"},
-                "status": {"type": "integer"},
-                "detail": {"type": "string"},
-                "code": {"type": "string"},
-            },
-        },
-        "TokenRequest": {
-            "type": "object",
-            "additionalProperties": False,
-            "properties": {
-                "clientId": {
-                    "type": "string",
-                    "pattern": "^GID[_-][A-Za-z0-9_-]{3,60}@@@[A-Za-z0-9_.:-]{1,64}$",
-                },
-                "topics": {
-                    "type": "array",
-                    "items": {"type": "string"},
-                    "minItems": 1,
-                    "maxItems": 100,
-                },
-                "actions": {
-                    "type": "array",
-                    "items": {"enum": ["R", "W"]},
-                    "minItems": 1,
-                    "maxItems": 2,
-                },
-                "ttlSeconds": {"type": "integer", "minimum": 60, "maximum": 2592000},
-            },
-        },
-        "DeviceCredentialRequest": {
-            "type": "object",
-            "additionalProperties": False,
-            "required": ["clientId"],
-            "properties": {
-                "clientId": {
-                    "type": "string",
-                    "pattern": "^GID[_-][A-Za-z0-9_-]{3,60}@@@[A-Za-z0-9_.:-]{1,64}$",
-                }
-            },
-        },
-        "DeviceCredentialLogin": {
-            "type": "object",
-            "required": [
-                "clientId",
-                "instanceId",
-                "username",
-                "password",
-                "deviceAccessKeyId",
-                "updateTime",
-                "registered",
-            ],
-            "properties": {
-                "clientId": {"type": "string"},
-                "instanceId": {"type": "string"},
-                "username": {
-                    "type": "string",
-                    "description": "DeviceCredential|<DeviceAccessKeyId>|<InstanceId>",
-                },
-                "password": {
-                    "type": "string",
-                    "description": "base64(HMAC-SHA1(DeviceAccessKeySecret, clientId))",
-                },
-                "deviceAccessKeyId": {"type": "string"},
-                "updateTime": {"type": "integer", "description": "epoch ms of the last rotation"},
-                "registered": {"type": "boolean", "description": "registered by this call"},
-            },
-        },
-        "Token": {
-            "type": "object",
-            "required": ["type", "token", "resources", "expireTime"],
-            "properties": {
-                "type": {"enum": ["R", "W", "RW"]},
-                "token": {"type": "string"},
-                "resources": {"type": "array", "items": {"type": "string"}},
-                "expireTime": {"type": "integer", "description": "epoch milliseconds"},
-            },
-        },
-        "TokenResponse": {
-            "type": "object",
-            "required": [
-                "instanceId",
-                "username",
-                "password",
-                "tokens",
-                "expireTime",
-                "refreshAt",
-            ],
-            "properties": {
-                "instanceId": {"type": "string"},
-                "username": {"type": "string", "description": "Token|<AccessKeyId>|<InstanceId>"},
-                "password": {"type": "string", "description": "R|<t>|W|<t> or RW|<t>"},
-                "tokens": {"type": "array", "items": {"$ref": "#/components/schemas/Token"}},
-                "expireTime": {"type": "integer"},
-                "refreshAt": {"type": "integer"},
-            },
-        },
     }

@@ -1,19 +1,24 @@
-"""The admin part of the OpenAPI description: paths, schemas and the API key scheme."""
+"""The admin part of the OpenAPI description: paths and the API key scheme (bodies: shapes)."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import msgspec
+
+from authserver.web.shapes import (
+    DEFAULT_PAGE_SIZE,
+    MAX_NEXT_TOKEN_CHARS,
+    MAX_PAGE_NO,
+    MAX_PAGE_SIZE,
+    ClientId,
+    GroupId,
+    IotId,
+    SubjectSegment,
+)
+
 PROBLEM = {"$ref": "#/components/schemas/Problem"}
 ADMIN_SECURITY: list[dict[str, list[str]]] = [{"bearer": []}, {"adminApiKey": []}]
-
-# The same shapes the handlers check (policy.model.CLIENT_ID, admin.GROUP_ID, admin.IOT_ID).
-CLIENT_ID_PATTERN = "^GID[_-][A-Za-z0-9_-]{3,60}@@@[A-Za-z0-9_.:-]{1,64}$"
-GROUP_ID_PATTERN = "^GID[_-][A-Za-z0-9_-]{3,60}$"
-IOT_ID_PATTERN = "^[A-Za-z0-9_.-]{1,64}$"
-NO_NUL = "^[^\\u0000]+$"
-# A path segment of "." or ".." would be folded away by URL normalisation.
-SUBJECT_SEGMENT = "^(?!\\.\\.?$)[^\\u0000]+$"
 
 _DESCRIPTIONS = {
     400: "Malformed body or parameter",
@@ -50,18 +55,19 @@ def _body(schema: str) -> dict[str, Any]:
     return {"required": True, "content": {"application/json": {"schema": _ref(schema)}}}
 
 
-def _path_param(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+def _path_param(name: str, kind: Any, description: str) -> dict[str, Any]:
+    """A path parameter whose schema is that of `kind`, the type its handler checks it with."""
     return {
         "name": name,
         "in": "path",
         "required": True,
         "description": description,
-        "schema": {"type": "string", **schema},
+        "schema": msgspec.json.schema(kind),
     }
 
 
 def _client_id_param() -> dict[str, Any]:
-    return _path_param("clientId", {"pattern": CLIENT_ID_PATTERN}, "GroupId@@@DeviceId")
+    return _path_param("clientId", ClientId, "GroupId@@@DeviceId")
 
 
 def _operation(
@@ -102,7 +108,7 @@ def _query_param(name: str, schema: dict[str, Any], description: str = "") -> di
 
 
 def _group_param() -> dict[str, Any]:
-    return _path_param("groupId", {"pattern": GROUP_ID_PATTERN}, "The MQTT group")
+    return _path_param("groupId", GroupId, "The MQTT group")
 
 
 def _topic_param() -> dict[str, Any]:
@@ -160,9 +166,7 @@ def admin_paths() -> dict[str, Any]:
                 (400, 401, 403, 404, 503),
                 parameters=[
                     _path_param(
-                        "subject",
-                        {"minLength": 1, "maxLength": 1024, "pattern": SUBJECT_SEGMENT},
-                        "The JWT subject, percent-encoded ('/' as %2F)",
+                        "subject", SubjectSegment, "The JWT subject, percent-encoded ('/' as %2F)"
                     )
                 ],
             )
@@ -173,9 +177,7 @@ def admin_paths() -> dict[str, Any]:
                 "Whether one MQTT client is online (QuerySessionByClientId)",
                 (200, "Online status", "Session"),
                 GET_PROBLEMS,
-                parameters=[
-                    _path_param("clientId", {"pattern": CLIENT_ID_PATTERN}, "GroupId@@@DeviceId")
-                ],
+                parameters=[_path_param("clientId", ClientId, "GroupId@@@DeviceId")],
             )
         },
         "/v1/admin/sessions:query": {
@@ -194,25 +196,30 @@ def admin_paths() -> dict[str, Any]:
                 (200, "One page", "DeviceCredentialPage"),
                 GET_PROBLEMS,
                 parameters=[
-                    _path_param("groupId", {"pattern": GROUP_ID_PATTERN}, "The MQTT group"),
+                    _path_param("groupId", GroupId, "The MQTT group"),
                     {
                         "name": "pageSize",
                         "in": "query",
                         "required": False,
-                        "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 50},
+                        "schema": {
+                            "type": "integer",
+                            "minimum": 1,
+                            "maximum": MAX_PAGE_SIZE,
+                            "default": DEFAULT_PAGE_SIZE,
+                        },
                     },
                     {
                         "name": "pageNo",
                         "in": "query",
                         "required": False,
-                        "schema": {"type": "integer", "minimum": 1, "maximum": 1000000},
+                        "schema": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE_NO},
                     },
                     {
                         "name": "nextToken",
                         "in": "query",
                         "required": False,
                         "description": "The nextToken of the previous page; wins over pageNo",
-                        "schema": {"type": "string", "maxLength": 1024},
+                        "schema": {"type": "string", "maxLength": MAX_NEXT_TOKEN_CHARS},
                     },
                 ],
             )
@@ -223,7 +230,7 @@ def admin_paths() -> dict[str, Any]:
                 "ClientIDs registered for an IoT Platform device (QueryClientIds)",
                 (200, "The device's ClientIDs", "IotClientIds"),
                 (*GET_PROBLEMS, 404, 501),
-                parameters=[_path_param("iotId", {"pattern": IOT_ID_PATTERN}, "The IotId")],
+                parameters=[_path_param("iotId", IotId, "The IotId")],
             )
         },
         "/v1/admin/device-credentials/{clientId}": {
@@ -274,7 +281,7 @@ def admin_paths() -> dict[str, Any]:
                 "Delete a Group ID (DeleteGroupId); idempotent",
                 (200, "Deleted", "GroupDeleted"),
                 GET_PROBLEMS,
-                parameters=[_path_param("groupId", {"pattern": GROUP_ID_PATTERN}, "The group")],
+                parameters=[_group_param()],
             )
         },
         "/v1/admin/messages": {
@@ -347,10 +354,6 @@ def admin_paths() -> dict[str, Any]:
             )
         },
     }
-
-
-def _string(max_length: int) -> dict[str, Any]:
-    return {"type": "string", "minLength": 1, "maxLength": max_length, "pattern": NO_NUL}
 
 
 def _strings() -> dict[str, Any]:
@@ -447,8 +450,6 @@ def _manage_schemas() -> dict[str, Any]:
         },
     }
     return {
-        "Empty": {"type": "object", "additionalProperties": False},
-        **_report_schemas(),
         "DeviceCredential": {
             "type": "object",
             "description": "Never the secret: its fingerprint tells one secret from another.",
@@ -481,12 +482,6 @@ def _manage_schemas() -> dict[str, Any]:
             "required": ["groups"],
             "properties": {"groups": {"type": "array", "items": _ref("Group")}},
         },
-        "GroupCreate": {
-            "type": "object",
-            "additionalProperties": False,
-            "required": ["groupId"],
-            "properties": {"groupId": {"type": "string", "pattern": GROUP_ID_PATTERN}},
-        },
         "GroupCreated": {
             "type": "object",
             "required": ["groupId", "created"],
@@ -497,18 +492,6 @@ def _manage_schemas() -> dict[str, Any]:
             "required": ["groupId", "deleted"],
             "properties": {"groupId": {"type": "string"}, "deleted": {"const": True}},
         },
-        "MessageSend": {
-            "type": "object",
-            "description": "payload is sent as given; with encoding base64 it must be valid "
-            "base64 (the vendor's advice for binary payloads), which subscribers receive as is",
-            "additionalProperties": False,
-            "required": ["topic", "payload"],
-            "properties": {
-                "topic": {**_string(65535), "pattern": "^[^+#\\u0000]+$"},
-                "payload": _string(65536),
-                "encoding": {"enum": ["text", "base64"], "default": "text"},
-            },
-        },
         "MessageSent": {
             "type": "object",
             "required": ["topic", "msgId"],
@@ -517,233 +500,36 @@ def _manage_schemas() -> dict[str, Any]:
     }
 
 
-def admin_schemas() -> dict[str, Any]:
-    """The component schemas the admin paths refer to."""
-    token_type = {"enum": ["R", "W", "RW"]}
-    topics = {"type": "array", "items": {"type": "string"}}
-    return {
-        **_manage_schemas(),
-        "RevokeRequest": {
-            "type": "object",
-            "description": "Exactly one of token, subject, clientId. blockIssuedBefore "
-            "(default true for subject and clientId) refuses the subject's app JWTs issued "
-            "before now; it cannot be set for a single token.",
-            "additionalProperties": False,
-            "properties": {
-                "token": _string(4096),
-                "subject": _string(1024),
-                "clientId": {"type": "string", "pattern": CLIENT_ID_PATTERN},
-                "blockIssuedBefore": {"type": "boolean"},
-                "deviceCredentials": {
-                    "enum": ["unregister", "refresh"],
-                    "description": "Also unregister or rotate the device credentials of the "
-                    "clientId, or of the subject's clientIds (those of its live tokens and "
-                    "those its policy clientIds give it from {sub} and those tokens' claims)",
-                },
+def manage_schemas() -> dict[str, Any]:
+    """The answers of the management and legacy-report routes (their bodies are in shapes)."""
+    login = {
+        "type": "object",
+        "required": [
+            "clientId",
+            "instanceId",
+            "username",
+            "password",
+            "deviceAccessKeyId",
+            "updateTime",
+            "registered",
+        ],
+        "properties": {
+            "clientId": {"type": "string"},
+            "instanceId": {"type": "string"},
+            "username": {
+                "type": "string",
+                "description": "DeviceCredential|<DeviceAccessKeyId>|<InstanceId>",
             },
-            "oneOf": [
-                {
-                    "required": ["token"],
-                    "properties": {
-                        "blockIssuedBefore": {"const": False},
-                        "deviceCredentials": False,
-                    },
-                },
-                {"required": ["subject"]},
-                {"required": ["clientId"]},
-            ],
-        },
-        "RevocationResult": {
-            "type": "object",
-            "required": ["revokedLocally", "queued", "blockedIssuedBefore", "fingerprints"],
-            "properties": {
-                "revokedLocally": {"type": "integer", "minimum": 0},
-                "queued": {"type": "integer", "minimum": 0},
-                "blockedIssuedBefore": {
-                    "type": ["integer", "null"],
-                    "description": "epoch milliseconds",
-                },
-                "fingerprints": {"type": "array", "items": {"type": "string"}},
-                "deviceCredentials": {
-                    "type": "object",
-                    "description": "present when the request asked for deviceCredentials",
-                    "required": ["action", "clientIds", "absent", "failed"],
-                    "properties": {
-                        "action": {"enum": ["unregister", "refresh"]},
-                        "clientIds": _strings(),
-                        "absent": {**_strings(), "description": "had no credential"},
-                        "failed": {"type": "array", "items": {"type": "object"}},
-                    },
-                },
+            "password": {
+                "type": "string",
+                "description": "base64(HMAC-SHA1(DeviceAccessKeySecret, clientId))",
             },
-        },
-        "RevocationStatus": {
-            "type": "object",
-            "required": ["mode", "depth", "oldestPendingAgeSeconds", "recentFailures"],
-            "properties": {
-                "mode": {"type": "string"},
-                "depth": {"type": "integer", "minimum": 0},
-                "oldestPendingAgeSeconds": {"type": ["number", "null"]},
-                "recentFailures": {"type": "array", "items": {"type": "object"}},
-            },
-        },
-        "TokenQueryRequest": {
-            "type": "object",
-            "additionalProperties": False,
-            "required": ["token"],
-            "properties": {"token": _string(4096)},
-        },
-        "TokenQueryResult": {
-            "type": "object",
-            "required": ["valid", "source", "fingerprint"],
-            "properties": {
-                "valid": {"type": "boolean"},
-                "source": {"enum": ["local", "upstream"]},
-                "reason": {"enum": ["unknown", "revoked", "expired"]},
-                "fingerprint": {"type": "string"},
-                "cached": {
-                    "type": "boolean",
-                    "description": "an upstream answer served from the 5 s cache",
-                },
-                "type": token_type,
-                "resources": topics,
-                "expireTime": {"type": "integer"},
-            },
-        },
-        "TokenSummary": {
-            "type": "object",
-            "required": ["type", "fingerprint", "resources", "expireTime"],
-            "properties": {
-                "type": token_type,
-                "fingerprint": {"type": "string"},
-                "resources": topics,
-                "expireTime": {"type": "integer"},
-                "issuedAt": {"type": "integer"},
-                "clientId": {"type": ["string", "null"]},
-            },
-        },
-        "SubjectTokens": {
-            "type": "object",
-            "required": ["subject", "tokens"],
-            "properties": {
-                "subject": {"type": "string"},
-                "tokens": {"type": "array", "items": _ref("TokenSummary")},
-            },
-        },
-        "Session": {
-            "type": "object",
-            "required": ["clientId", "online"],
-            "properties": {"clientId": {"type": "string"}, "online": {"type": "boolean"}},
-        },
-        "SessionsQuery": {
-            "type": "object",
-            "additionalProperties": False,
-            "required": ["clientIds"],
-            "properties": {
-                "clientIds": {
-                    "type": "array",
-                    "minItems": 1,
-                    "maxItems": 100,
-                    "items": {"type": "string", "pattern": CLIENT_ID_PATTERN},
-                }
-            },
-        },
-        "Sessions": {
-            "type": "object",
-            "required": ["sessions"],
-            "properties": {"sessions": {"type": "array", "items": _ref("Session")}},
-        },
-        "DeviceCredentialPage": {
-            "type": "object",
-            "required": ["groupId", "total", "clientIds", "pageNo", "pageSize", "nextToken"],
-            "properties": {
-                "groupId": {"type": "string"},
-                "total": {"type": "integer", "minimum": 0},
-                "clientIds": {"type": "array", "items": {"type": "string"}},
-                "pageNo": {"type": "integer"},
-                "pageSize": {"type": "integer"},
-                "nextToken": {"type": ["string", "null"]},
-            },
-        },
-        "IotClientIds": {
-            "type": "object",
-            "required": ["iotId", "clientIds"],
-            "properties": {
-                "iotId": {"type": "string"},
-                "clientIds": {
-                    "type": "array",
-                    "items": {
-                        "type": "object",
-                        "required": ["clientId", "createTime"],
-                        "properties": {
-                            "clientId": {"type": "string"},
-                            "createTime": {"type": "integer", "description": "epoch ms"},
-                        },
-                    },
-                },
-            },
-        },
-        "ExplainRequest": {
-            "type": "object",
-            "description": "The subject is `subject`, else the claims' `sub`.",
-            "additionalProperties": False,
-            "required": ["claims"],
-            "properties": {
-                "claims": {"type": "object"},
-                "clientId": {"type": "string", "pattern": CLIENT_ID_PATTERN},
-                "subject": _string(1024),
-            },
-            "anyOf": [
-                {"required": ["subject"]},
-                {
-                    "properties": {
-                        "claims": {"required": ["sub"], "properties": {"sub": _string(1024)}}
-                    }
-                },
-            ],
-        },
-        "Explanation": {
-            "type": "object",
-            "required": ["policy", "subject", "matched", "read", "write", "cachedTokens"],
-            "properties": {
-                "policy": {"type": "object"},
-                "subject": {"type": "string"},
-                "clientId": {"type": ["string", "null"]},
-                "clientIds": {
-                    "type": "array",
-                    "items": {"type": "string"},
-                    "description": "every clientId the policy's clientIds give this identity",
-                },
-                "clientIdAllowed": {
-                    "type": ["boolean", "null"],
-                    "description": "whether `clientId` is one of them (null: none asked)",
-                },
-                "groups": {"type": "object"},
-                "matched": {"type": "array", "items": {"type": "object"}},
-                "refused": {"type": "array", "items": {"type": "object"}},
-                "read": topics,
-                "write": topics,
-                "tokens": {"type": "array", "items": {"type": "object"}},
-                "ttlSeconds": {"type": "integer"},
-                "maxTtlSeconds": {"type": "integer"},
-                "tooBroad": {"type": ["string", "null"]},
-                "cachedTokens": {
-                    "type": "array",
-                    "items": {
-                        "type": "object",
-                        "required": ["type", "resources", "cached"],
-                        "properties": {
-                            "type": token_type,
-                            "resources": topics,
-                            "cached": {"type": "boolean"},
-                            "fingerprint": {"type": "string"},
-                            "expireTime": {"type": "integer"},
-                        },
-                    },
-                },
-            },
+            "deviceAccessKeyId": {"type": "string"},
+            "updateTime": {"type": "integer", "description": "epoch ms of the last rotation"},
+            "registered": {"type": "boolean", "description": "registered by this call"},
         },
     }
+    return {**_report_schemas(), **_manage_schemas(), "DeviceCredentialLogin": login}
 
 
 def admin_security_schemes() -> dict[str, Any]:

@@ -282,7 +282,7 @@ async def test_problem_is_one_line_and_exit_1(gateway: Gateway) -> None:
     assert line.startswith("authserver admin: 501 not_configured: IoT Platform lookups need")
     bad = await gateway.admin("sessions", "not-a-client-id")
     assert bad.code == EXIT_REFUSED
-    assert bad.err.startswith("authserver admin: 400 bad_request: clientId must look like")
+    assert bad.err.startswith("authserver admin: 400 bad_request: clientId must be GroupId@@@")
 
 
 async def test_wrong_credential_is_refused(gateway: Gateway, tmp_path: Path) -> None:

@@ -32,6 +32,7 @@ async def test_sigterm_under_load_loses_no_accepted_request(emulator: EmulatorHa
     statuses: Counter[int] = Counter()
     errors: list[str] = []
     closing_answers: list[str] = []
+    answered_at: list[float] = []  # when each 200 came back
     readiness: list[tuple[float, int, Any]] = []
     ingress_stopped = asyncio.Event()
     sigterm_at = 0.0
@@ -51,6 +52,8 @@ async def test_sigterm_under_load_loses_no_accepted_request(emulator: EmulatorHa
                     ) as resp:
                         await resp.read()
                         statuses[resp.status] += 1
+                        if resp.status == 200:
+                            answered_at.append(time.monotonic())
                         if sigterm_at and resp.headers.get("Connection", "").lower() == "close":
                             closing_answers.append(subject)
                 except aiohttp.ClientError as err:
@@ -96,10 +99,12 @@ async def test_sigterm_under_load_loses_no_accepted_request(emulator: EmulatorHa
     failing = [(t, body) for t, status, body in readiness if status == 503]
     assert failing
     first_503 = failing[0][0]
-    assert first_503 - sigterm_at < 0.5  # readiness turned false at once
+    # Readiness turned false while the gateway still served: answers came after the first 503
+    # (the ingress stops routing only a little after it), not only before it.
+    assert any(at > first_503 for at in answered_at)
     assert failing[0][1]["checks"]["shutdown"] == "draining"
     assert code == 0
-    assert SHUTDOWN_DELAY <= took < SHUTDOWN_DELAY + 5
+    assert took >= SHUTDOWN_DELAY  # it kept serving for the delay (the wait above bounds a hang)
     messages = [r["message"] for r in gw.records()]
     assert any(m.startswith("shutting down after") for m in messages)
     assert any(m.startswith("stopped (pid") for m in messages)
