@@ -378,7 +378,7 @@ def ons_client_by_topic(state: EmulatorState, params: Params) -> dict[str, Any]:
     parent, sub = params["ParentTopic"], params.get("SubTopic", "")
     count = sum(
         1
-        for cid in state.online
+        for cid in state.online_now()
         if any(_topic_selects(f, parent, sub) for f in state.subscriptions.get(cid, {}))
     )
     return {"MqttClientSetDo": {"OnlineCount": count}}
@@ -388,7 +388,7 @@ def ons_client_by_group(state: EmulatorState, params: Params) -> dict[str, Any]:
     """OnsMqttQueryClientByGroupId (001 section 6.3): the group's online clients."""
     _instance(state, params)
     group_id = _group_id(params)
-    count = sum(1 for cid in state.online if _in_group(cid, group_id))
+    count = sum(1 for cid in state.online_now() if _in_group(cid, group_id))
     return {"MqttClientSetDo": {"OnlineCount": count}}
 
 
@@ -404,7 +404,7 @@ def ons_client_by_client_id(state: EmulatorState, params: Params) -> dict[str, A
     return {
         "MqttClientInfoDo": {
             "ClientId": client_id,
-            "Online": client_id in state.online,
+            "Online": state.is_online(client_id),
             "LastTouch": session.last_touch_ms if session else 0,
             "SocketChannel": session.address if session else "",
             "SubScriptonData": {"SubscriptionDo": subscriptions},  # sic, 001's spelling

@@ -357,6 +357,10 @@ class EmulatorState:
         """Whether a ClientId has a live broker session or is set online by the override."""
         return client_id in self.connected or client_id in self.online
 
+    def online_now(self) -> set[str]:
+        """Every ClientId online now: live broker sessions and the override's."""
+        return self.connected | self.online
+
     def set_online(self, client_ids: Iterable[str]) -> None:
         """Replace the set of ClientIds the emulator reports online (and log the change)."""
         now = self.now_ms()
@@ -379,7 +383,7 @@ class EmulatorState:
         """Online ClientIds with a subscription filter matching the topic name `topic`."""
         return sorted(
             cid
-            for cid in self.online
+            for cid in self.online_now()
             if any(topic_matches(f, topic) for f in self.subscriptions.get(cid, {}))
         )
 
