@@ -101,6 +101,11 @@ class TokenHandler(BrokerProtocolHandler):
                 await self.broker.cut_off(self, refusal)
                 return
         await super().handle_subscribe(subscribe)
+        client_id = self.session.client_id if self.session else None
+        if client_id:  # what the legacy API's client queries report (001 section 6)
+            held = self.broker.state.subscriptions.setdefault(client_id, {})
+            for topic_filter, qos in subscribe.payload.topics if subscribe.payload else []:
+                held[topic_filter] = min(int(qos), QOS_1)
 
     async def _upload(self, packet: PublishPacket) -> None:
         # The vendor's demos upload with QoS 1 and wait for the PUBACK; QoS 2 is not offered.
@@ -218,6 +223,9 @@ class TokenBroker(Broker):
         await self._take_over(client_id, token_handler, client_session)
         self.stats.accepted += 1
         self.state.connected.add(client_id)
+        self.state.touch_session(
+            client_id, f"/{client_session.remote_address}:{client_session.remote_port}"
+        )
         try:
             await super()._handle_client_session(
                 reader, writer, client_session, handler, server, listener_name
@@ -226,6 +234,9 @@ class TokenBroker(Broker):
             if self._live.get(client_id) is token_handler:
                 del self._live[client_id]
                 self.state.connected.discard(client_id)
+                self.state.touch_session(client_id)
+                if client_session.clean_session:
+                    self.state.subscriptions.pop(client_id, None)
             # amqtt leaves the socket open when its message loop ends on a bad PUBLISH.
             await self._stop_handler(handler)
             token_handler.finished.set()

@@ -357,6 +357,13 @@ class EmulatorState:
         """Whether a ClientId has a live broker session or is set online by the override."""
         return client_id in self.connected or client_id in self.online
 
+    def touch_session(self, client_id: str, address: str | None = None) -> None:
+        """A broker session connected (with its address) or ended: its last touch is now."""
+        session = self.client_sessions.setdefault(client_id, ClientSession())
+        session.last_touch_ms = self.now_ms()
+        if address is not None:
+            session.address = address
+
     def online_now(self) -> set[str]:
         """Every ClientId online now: live broker sessions and the override's."""
         return self.connected | self.online

@@ -75,3 +75,25 @@ async def test_send_message_reaches_a_subscriber(
     assert p2p.status == 202
     [direct] = await sensor.got(f"devices/p2p/{CID}")
     assert direct.payload == b"just you"
+
+
+async def test_legacy_client_detail_from_a_live_session(
+    mqtt_emulator: EmulatorHandle, make_gateway: MakeGateway, device: MakeDevice
+) -> None:
+    gateway = await make_gateway(mqtt_emulator, policy_file=POLICY, ons_endpoint=mqtt_emulator.url)
+    jwt = bearer(make_jwt("s1", groups=["sensors"]))
+    login = await (
+        await gateway.post("/v1/device-credential", json={"clientId": CID}, headers=jwt)
+    ).json()
+    sensor = device(CID)
+    port = broker_of(mqtt_emulator).port
+    assert await sensor.connect(port, login["username"], login["password"]) == 0
+    assert await sensor.subscribed("devices/s1/cmd") == [1]
+    resp = await gateway.get(f"/v1/admin/clients/{CID}", headers=admin_headers())
+    assert resp.status == 200, await resp.text()
+    detail = await resp.json()
+    assert detail["online"] is True
+    assert detail["address"].startswith("/127.0.0.1:")
+    assert detail["subscriptions"] == [
+        {"topic": "devices/s1/cmd", "parentTopic": "devices", "subTopic": "/s1/cmd", "qos": 1}
+    ]
