@@ -503,7 +503,7 @@ def _show_tokens(a: dict[str, Any]) -> str:
         (
             t.get("type"),
             t.get("fingerprint"),
-            t.get("clientId"),
+            "(shared)" if t.get("shared") else t.get("clientId"),
             _when(t.get("issuedAt")),
             _when(t.get("expireTime")),
             t.get("resources"),

@@ -172,6 +172,7 @@ async def _tokens(app: web.Application) -> AsyncIterator[None]:
         l1_size=settings.token_cache_size,
         answer_cache_size=settings.answer_cache_size,
         answer_cache_bytes=settings.answer_cache_bytes,
+        sharing=settings.token_sharing,
     )
     app[appkeys.TOKENS] = tokens
     yield

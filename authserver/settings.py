@@ -53,6 +53,9 @@ PREFIX = "AUTHSERVER_"
 # The gateway processes assumed to share a source IP when Redis is configured: the
 # maximum of the production HPA in deploy/ (maxReplicas: 30).
 DEFAULT_REDIS_REPLICAS = 30
+# AUTHSERVER_TOKEN_SHARING: one token per subject ("off"), or one per identical grant
+# ("identical-grants", see tokens/sharing.py).
+TOKEN_SHARING_MODES = ("off", "identical-grants")
 HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
 KEY_ALGORITHMS = frozenset(
     {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
@@ -93,6 +96,7 @@ class Settings:
     token_cache_size: int = 200_000
     answer_cache_size: int = 20_000
     answer_cache_bytes: int = 64 * 1024 * 1024
+    token_sharing: str = "off"  # noqa: S105 - a mode name, not a secret
     quota: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_LIMITS))
     account_quota: float = 300.0
     revocation_claim_idle: float = 30.0
@@ -221,6 +225,11 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     log_format = (_env(env, "LOG_FORMAT") or "json").lower()
     if log_format not in {"json", "text"}:
         problems.append(f"{PREFIX}LOG_FORMAT={log_format!r} is not json or text")
+    token_sharing = (_env(env, "TOKEN_SHARING") or "off").lower()
+    if token_sharing not in TOKEN_SHARING_MODES:
+        problems.append(
+            f"{PREFIX}TOKEN_SHARING={token_sharing!r} is not " + " or ".join(TOKEN_SHARING_MODES)
+        )
 
     quota = dict(DEFAULT_LIMITS)
     for action in DEFAULT_LIMITS:
@@ -295,6 +304,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         admin_api_keys_file=keys_file,
         log_level=log_level,
         log_format=log_format,
+        token_sharing=token_sharing,
         quota=quota,
         **settings_kwargs,  # type: ignore[arg-type]
     )

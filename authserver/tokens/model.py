@@ -150,4 +150,7 @@ class TokenRecord:
             "expireTime": self.expire_ms,
             "issuedAt": self.issued_ms,
             "clientId": self.client_id,
+            # A shared token (tokens/sharing.py) is stored under the empty subject, which
+            # no identity can have.
+            "shared": self.subject == "",
         }

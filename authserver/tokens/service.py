@@ -6,7 +6,7 @@ import asyncio
 import functools
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from authserver.clock import Clock
@@ -16,7 +16,15 @@ from authserver.tokens.answers import DEFAULT_MAX_BYTES, AnswerCache
 from authserver.tokens.bus import STOP_TIMEOUT
 from authserver.tokens.expiring import ExpiringMap
 from authserver.tokens.model import ACTIONS_PARAM, TokenRecord, claim_names_of, token_key
-from authserver.tokens.store import TokenStore
+from authserver.tokens.sharing import (
+    IDENTICAL_GRANTS,
+    OFF,
+    SHARED_SUBJECT,
+    Holder,
+    lifetime_class,
+    shared_token_key,
+)
+from authserver.tokens.store import HELD_BY_SUBJECT, TokenStore
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +135,7 @@ class TokenService:
         answer_cache_size: int = 20_000,
         answer_cache_bytes: int = DEFAULT_MAX_BYTES,
         poll_interval: float = 0.02,
+        sharing: str = OFF,
     ) -> None:
         self._mint = mint
         self.store = store
@@ -154,6 +163,12 @@ class TokenService:
         # Set by the revoker: revokes upstream a token minted across a revocation.
         self.on_lost_mint: LostMint | None = None
         self.lost_mints = 0
+        # Token sharing (tokens/sharing.py): which (subject, clientId, token) holdings this
+        # process has written to the store already, so a repeat writes nothing.
+        self.sharing = sharing == IDENTICAL_GRANTS
+        self._held_here: ExpiringMap[tuple[str, str | None, str], int] = ExpiringMap(
+            l1_size if self.sharing else 0, lambda until: until
+        )
 
     def drop(self, keys: Iterable[str]) -> None:
         """Forget L1 entries and answers (an invalidation event, from here or elsewhere)."""
@@ -175,8 +190,10 @@ class TokenService:
         return None if found is None else found[1]
 
     async def subject_tokens(self, subject: str) -> list[TokenRecord]:
-        """The subject's live tokens."""
-        return [record for _key, record in await self.store.subject_tokens(subject)]
+        """The subject's live tokens: its own, and the shared ones it was handed."""
+        own = [record for _key, record in await self.store.subject_tokens(subject)]
+        shared = [record for _key, record in await self.store.held(HELD_BY_SUBJECT, subject)]
+        return own + shared
 
     async def credentials(self, request: TokenRequest, deadline: float) -> MqttCredentials:
         """MQTT credentials for `request`; `deadline` is an absolute monotonic time.
@@ -192,6 +209,10 @@ class TokenService:
         writes) and is revoked upstream, and tokens minted and stored before the move (which
         the revocation then purged) are not answered either: `RevokedWhileIssuing`.
         """
+        if self.sharing:
+            # Shared tokens live in lifetime classes: asked 3000 s, a device shares the
+            # 1800 s token of every other device whose grant is the same.
+            request = replace(request, ttl=lifetime_class(request.ttl))
         epoch = _Epoch()
         for _attempt in range(3):
             generation = self.answers.generation
@@ -210,6 +231,43 @@ class TokenService:
                 return False
         return True
 
+    def _key(self, request: TokenRequest, kind: str, resources: tuple[str, ...]) -> str:
+        """The key of one token of `request`: per subject and clientId, or per grant."""
+        if self.sharing:
+            return shared_token_key(self.instance_id, kind, resources, request.ttl)
+        return token_key(
+            self.instance_id, request.subject, kind, resources, request.ttl, request.client_id
+        )
+
+    def _owner(self, request: TokenRequest) -> str:
+        """Whose records `request`'s tokens are in the store (the store's subject argument)."""
+        return SHARED_SUBJECT if self.sharing else request.subject
+
+    async def _hold(self, request: TokenRequest, records: list[TokenRecord], epoch: _Epoch) -> None:
+        """Note who is handed shared tokens, then refuse the request if it was revoked meanwhile.
+
+        The holding is written before the epoch is read again, and a revocation moves the
+        epoch before it lists the holdings: either it sees this holding (and rotates the
+        token) or this request sees the moved epoch. A request that read the store at all
+        (`epoch.value` set) checks the epoch even with nothing new to write: it may have read
+        the replacement of a token rotated for its own revocation.
+        """
+        fresh = []
+        for record in records:
+            here = (request.subject, request.client_id, record.token)
+            if self._held_here.get(here, self._clock.time() * 1000) is None:
+                fresh.append((here, record))
+        if not fresh and epoch.value is None:
+            return  # nothing awaited: no revocation could land in between
+        if epoch.value is None:
+            epoch.value = await self.store.epoch(request.subject)
+        holder = Holder(request.subject, request.client_id, request.claims)
+        for here, record in fresh:
+            await self.store.hold(record, holder)
+            self._held_here.put(here, record.expire_ms)
+        if await self.store.epoch(request.subject) != epoch.value:
+            raise self._revoked_while_issuing()
+
     async def _gather(
         self, request: TokenRequest, deadline: float, epoch: _Epoch
     ) -> MqttCredentials:
@@ -218,11 +276,9 @@ class TokenService:
         keys: list[str] = []
         missing: list[tuple[int, str, str, tuple[str, ...]]] = []
         for kind, resources in specs:
-            key = token_key(
-                self.instance_id, request.subject, kind, resources, request.ttl, request.client_id
-            )
+            key = self._key(request, kind, resources)
             keys.append(key)
-            record = await self._cached(key, request.subject, epoch)
+            record = await self._cached(key, request, epoch)
             if record is None:
                 missing.append((len(records), key, kind, resources))
             else:
@@ -246,6 +302,8 @@ class TokenService:
             if await self.store.epoch(request.subject) != at:
                 raise self._revoked_while_issuing()
         done = [r for r in records if r is not None]
+        if self.sharing:
+            await self._hold(request, done, epoch)
         password = "|".join(f"{r.type}|{r.token}" for r in done)
         return MqttCredentials(
             instance_id=self.instance_id,
@@ -261,7 +319,7 @@ class TokenService:
     def _fresh(self, record: TokenRecord | None) -> bool:
         return record is not None and record.refresh_at_ms > self._clock.time() * 1000
 
-    async def _cached(self, key: str, subject: str, epoch: _Epoch) -> TokenRecord | None:
+    async def _cached(self, key: str, request: TokenRequest, epoch: _Epoch) -> TokenRecord | None:
         """A fresh token from L1, else from the store (then kept in L1)."""
         l1 = self._l1
         if l1 is not None:
@@ -273,9 +331,9 @@ class TokenService:
             # Before the first await of the request: a revocation (and its block) that lands
             # while the store is read moves the epoch, and then no token is minted for this
             # request, whose JWT was checked against the blocks before it came here.
-            epoch.value = await self.store.epoch(subject)
+            epoch.value = await self.store.epoch(request.subject)
         generation = self.answers.generation
-        record = await self.store.get(key, subject)
+        record = await self.store.get(key, self._owner(request))
         if record is None or not self._fresh(record):
             return None
         self.hits["store"] += 1
@@ -323,14 +381,16 @@ class TokenService:
     ) -> None:
         deadline = self._clock.monotonic() + RENEW_DEADLINE
         generation = self.answers.generation
-        epoch = await self.store.epoch(request.subject)
+        # A shared token is no one subject's: no epoch guards its store (see `_hold`).
+        epoch = None if self.sharing else await self.store.epoch(request.subject)
+        owner = self._owner(request)
         # The lock must outlive the renewal's own deadline (quota waits included), or
         # another process would renew the same key at the same time.
-        lock_id = await self.store.lock(key, request.subject, RENEW_DEADLINE + 2.0)
+        lock_id = await self.store.lock(key, owner, RENEW_DEADLINE + 2.0)
         if lock_id is None:
             return  # another process renews it
         try:
-            current = await self.store.get(key, request.subject)
+            current = await self.store.get(key, owner)
             if current is None or current.token != old.token:
                 return  # renewed elsewhere, or revoked: nothing to do here
             record = await self._apply(
@@ -339,7 +399,7 @@ class TokenService:
             if self._l1 is not None and self.answers.generation == generation:
                 self._l1.put(key, record)
         finally:
-            await self._unlock(key, request.subject, lock_id)
+            await self._unlock(key, owner, lock_id)
 
     async def close(self) -> None:
         """Cancel background renewals and issuances still running (the app is stopping)."""
@@ -391,15 +451,16 @@ class TokenService:
         deadline: float,
         epoch: int,
     ) -> TokenRecord:
+        owner = self._owner(request)
         while True:
-            record = await self.store.get(key, request.subject)
+            record = await self.store.get(key, owner)
             if self._fresh(record):
                 assert record is not None
                 return record
-            lock_id = await self.store.lock(key, request.subject, self._lock_ttl)
+            lock_id = await self.store.lock(key, owner, self._lock_ttl)
             if lock_id is not None:
                 try:
-                    record = await self.store.get(key, request.subject)
+                    record = await self.store.get(key, owner)
                     if self._fresh(record):
                         assert record is not None
                         return record
@@ -407,7 +468,7 @@ class TokenService:
                         key, kind, resources, request, deadline, previous=record, epoch=epoch
                     )
                 finally:
-                    await self._unlock(key, request.subject, lock_id)
+                    await self._unlock(key, owner, lock_id)
             # Another process is minting this very token: wait for it to land.
             if self._clock.monotonic() + self._poll >= deadline:
                 raise ServiceUnavailable(
@@ -473,6 +534,13 @@ class TokenService:
             self.instance_id, resources, ACTIONS_PARAM[kind], expire_ms, budget
         )
         margin_ms = refresh_margin_for(request.ttl, self._margin) * 1000
+        claims: Mapping[str, Any]
+        if self.sharing:
+            # Everyone's and no one's: the holders are kept beside it (`_hold`), and the
+            # subject's epoch does not guard it (the requester is refused instead).
+            subject, client_id, claims, epoch = SHARED_SUBJECT, None, {}, None
+        else:
+            subject, client_id, claims = request.subject, request.client_id, request.claims
         record = TokenRecord(
             token=token,
             type=kind,
@@ -480,11 +548,11 @@ class TokenService:
             expire_ms=expire_ms,
             refresh_at_ms=expire_ms - margin_ms,
             issued_ms=now_ms,
-            subject=request.subject,
+            subject=subject,
             instance_id=self.instance_id,
-            client_id=request.client_id,
-            claims=request.claims,
-            claim_names=claim_names_of(request.claims),
+            client_id=client_id,
+            claims=claims,
+            claim_names=claim_names_of(claims),
         )
         self.minted += 1
         stored = True

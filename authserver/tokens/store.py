@@ -15,12 +15,15 @@ from authserver.clock import Clock
 from authserver.errors import StoreUnavailable
 from authserver.tokens.expiring import ExpiringMap
 from authserver.tokens.model import TokenRecord, subject_tag
+from authserver.tokens.sharing import MAX_HOLDERS, Holder
 
 KEY_PREFIX = "authserver:"
 # How long a subject's revocation epoch is remembered after its last revocation. It only has
 # to outlive every mint that read the epoch before that revocation: one request deadline or
 # one background renewal (RENEW_DEADLINE), seconds, not an hour. A forgotten epoch reads 0.
 EPOCH_TTL_MS = 3600 * 1000
+# The two indexes of shared tokens by holder (see tokens/sharing.py).
+HELD_BY_SUBJECT, HELD_BY_CLIENT = "subject", "client"
 
 
 def token_hash(token: str) -> str:
@@ -85,6 +88,22 @@ class TokenStore(Protocol):
         """True when the store answers."""
         ...
 
+    async def hold(self, record: TokenRecord, holder: Holder) -> None:
+        """Note that `holder` was handed the shared `record`, until the record expires."""
+        ...
+
+    async def held(self, scope: str, name: str) -> list[tuple[str, TokenRecord]]:
+        """The live shared records handed to a subject or a clientId (`HELD_BY_*`), with keys.
+
+        Found by token value, so a record retired by a renewal (still valid upstream, still
+        held by devices) is found as well as the live one.
+        """
+        ...
+
+    async def holders(self, record: TokenRecord) -> tuple[list[Holder], bool]:
+        """Who was handed the shared `record`, and whether that list is complete."""
+        ...
+
     def watch_evictions(self, callback: Callable[[str], None]) -> None:
         """Have `callback(key)` told of records the store lets go of before anyone asks."""
         ...
@@ -97,6 +116,7 @@ class MemoryStore:
 
     def __init__(self, clock: Clock, maxsize: int = 200_000) -> None:
         self._clock = clock
+        self._maxsize = maxsize
         # Evicted or expired records take their index entries with them.
         self._records: ExpiringMap[str, TokenRecord] = ExpiringMap(
             maxsize, lambda record: record.expire_ms, on_drop=self._dropped
@@ -104,6 +124,11 @@ class MemoryStore:
         self._by_subject: dict[str, set[str]] = {}
         self._by_client: dict[str, set[str]] = {}
         self._by_value: dict[str, str] = {}
+        # Shared tokens: (scope, name) -> {token hash: expire ms}; token hash -> holders.
+        # Entries go with the token's value-index entry, or when met expired.
+        self._held: dict[tuple[str, str], dict[str, int]] = {}
+        self._holders: dict[str, dict[str, Holder]] = {}
+        self._holders_overflow: set[str] = set()
         self._evicted: Callable[[str], None] | None = None
         # subject -> (epoch, forget after ms): only revoked subjects, a handful.
         self._epochs: dict[str, tuple[int, float]] = {}
@@ -217,6 +242,55 @@ class MemoryStore:
         digest = token_hash(record.token)
         if self._by_value.get(digest) == key:
             del self._by_value[digest]
+            self._holders.pop(digest, None)
+            self._holders_overflow.discard(digest)
+
+    async def hold(self, record: TokenRecord, holder: Holder) -> None:
+        """Index the shared record under its holder's subject and clientId."""
+        digest = token_hash(record.token)
+        now_ms = self._now_ms()
+        for scope, name in ((HELD_BY_SUBJECT, holder.subject), (HELD_BY_CLIENT, holder.client_id)):
+            if name is None:
+                continue
+            tokens = self._held.setdefault((scope, name), {})
+            if len(tokens) >= 8:  # a holder of many tokens over time: forget the dead ones
+                for dead in [d for d, until in tokens.items() if until <= now_ms]:
+                    del tokens[dead]
+            tokens[digest] = record.expire_ms
+        holders = self._holders.setdefault(digest, {})
+        if holder.subject in holders or len(holders) < MAX_HOLDERS:
+            holders[holder.subject] = holder
+        else:
+            self._holders_overflow.add(digest)
+        if len(self._held) > 2 * self._maxsize:
+            # Bounded like the records: the dead go first, then the oldest holders (whose
+            # shared token a revocation of them then no longer finds, as with an evicted
+            # record of their own).
+            live = {k: v for k, v in self._held.items() if any(u > now_ms for u in v.values())}
+            excess = len(live) - self._maxsize
+            for oldest in list(live)[: max(excess, 0)]:
+                del live[oldest]
+            self._held = live
+
+    async def held(self, scope: str, name: str) -> list[tuple[str, TokenRecord]]:
+        """The live shared records a subject or clientId was handed."""
+        tokens = self._held.get((scope, name), {})
+        found = []
+        for digest in list(tokens):
+            key = self._by_value.get(digest)
+            record = None if key is None else self._live_record(key)
+            if key is None or record is None or token_hash(record.token) != digest:
+                del tokens[digest]
+                continue
+            found.append((key, record))
+        if not tokens:
+            self._held.pop((scope, name), None)
+        return found
+
+    async def holders(self, record: TokenRecord) -> tuple[list[Holder], bool]:
+        """Who was handed the shared record (complete unless past MAX_HOLDERS)."""
+        digest = token_hash(record.token)
+        return list(self._holders.get(digest, {}).values()), digest not in self._holders_overflow
 
     async def delete(self, key: str, record: TokenRecord) -> None:
         """Forget one record."""
@@ -268,6 +342,22 @@ return 1
 """
 
 
+# KEYS: holders hash. ARGV: subject, holder json, max holders, ttl ms. The field '' (no
+# identity has an empty subject) marks a list that stopped growing at the bound.
+_HOLDER = """
+local known = redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1
+if known or redis.call('HLEN', KEYS[1]) < tonumber(ARGV[3]) then
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+else
+  redis.call('HSET', KEYS[1], '', '1')
+end
+if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[4]) then
+  redis.call('PEXPIRE', KEYS[1], ARGV[4])
+end
+return 1
+"""
+
+
 class RedisStore:
     """Tokens in Redis, shared by every process and replica.
 
@@ -286,6 +376,7 @@ class RedisStore:
         self._put = client.register_script(_PUT)
         self._index = client.register_script(_INDEX)
         self._unlock = client.register_script(_UNLOCK)
+        self._holder = client.register_script(_HOLDER)
 
     @staticmethod
     def _tag(subject: str) -> str:
@@ -301,8 +392,19 @@ class RedisStore:
         return f"{KEY_PREFIX}cli:{{{subject_tag(client_id)}}}"
 
     def _value_key(self, token: str) -> str:
-        digest = token_hash(token)
+        return self._digest_key(token_hash(token))
+
+    @staticmethod
+    def _digest_key(digest: str) -> str:
         return f"{KEY_PREFIX}val:{{{digest[:16]}}}:{digest}"
+
+    @staticmethod
+    def _held_key(scope: str, name: str) -> str:
+        return f"{KEY_PREFIX}held:{scope}:{{{subject_tag(name)}}}"
+
+    @staticmethod
+    def _holders_key(digest: str) -> str:
+        return f"{KEY_PREFIX}holders:{{{digest[:16]}}}:{digest}"
 
     def _epoch_key(self, subject: str) -> str:
         return f"{KEY_PREFIX}epoch:{self._tag(subject)}"
@@ -481,6 +583,71 @@ class RedisStore:
             await self._unlock(keys=[self._lock_key(key, subject)], args=[lock_id])
         except RedisError as err:
             raise StoreUnavailable("the token store (Redis) is unreachable") from err
+
+    async def hold(self, record: TokenRecord, holder: Holder) -> None:
+        """ZADD the token's hash to its holder's indexes; HSET the holder beside the token."""
+        now_ms = self._now_ms()
+        ttl_ms = record.expire_ms - now_ms
+        if ttl_ms <= 0:
+            return
+        digest = token_hash(record.token)
+        try:
+            for scope, name in (
+                (HELD_BY_SUBJECT, holder.subject),
+                (HELD_BY_CLIENT, holder.client_id),
+            ):
+                if name is not None:
+                    await self._index(
+                        keys=[self._held_key(scope, name)],
+                        args=[record.expire_ms, digest, now_ms, ttl_ms],
+                    )
+            await self._holder(
+                keys=[self._holders_key(digest)],
+                args=[
+                    holder.subject,
+                    json.dumps(holder.to_list(), separators=(",", ":"), ensure_ascii=False),
+                    MAX_HOLDERS,
+                    ttl_ms,
+                ],
+            )
+        except RedisError as err:
+            raise StoreUnavailable("the token store (Redis) is unreachable") from err
+
+    async def held(self, scope: str, name: str) -> list[tuple[str, TokenRecord]]:
+        """The live shared records a subject or clientId was handed, found by value."""
+        try:
+            digests = await self._redis.zrangebyscore(
+                self._held_key(scope, name), self._now_ms(), "+inf"
+            )
+            found: list[tuple[str, TokenRecord]] = []
+            for raw_digest in digests:
+                digest = raw_digest.decode() if isinstance(raw_digest, bytes) else str(raw_digest)
+                raw = await self._redis.get(self._digest_key(digest))
+                if raw is None:
+                    continue
+                subject, key = json.loads(raw)
+                record = await self.get(str(key), str(subject))
+                if record is not None and token_hash(record.token) == digest:
+                    found.append((str(key), record))
+        except RedisError as err:
+            raise StoreUnavailable("the token store (Redis) is unreachable") from err
+        return found
+
+    async def holders(self, record: TokenRecord) -> tuple[list[Holder], bool]:
+        """HGETALL of the token's holders; the field '' says the list is incomplete."""
+        try:
+            raw = await self._redis.hgetall(self._holders_key(token_hash(record.token)))
+        except RedisError as err:
+            raise StoreUnavailable("the token store (Redis) is unreachable") from err
+        holders: list[Holder] = []
+        complete = True
+        for field, value in raw.items():
+            subject = field.decode() if isinstance(field, bytes) else str(field)
+            if not subject:
+                complete = False
+                continue
+            holders.append(Holder.from_list(subject, json.loads(value)))
+        return holders, complete
 
     async def ping(self) -> bool:
         """True when Redis answers PING."""

@@ -21,6 +21,7 @@ from authserver.cloud.errors import CloudRejected
 from authserver.errors import BadRequest, GatewayError, NotConfigured, NotFound
 from authserver.fingerprint import fingerprint
 from authserver.policy.engine import allowed_client_ids, evaluate, explain, token_plan
+from authserver.tokens.sharing import SHARED_SUBJECT
 from authserver.web import shapes
 from authserver.web.admin_auth import ADMIN_PREFIX, AUDIT, guarded, load_api_keys
 from authserver.web.observe import observed
@@ -251,7 +252,9 @@ async def explain_policy(request: web.Request) -> web.Response:
             (
                 r
                 for r in held
-                if r.type == kind and r.resources == planned.resources and r.client_id == client_id
+                if r.type == kind
+                and r.resources == planned.resources
+                and (r.client_id == client_id or r.subject == SHARED_SUBJECT)
             ),
             None,
         )

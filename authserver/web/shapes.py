@@ -331,6 +331,16 @@ class TokenSummary(Response):
     expire_time: EpochMs
     issued_at: EpochMs | UnsetType = UNSET
     client_id: str | UnsetType | None = UNSET
+    shared: (
+        Annotated[
+            bool,
+            Meta(
+                description="One token of every holder of the same grant "
+                "(AUTHSERVER_TOKEN_SHARING=identical-grants); clientId is then null"
+            ),
+        ]
+        | UnsetType
+    ) = UNSET
 
 
 class SubjectTokens(Response):

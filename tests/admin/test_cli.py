@@ -213,6 +213,7 @@ async def test_tokens(gateway: Gateway) -> None:
         "expireTime",
         "issuedAt",
         "clientId",
+        "shared",
     }
     # A subject with a '/' travels percent-encoded and comes back whole.
     odd = await gateway.admin("--json", "tokens", "team/bob")

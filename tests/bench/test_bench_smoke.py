@@ -157,3 +157,13 @@ def test_ratios_pair_each_run_with_the_baseline_run_just_before_it() -> None:
     assert work.ratio() == 0.8  # 0.7, 0.9, 0.8: a slow baseline run pairs with a slow W1 run
     work.paired = work.paired[:2]
     assert work.ratio() is None  # unpaired runs give no ratio
+
+
+async def test_sharing_bench_counts_the_mints_of_each_mode() -> None:
+    from bench.sharing import fleet, one_mode
+
+    devices = fleet(40, 4)  # 10 devices in each of 4 tenants, an R and a W token each
+    calls, distinct, _seconds = await one_mode("off", devices)
+    assert (calls, distinct) == (80, 80)
+    calls, distinct, _seconds = await one_mode("identical-grants", devices)
+    assert (calls, distinct) == (8, 8)

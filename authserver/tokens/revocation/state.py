@@ -1,16 +1,7 @@
-"""Revocation that is never lost: purge every cache, block old app JWTs, revoke upstream.
+"""Where revocations are kept: the durable job queue, the issued-before blocks, revoked hashes.
 
-An admin's revocation is accepted only once it is durable: the upstream RevokeToken jobs are
-in the queue (a Redis stream with a consumer group when Redis is configured; in memory in the
-embedded mode, where a restart loses them, as documented), the issued-before block is stored,
-and every process was told to drop its cached copies. A background worker drains the queue at
-no more than the RevokeToken quota, retrying until the upstream confirms. Revoking is
-idempotent upstream, so a job run twice (after a crash between call and acknowledgement)
-does no harm.
-
-Housekeeping, run by the worker every `MAINTENANCE_INTERVAL` seconds: blocks older than the
-block retention are pruned (`Revoker.maintain`), and stream consumers left by processes that
-are gone are deleted from the group once nothing is pending on them (`reap_consumers`).
+`MemoryState` keeps them in this process (the embedded mode: a restart loses queued jobs);
+`RedisState` in a Redis stream with a consumer group, hashes and a sorted set.
 """
 
 from __future__ import annotations
@@ -19,25 +10,17 @@ import asyncio
 import collections
 import contextlib
 import json
-import logging
 import secrets
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
-from authserver.clock import Clock
-from authserver.errors import GatewayError, StoreUnavailable, TokenRevoked
+from authserver.errors import StoreUnavailable
 from authserver.fingerprint import fingerprint
-from authserver.identity import Identity
-from authserver.tokens.bus import STOP_TIMEOUT, InvalidationBus
-from authserver.tokens.model import TokenRecord
-from authserver.tokens.service import TokenService
-from authserver.tokens.store import KEY_PREFIX, token_hash
-
-log = logging.getLogger(__name__)
+from authserver.tokens.store import KEY_PREFIX
 
 SUBJECT, CLIENT = "subject", "client"
 STREAM = KEY_PREFIX + "revocations"
@@ -46,40 +29,9 @@ FAILURES = KEY_PREFIX + "revocations:failures"
 REVOKED = KEY_PREFIX + "revoked"
 BLOCKS = {SUBJECT: KEY_PREFIX + "block:subject", CLIENT: KEY_PREFIX + "block:client"}
 RECENT_FAILURES = 20
-# Unknown tokens have no known expiry; 30 days is the longest any token can live.
-MAX_TOKEN_LIFE_MS = 30 * 24 * 3600 * 1000
-# How long an issued-before block is kept (AUTHSERVER_REVOCATION_BLOCK_RETENTION): it refuses
-# the app JWTs issued before it, and once the last of them has expired it refuses nothing
-# that the verifier would not refuse anyway. 30 days covers app JWTs that live up to 30 days
-# less the leeway; a longer-lived issuer needs a longer retention.
-BLOCK_RETENTION = 30 * 24 * 3600.0
-MAINTENANCE_INTERVAL = 60.0
 # A consumer that has not read the stream for this long belongs to a process that is gone
 # (a live worker reads at least every second).
 DEAD_CONSUMER_IDLE = 600.0
-
-Revoke = Callable[[str, str], Awaitable[None]]
-# (subject, claims) -> every clientId the policy lets that identity use.
-ClientIdsOf = Callable[[str, Mapping[str, Any]], Iterable[str]]
-
-
-@dataclass(frozen=True)
-class RevocationResult:
-    """What one admin revocation did."""
-
-    revoked_locally: int
-    queued: int
-    blocked_before_ms: int | None
-    fingerprints: tuple[str, ...]
-
-    def to_dict(self) -> dict[str, Any]:
-        """The JSON answer of POST /v1/admin/revoke."""
-        return {
-            "revokedLocally": self.revoked_locally,
-            "queued": self.queued,
-            "blockedIssuedBefore": self.blocked_before_ms,
-            "fingerprints": list(self.fingerprints),
-        }
 
 
 @dataclass(frozen=True)
@@ -240,14 +192,15 @@ class MemoryState:
 
     async def prune_blocks(self, older_than_ms: int) -> int:
         """Forget old blocks."""
-        return _prune(self._blocks, older_than_ms)
+        return prune_entries(self._blocks, older_than_ms)
 
     async def reap_consumers(self) -> int:
         """One process, one consumer: nothing to reap."""
         return 0
 
 
-def _prune(blocks: dict[str, dict[str, int]], older_than_ms: int) -> int:
+def prune_entries(blocks: dict[str, dict[str, int]], older_than_ms: int) -> int:
+    """Drop the entries made before `older_than_ms` from every scope; how many went."""
     pruned = 0
     for entries in blocks.values():
         old = [name for name, before in entries.items() if before < older_than_ms]
@@ -494,301 +447,3 @@ class RedisState:
         except RedisError as err:
             raise StoreUnavailable("cannot list the queue consumers: Redis is unreachable") from err
         return reaped
-
-
-class Revoker:
-    """Admin revocations and the local mirror of blocks, kept coherent through the bus."""
-
-    def __init__(
-        self,
-        tokens: TokenService,
-        state: RevocationState,
-        bus: InvalidationBus,
-        *,
-        clock: Clock,
-        client_ids: ClientIdsOf | None = None,
-        block_retention: float = BLOCK_RETENTION,
-    ) -> None:
-        self.tokens = tokens
-        self.state = state
-        self.bus = bus
-        self._clock = clock
-        self._client_ids = client_ids
-        self._block_retention_ms = int(block_retention * 1000)
-        self._blocks: dict[str, dict[str, int]] = {SUBJECT: {}, CLIENT: {}}
-        # In the embedded mode every block is made here; with Redis they must be read first
-        # (readiness waits for it, so a restarted pod never serves a blocked JWT).
-        self.blocks_loaded = state.mode == MemoryState.mode
-        bus.on_event(self._on_event)
-        bus.on_resync(self.resync)
-        tokens.on_lost_mint = self.revoke_unstored
-
-    def _now_ms(self) -> int:
-        return int(self._clock.time() * 1000)
-
-    async def resync(self) -> None:
-        """Reload blocks and drop L1 entries: events may have been missed."""
-        stored = await self.state.blocks()
-        # Merged, not replaced: a block made here while the read was in flight stays.
-        for scope, entries in stored.items():
-            mine = self._blocks.setdefault(scope, {})
-            for name, before in entries.items():
-                mine[name] = max(before, mine.get(name, 0))
-        self.blocks_loaded = True
-        self.tokens.clear_l1()
-
-    async def maintain(self) -> int:
-        """Prune the blocks older than the retention, here and in the state; how many went.
-
-        Every process prunes its own mirror; the shared state is pruned by whichever process
-        comes first (the others find nothing left to delete).
-        """
-        older_than = self._now_ms() - self._block_retention_ms
-        _prune(self._blocks, older_than)
-        pruned = await self.state.prune_blocks(older_than)
-        if pruned:
-            log.info("pruned %d revocation block(s) older than the retention", pruned)
-        return pruned
-
-    def _on_event(self, event: dict[str, Any]) -> None:
-        kind = event.get("kind")
-        if kind == "tokens":
-            self.tokens.drop(str(k) for k in event.get("keys", []))
-        elif kind == "block":
-            scope, name, before = event.get("scope"), event.get("name"), event.get("before_ms")
-            if scope in self._blocks and isinstance(name, str) and isinstance(before, int):
-                entries = self._blocks[scope]
-                entries[name] = max(before, entries.get(name, 0))
-        elif kind == "flush":
-            self.tokens.clear_l1()
-
-    def check(self, identity: Identity, client_id: str | None) -> None:
-        """Refuse an app JWT issued before a block of its subject or of one of its clientIds.
-
-        Its clientIds are every one the policy lets the identity use (``client_ids``), not
-        only the one it asks with: a blocked device cannot step round its block by naming
-        another clientId, or none.
-        """
-        blocks = self._blocks
-        before = blocks[SUBJECT].get(identity.subject)
-        if before is not None:
-            self._refuse_if_before(identity, SUBJECT, before)
-        client_blocks = blocks[CLIENT]
-        if not client_blocks:  # the usual case: nothing to look up
-            return
-        names = set() if client_id is None else {client_id}
-        if self._client_ids is not None:
-            names.update(self._client_ids(identity.subject, identity.claims))
-        for name in names:
-            before = client_blocks.get(name)
-            if before is not None:
-                self._refuse_if_before(identity, CLIENT, before)
-
-    @staticmethod
-    def _refuse_if_before(identity: Identity, scope: str, before_ms: int) -> None:
-        issued = identity.issued_at
-        if issued is None or issued * 1000 < before_ms:
-            raise TokenRevoked(
-                f"this app token was issued before the {scope} was revoked; "
-                "sign in again to get a new one",
-                headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
-            )
-
-    async def _publish(self, event: dict[str, Any]) -> None:
-        try:
-            await self.bus.publish(event)
-        except (RedisError, OSError) as err:
-            raise StoreUnavailable(
-                "the revocation is stored but other processes could not be told; retry"
-            ) from err
-
-    async def _block(self, scope: str, name: str) -> int:
-        before = self._now_ms()
-        await self.state.block(scope, name, before)
-        await self._publish({"kind": "block", "scope": scope, "name": name, "before_ms": before})
-        return before
-
-    async def revoke_records(
-        self, records: list[tuple[str, TokenRecord]], extra_tokens: Iterable[str] = ()
-    ) -> RevocationResult:
-        """Queue upstream revocation, mark revoked, purge the store and every L1."""
-        now = self._now_ms()
-        instance = self.tokens.instance_id
-        jobs = [(record.token, record.instance_id) for _key, record in records]
-        jobs += [(token, instance) for token in extra_tokens]
-        queued = await self.state.enqueue(jobs, now)  # durable first: nothing lost after this
-        expiries = [(token_hash(r.token), r.expire_ms) for _k, r in records]
-        expiries += [(token_hash(t), now + MAX_TOKEN_LIFE_MS) for t in extra_tokens]
-        await self.state.mark_revoked(expiries, now)
-        keys = [key for key, _record in records]
-        try:
-            for key, record in records:
-                await self.tokens.store.delete(key, record)
-        finally:
-            # Even after a partial failure: a retry would no longer find the deleted records,
-            # so this is the one chance to tell the other processes to drop them.
-            if keys:
-                await self._publish({"kind": "tokens", "keys": keys})
-        return RevocationResult(
-            revoked_locally=len(records),
-            queued=queued,
-            blocked_before_ms=None,
-            fingerprints=tuple(fingerprint(token) for token, _instance in jobs),
-        )
-
-    async def revoke_unstored(self, record: TokenRecord) -> None:
-        """Revoke a token that was minted across its subject's revocation and never stored.
-
-        No process holds it (it was neither stored nor answered), so only the upstream
-        revocation is queued, durably, and the token is remembered as revoked.
-        """
-        now = self._now_ms()
-        await self.state.enqueue([(record.token, record.instance_id)], now)
-        await self.state.mark_revoked([(token_hash(record.token), record.expire_ms)], now)
-
-    async def revoke_token(self, token: str) -> RevocationResult:
-        """Revoke one token by value (queued upstream even when we never held it)."""
-        found = await self.tokens.store.lookup(token)
-        if found is not None:
-            return await self.revoke_records([found])
-        return await self.revoke_records([], extra_tokens=[token])
-
-    async def revoke_subject(
-        self, subject: str, *, block_issued_before: bool = True
-    ) -> RevocationResult:
-        """Revoke every token of a subject; optionally refuse its older app JWTs.
-
-        The subject's epoch moves first: a mint in flight now cannot store its token after
-        the tokens are listed below (the token service revokes it instead).
-        """
-        await self.tokens.store.bump_epoch(subject)
-        before = await self._block(SUBJECT, subject) if block_issued_before else None
-        result = await self.revoke_records(await self.tokens.store.subject_tokens(subject))
-        return _with_block(result, before)
-
-    async def revoke_client(
-        self, client_id: str, *, block_issued_before: bool = True
-    ) -> RevocationResult:
-        """Revoke every token handed to a client id; optionally refuse older app JWTs for it."""
-        before = await self._block(CLIENT, client_id) if block_issued_before else None
-        result = await self.revoke_records(await self.tokens.store.client_tokens(client_id))
-        return _with_block(result, before)
-
-    async def is_revoked(self, token: str) -> bool:
-        """Whether we revoked this token (and it could still be alive)."""
-        return await self.state.is_revoked(token_hash(token), self._now_ms())
-
-    async def status(self) -> dict[str, Any]:
-        """Queue depth, oldest pending age, recent failures."""
-        return await self.state.status(self._now_ms())
-
-
-def _with_block(result: RevocationResult, before: int | None) -> RevocationResult:
-    return RevocationResult(result.revoked_locally, result.queued, before, result.fingerprints)
-
-
-class RevocationWorker:
-    """Drains the queue through RevokeToken, paced by the quota governor."""
-
-    def __init__(
-        self,
-        state: RevocationState,
-        revoke: Revoke,
-        *,
-        clock: Clock,
-        batch: int = 5,
-        idle_wait: float = 1.0,
-        retry_pause: float = 1.0,
-        maintain: Callable[[], Awaitable[int]] | None = None,
-        maintenance_interval: float = MAINTENANCE_INTERVAL,
-    ) -> None:
-        self._state = state
-        self._revoke = revoke
-        self._clock = clock
-        self._batch = batch
-        self._idle_wait = idle_wait
-        self._retry_pause = retry_pause
-        self._maintain = maintain
-        self._maintenance_interval = maintenance_interval
-        self._next_maintenance = 0.0
-        self._task: asyncio.Task[None] | None = None
-        self.done = 0
-        self.failures = 0
-        self.store_errors = 0
-
-    def start(self) -> None:
-        """Run in the background until stop()."""
-        self._task = asyncio.create_task(self._run(), name="revocation-worker")
-
-    async def stop(self) -> None:
-        """Cancel and wait (bounded); an interrupted job stays pending and is retried."""
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.wait([self._task], timeout=STOP_TIMEOUT)
-            self._task = None
-
-    async def _housekeeping(self) -> None:
-        """Prune old blocks and reap dead consumers, at most every maintenance interval."""
-        now = self._clock.monotonic()
-        if now < self._next_maintenance:
-            return
-        self._next_maintenance = now + self._maintenance_interval
-        if self._maintain is not None:
-            await self._maintain()
-        reaped = await self._state.reap_consumers()
-        if reaped:
-            log.info("revocation queue: removed %d consumer(s) of stopped processes", reaped)
-
-    async def _run(self) -> None:
-        while True:
-            try:
-                await self._housekeeping()
-                jobs = await self._state.claim(self._batch, self._idle_wait)
-                for index, job in enumerate(jobs):
-                    try:
-                        await self._one(job)
-                    except Exception:
-                        # Hand the rest of the batch back, or they would stay claimed.
-                        now = int(self._clock.time() * 1000)
-                        for left in jobs[index:]:
-                            await self._state.failed(left, "worker error", now, final=False)
-                        raise
-            except asyncio.CancelledError:
-                raise
-            except (StoreUnavailable, RedisError, OSError) as err:
-                # A job whose acknowledgement was lost stays pending and is claimed again.
-                self.store_errors += 1
-                log.warning("revocation worker: store unavailable (%s)", _cause_name(err))
-                await self._clock.sleep(self._retry_pause)
-            except Exception:
-                log.exception("revocation worker: unexpected error")
-                await self._clock.sleep(self._retry_pause)
-
-    async def _one(self, job: Job) -> None:
-        """One RevokeToken; acknowledged once the upstream confirmed it."""
-        try:
-            await self._revoke(job.instance_id, job.token)
-        except GatewayError as err:
-            final = err.status == 502 and not getattr(err, "retryable", True)
-            self.failures += 1
-            log.warning(
-                "revocation of token %s failed (%s)%s",
-                job.fingerprint,
-                err.code,
-                "; giving up" if final else "; will retry",
-            )
-            await self._state.failed(
-                job, f"{err.code}: {err.detail}", int(self._clock.time() * 1000), final=final
-            )
-            if not final:
-                await self._clock.sleep(self._retry_pause)
-            return
-        await self._state.ack(job)
-        self.done += 1
-        log.debug("revoked token %s upstream", job.fingerprint)
-
-
-def _cause_name(err: BaseException) -> str:
-    """The name of the Redis error behind a translated one (for the log line)."""
-    cause = err.__cause__ if isinstance(err, StoreUnavailable) else None
-    return type(cause or err).__name__

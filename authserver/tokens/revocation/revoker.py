@@ -1,0 +1,264 @@
+"""The revoker: admin revocations, issued-before blocks, purges of every cache, epochs.
+
+Blocks are mirrored in every process and kept coherent through the invalidation bus; the
+upstream RevokeToken calls go through the durable queue of the state (see `worker.py`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from redis.exceptions import RedisError
+
+from authserver.clock import Clock
+from authserver.errors import StoreUnavailable, TokenRevoked
+from authserver.fingerprint import fingerprint
+from authserver.identity import Identity
+from authserver.tokens.bus import InvalidationBus
+from authserver.tokens.model import TokenRecord
+from authserver.tokens.revocation.state import (
+    CLIENT,
+    SUBJECT,
+    MemoryState,
+    RevocationState,
+    prune_entries,
+)
+from authserver.tokens.service import TokenService
+from authserver.tokens.store import HELD_BY_CLIENT, HELD_BY_SUBJECT, token_hash
+
+log = logging.getLogger(__name__)
+
+# Unknown tokens have no known expiry; 30 days is the longest any token can live.
+MAX_TOKEN_LIFE_MS = 30 * 24 * 3600 * 1000
+# How long an issued-before block is kept (AUTHSERVER_REVOCATION_BLOCK_RETENTION): it refuses
+# the app JWTs issued before it, and once the last of them has expired it refuses nothing
+# that the verifier would not refuse anyway. 30 days covers app JWTs that live up to 30 days
+# less the leeway; a longer-lived issuer needs a longer retention.
+BLOCK_RETENTION = 30 * 24 * 3600.0
+
+# (subject, claims) -> every clientId the policy lets that identity use.
+ClientIdsOf = Callable[[str, Mapping[str, Any]], Iterable[str]]
+
+
+@dataclass(frozen=True)
+class RevocationResult:
+    """What one admin revocation did."""
+
+    revoked_locally: int
+    queued: int
+    blocked_before_ms: int | None
+    fingerprints: tuple[str, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON answer of POST /v1/admin/revoke."""
+        return {
+            "revokedLocally": self.revoked_locally,
+            "queued": self.queued,
+            "blockedIssuedBefore": self.blocked_before_ms,
+            "fingerprints": list(self.fingerprints),
+        }
+
+
+class Revoker:
+    """Admin revocations and the local mirror of blocks, kept coherent through the bus."""
+
+    def __init__(
+        self,
+        tokens: TokenService,
+        state: RevocationState,
+        bus: InvalidationBus,
+        *,
+        clock: Clock,
+        client_ids: ClientIdsOf | None = None,
+        block_retention: float = BLOCK_RETENTION,
+    ) -> None:
+        self.tokens = tokens
+        self.state = state
+        self.bus = bus
+        self._clock = clock
+        self._client_ids = client_ids
+        self._block_retention_ms = int(block_retention * 1000)
+        self._blocks: dict[str, dict[str, int]] = {SUBJECT: {}, CLIENT: {}}
+        # In the embedded mode every block is made here; with Redis they must be read first
+        # (readiness waits for it, so a restarted pod never serves a blocked JWT).
+        self.blocks_loaded = state.mode == MemoryState.mode
+        bus.on_event(self._on_event)
+        bus.on_resync(self.resync)
+        tokens.on_lost_mint = self.revoke_unstored
+
+    def _now_ms(self) -> int:
+        return int(self._clock.time() * 1000)
+
+    async def resync(self) -> None:
+        """Reload blocks and drop L1 entries: events may have been missed."""
+        stored = await self.state.blocks()
+        # Merged, not replaced: a block made here while the read was in flight stays.
+        for scope, entries in stored.items():
+            mine = self._blocks.setdefault(scope, {})
+            for name, before in entries.items():
+                mine[name] = max(before, mine.get(name, 0))
+        self.blocks_loaded = True
+        self.tokens.clear_l1()
+
+    async def maintain(self) -> int:
+        """Prune the blocks older than the retention, here and in the state; how many went.
+
+        Every process prunes its own mirror; the shared state is pruned by whichever process
+        comes first (the others find nothing left to delete).
+        """
+        older_than = self._now_ms() - self._block_retention_ms
+        prune_entries(self._blocks, older_than)
+        pruned = await self.state.prune_blocks(older_than)
+        if pruned:
+            log.info("pruned %d revocation block(s) older than the retention", pruned)
+        return pruned
+
+    def _on_event(self, event: dict[str, Any]) -> None:
+        kind = event.get("kind")
+        if kind == "tokens":
+            self.tokens.drop(str(k) for k in event.get("keys", []))
+        elif kind == "block":
+            scope, name, before = event.get("scope"), event.get("name"), event.get("before_ms")
+            if scope in self._blocks and isinstance(name, str) and isinstance(before, int):
+                entries = self._blocks[scope]
+                entries[name] = max(before, entries.get(name, 0))
+        elif kind == "flush":
+            self.tokens.clear_l1()
+
+    def check(self, identity: Identity, client_id: str | None) -> None:
+        """Refuse an app JWT issued before a block of its subject or of one of its clientIds.
+
+        Its clientIds are every one the policy lets the identity use (``client_ids``), not
+        only the one it asks with: a blocked device cannot step round its block by naming
+        another clientId, or none.
+        """
+        blocks = self._blocks
+        before = blocks[SUBJECT].get(identity.subject)
+        if before is not None:
+            self._refuse_if_before(identity, SUBJECT, before)
+        client_blocks = blocks[CLIENT]
+        if not client_blocks:  # the usual case: nothing to look up
+            return
+        names = set() if client_id is None else {client_id}
+        if self._client_ids is not None:
+            names.update(self._client_ids(identity.subject, identity.claims))
+        for name in names:
+            before = client_blocks.get(name)
+            if before is not None:
+                self._refuse_if_before(identity, CLIENT, before)
+
+    @staticmethod
+    def _refuse_if_before(identity: Identity, scope: str, before_ms: int) -> None:
+        issued = identity.issued_at
+        if issued is None or issued * 1000 < before_ms:
+            raise TokenRevoked(
+                f"this app token was issued before the {scope} was revoked; "
+                "sign in again to get a new one",
+                headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
+            )
+
+    async def _publish(self, event: dict[str, Any]) -> None:
+        try:
+            await self.bus.publish(event)
+        except (RedisError, OSError) as err:
+            raise StoreUnavailable(
+                "the revocation is stored but other processes could not be told; retry"
+            ) from err
+
+    async def _block(self, scope: str, name: str) -> int:
+        before = self._now_ms()
+        await self.state.block(scope, name, before)
+        await self._publish({"kind": "block", "scope": scope, "name": name, "before_ms": before})
+        return before
+
+    async def revoke_records(
+        self, records: list[tuple[str, TokenRecord]], extra_tokens: Iterable[str] = ()
+    ) -> RevocationResult:
+        """Queue upstream revocation, mark revoked, purge the store and every L1.
+
+        A shared record among them (tokens/sharing.py) is rotated by this: dropped for every
+        holder, whose next request mints its replacement.
+        """
+        records = list({record.token: (key, record) for key, record in records}.values())
+        now = self._now_ms()
+        instance = self.tokens.instance_id
+        jobs = [(record.token, record.instance_id) for _key, record in records]
+        jobs += [(token, instance) for token in extra_tokens]
+        queued = await self.state.enqueue(jobs, now)  # durable first: nothing lost after this
+        expiries = [(token_hash(r.token), r.expire_ms) for _k, r in records]
+        expiries += [(token_hash(t), now + MAX_TOKEN_LIFE_MS) for t in extra_tokens]
+        await self.state.mark_revoked(expiries, now)
+        keys = [key for key, _record in records]
+        try:
+            for key, record in records:
+                await self.tokens.store.delete(key, record)
+        finally:
+            # Even after a partial failure: a retry would no longer find the deleted records,
+            # so this is the one chance to tell the other processes to drop them.
+            if keys:
+                await self._publish({"kind": "tokens", "keys": keys})
+        return RevocationResult(
+            revoked_locally=len(records),
+            queued=queued,
+            blocked_before_ms=None,
+            fingerprints=tuple(fingerprint(token) for token, _instance in jobs),
+        )
+
+    async def revoke_unstored(self, record: TokenRecord) -> None:
+        """Revoke a token that was minted across its subject's revocation and never stored.
+
+        No process holds it (it was neither stored nor answered), so only the upstream
+        revocation is queued, durably, and the token is remembered as revoked.
+        """
+        now = self._now_ms()
+        await self.state.enqueue([(record.token, record.instance_id)], now)
+        await self.state.mark_revoked([(token_hash(record.token), record.expire_ms)], now)
+
+    async def revoke_token(self, token: str) -> RevocationResult:
+        """Revoke one token by value (queued upstream even when we never held it)."""
+        found = await self.tokens.store.lookup(token)
+        if found is not None:
+            return await self.revoke_records([found])
+        return await self.revoke_records([], extra_tokens=[token])
+
+    async def revoke_subject(
+        self, subject: str, *, block_issued_before: bool = True
+    ) -> RevocationResult:
+        """Revoke every token of a subject; optionally refuse its older app JWTs.
+
+        The shared tokens it was handed are rotated for all their holders (`revoke_records`).
+
+        The subject's epoch moves first: a mint in flight now cannot store its token after
+        the tokens are listed below (the token service revokes it instead).
+        """
+        store = self.tokens.store
+        await store.bump_epoch(subject)
+        before = await self._block(SUBJECT, subject) if block_issued_before else None
+        records = await store.subject_tokens(subject)
+        result = await self.revoke_records(records + await store.held(HELD_BY_SUBJECT, subject))
+        return _with_block(result, before)
+
+    async def revoke_client(
+        self, client_id: str, *, block_issued_before: bool = True
+    ) -> RevocationResult:
+        """Revoke every token handed to a client id; optionally refuse older app JWTs for it."""
+        store = self.tokens.store
+        before = await self._block(CLIENT, client_id) if block_issued_before else None
+        records = await store.client_tokens(client_id)
+        result = await self.revoke_records(records + await store.held(HELD_BY_CLIENT, client_id))
+        return _with_block(result, before)
+
+    async def is_revoked(self, token: str) -> bool:
+        """Whether we revoked this token (and it could still be alive)."""
+        return await self.state.is_revoked(token_hash(token), self._now_ms())
+
+    async def status(self) -> dict[str, Any]:
+        """Queue depth, oldest pending age, recent failures."""
+        return await self.state.status(self._now_ms())
+
+
+def _with_block(result: RevocationResult, before: int | None) -> RevocationResult:
+    return RevocationResult(result.revoked_locally, result.queued, before, result.fingerprints)
