@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 import aiohttp
 from yarl import URL
@@ -113,6 +113,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="do not refuse the subject's/client's app JWTs issued before now",
     )
+    revoke.add_argument(
+        "--device-credentials",
+        choices=("unregister", "refresh"),
+        help="also unregister or rotate the device credentials of the subject/clientId",
+    )
     revoke.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
 
     commands.add_parser("revocations", help="the upstream revocation queue")
@@ -143,7 +148,55 @@ def build_parser() -> argparse.ArgumentParser:
 
     iot = commands.add_parser("iot-client-ids", help="the ClientIDs of an IoT Platform device")
     iot.add_argument("iot_id", metavar="IOT_ID")
+
+    credential = commands.add_parser(
+        "device-credential", help="one clientId's device credential (never its secret)"
+    )
+    credential.add_argument("client_id", metavar="CLIENT_ID")
+    change = credential.add_mutually_exclusive_group()
+    change.add_argument("--refresh", action="store_true", help="rotate its secret")
+    change.add_argument("--unregister", action="store_true", help="drop it")
+    credential.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
+
+    groups = commands.add_parser("groups", help="list, create or delete Group IDs")
+    group_change = groups.add_mutually_exclusive_group()
+    group_change.add_argument("--create", metavar="GROUP_ID", help="create this Group ID")
+    group_change.add_argument("--delete", metavar="GROUP_ID", help="delete this Group ID")
+    groups.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
+
+    message = commands.add_parser("send-message", help="publish one message to a topic")
+    message.add_argument("topic", metavar="TOPIC")
+    message.add_argument("payload", metavar="PAYLOAD")
+    message.add_argument("--base64", action="store_true", help="PAYLOAD is base64 (checked)")
+
+    client = commands.add_parser(
+        "client", help="one client's detail: online, address, subscriptions (legacy API)"
+    )
+    client.add_argument("client_id", metavar="CLIENT_ID")
+
+    online = commands.add_parser(
+        "group-online", help="a group's online count, or its history (legacy API)"
+    )
+    online.add_argument("group_id", metavar="GROUP_ID")
+    online.add_argument("--history", action="store_true", help="per minute over a range")
+    topic = commands.add_parser(
+        "topic", help="online subscribers of a topic, or its message volume (legacy API)"
+    )
+    topic.add_argument("topic", metavar="TOPIC")
+    topic.add_argument("--messages", action="store_true", help="message volume per minute")
+    topic.add_argument("--measure", choices=("SUM", "TPS"))
+    topic.add_argument("--direction", choices=("PUB", "SUB"))
+    for sub in (online, topic):
+        sub.add_argument("--begin", type=int, help="epoch ms (default an hour before --end)")
+        sub.add_argument("--end", type=int, help="epoch ms (default now)")
     return parser
+
+
+def _query(path: str, params: Mapping[str, Any]) -> str:
+    given = {k: v for k, v in params.items() if v is not None}
+    if not given:
+        return path
+    return path + "?" + "&".join(f"{k}={quote(str(v), safe='')}" for k, v in given.items())
 
 
 def _segment(value: str) -> str:
@@ -203,6 +256,10 @@ def _call(args: argparse.Namespace, stdin: TextIO) -> Call:
             body = {"clientId": args.client_id}
         if args.no_block:
             body["blockIssuedBefore"] = False
+        if args.device_credentials is not None:
+            if "token" in body:
+                raise UsageError("--device-credentials applies to --subject or --client-id")
+            body["deviceCredentials"] = args.device_credentials
         return Call("POST", "revoke", body)
     if command == "revocations":
         return Call("GET", "revocations")
@@ -243,8 +300,65 @@ def _call(args: argparse.Namespace, stdin: TextIO) -> Call:
         if params:
             path += "?" + "&".join(f"{k}={quote(str(v), safe='')}" for k, v in params.items())
         return Call("GET", path)
-    assert command == "iot-client-ids"
-    return Call("GET", f"iot/devices/{_segment(args.iot_id)}/client-ids")
+    if command == "iot-client-ids":
+        return Call("GET", f"iot/devices/{_segment(args.iot_id)}/client-ids")
+    return _manage_call(args)
+
+
+def _manage_call(args: argparse.Namespace) -> Call:
+    """The management and legacy-report subcommands."""
+    command = args.command
+    if command == "device-credential":
+        path = f"device-credentials/{_segment(args.client_id)}"
+        if args.refresh:
+            return Call("POST", path + "/refresh", {})
+        return Call("DELETE" if args.unregister else "GET", path)
+    if command == "groups":
+        if args.create is not None:
+            return Call("POST", "groups", {"groupId": args.create})
+        if args.delete is not None:
+            return Call("DELETE", f"groups/{_segment(args.delete)}")
+        return Call("GET", "groups")
+    if command == "send-message":
+        body = {"topic": args.topic, "payload": args.payload}
+        if args.base64:
+            body["encoding"] = "base64"
+        return Call("POST", "messages", body)
+    if command == "client":
+        return Call("GET", f"clients/{_segment(args.client_id)}")
+    if command == "group-online":
+        path = f"groups/{_segment(args.group_id)}/online"
+        if not args.history:
+            if args.begin is not None or args.end is not None:
+                raise UsageError("--begin and --end go with --history")
+            return Call("GET", path)
+        return Call("GET", _query(path + "-history", {"begin": args.begin, "end": args.end}))
+    assert command == "topic"
+    if not args.messages:
+        if any(v is not None for v in (args.begin, args.end, args.measure, args.direction)):
+            raise UsageError("--begin, --end, --measure and --direction go with --messages")
+        return Call("GET", _query("topics/online", {"topic": args.topic}))
+    params = {
+        "topic": args.topic,
+        "begin": args.begin,
+        "end": args.end,
+        "measure": args.measure,
+        "direction": args.direction,
+    }
+    return Call("GET", _query("topics/messages", params))
+
+
+def _what_change_does(call: Call, url: str) -> str | None:
+    """The confirmation question of a destructive management call, or None."""
+    if call.method == "DELETE" and call.path.startswith("device-credentials/"):
+        what = "Unregister the device credential of " + call.path.split("/", 1)[1]
+    elif call.method == "POST" and call.path.endswith("/refresh"):
+        what = "Rotate the device secret of " + call.path.split("/")[1]
+    elif call.method == "DELETE" and call.path.startswith("groups/"):
+        what = "Delete Group ID " + call.path.split("/", 1)[1]
+    else:
+        return None
+    return _printable(f"{unquote(what)} at {url}?")
 
 
 def _printable(text: str) -> str:
@@ -267,9 +381,10 @@ def _what_revoke_does(body: Mapping[str, Any], url: str) -> str:
     return _printable(f"Revoke {target}{block} at {url}?")
 
 
-def _confirmed(question: str, streams: Streams) -> bool:
+def _confirmed(question: str, streams: Streams, command: str = "revoke") -> bool:
     if not streams.stdin.isatty():
-        raise NotConfirmed("revoke needs --yes when stdin is not a terminal; nothing was revoked")
+        nothing = "nothing was revoked" if command == "revoke" else "nothing was changed"
+        raise NotConfirmed(f"{command} needs --yes when stdin is not a terminal; {nothing}")
     streams.stderr.write(f"{question} [y/N] ")
     streams.stderr.flush()
     return streams.stdin.readline().strip().lower() in {"y", "yes"}
@@ -446,7 +561,60 @@ def _show_iot(a: dict[str, Any]) -> str:
     return _table(rows, ("CLIENT ID", "CREATED")) if rows else "no ClientID for this device"
 
 
+def _show_credential(a: dict[str, Any]) -> str:
+    if "unregistered" in a:
+        return f"unregistered the device credential of {_printable(str(a.get('clientId')))}"
+    return _pairs(
+        [
+            ("client id", a.get("clientId")),
+            ("access key id", a.get("deviceAccessKeyId")),
+            ("secret fingerprint", a.get("secretFingerprint")),
+            ("created", _when(a.get("createTime"))),
+            ("updated", _when(a.get("updateTime"))),
+        ]
+    )
+
+
+def _show_groups(a: dict[str, Any]) -> str:
+    if "groups" not in a:
+        done = "created" if a.get("created") else "deleted"
+        return f"{done} {_printable(str(a.get('groupId')))}"
+    rows = [(g.get("groupId"), _when(g.get("createTime"))) for g in a["groups"] or []]
+    return _table(rows, ("GROUP ID", "CREATED")) if rows else "no Group ID"
+
+
+def _show_message(a: dict[str, Any]) -> str:
+    return _pairs([("topic", a.get("topic")), ("message id", a.get("msgId"))])
+
+
+def _show_client(a: dict[str, Any]) -> str:
+    out = _pairs(
+        [
+            ("client id", a.get("clientId")),
+            ("online", a.get("online")),
+            ("address", a.get("address")),
+            ("last touch", _when(a.get("lastTouch"))),
+        ]
+    )
+    rows = [(s.get("topic"), s.get("qos")) for s in a.get("subscriptions") or []]
+    return out + ("\n" + _table(rows, ("SUBSCRIPTION", "QOS")) if rows else "")
+
+
+def _show_series_or_count(a: dict[str, Any]) -> str:
+    if "points" not in a:
+        return f"online: {a.get('onlineCount')}"
+    rows = [(_when(p.get("time")), p.get("value")) for p in a["points"] or []]
+    header = f"{a.get('title')} ({a.get('yUnit')})"
+    return _printable(header) + "\n" + _table(rows, ("TIME", "VALUE"))
+
+
 SHOW: dict[str, Callable[[dict[str, Any]], str]] = {
+    "device-credential": _show_credential,
+    "groups": _show_groups,
+    "send-message": _show_message,
+    "client": _show_client,
+    "group-online": _show_series_or_count,
+    "topic": _show_series_or_count,
     "revoke": _show_revoke,
     "revocations": _show_revocations,
     "query": _show_query,
@@ -480,6 +648,13 @@ async def run(argv: Sequence[str], env: Mapping[str, str], streams: Streams) -> 
             assert call.body is not None
             if not _confirmed(_what_revoke_does(call.body, url), streams):
                 raise NotConfirmed("not confirmed; nothing was revoked")
+        question = _what_change_does(call, url)
+        if (
+            question is not None
+            and not args.yes
+            and not _confirmed(question, streams, args.command)
+        ):
+            raise NotConfirmed("not confirmed; nothing was changed")
         status, text = await _send(url, call, headers, args.timeout)
         if status >= 400:
             raise Refused(_problem_line(status, text))

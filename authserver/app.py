@@ -142,6 +142,7 @@ async def _cloud(app: web.Application) -> AsyncIterator[None]:
         settings.credentials,
         endpoint=settings.endpoint,
         iot_endpoint=settings.iot_endpoint,
+        ons_endpoint=settings.ons_endpoint,
         region_id=settings.region_id,
         governor=governor,
         circuit=CircuitBreaker(clock=clock),

@@ -9,7 +9,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from authserver.cloud.credentials import Credentials, credentials_from_env
-from authserver.cloud.vendor import DEFAULT_LIMITS, endpoint_for_region, iot_endpoint_for_region
+from authserver.cloud.vendor import (
+    DEFAULT_LIMITS,
+    endpoint_for_region,
+    iot_endpoint_for_region,
+    ons_endpoint_for_region,
+)
 from authserver.tracing import exporters_from_env
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -80,6 +85,7 @@ class Settings:
     mqtt_endpoint: str = ""
     iot_endpoint: str | None = None
     iot_instance_id: str | None = None
+    ons_endpoint: str | None = None
     redis_url: str | None = None
     admin_scope: str = "authserver:admin"
     admin_api_keys_file: Path | None = None
@@ -205,6 +211,11 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     iot_instance_id = _env(env, "IOT_INSTANCE_ID")
     if iot_endpoint is None and _env(env, "IOT_REGION_ID"):
         iot_endpoint = iot_endpoint_for_region(_env(env, "IOT_REGION_ID") or region_id)
+    ons_endpoint = _env(env, "ONS_ENDPOINT")
+    if ons_endpoint is not None and not ons_endpoint.startswith(("http://", "https://")):
+        problems.append(f"{PREFIX}ONS_ENDPOINT must be an http:// or https:// URL")
+    if ons_endpoint is None and _env(env, "ONS_REGION_ID"):
+        ons_endpoint = ons_endpoint_for_region(_env(env, "ONS_REGION_ID") or region_id)
 
     keys_raw = _env(env, "ADMIN_API_KEYS_FILE")
     keys_file = Path(keys_raw) if keys_raw else None
@@ -291,6 +302,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         mqtt_endpoint=endpoint.rstrip("/"),
         iot_endpoint=iot_endpoint,
         iot_instance_id=iot_instance_id,
+        ons_endpoint=ons_endpoint.rstrip("/") if ons_endpoint else None,
         redis_url=redis_url,
         redis_cluster=redis_cluster,
         admin_scope=_env(env, "ADMIN_SCOPE") or "authserver:admin",

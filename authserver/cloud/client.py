@@ -34,8 +34,19 @@ from authserver.cloud.errors import (
     classify,
 )
 from authserver.cloud.quota import Permit, QuotaGovernor
+from authserver.cloud.resources import (
+    ClientDetail,
+    DeviceCredential,
+    GroupIdInfo,
+    StatsSeries,
+    vendor_items,
+)
 from authserver.cloud.signing import canonical_query, percent_encode, sign_v1
-from authserver.cloud.vendor import endpoint_for_region, iot_endpoint_for_region
+from authserver.cloud.vendor import (
+    endpoint_for_region,
+    iot_endpoint_for_region,
+    ons_endpoint_for_region,
+)
 from authserver.errors import NotConfigured
 from authserver.fingerprint import fingerprint
 
@@ -48,6 +59,7 @@ T = TypeVar("T")
 
 MQTT_VERSION = "2020-04-20"
 IOT_VERSION = "2018-01-20"
+ONS_VERSION = "2019-02-14"  # the legacy management API (001), product Ons
 TOKEN_ACTIONS = frozenset({"R", "W", "R,W"})
 MAX_RESOURCES = 100
 BATCH_SIZE = 10
@@ -107,6 +119,7 @@ class CloudClient:
         *,
         endpoint: str,
         iot_endpoint: str | None = None,
+        ons_endpoint: str | None = None,
         region_id: str = "cn-hangzhou",
         governor: QuotaGovernor | None = None,
         circuit: CircuitBreaker | None = None,
@@ -124,6 +137,7 @@ class CloudClient:
         self._credentials = credentials
         self.endpoint = _with_slash(endpoint)
         self.iot_endpoint = _with_slash(iot_endpoint) if iot_endpoint else None
+        self.ons_endpoint = _with_slash(ons_endpoint) if ons_endpoint else None
         self.region_id = region_id
         self._clock: Clock = clock or SystemClock()
         self.governor = governor or QuotaGovernor(clock=self._clock)
@@ -266,6 +280,97 @@ class CloudClient:
         except (TypeError, ValueError) as err:
             raise _malformed("ListDeviceCredentialClientId", data, str(err)) from err
 
+    async def register_device_credential(
+        self, instance_id: str, client_id: str, *, deadline: float | None = None
+    ) -> DeviceCredential:
+        """RegisterDeviceCredential: give the ClientId a DeviceAccessKey pair (002 14.1)."""
+        return await self._device_credential(
+            "RegisterDeviceCredential", instance_id, client_id, deadline
+        )
+
+    async def get_device_credential(
+        self, instance_id: str, client_id: str, *, deadline: float | None = None
+    ) -> DeviceCredential:
+        """GetDeviceCredential: the ClientId's current pair (002 14.2)."""
+        return await self._device_credential(
+            "GetDeviceCredential", instance_id, client_id, deadline
+        )
+
+    async def refresh_device_credential(
+        self, instance_id: str, client_id: str, *, deadline: float | None = None
+    ) -> DeviceCredential:
+        """RefreshDeviceCredential: a new secret for the ClientId (002 14.4)."""
+        return await self._device_credential(
+            "RefreshDeviceCredential", instance_id, client_id, deadline
+        )
+
+    async def unregister_device_credential(
+        self, instance_id: str, client_id: str, *, deadline: float | None = None
+    ) -> None:
+        """UnRegisterDeviceCredential: the ClientId's pair stops working (002 14.3)."""
+        await self._call(
+            "UnRegisterDeviceCredential",
+            {"InstanceId": instance_id, "ClientId": client_id},
+            deadline=self._deadline(deadline),
+        )
+
+    async def _device_credential(
+        self, action: str, instance_id: str, client_id: str, deadline: float | None
+    ) -> DeviceCredential:
+        data = await self._call(
+            action,
+            {"InstanceId": instance_id, "ClientId": client_id},
+            deadline=self._deadline(deadline),
+        )
+        try:
+            return DeviceCredential.from_vendor(_field(action, data, "DeviceCredential", dict))
+        except (KeyError, TypeError, ValueError) as err:
+            # The message names the missing field only: the body holds a secret.
+            raise _malformed(action, {"RequestId": data.get("RequestId")}, repr(err)) from err
+
+    async def create_group_id(
+        self, instance_id: str, group_id: str, *, deadline: float | None = None
+    ) -> None:
+        """CreateGroupId (002 section 11.1)."""
+        await self._call(
+            "CreateGroupId",
+            {"InstanceId": instance_id, "GroupId": group_id},
+            deadline=self._deadline(deadline),
+        )
+
+    async def delete_group_id(
+        self, instance_id: str, group_id: str, *, deadline: float | None = None
+    ) -> None:
+        """DeleteGroupId (002 section 11.3)."""
+        await self._call(
+            "DeleteGroupId",
+            {"InstanceId": instance_id, "GroupId": group_id},
+            deadline=self._deadline(deadline),
+        )
+
+    async def list_group_ids(
+        self, instance_id: str, *, deadline: float | None = None
+    ) -> list[GroupIdInfo]:
+        """ListGroupId (002 section 11.2): every Group ID of the instance."""
+        data = await self._call(
+            "ListGroupId", {"InstanceId": instance_id}, deadline=self._deadline(deadline)
+        )
+        try:
+            return [GroupIdInfo.from_vendor(g) for g in _field("ListGroupId", data, "Data", list)]
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            raise _malformed("ListGroupId", data, repr(err)) from err
+
+    async def send_message(
+        self, instance_id: str, topic: str, payload: str, *, deadline: float | None = None
+    ) -> str:
+        """SendMessage (002 section 12.1): publish `payload` to `topic`; the MsgId."""
+        data = await self._call(
+            "SendMessage",
+            {"InstanceId": instance_id, "MqttTopic": topic, "Payload": payload},
+            deadline=self._deadline(deadline),
+        )
+        return _field("SendMessage", data, "MsgId", str)
+
     async def query_client_ids(
         self, iot_id: str, iot_instance_id: str | None = None, *, deadline: float | None = None
     ) -> list[IotClientId]:
@@ -291,6 +396,163 @@ class CloudClient:
             ]
         except (KeyError, TypeError, ValueError) as err:
             raise _malformed("QueryClientIds", data, str(err)) from err
+
+    # -- the legacy Ons management API (001) --------------------------------------------
+
+    async def _ons(
+        self, action: str, params: Mapping[str, str], deadline: float | None
+    ) -> dict[str, Any]:
+        if self.ons_endpoint is None:
+            raise NotConfigured(f"{action} needs the Ons management API endpoint")
+        return await self._call(
+            action,
+            params,
+            deadline=self._deadline(deadline),
+            endpoint=self.ons_endpoint,
+            version=ONS_VERSION,
+        )
+
+    async def ons_create_group_id(
+        self,
+        instance_id: str,
+        group_id: str,
+        topic: str | None = None,
+        *,
+        deadline: float | None = None,
+    ) -> None:
+        """OnsMqttGroupIdCreate (001 section 5.1); `topic`: the parent topic it subscribes."""
+        params = {"InstanceId": instance_id, "GroupId": group_id}
+        if topic:
+            params["Topic"] = topic
+        await self._ons("OnsMqttGroupIdCreate", params, deadline)
+
+    async def ons_delete_group_id(
+        self, instance_id: str, group_id: str, *, deadline: float | None = None
+    ) -> None:
+        """OnsMqttGroupIdDelete (001 section 5.2)."""
+        await self._ons(
+            "OnsMqttGroupIdDelete", {"InstanceId": instance_id, "GroupId": group_id}, deadline
+        )
+
+    async def ons_list_group_ids(
+        self, instance_id: str, *, deadline: float | None = None
+    ) -> list[GroupIdInfo]:
+        """OnsMqttGroupIdList (001 section 5.3)."""
+        data = await self._ons("OnsMqttGroupIdList", {"InstanceId": instance_id}, deadline)
+        try:
+            return [
+                GroupIdInfo.from_vendor(g) for g in vendor_items(data.get("Data"), "MqttGroupIdDo")
+            ]
+        except (KeyError, TypeError, ValueError) as err:
+            raise _malformed("OnsMqttGroupIdList", data, repr(err)) from err
+
+    async def ons_history_online(
+        self,
+        instance_id: str,
+        group_id: str,
+        begin_ms: int,
+        end_ms: int,
+        *,
+        deadline: float | None = None,
+    ) -> StatsSeries:
+        """OnsMqttQueryHistoryOnline (001 section 6.1): a group's online count over time."""
+        params = {
+            "InstanceId": instance_id,
+            "GroupId": group_id,
+            "BeginTime": str(begin_ms),
+            "EndTime": str(end_ms),
+        }
+        return self._series(
+            "OnsMqttQueryHistoryOnline",
+            await self._ons("OnsMqttQueryHistoryOnline", params, deadline),
+        )
+
+    async def ons_clients_by_topic(
+        self,
+        instance_id: str,
+        parent_topic: str,
+        sub_topic: str | None = None,
+        *,
+        deadline: float | None = None,
+    ) -> int:
+        """OnsMqttQueryClientByTopic (001 section 6.2): online clients subscribed to it."""
+        params = {"InstanceId": instance_id, "ParentTopic": parent_topic}
+        if sub_topic:
+            params["SubTopic"] = sub_topic
+        data = await self._ons("OnsMqttQueryClientByTopic", params, deadline)
+        return self._online_count("OnsMqttQueryClientByTopic", data)
+
+    async def ons_clients_by_group(
+        self, instance_id: str, group_id: str, *, deadline: float | None = None
+    ) -> int:
+        """OnsMqttQueryClientByGroupId (001 section 6.3): the group's online clients."""
+        data = await self._ons(
+            "OnsMqttQueryClientByGroupId",
+            {"InstanceId": instance_id, "GroupId": group_id},
+            deadline,
+        )
+        return self._online_count("OnsMqttQueryClientByGroupId", data)
+
+    async def ons_client_detail(
+        self, instance_id: str, client_id: str, *, deadline: float | None = None
+    ) -> ClientDetail:
+        """OnsMqttQueryClientByClientId (001 section 6.4): online, address, subscriptions."""
+        action = "OnsMqttQueryClientByClientId"
+        data = await self._ons(action, {"InstanceId": instance_id, "ClientId": client_id}, deadline)
+        try:
+            return ClientDetail.from_vendor(_field(action, data, "MqttClientInfoDo", dict))
+        except (KeyError, TypeError, ValueError) as err:
+            raise _malformed(action, data, repr(err)) from err
+
+    async def ons_msg_trans_trend(
+        self,
+        instance_id: str,
+        parent_topic: str,
+        begin_ms: int,
+        end_ms: int,
+        *,
+        tps_type: str = "SUM",
+        trans_type: str = "PUB",
+        sub_topic: str | None = None,
+        msg_type: str | None = None,
+        qos: int | None = None,
+        deadline: float | None = None,
+    ) -> StatsSeries:
+        """OnsMqttQueryMsgTransTrend (001 section 7.1): a topic's message volume over time."""
+        if tps_type not in ("TPS", "SUM") or trans_type not in ("PUB", "SUB"):
+            raise ValueError("tps_type is TPS or SUM; trans_type is PUB or SUB")
+        params = {
+            "InstanceId": instance_id,
+            "ParentTopic": parent_topic,
+            "BeginTime": str(begin_ms),
+            "EndTime": str(end_ms),
+            "TpsType": tps_type,
+            "TransType": trans_type,
+        }
+        if sub_topic:
+            params["SubTopic"] = sub_topic
+        if msg_type:
+            params["MsgType"] = msg_type
+        if qos is not None:
+            params["Qos"] = str(qos)
+        return self._series(
+            "OnsMqttQueryMsgTransTrend",
+            await self._ons("OnsMqttQueryMsgTransTrend", params, deadline),
+        )
+
+    @staticmethod
+    def _series(action: str, data: dict[str, Any]) -> StatsSeries:
+        try:
+            return StatsSeries.from_vendor(_field(action, data, "Data", dict))
+        except (KeyError, TypeError, ValueError) as err:
+            raise _malformed(action, data, repr(err)) from err
+
+    @staticmethod
+    def _online_count(action: str, data: dict[str, Any]) -> int:
+        try:
+            return int(_field(action, data, "MqttClientSetDo", dict)["OnlineCount"])
+        except (KeyError, TypeError, ValueError) as err:
+            raise _malformed(action, data, repr(err)) from err
 
     def stats(self) -> dict[str, Any]:
         """Calls by action and result code (`ok`, a vendor code, `timeout`, ...), attempts."""
@@ -609,9 +871,12 @@ __all__ = [
     "CloudClient",
     "CloudError",
     "CloudRejected",
+    "DeviceCredential",
     "DeviceCredentialPage",
+    "GroupIdInfo",
     "IotClientId",
     "endpoint_for_region",
     "iot_endpoint_for_region",
     "make_session",
+    "ons_endpoint_for_region",
 ]

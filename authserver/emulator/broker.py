@@ -46,7 +46,7 @@ from amqtt.session import Session
 
 from authserver.emulator import mqtt_auth
 from authserver.emulator.mqtt_auth import ConnectRefused, Grants, Refusal
-from authserver.emulator.state import BrokerStats, EmulatorState
+from authserver.emulator.state import BrokerStats, EmulatorState, SentMessage
 from authserver.fingerprint import fingerprint
 from authserver.logs import quiet_amqtt_debug
 
@@ -101,6 +101,11 @@ class TokenHandler(BrokerProtocolHandler):
                 await self.broker.cut_off(self, refusal)
                 return
         await super().handle_subscribe(subscribe)
+        client_id = self.session.client_id if self.session else None
+        if client_id:  # what the legacy API's client queries report (001 section 6)
+            held = self.broker.state.subscriptions.setdefault(client_id, {})
+            for topic_filter, qos in subscribe.payload.topics if subscribe.payload else []:
+                held[topic_filter] = min(int(qos), QOS_1)
 
     async def _upload(self, packet: PublishPacket) -> None:
         # The vendor's demos upload with QoS 1 and wait for the PUBACK; QoS 2 is not offered.
@@ -164,12 +169,15 @@ class TokenBroker(Broker):
         """Open the listener, start watching tokens, and report into the emulator's state."""
         await super().start()
         self.state.revoke_listeners.append(self._on_revoke)
+        self.state.message_listeners.append(self._on_message)
         self._watcher = asyncio.create_task(self._watch(), name="emulator-broker-watch")
 
     async def stop(self) -> None:
         """Close every session and the listener; cancel the broker's own tasks."""
         with contextlib.suppress(ValueError):
             self.state.revoke_listeners.remove(self._on_revoke)
+        with contextlib.suppress(ValueError):
+            self.state.message_listeners.remove(self._on_message)
         tasks = [t for t in (self._watcher, *self._cutting) if t is not None]
         for task in tasks:
             task.cancel()
@@ -215,6 +223,9 @@ class TokenBroker(Broker):
         await self._take_over(client_id, token_handler, client_session)
         self.stats.accepted += 1
         self.state.connected.add(client_id)
+        self.state.touch_session(
+            client_id, f"/{client_session.remote_address}:{client_session.remote_port}"
+        )
         try:
             await super()._handle_client_session(
                 reader, writer, client_session, handler, server, listener_name
@@ -223,6 +234,9 @@ class TokenBroker(Broker):
             if self._live.get(client_id) is token_handler:
                 del self._live[client_id]
                 self.state.connected.discard(client_id)
+                self.state.touch_session(client_id)
+                if client_session.clean_session:
+                    self.state.subscriptions.pop(client_id, None)
             # amqtt leaves the socket open when its message loop ends on a bad PUBLISH.
             await self._stop_handler(handler)
             token_handler.finished.set()
@@ -318,6 +332,18 @@ class TokenBroker(Broker):
         # Pushed without a subscription, at QoS 0 ("delivery not guaranteed", section 7).
         with contextlib.suppress(AMQTTError, OSError):
             await handler.mqtt_publish(topic, payload, QOS_0, retain=False)
+
+    def _on_message(self, message: SentMessage) -> None:
+        # SendMessage (002 section 12): to every subscriber whose grants let it receive the
+        # topic (and a P2P topic to its one client), as a device's PUBLISH would be.
+        target_id = p2p_target(message.topic)
+        if target_id is None:
+            self._spawn(self.internal_message_broadcast(message.topic, message.payload, QOS_1))
+            return
+        target = self._live.get(target_id)
+        if target is not None and not target.ending:
+            self.stats.p2p += 1
+            self._spawn(self._push(target, message.topic, message.payload))
 
     def _on_revoke(self, token: str) -> None:
         log.debug("token %s revoked; checking sessions", fingerprint(token))

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from authserver.clock import Clock
+from authserver.topics import InvalidTopicFilter, covers
 
 DEFAULT_QPS: dict[str, float] = {
     "ApplyToken": 100,
@@ -19,6 +20,10 @@ DEFAULT_QPS: dict[str, float] = {
     "QuerySessionByClientId": 500,
     "BatchQuerySessionByClientIds": 100,
     "QueryClientIds": 10,
+    "CreateGroupId": 10,
+    "DeleteGroupId": 10,
+    "ListGroupId": 10,
+    "SendMessage": 1000,
 }
 # Actions without a documented limit get a generous one, so they are still counted.
 GENEROUS_QPS = 1000.0
@@ -26,6 +31,14 @@ MAX_NONCES = 1_000_000
 
 # How long an expired token is still known (as expired) before the sweeper forgets it.
 EXPIRED_RETENTION_MS = 3_600_000
+
+
+def topic_matches(topic_filter: str, topic: str) -> bool:
+    """Whether a subscription filter matches a topic name (False for an invalid filter)."""
+    try:
+        return covers(topic_filter, topic)
+    except InvalidTopicFilter:
+        return False
 
 
 class TokenRecord:
@@ -64,6 +77,53 @@ class DeviceCredential:
             "CreateTime": self.create_ms,
             "UpdateTime": self.update_ms,
         }
+
+
+@dataclass
+class GroupRecord:
+    """One Group ID of an instance (002 section 11)."""
+
+    group_id: str
+    instance_id: str
+    create_ms: int
+    update_ms: int
+
+    def as_vendor(self) -> dict[str, Any]:
+        """The `MqttGroupIdDo` struct of ListGroupId."""
+        return {
+            "InstanceId": self.instance_id,
+            "CreateTime": self.create_ms,
+            "UpdateTime": self.update_ms,
+            "IndependentNaming": True,
+            "GroupId": self.group_id,
+        }
+
+
+@dataclass(frozen=True)
+class SentMessage:
+    """One SendMessage call that was accepted (002 section 12)."""
+
+    msg_id: str
+    instance_id: str
+    topic: str
+    payload: bytes
+    sent_ms: int = 0
+    # Online subscribers whose filters matched when it was sent (the legacy API's SUB trend).
+    deliveries: int = 0
+
+
+@dataclass
+class ClientSession:
+    """What the legacy API (001 section 6.4) tells about one client: address, last touch."""
+
+    address: str = ""
+    last_touch_ms: int = 0
+
+
+# Called with each accepted SendMessage: how a broker delivers it to its subscribers.
+MessageListener = Callable[[SentMessage], None]
+MAX_SENT_MESSAGES = 10_000
+MAX_ONLINE_LOG = 10_000
 
 
 @dataclass
@@ -193,6 +253,14 @@ class EmulatorState:
         self.revoke_listeners: list[Callable[[str], None]] = []
         self.credentials: dict[tuple[str, str], DeviceCredential] = {}
         self.iot_client_ids: dict[str, list[tuple[str, int]]] = {}
+        self.groups: dict[tuple[str, str], GroupRecord] = {}
+        self.sent: deque[SentMessage] = deque(maxlen=MAX_SENT_MESSAGES)
+        self.message_listeners: list[MessageListener] = []
+        # client -> {topic filter: QoS}; what a broker (or a test) says each one subscribes to
+        self.subscriptions: dict[str, dict[str, int]] = {}
+        self.client_sessions: dict[str, ClientSession] = {}
+        # (epoch ms, the online set from then on): the legacy API's online history
+        self.online_log: deque[tuple[int, frozenset[str]]] = deque(maxlen=MAX_ONLINE_LOG)
         self.faults: dict[str, Fault] = {}
         self.counters = Stats()
         self._limits: dict[str, SlidingWindow] = defaultdict(SlidingWindow)
@@ -289,9 +357,42 @@ class EmulatorState:
         """Whether a ClientId has a live broker session or is set online by the override."""
         return client_id in self.connected or client_id in self.online
 
+    def touch_session(self, client_id: str, address: str | None = None) -> None:
+        """A broker session connected (with its address) or ended: its last touch is now."""
+        session = self.client_sessions.setdefault(client_id, ClientSession())
+        session.last_touch_ms = self.now_ms()
+        if address is not None:
+            session.address = address
+
+    def online_now(self) -> set[str]:
+        """Every ClientId online now: live broker sessions and the override's."""
+        return self.connected | self.online
+
     def set_online(self, client_ids: Iterable[str]) -> None:
-        """Replace the set of ClientIds the emulator reports online."""
-        self.online = set(client_ids)
+        """Replace the set of ClientIds the emulator reports online (and log the change)."""
+        now = self.now_ms()
+        new = set(client_ids)
+        for client_id in new ^ self.online:
+            self.client_sessions.setdefault(client_id, ClientSession()).last_touch_ms = now
+        self.online = new
+        self.online_log.append((now, frozenset(new)))
+
+    def online_at(self, when_ms: int) -> frozenset[str]:
+        """The ClientIds online at `when_ms`, by the online log (empty before its start)."""
+        found: frozenset[str] = frozenset()
+        for stamp, online in self.online_log:
+            if stamp > when_ms:
+                break
+            found = online
+        return found
+
+    def subscribers(self, topic: str) -> list[str]:
+        """Online ClientIds with a subscription filter matching the topic name `topic`."""
+        return sorted(
+            cid
+            for cid in self.online_now()
+            if any(topic_matches(f, topic) for f in self.subscriptions.get(cid, {}))
+        )
 
     def register_credential(self, instance_id: str, client_id: str) -> DeviceCredential:
         """The device's credential, created on first registration."""
@@ -314,6 +415,31 @@ class EmulatorState:
         credential.update_ms = self.now_ms()
         return credential
 
+    # groups and messages
+    def create_group(self, instance_id: str, group_id: str) -> GroupRecord | None:
+        """A new Group ID, or None when the instance has it already."""
+        key = (instance_id, group_id)
+        if key in self.groups:
+            return None
+        now = self.now_ms()
+        self.groups[key] = GroupRecord(group_id, instance_id, now, now)
+        return self.groups[key]
+
+    def send_message(self, instance_id: str, topic: str, payload: bytes) -> SentMessage:
+        """Keep an accepted message (the last 1000) and hand it to every listener."""
+        message = SentMessage(
+            secrets.token_hex(16).upper(),
+            instance_id,
+            topic,
+            payload,
+            sent_ms=self.now_ms(),
+            deliveries=len(self.subscribers(topic)),
+        )
+        self.sent.append(message)
+        for listener in list(self.message_listeners):
+            listener(message)
+        return message
+
     def set_iot_client_ids(self, iot_id: str, client_ids: Iterable[str]) -> None:
         """Register an IoT Platform device and its ClientIds (for QueryClientIds)."""
         now = self.now_ms()
@@ -325,12 +451,17 @@ class EmulatorState:
         return self.faults.get(action) or self.faults.get("*")
 
     def reset_all(self) -> None:
-        """Forget tokens, sessions, credentials, IoT devices, faults and nonces."""
+        """Forget tokens, sessions, credentials, IoT devices, groups, messages, faults, nonces."""
         self.tokens.clear()
         self.issued = self.revoked = 0
         self.online.clear()
         self.credentials.clear()
         self.iot_client_ids.clear()
+        self.groups.clear()
+        self.sent.clear()
+        self.subscriptions.clear()
+        self.client_sessions.clear()
+        self.online_log.clear()
         self.faults.clear()
         self._nonces.clear()
         self._limits.clear()

@@ -45,6 +45,7 @@ from authserver.policy.model import (
     ClientIdNotAllowed,
     ClientIds,
     Decision,
+    DeviceCredentialNotAllowed,
     Policy,
     Refusal,
     Rule,
@@ -285,6 +286,35 @@ def check_client_id(decision: Decision) -> None:
         f"subject {decision.subject!r} to use",
         extra={"field": "clientId"},
     )
+
+
+def device_credential_grant(policy: Policy, subject: str, claims: Mapping[str, Any]) -> str | None:
+    """The entry letting this identity hold a device credential (its label), or None."""
+    if subject in policy.device_credential_users:
+        return f"users.{subject}.deviceCredentials"
+    groups, _ = subject_groups(policy, claims)
+    for name in groups:
+        if name in policy.device_credential_groups:
+            return f"groups.{name}.deviceCredentials"
+    return None
+
+
+def check_device_credential(
+    policy: Policy, subject: str, claims: Mapping[str, Any], client_id: str
+) -> str:
+    """The granting entry's label, if this identity may hold a credential for `client_id`.
+
+    Raises ClientIdNotAllowed (403) when the clientId is not one the identity may use, and
+    DeviceCredentialNotAllowed (403) when no ``deviceCredentials: true`` entry applies.
+    """
+    check_client_id(evaluate(policy, subject, claims, client_id))
+    label = device_credential_grant(policy, subject, claims)
+    if label is None:
+        raise DeviceCredentialNotAllowed(
+            f"the policy lets subject {subject!r} hold no device credential "
+            "(no deviceCredentials: true entry applies)"
+        )
+    return label
 
 
 def _wanted_actions(decision: Decision, actions: Collection[str] | None) -> tuple[str, ...]:

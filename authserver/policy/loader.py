@@ -12,7 +12,8 @@ The format (``version: 1``; it may grow, but every key is checked so a typo is a
     groups: {NAME: ENTRY}           # subjects whose groups claim contains NAME
     users: {SUBJECT: ENTRY}         # by the JWT subject, exactly
 
-    ENTRY = [RULE, ...]  or  {clientIds: [CLIENTID, ...], rules: [RULE, ...]}
+    ENTRY = [RULE, ...]  or  {clientIds: [CLIENTID, ...], rules: [RULE, ...],
+                              deviceCredentials: true}
     RULE = {topics: [FILTER, ...], actions: [R | W, ...]}
 
 Both lifetimes must lie in [60, 2592000] seconds (the cloud API's range) and
@@ -28,6 +29,12 @@ its literal text holds only ClientId characters. A top-level CLIENTID needs a pl
 (a literal one would let every subject use the same clientId). A FILTER using ``{client_id}``
 is an error unless a clientIds list applies to its entry: the top-level one, or the one of
 its group or user.
+
+``deviceCredentials: true`` in a group or user entry lets its subjects hold a device
+credential ("one device, one secret", 002 section 14) for a clientId the policy gives them.
+Such a credential is not limited to topics, so it is a privilege: default false, there is no
+top-level form, and the entry needs a clientIds list that applies to it at load time (the
+top-level one or its own), since the credential is bound to a ClientId.
 """
 
 from __future__ import annotations
@@ -60,7 +67,7 @@ from authserver.topics import InvalidTopicFilter, validate_filter
 _TOP_KEYS = ("version", "defaults", "groupsClaim", "clientIds", "everyone", "groups", "users")
 _DEFAULTS_KEYS = ("ttlSeconds", "maxTtlSeconds")
 _RULE_KEYS = ("topics", "actions")
-_ENTRY_KEYS = ("clientIds", "rules")
+_ENTRY_KEYS = ("clientIds", "rules", "deviceCredentials")
 _PLAIN_VARS = ("sub", "client_id")
 _SIGNED_VARS = ("sub",)
 _CLAIMS_PREFIX = "claims."
@@ -313,15 +320,20 @@ def _parse_client_ids(
 
 def _parse_named(
     problems: _Problems, path: str, data: object, what: str
-) -> tuple[dict[str, tuple[Rule, ...]], dict[str, ClientIds]]:
-    """A ``groups`` or ``users`` section: each entry a list of rules, or clientIds and rules."""
+) -> tuple[dict[str, tuple[Rule, ...]], dict[str, ClientIds], set[str]]:
+    """A ``groups`` or ``users`` section: each entry a list of rules, or a mapping.
+
+    Returns the rules and the clientIds lists by entry name, and the names whose entry says
+    ``deviceCredentials: true``.
+    """
     rules: dict[str, tuple[Rule, ...]] = {}
     client_ids: dict[str, ClientIds] = {}
+    credentials: set[str] = set()
     if data is None:
-        return rules, client_ids
+        return rules, client_ids, credentials
     if not isinstance(data, dict):
         problems.add(path, f"must be a mapping of {what} to lists of rules, not {_type_name(data)}")
-        return rules, client_ids
+        return rules, client_ids, credentials
     for key, value in data.items():
         if not isinstance(key, str) or not key:
             problems.add(
@@ -341,7 +353,16 @@ def _parse_named(
             found = _parse_client_ids(problems, where, value["clientIds"], literal_ok=True)
             # A broken list is reported already; kept (empty) so it is not reported twice.
             client_ids[key] = found or ClientIds(where, ())
-    return rules, client_ids
+        if "deviceCredentials" in value:
+            flag = value["deviceCredentials"]
+            if not isinstance(flag, bool):
+                problems.add(
+                    _child(entry, "deviceCredentials"),
+                    f"must be true or false, not {_type_name(flag)}",
+                )
+            elif flag:
+                credentials.add(key)
+    return rules, client_ids, credentials
 
 
 def _check_client_id_bindings(
@@ -421,9 +442,20 @@ def parse_policy(text: str, source: str) -> Policy:
     if "clientIds" in data:
         client_ids = _parse_client_ids(problems, "clientIds", data["clientIds"], literal_ok=False)
     everyone = _parse_rules(problems, "everyone", data.get("everyone"))
-    groups, group_ids = _parse_named(problems, "groups", data.get("groups"), "groups")
-    users, user_ids = _parse_named(problems, "users", data.get("users"), "users")
+    groups, group_ids, group_creds = _parse_named(problems, "groups", data.get("groups"), "groups")
+    users, user_ids, user_creds = _parse_named(problems, "users", data.get("users"), "users")
     top_bound = "clientIds" in data  # a broken list is reported already; not twice
+    for section, names, bound_ids in (
+        ("groups", group_creds, group_ids),
+        ("users", user_creds, user_ids),
+    ):
+        for name in sorted(names):
+            if not top_bound and name not in bound_ids:
+                problems.add(
+                    f"{section}.{name}.deviceCredentials",
+                    "a device credential is bound to a ClientId, but no clientIds list applies "
+                    f"to {section}.{name}; add one to the entry (or a top-level clientIds)",
+                )
     _check_client_id_bindings(problems, "everyone", everyone, top_bound)
     for section, entries, bound_ids in (("groups", groups, group_ids), ("users", users, user_ids)):
         for name, rules in entries.items():
@@ -444,6 +476,8 @@ def parse_policy(text: str, source: str) -> Policy:
         client_ids=client_ids,
         group_client_ids=group_ids,
         user_client_ids=user_ids,
+        device_credential_groups=frozenset(group_creds),
+        device_credential_users=frozenset(user_creds),
     )
 
 

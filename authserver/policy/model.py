@@ -39,6 +39,13 @@ class TopicNotGranted(PolicyDenied):
     title = "Topic not granted"
 
 
+class DeviceCredentialNotAllowed(PolicyDenied):
+    """No ``deviceCredentials: true`` entry of the policy applies to this identity."""
+
+    code = "device_credential_not_allowed"
+    title = "Device credential not allowed"
+
+
 class ClientIdNotAllowed(PolicyDenied):
     """The request's clientId is not one the policy's ``clientIds`` give this identity."""
 
@@ -111,6 +118,9 @@ class Policy:
     client_ids: ClientIds | None = None  # the top-level list: every subject
     group_client_ids: Mapping[str, ClientIds] = field(default_factory=dict)
     user_client_ids: Mapping[str, ClientIds] = field(default_factory=dict)
+    # Entries saying ``deviceCredentials: true``: who may hold a device credential.
+    device_credential_groups: frozenset[str] = frozenset()
+    device_credential_users: frozenset[str] = frozenset()
 
     @property
     def client_id_lists(self) -> tuple[ClientIds, ...]:

@@ -8,7 +8,7 @@ authenticates and writes the one audit line per request; handlers add what they 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 import msgspec
@@ -18,9 +18,9 @@ from cachetools import TTLCache
 
 from authserver import appkeys
 from authserver.cloud.errors import CloudRejected
-from authserver.errors import BadRequest, NotConfigured, NotFound
+from authserver.errors import BadRequest, GatewayError, NotConfigured, NotFound
 from authserver.fingerprint import fingerprint
-from authserver.policy.engine import evaluate, explain, token_plan
+from authserver.policy.engine import allowed_client_ids, evaluate, explain, token_plan
 from authserver.tokens.sharing import SHARED_SUBJECT
 from authserver.web import shapes
 from authserver.web.admin_auth import ADMIN_PREFIX, AUDIT, guarded, load_api_keys
@@ -82,16 +82,22 @@ async def revoke(request: web.Request) -> web.Response:
     """Revoke one token, or every token of a subject or a clientId; 202 once it is durable."""
     body = await json_body(request, shapes.RevokeRequest)  # exactly one selector
     block = body.block_issued_before is not False  # the default is to block
+    credentials_action = body.device_credentials or None
     revoker = request.app[appkeys.REVOKER]
     selector, value = body.selector()
+    swept: list[str] = []
     if selector == "token":
         _audit(request, fingerprints=[fingerprint(value)])
         result = await revoker.revoke_token(value)
     elif selector == "subject":
         _audit(request, subject=value)
+        if credentials_action is not None:
+            # Read before revoking: the subject's tokens say which clientIds it used.
+            swept = await subject_client_ids(request.app, value)
         result = await revoker.revoke_subject(value, block_issued_before=block)
     else:
         _audit(request, clientId=value)
+        swept = [value]
         result = await revoker.revoke_client(value, block_issued_before=block)
     _audit(
         request,
@@ -100,7 +106,62 @@ async def revoke(request: web.Request) -> web.Response:
         queued=result.queued,
         blockedIssuedBefore=result.blocked_before_ms,
     )
-    return respond(msgspec.convert(result.to_dict(), shapes.RevocationResult), status=202)
+    answer = result.to_dict()
+    if credentials_action is not None:
+        answer["deviceCredentials"] = await sweep_device_credentials(
+            request.app, str(credentials_action), swept
+        )
+        _audit(request, deviceCredentials=answer["deviceCredentials"])
+    return respond(msgspec.convert(answer, shapes.RevocationResult), status=202)
+
+
+async def subject_client_ids(app: web.Application, subject: str) -> list[str]:
+    """The clientIds a subject is known to use: its live tokens', and the policy's.
+
+    The policy's are those its clientIds lists give the subject from `{sub}` alone, plus,
+    for each live token, those they give with the claims that token was issued for. A
+    clientId that only the subject's unseen claims would yield is not found: name it with a
+    clientId revocation.
+    """
+    policy = app[appkeys.POLICY].current
+    found: list[str] = []
+    records = await app[appkeys.TOKENS].subject_tokens(subject)
+    for claims in [{}, *(r.claims for r in records)]:
+        allowed, _ = allowed_client_ids(policy, subject, claims)
+        found.extend(allowed)
+    found.extend(r.client_id for r in records if r.client_id is not None)
+    return sorted(set(found))
+
+
+async def sweep_device_credentials(
+    app: web.Application, action: str, client_ids: Sequence[str]
+) -> dict[str, Any]:
+    """Unregister or refresh the device credentials of `client_ids`, each on its own.
+
+    The token revocation is done and durable by now: one failed credential call is reported
+    in `failed` rather than turning the whole answer into an error.
+    """
+    cloud = app[appkeys.CLOUD]
+    instance_id = app[appkeys.SETTINGS].instance_id
+    done: list[str] = []
+    absent: list[str] = []
+    failed: list[dict[str, str]] = []
+    for client_id in client_ids:
+        try:
+            if action == "unregister":
+                await cloud.unregister_device_credential(instance_id, client_id)
+            else:
+                await cloud.refresh_device_credential(instance_id, client_id)
+        except CloudRejected as err:
+            if err.vendor_code != "ParameterCheckFailed":
+                failed.append({"clientId": client_id, "code": err.vendor_code})
+            else:
+                absent.append(client_id)
+        except GatewayError as err:
+            failed.append({"clientId": client_id, "code": err.code})
+        else:
+            done.append(client_id)
+    return {"action": action, "clientIds": done, "absent": absent, "failed": failed}
 
 
 async def revocations(request: web.Request) -> web.Response:
@@ -298,14 +359,20 @@ async def iot_client_ids(request: web.Request) -> web.Response:
 # -- routes --------------------------------------------------------------------------------
 
 
-def setup_admin_routes(app: web.Application) -> None:
-    """Register the admin routes, each behind admin authentication; load the API key file."""
+AdminRoute = tuple[str, str, Handler, str]
+
+
+def setup_admin_routes(app: web.Application, extra: Sequence[AdminRoute] = ()) -> None:
+    """Register the admin routes (and `extra` ones), each behind admin authentication.
+
+    Loads the API key file too.
+    """
     load_api_keys(app)
     clock = app[appkeys.CLOCK]
     app[QUERY_CACHE] = TTLCache(
         maxsize=QUERY_CACHE_SIZE, ttl=QUERY_CACHE_TTL, timer=clock.monotonic
     )
-    routes: list[tuple[str, str, Handler, str]] = [
+    routes: list[AdminRoute] = [
         ("POST", "revoke", revoke, "admin.revoke"),
         ("GET", "revocations", revocations, "admin.revocations"),
         ("POST", "query", query_token, "admin.query"),
@@ -320,6 +387,7 @@ def setup_admin_routes(app: web.Application) -> None:
             "admin.device_credentials",
         ),
         ("GET", "iot/devices/{iotId}/client-ids", iot_client_ids, "admin.iot_client_ids"),
+        *extra,
     ]
     router = app.router
     for method, path, handler, name in routes:

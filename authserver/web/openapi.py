@@ -9,7 +9,7 @@ from typing import Any
 
 from authserver import __version__
 from authserver.web import shapes
-from authserver.web.openapi_admin import admin_paths, admin_security_schemes
+from authserver.web.openapi_admin import admin_paths, admin_security_schemes, manage_schemas
 
 PROBLEM = {"$ref": "#/components/schemas/Problem"}
 
@@ -50,7 +50,7 @@ def openapi_document() -> dict[str, Any]:
                 "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
                 **admin_security_schemes(),
             },
-            "schemas": shapes.schemas(),
+            "schemas": {**shapes.schemas(), **manage_schemas()},
         },
         "paths": {
             "/v1/token": {
@@ -76,6 +76,33 @@ def openapi_document() -> dict[str, Any]:
                             },
                         },
                         **_problem_responses(400, 401, 403, 413, 422, 429, 502, 503),
+                    },
+                }
+            },
+            "/v1/device-credential": {
+                "post": {
+                    "operationId": "deviceCredential",
+                    "summary": "The MQTT login of the caller's device credential (registered "
+                    "when the clientId has none); the policy must grant deviceCredentials",
+                    "security": [{"bearer": []}],
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {
+                                "schema": {"$ref": "#/components/schemas/DeviceCredentialRequest"}
+                            }
+                        },
+                    },
+                    "responses": {
+                        "200": {
+                            "description": "A ready MQTT username and password",
+                            "content": {
+                                "application/json": {
+                                    "schema": {"$ref": "#/components/schemas/DeviceCredentialLogin"}
+                                }
+                            },
+                        },
+                        **_problem_responses(400, 401, 403, 413, 429, 502, 503),
                     },
                 }
             },

@@ -24,7 +24,8 @@ _DESCRIPTIONS = {
     400: "Malformed body or parameter",
     401: "Missing, malformed or expired credential, or a wrong API key",
     403: "A valid JWT without the admin scope or role",
-    404: "No such path (a path segment that normalises away) or no such IoT device",
+    404: "No such path (a path segment that normalises away), IoT device or device credential",
+    409: "The Group ID exists already (in this account or another)",
     413: "Body too large",
     501: "Feature not configured; `detail` names the missing setting",
     502: "The upstream refused the call",
@@ -65,6 +66,10 @@ def _path_param(name: str, kind: Any, description: str) -> dict[str, Any]:
     }
 
 
+def _client_id_param() -> dict[str, Any]:
+    return _path_param("clientId", ClientId, "GroupId@@@DeviceId")
+
+
 def _operation(
     operation_id: str,
     summary: str,
@@ -72,6 +77,7 @@ def _operation(
     problems: tuple[int, ...],
     *,
     body: str | None = None,
+    body_required: bool = True,
     parameters: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     status, description, schema = ok
@@ -85,12 +91,42 @@ def _operation(
     if parameters:
         op["parameters"] = parameters
     if body is not None:
-        op["requestBody"] = _body(body)
+        op["requestBody"] = {**_body(body), "required": body_required}
     return op
 
 
 POST_PROBLEMS = (400, 401, 403, 413, 502, 503)
 GET_PROBLEMS = (400, 401, 403, 502, 503)
+LEGACY_PROBLEMS = (*GET_PROBLEMS, 501)
+
+
+def _query_param(name: str, schema: dict[str, Any], description: str = "") -> dict[str, Any]:
+    param: dict[str, Any] = {"name": name, "in": "query", "required": False, "schema": schema}
+    if description:
+        param["description"] = description
+    return param
+
+
+def _group_param() -> dict[str, Any]:
+    return _path_param("groupId", GroupId, "The MQTT group")
+
+
+def _topic_param() -> dict[str, Any]:
+    return {
+        "name": "topic",
+        "in": "query",
+        "required": True,
+        "description": "A topic (filter); its first level is the legacy API's ParentTopic",
+        "schema": {"type": "string", "minLength": 1, "pattern": "^[^+#/\\u0000][^\\u0000]*$"},
+    }
+
+
+def _range_params() -> list[dict[str, Any]]:
+    when = {"type": "integer", "minimum": 0, "maximum": 2**53}
+    return [
+        _query_param("begin", when, "epoch ms; default an hour before end"),
+        _query_param("end", when, "epoch ms; default now; at most a day after begin"),
+    ]
 
 
 def admin_paths() -> dict[str, Any]:
@@ -197,6 +233,117 @@ def admin_paths() -> dict[str, Any]:
                 parameters=[_path_param("iotId", IotId, "The IotId")],
             )
         },
+        "/v1/admin/device-credentials/{clientId}": {
+            "get": _operation(
+                "adminDeviceCredential",
+                "One ClientId's device credential, without its secret (GetDeviceCredential)",
+                (200, "The credential (AccessKey ID, secret fingerprint)", "DeviceCredential"),
+                (*GET_PROBLEMS, 404),
+                parameters=[_client_id_param()],
+            ),
+            "delete": _operation(
+                "adminDeviceCredentialUnregister",
+                "Drop a ClientId's device credential (UnRegisterDeviceCredential); idempotent",
+                (200, "Unregistered", "DeviceCredentialUnregistered"),
+                GET_PROBLEMS,
+                parameters=[_client_id_param()],
+            ),
+        },
+        "/v1/admin/device-credentials/{clientId}/refresh": {
+            "post": _operation(
+                "adminDeviceCredentialRefresh",
+                "Rotate a ClientId's device secret (RefreshDeviceCredential)",
+                (200, "The rotated credential (a new secret fingerprint)", "DeviceCredential"),
+                (*POST_PROBLEMS, 404),
+                parameters=[_client_id_param()],
+                body="Empty",
+                body_required=False,
+            )
+        },
+        "/v1/admin/groups": {
+            "get": _operation(
+                "adminGroups",
+                "Every Group ID of the instance (ListGroupId)",
+                (200, "The Group IDs", "Groups"),
+                GET_PROBLEMS,
+            ),
+            "post": _operation(
+                "adminGroupCreate",
+                "Create a Group ID (CreateGroupId)",
+                (201, "Created", "GroupCreated"),
+                (*POST_PROBLEMS, 409),
+                body="GroupCreate",
+            ),
+        },
+        "/v1/admin/groups/{groupId}": {
+            "delete": _operation(
+                "adminGroupDelete",
+                "Delete a Group ID (DeleteGroupId); idempotent",
+                (200, "Deleted", "GroupDeleted"),
+                GET_PROBLEMS,
+                parameters=[_group_param()],
+            )
+        },
+        "/v1/admin/messages": {
+            "post": _operation(
+                "adminSendMessage",
+                "Publish one message to a topic from the server side (SendMessage)",
+                (202, "Accepted by the upstream", "MessageSent"),
+                POST_PROBLEMS,
+                body="MessageSend",
+            )
+        },
+        "/v1/admin/clients/{clientId}": {
+            "get": _operation(
+                "adminClientDetail",
+                "One client: online, address, last touch, subscriptions "
+                "(legacy OnsMqttQueryClientByClientId)",
+                (200, "The client", "ClientDetail"),
+                LEGACY_PROBLEMS,
+                parameters=[_client_id_param()],
+            )
+        },
+        "/v1/admin/groups/{groupId}/online": {
+            "get": _operation(
+                "adminGroupOnline",
+                "How many clients of a group are online (legacy OnsMqttQueryClientByGroupId)",
+                (200, "The count", "GroupOnline"),
+                LEGACY_PROBLEMS,
+                parameters=[_group_param()],
+            )
+        },
+        "/v1/admin/groups/{groupId}/online-history": {
+            "get": _operation(
+                "adminGroupOnlineHistory",
+                "A group's online count per minute (legacy OnsMqttQueryHistoryOnline)",
+                (200, "The series", "GroupOnlineHistory"),
+                LEGACY_PROBLEMS,
+                parameters=[_group_param(), *_range_params()],
+            )
+        },
+        "/v1/admin/topics/online": {
+            "get": _operation(
+                "adminTopicOnline",
+                "How many online clients subscribe to a topic (legacy OnsMqttQueryClientByTopic)",
+                (200, "The count", "TopicOnline"),
+                LEGACY_PROBLEMS,
+                parameters=[_topic_param()],
+            )
+        },
+        "/v1/admin/topics/messages": {
+            "get": _operation(
+                "adminTopicMessages",
+                "A topic's message volume over time (legacy OnsMqttQueryMsgTransTrend)",
+                (200, "The series", "TopicMessages"),
+                LEGACY_PROBLEMS,
+                parameters=[
+                    _topic_param(),
+                    *_range_params(),
+                    _query_param("measure", {"enum": ["SUM", "TPS"], "default": "SUM"}),
+                    _query_param("direction", {"enum": ["PUB", "SUB"], "default": "PUB"}),
+                ],
+            )
+        },
         "/v1/admin/explain": {
             "post": _operation(
                 "adminExplain",
@@ -207,6 +354,182 @@ def admin_paths() -> dict[str, Any]:
             )
         },
     }
+
+
+def _strings() -> dict[str, Any]:
+    return {"type": "array", "items": {"type": "string"}}
+
+
+def _report_schemas() -> dict[str, Any]:
+    """The legacy management API's answers."""
+    series = {
+        "title": {"type": "string"},
+        "xUnit": {"type": "string"},
+        "yUnit": {"type": "string"},
+        "points": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["time", "value"],
+                "properties": {"time": {"type": "integer"}, "value": {"type": "number"}},
+            },
+        },
+        "begin": {"type": "integer"},
+        "end": {"type": "integer"},
+    }
+    required = ["title", "xUnit", "yUnit", "points", "begin", "end"]
+    return {
+        "ClientDetail": {
+            "type": "object",
+            "required": ["clientId", "online", "lastTouch", "address", "subscriptions"],
+            "properties": {
+                "clientId": {"type": "string"},
+                "online": {"type": "boolean"},
+                "lastTouch": {"type": "integer", "description": "epoch ms"},
+                "address": {"type": "string"},
+                "subscriptions": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["topic", "parentTopic", "subTopic", "qos"],
+                        "properties": {
+                            "topic": {"type": "string"},
+                            "parentTopic": {"type": "string"},
+                            "subTopic": {"type": ["string", "null"]},
+                            "qos": {"enum": [0, 1, 2]},
+                        },
+                    },
+                },
+            },
+        },
+        "GroupOnline": {
+            "type": "object",
+            "required": ["groupId", "onlineCount"],
+            "properties": {
+                "groupId": {"type": "string"},
+                "onlineCount": {"type": "integer", "minimum": 0},
+            },
+        },
+        "TopicOnline": {
+            "type": "object",
+            "required": ["topic", "onlineCount"],
+            "properties": {
+                "topic": {"type": "string"},
+                "onlineCount": {"type": "integer", "minimum": 0},
+            },
+        },
+        "GroupOnlineHistory": {
+            "type": "object",
+            "required": ["groupId", *required],
+            "properties": {"groupId": {"type": "string"}, **series},
+        },
+        "TopicMessages": {
+            "type": "object",
+            "required": ["topic", "measure", "direction", *required],
+            "properties": {
+                "topic": {"type": "string"},
+                "measure": {"enum": ["SUM", "TPS"]},
+                "direction": {"enum": ["PUB", "SUB"]},
+                **series,
+            },
+        },
+    }
+
+
+def _manage_schemas() -> dict[str, Any]:
+    """Device credentials, Group IDs and messages."""
+    group = {
+        "type": "object",
+        "required": ["groupId", "instanceId", "independentNaming", "createTime", "updateTime"],
+        "properties": {
+            "groupId": {"type": "string"},
+            "instanceId": {"type": "string"},
+            "independentNaming": {"type": "boolean"},
+            "createTime": {"type": "integer", "description": "epoch ms"},
+            "updateTime": {"type": "integer", "description": "epoch ms"},
+        },
+    }
+    return {
+        "DeviceCredential": {
+            "type": "object",
+            "description": "Never the secret: its fingerprint tells one secret from another.",
+            "additionalProperties": False,
+            "required": [
+                "clientId",
+                "instanceId",
+                "deviceAccessKeyId",
+                "secretFingerprint",
+                "createTime",
+                "updateTime",
+            ],
+            "properties": {
+                "clientId": {"type": "string"},
+                "instanceId": {"type": "string"},
+                "deviceAccessKeyId": {"type": "string"},
+                "secretFingerprint": {"type": "string"},
+                "createTime": {"type": "integer", "description": "epoch ms"},
+                "updateTime": {"type": "integer", "description": "epoch ms"},
+            },
+        },
+        "DeviceCredentialUnregistered": {
+            "type": "object",
+            "required": ["clientId", "unregistered"],
+            "properties": {"clientId": {"type": "string"}, "unregistered": {"const": True}},
+        },
+        "Group": group,
+        "Groups": {
+            "type": "object",
+            "required": ["groups"],
+            "properties": {"groups": {"type": "array", "items": _ref("Group")}},
+        },
+        "GroupCreated": {
+            "type": "object",
+            "required": ["groupId", "created"],
+            "properties": {"groupId": {"type": "string"}, "created": {"const": True}},
+        },
+        "GroupDeleted": {
+            "type": "object",
+            "required": ["groupId", "deleted"],
+            "properties": {"groupId": {"type": "string"}, "deleted": {"const": True}},
+        },
+        "MessageSent": {
+            "type": "object",
+            "required": ["topic", "msgId"],
+            "properties": {"topic": {"type": "string"}, "msgId": {"type": "string"}},
+        },
+    }
+
+
+def manage_schemas() -> dict[str, Any]:
+    """The answers of the management and legacy-report routes (their bodies are in shapes)."""
+    login = {
+        "type": "object",
+        "required": [
+            "clientId",
+            "instanceId",
+            "username",
+            "password",
+            "deviceAccessKeyId",
+            "updateTime",
+            "registered",
+        ],
+        "properties": {
+            "clientId": {"type": "string"},
+            "instanceId": {"type": "string"},
+            "username": {
+                "type": "string",
+                "description": "DeviceCredential|<DeviceAccessKeyId>|<InstanceId>",
+            },
+            "password": {
+                "type": "string",
+                "description": "base64(HMAC-SHA1(DeviceAccessKeySecret, clientId))",
+            },
+            "deviceAccessKeyId": {"type": "string"},
+            "updateTime": {"type": "integer", "description": "epoch ms of the last rotation"},
+            "registered": {"type": "boolean", "description": "registered by this call"},
+        },
+    }
+    return {**_report_schemas(), **_manage_schemas(), "DeviceCredentialLogin": login}
 
 
 def admin_security_schemes() -> dict[str, Any]:

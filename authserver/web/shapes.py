@@ -213,10 +213,27 @@ class RevokeRequest(Request):
     subject: Subject | UnsetType = UNSET
     client_id: ClientId | UnsetType = UNSET
     block_issued_before: bool | UnsetType = UNSET
+    device_credentials: (
+        Annotated[
+            Literal["unregister", "refresh"],
+            Meta(
+                description="also unregister or rotate the device credentials of the clientId, "
+                "or of the subject's clientIds (its live tokens' and those its policy "
+                "clientIds give it from {sub} and those tokens' claims)"
+            ),
+        ]
+        | UnsetType
+    ) = UNSET
 
     SCHEMA_EXTRA: ClassVar[dict[str, Any]] = {
         "oneOf": [
-            {"required": ["token"], "properties": {"blockIssuedBefore": {"const": False}}},
+            {
+                "required": ["token"],
+                "properties": {
+                    "blockIssuedBefore": {"const": False},
+                    "deviceCredentials": False,
+                },
+            },
             {"required": ["subject"]},
             {"required": ["clientId"]},
         ]
@@ -236,6 +253,11 @@ class RevokeRequest(Request):
                 "blockIssuedBefore applies to a subject or a clientId, not to one token",
                 extra={"field": "blockIssuedBefore"},
             )
+        if self.token is not UNSET and self.device_credentials is not UNSET:
+            raise BadRequest(
+                "deviceCredentials applies to a subject or a clientId, not to one token",
+                extra={"field": "deviceCredentials"},
+            )
 
     def _given(self) -> list[tuple[str, str]]:
         pairs = (("token", self.token), ("subject", self.subject), ("clientId", self.client_id))
@@ -247,6 +269,15 @@ class RevokeRequest(Request):
         return chosen
 
 
+class CredentialSweep(Response):
+    """What a revocation's deviceCredentials did: done, absent (nothing to rotate), failed."""
+
+    action: Literal["unregister", "refresh"]
+    client_ids: list[str]
+    absent: list[str]
+    failed: list[dict[str, str]]
+
+
 class RevocationResult(Response):
     """What a revocation did."""
 
@@ -254,6 +285,7 @@ class RevocationResult(Response):
     queued: Annotated[int, Meta(ge=0)]
     blocked_issued_before: EpochMs | None
     fingerprints: list[str]
+    device_credentials: CredentialSweep | UnsetType = UNSET
 
 
 class RevocationStatus(Response):
@@ -442,6 +474,53 @@ class IotClientIds(Response):
     client_ids: list[IotClientId]
 
 
+# -- device credentials, Group IDs, messages ------------------------------------------------
+# (their answers are described in openapi_admin.manage_schemas)
+
+MAX_TOPIC_BYTES = 65535
+MAX_PAYLOAD_CHARS = 64 * 1024
+
+
+class DeviceCredentialRequest(Request):
+    """POST /v1/device-credential: the device's policy-bound clientId."""
+
+    client_id: ClientId
+
+
+class Empty(Request):
+    """A body with no fields (it may be left out)."""
+
+
+class GroupCreate(Request):
+    """POST /v1/admin/groups."""
+
+    group_id: GroupId
+
+
+class MessageSend(Request):
+    """POST /v1/admin/messages: payload as given; with encoding base64 it must be base64."""
+
+    topic: Annotated[
+        str,
+        Meta(
+            min_length=1,
+            max_length=MAX_TOPIC_BYTES,
+            pattern="^[^+#\\u0000]+$",
+            description="a topic name: no + or # wildcard, no NUL",
+        ),
+    ]
+    payload: Annotated[
+        str,
+        Meta(
+            min_length=1,
+            max_length=MAX_PAYLOAD_CHARS,
+            pattern=NO_NUL,
+            description=f"1 to {MAX_PAYLOAD_CHARS} characters, no NUL",
+        ),
+    ]
+    encoding: Literal["text", "base64"] = "text"
+
+
 # -- the registry ----------------------------------------------------------------------------
 
 SHAPES: tuple[type[msgspec.Struct], ...] = (
@@ -461,6 +540,10 @@ SHAPES: tuple[type[msgspec.Struct], ...] = (
     Sessions,
     DeviceCredentialPage,
     IotClientIds,
+    DeviceCredentialRequest,
+    Empty,
+    GroupCreate,
+    MessageSend,
 )
 REF_TEMPLATE = "#/components/schemas/{name}"
 

@@ -480,6 +480,16 @@ SUBCOMMAND_ROUTES = {
     "explain": {"admin.explain"},
     "device-credentials": {"admin.device_credentials"},
     "iot-client-ids": {"admin.iot_client_ids"},
+    "device-credential": {
+        "admin.device_credential",
+        "admin.device_credential_refresh",
+        "admin.device_credential_unregister",
+    },
+    "groups": {"admin.groups", "admin.group_create", "admin.group_delete"},
+    "send-message": {"admin.send_message"},
+    "client": {"admin.client_detail"},
+    "group-online": {"admin.group_online", "admin.group_history"},
+    "topic": {"admin.topic_online", "admin.topic_messages"},
 }
 
 

@@ -143,7 +143,7 @@ async def test_apply_token_accepts_the_edges(caller: Caller) -> None:
     ("action", "version", "status", "code"),
     [
         ("NoSuchAction", "2020-04-20", 404, "InvalidAction.NotFound"),
-        ("SendMessage", "2020-04-20", 404, "ApiNotSupport"),
+        ("QueryMqttTraceDevice", "2020-04-20", 404, "ApiNotSupport"),
         ("QueryToken", "2019-01-01", 400, "InvalidVersion"),
         ("QueryClientIds", "2020-04-20", 404, "InvalidAction.NotFound"),
     ],

@@ -18,7 +18,7 @@ from alibabacloud_onsmqtt20200420.client import Client
 from alibabacloud_tea_openapi.exceptions import ClientException, ServerException
 from alibabacloud_tea_openapi.models import Config
 
-from authserver.emulator.state import Fault
+from authserver.emulator.state import Fault, SentMessage
 from tests.fixtures.emulator import EmulatorHandle
 
 T = TypeVar("T")
@@ -157,3 +157,105 @@ async def test_server_error_and_throttling_surface_the_vendor_code(
     with pytest.raises(ServerException) as failed:
         await call(client.query_token, query)
     assert (failed.value.code, failed.value.status_code) == ("InternalError", 500)
+
+
+async def test_device_credential_actions(emulator: EmulatorHandle, algorithm: str) -> None:
+    client = sdk(emulator, algorithm)
+    iid, cid = emulator.instance_id, "GID_test@@@sensor-1"
+    registered = await call(
+        client.register_device_credential,
+        models.RegisterDeviceCredentialRequest(instance_id=iid, client_id=cid),
+    )
+    made = registered.body.device_credential
+    stored = emulator.state.credentials[(iid, cid)]
+    assert (made.client_id, made.instance_id) == (cid, iid)
+    assert (made.device_access_key_id, made.device_access_key_secret) == (
+        stored.access_key_id,
+        stored.access_key_secret,
+    )
+    assert made.create_time == made.update_time == stored.create_ms
+    got = await call(
+        client.get_device_credential,
+        models.GetDeviceCredentialRequest(instance_id=iid, client_id=cid),
+    )
+    assert got.body.device_credential.device_access_key_secret == made.device_access_key_secret
+    refreshed = await call(
+        client.refresh_device_credential,
+        models.RefreshDeviceCredentialRequest(instance_id=iid, client_id=cid),
+    )
+    assert refreshed.body.device_credential.device_access_key_id == made.device_access_key_id
+    assert (
+        refreshed.body.device_credential.device_access_key_secret != made.device_access_key_secret
+    )
+    gone = await call(
+        client.un_register_device_credential,
+        models.UnRegisterDeviceCredentialRequest(instance_id=iid, client_id=cid),
+    )
+    assert gone.body.request_id
+    assert (iid, cid) not in emulator.state.credentials
+    with pytest.raises(ClientException) as absent:
+        await call(
+            client.get_device_credential,
+            models.GetDeviceCredentialRequest(instance_id=iid, client_id=cid),
+        )
+    assert (absent.value.code, absent.value.status_code) == ("ParameterCheckFailed", 400)
+
+
+async def test_group_actions(emulator: EmulatorHandle, algorithm: str) -> None:
+    client = sdk(emulator, algorithm)
+    iid = emulator.instance_id
+    for group_id in ("GID_one", "GID-two"):
+        created = await call(
+            client.create_group_id, models.CreateGroupIdRequest(group_id=group_id, instance_id=iid)
+        )
+        assert created.body.request_id
+    with pytest.raises(ClientException) as dup:
+        await call(
+            client.create_group_id, models.CreateGroupIdRequest(group_id="GID_one", instance_id=iid)
+        )
+    assert (dup.value.code, dup.value.status_code) == ("GroupIdAlreadyExsited", 400)
+    with pytest.raises(ClientException) as bad:
+        await call(
+            client.create_group_id,
+            models.CreateGroupIdRequest(group_id="TEST_one", instance_id=iid),
+        )
+    assert bad.value.code == "ParameterFieldCheckFailed"
+    listed = await call(client.list_group_id, models.ListGroupIdRequest(instance_id=iid))
+    data = {g.group_id: g for g in listed.body.data}
+    assert set(data) == {"GID_one", "GID-two"}
+    assert all(g.instance_id == iid and g.independent_naming is True for g in data.values())
+    assert all(isinstance(g.create_time, int) and g.update_time for g in data.values())
+    deleted = await call(
+        client.delete_group_id, models.DeleteGroupIdRequest(group_id="GID_one", instance_id=iid)
+    )
+    assert deleted.body.request_id
+    listed = await call(client.list_group_id, models.ListGroupIdRequest(instance_id=iid))
+    assert [g.group_id for g in listed.body.data] == ["GID-two"]
+
+
+async def test_send_message(emulator: EmulatorHandle, algorithm: str) -> None:
+    client = sdk(emulator, algorithm)
+    seen: list[SentMessage] = []
+    emulator.state.message_listeners.append(seen.append)
+    payload = "aGVsbG8gK/8="  # base64, as the vendor advises: '+', '/' and '=' travel intact
+    sent = await call(
+        client.send_message,
+        models.SendMessageRequest(
+            instance_id=emulator.instance_id, mqtt_topic="devices/d1/cmd", payload=payload
+        ),
+    )
+    assert sent.body.request_id
+    [message] = seen
+    assert (sent.body.msg_id, message.topic, message.payload) == (
+        message.msg_id,
+        "devices/d1/cmd",
+        payload.encode(),
+    )
+    with pytest.raises(ClientException) as wildcard:
+        await call(
+            client.send_message,
+            models.SendMessageRequest(
+                instance_id=emulator.instance_id, mqtt_topic="devices/+/cmd", payload="x"
+            ),
+        )
+    assert wildcard.value.code == "InvalidParameter.MqttTopic"

@@ -193,8 +193,8 @@ ERRORS = [
         groups:
           ops: {clientId: ["GID_ops@@@{sub}"], rules: []}
         """,
-     "groups.ops.clientId: unknown key 'clientId' (expected one of: clientIds, rules); "
-     "did you mean 'clientIds'?"),
+     "groups.ops.clientId: unknown key 'clientId' "
+     "(expected one of: clientIds, rules, deviceCredentials); did you mean 'clientIds'?"),
 ]  # fmt: skip
 
 
