@@ -253,5 +253,5 @@ async def test_a_failed_credential_call_does_not_hide_the_revocation(
     assert resp.status == 202
     swept = (await resp.json())["deviceCredentials"]
     assert swept["failed"] == [{"clientId": CID, "code": "InstancePermissionCheckFailed"}]
-    [line] = [json.loads(r.getMessage()) for r in caplog.records if r.name == "authserver.audit"]
+    [line] = [r.audit for r in caplog.records if r.name == "authserver.audit"]
     assert line["deviceCredentials"]["failed"] == swept["failed"]

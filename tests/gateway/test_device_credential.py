@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -147,7 +146,7 @@ async def test_the_secret_is_never_logged(
     stored = emulator.state.credentials[(emulator.instance_id, cid)]
     assert stored.access_key_secret not in caplog.text
     assert "registered" in caplog.text  # the endpoint's own line is there, without it
-    audit = [json.loads(r.getMessage()) for r in caplog.records if r.name == "authserver.audit"]
+    audit = [r.audit for r in caplog.records if r.name == "authserver.audit"]
     assert [line["action"] for line in audit] == ["device_credential", "device_credential_refresh"]
     assert audit[0]["secretFingerprint"] != audit[1]["secretFingerprint"]
     assert audit[1]["secretFingerprint"] == fingerprint(stored.access_key_secret)
