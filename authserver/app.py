@@ -23,6 +23,7 @@ from authserver.ratelimit import Limit, RateLimiter, parse_networks
 from authserver.redis_conn import open_redis
 from authserver.settings import Settings
 from authserver.tokens.bus import InvalidationBus
+from authserver.tokens.issuer import TokenIssuer
 from authserver.tokens.narrowing import revoke_narrowed
 from authserver.tokens.revocation import (
     MemoryState,
@@ -57,6 +58,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> web.Applica
             _limiter,
             _tokens,
             _revocation,
+            _issuer,
             _revocation_worker,
             _policy_watch,
         )
@@ -169,8 +171,6 @@ async def _tokens(app: web.Application) -> AsyncIterator[None]:
         # that died frees the key this soon.
         lock_ttl=settings.request_deadline + 2.0,
         l1_size=settings.token_cache_size,
-        answer_cache_size=settings.answer_cache_size,
-        answer_cache_bytes=settings.answer_cache_bytes,
     )
     app[appkeys.TOKENS] = tokens
     yield
@@ -199,6 +199,24 @@ async def _revocation(app: web.Application) -> AsyncIterator[None]:
     await bus.start()
     yield
     await bus.close()
+
+
+async def _issuer(app: web.Application) -> AsyncIterator[None]:
+    """The token path's owner: answers and repeats in front of the token service."""
+    settings = app[appkeys.SETTINGS]
+    app[appkeys.ISSUER] = TokenIssuer(
+        app[appkeys.TOKENS],
+        holder=app[appkeys.POLICY],
+        verifier=app[appkeys.VERIFIER],
+        revoker=app[appkeys.REVOKER],
+        limiter=app[appkeys.RATE_LIMITER],
+        bus=app[appkeys.BUS],
+        clock=app[appkeys.CLOCK],
+        request_deadline=settings.request_deadline,
+        answer_cache_size=settings.answer_cache_size,
+        answer_cache_bytes=settings.answer_cache_bytes,
+    )
+    yield
 
 
 async def _revocation_worker(app: web.Application) -> AsyncIterator[None]:
