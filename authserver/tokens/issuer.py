@@ -28,14 +28,14 @@ Invalidation: what each event drops, and what guards work in flight when it land
 
 | event                      | repeats      | answers      | L1      | store      | also |
 | -------------------------- | ------------ | ------------ | ------- | ---------- | ---- |
-| token revoked by value     | its          | its          | its     | deleted    | G, T |
-| subject revoked            | its          | its          | its     | deleted    | E, B |
-| clientId revoked           | its          | its          | its     | deleted    | B    |
+| token revoked by value     | its          | its          | its     | deleted    | GT   |
+| subject revoked            | its          | its          | its     | deleted    | GTEB |
+| clientId revoked           | its          | its          | its     | deleted    | GTB  |
 | policy reload              | stale: ver.  | stale: ver.  | -       | -          | P    |
-| policy narrowing           | its          | its          | its     | deleted    | G, T |
+| policy narrowing           | its          | its          | its     | deleted    | GT   |
 | store eviction / expiry    | its          | its          | -       | (event)    | -    |
 | bus drop, other process    | its          | its          | its     | (there)    | G    |
-| bus resync, `flush` event  | all          | all          | all     | -          | G, R |
+| bus resync, `flush` event  | all          | all          | all     | -          | GR   |
 | JWKS key removed           | stale: epoch | -            | -       | -          | K    |
 | JWT expiry, max JWT age    | stale: exp   | -            | -       | -          | K    |
 | answer's renewal point     | stale: fresh | stale: fresh | -       | -          | N    |
@@ -57,15 +57,19 @@ Invalidation: what each event drops, and what guards work in flight when it land
   answer 503 `RevokedWhileIssuing`, whose retry meets the block.
 - B: a block: `Revoker.check` refuses an app JWT issued before it, on every path (repeat,
   answer, mint), for the subject or any clientId the policy lets the identity use.
-- P: the plan LRU is keyed by the policy version; the claims-key memo by the claims object.
+- P: the plan LRU is keyed by the policy version; the claims-key memo (keyed by the claims
+  object) is emptied by the swap, as the claims a policy reads may differ.
 - R: the revoker reloads its blocks (events may have been missed).
 - K: the verifier forgets the JWTs (those signed by the removed key; the expired one, with
   `max_age` folded into its `expires_at`); a repeat carries the epoch and expiry it was
   verified under.
 - N: the token service renews the token in the background from `renew_at` while the
   current one is still handed out; the next request past it is a miss.
-- M: no longer handed out from L1 or the store: minted again, once per key (single-flight
-  here, the store's lock across processes).
+- M: no longer handed out from L1 or the store: minted again, once per key (the token
+  service's single-flight, the store's lock across processes).
+
+The JWT header memo holds a parse (algorithm, key id) of the header text, which no event
+makes wrong: the key it names is looked up afresh.
 
 Each row is tested in tests/tokens/test_issuer.py, without a server.
 """
