@@ -81,6 +81,7 @@ from typing import Any, NamedTuple
 
 import orjson
 
+from authserver import logs
 from authserver.clock import Clock
 from authserver.cloud import quota
 from authserver.identity import Identity, JWTVerifier
@@ -141,7 +142,9 @@ class TokenIssuer:
     def repeated(self, authorization: str, body: bytes) -> Repeat | None:
         """The answer this exact header and body got before, if it still holds.
 
-        TokenRevoked when the subject or clientId was blocked since.
+        TokenRevoked when the subject or clientId was blocked since. The subject is bound to
+        the log context first (the caller has no identity on this path), so the refusal is
+        logged under it.
         """
         repeat = self.answers.repeat(
             authorization,
@@ -151,6 +154,7 @@ class TokenIssuer:
             self._verifier.epoch,
         )
         if repeat is not None:
+            logs.bind_subject(repeat.identity.subject)
             self._revoker.check(repeat.identity, repeat.answer.client_id)
         return repeat
 

@@ -22,8 +22,6 @@ from authserver.web.request import (
     read_body,
 )
 
-__all__ = ["Asked", "parse_asked", "post_token"]
-
 TOKEN_FIELDS = frozenset({"clientId", "topics", "actions", "ttlSeconds"})
 MAX_REQUESTED_TOPICS = 100
 ACTIONS = ("R", "W")
@@ -95,7 +93,6 @@ async def post_token(request: web.Request) -> web.Response:
     if authorization is not None:
         repeat = issuer.repeated(authorization, raw)
         if repeat is not None:
-            logs.bind_subject(repeat.identity.subject)
             return web.Response(body=repeat.answer.body, headers=ANSWER_HEADERS)
 
     identity = None

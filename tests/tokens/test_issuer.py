@@ -17,6 +17,7 @@ import jwt
 import orjson
 import pytest
 
+from authserver import logs
 from authserver.clock import ManualClock
 from authserver.errors import RateLimited, TokenRevoked
 from authserver.identity import JWTVerifier
@@ -443,3 +444,20 @@ async def test_identical_requests_in_flight_are_one_piece_of_work(make_kit: Make
     kit.minter.gate.set()
     assert await first == await second
     assert len(kit.minter.minted) == 2
+
+
+async def test_a_refused_repeat_is_logged_under_its_subject(make_kit: MakeKit) -> None:
+    kit = make_kit()
+    token = kit.jwt()
+    await repeating(kit, token)
+    kit.clock.advance(1)
+    before = int(kit.clock.time() * 1000)
+    kit.remote({"kind": "block", "scope": "subject", "name": "dev-1", "before_ms": before})
+    context = logs.RequestContext("id", "POST", "/v1/token")
+    reset = logs.CURRENT.set(context)
+    try:
+        with pytest.raises(TokenRevoked):
+            kit.repeats(token)
+    finally:
+        logs.CURRENT.reset(reset)
+    assert context.subject == "dev-1"
