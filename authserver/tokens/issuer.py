@@ -173,12 +173,14 @@ class TokenIssuer:
         JWT was one the verifier remembered: a device that sent it twice is likely to send
         it again, so an answer found here is then remembered as a repeat of it.
         """
+        # First, whatever answers: an answer is keyed by the clientId asked for, so this is
+        # the check a cached answer needs, and a blocked JWT never counts against a limit.
+        self._revoker.check(identity, asked.client_id)
         who = (identity.subject, self._holder.claims_key(identity.claims))
         now_ms = self._clock.time() * 1000
         answers = self.answers
         answer = answers.fresh(who, asked, self._holder.current.version_id, now_ms)
         if answer is not None:
-            self._revoker.check(identity, answer.client_id)
             if sent_as is not None:
                 repeat = Repeat(answer, identity, self._verifier.epoch)
                 answers.remember_repeat(sent_as[0], sent_as[1], repeat)
@@ -193,7 +195,6 @@ class TokenIssuer:
         self, identity: Identity, who: Hashable, asked: Asked, ip: str | None
     ) -> Answer:
         """Decide, gather or mint the tokens, and keep the answer unless invalidated meanwhile."""
-        self._revoker.check(identity, asked.client_id)
         plan = self._holder.plan(
             identity.subject, identity.claims, asked.client_id, asked.topics, asked.actions
         )

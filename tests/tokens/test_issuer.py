@@ -461,3 +461,14 @@ async def test_a_refused_repeat_is_logged_under_its_subject(make_kit: MakeKit) -
     finally:
         logs.CURRENT.reset(reset)
     assert context.subject == "dev-1"
+
+
+async def test_a_blocked_jwt_does_not_spend_the_subject_limit(make_kit: MakeKit) -> None:
+    kit = make_kit(subject_limit=Limit(0.001, 1))
+    old = kit.jwt()
+    kit.clock.advance(1)
+    await kit.revoker.revoke_subject("dev-1")
+    with pytest.raises(TokenRevoked):
+        await kit.ask(old)
+    kit.clock.advance(1)
+    assert await kit.ask(kit.jwt())  # signed in again: the one request the burst allows
