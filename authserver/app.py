@@ -25,6 +25,7 @@ from authserver.ratelimit import Limit, RateLimiter
 from authserver.redis_conn import open_redis
 from authserver.settings import Settings, parse_networks
 from authserver.tokens.bus import InvalidationBus
+from authserver.tokens.issuer import TokenIssuer
 from authserver.tokens.narrowing import revoke_narrowed
 from authserver.tokens.revocation import (
     MemoryState,
@@ -72,6 +73,7 @@ def create_app(
             _limiter,
             _tokens,
             _revocation,
+            _issuer,
             _revocation_worker,
             _policy_watch,
         )
@@ -203,8 +205,6 @@ async def _tokens(app: web.Application) -> AsyncIterator[None]:
         # that died frees the key this soon.
         lock_ttl=settings.request_deadline + 2.0,
         l1_size=settings.token_cache_size,
-        answer_cache_size=settings.answer_cache_size,
-        answer_cache_bytes=settings.answer_cache_bytes,
         sharing=settings.token_sharing,
     )
     app[appkeys.TOKENS] = tokens
@@ -234,6 +234,24 @@ async def _revocation(app: web.Application) -> AsyncIterator[None]:
     await bus.start()
     yield
     await bus.close()
+
+
+async def _issuer(app: web.Application) -> AsyncIterator[None]:
+    """The token path's owner: answers and repeats in front of the token service."""
+    settings = app[appkeys.SETTINGS]
+    app[appkeys.ISSUER] = TokenIssuer(
+        app[appkeys.TOKENS],
+        holder=app[appkeys.POLICY],
+        verifier=app[appkeys.VERIFIER],
+        revoker=app[appkeys.REVOKER],
+        limiter=app[appkeys.RATE_LIMITER],
+        bus=app[appkeys.BUS],
+        clock=app[appkeys.CLOCK],
+        request_deadline=settings.request_deadline,
+        answer_cache_size=settings.answer_cache_size,
+        answer_cache_bytes=settings.answer_cache_bytes,
+    )
+    yield
 
 
 async def _revocation_worker(app: web.Application) -> AsyncIterator[None]:

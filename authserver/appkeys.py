@@ -17,6 +17,7 @@ from authserver.policy.watch import PolicyWatcher
 from authserver.ratelimit import RateLimiter
 from authserver.settings import Settings
 from authserver.tokens.bus import InvalidationBus
+from authserver.tokens.issuer import TokenIssuer
 from authserver.tokens.revocation import RevocationWorker, Revoker
 from authserver.tokens.service import TokenService
 
@@ -30,6 +31,7 @@ CLOUD = web.AppKey("cloud", CloudClient)
 VERIFIER = web.AppKey("verifier", JWTVerifier)
 POLICY = web.AppKey("policy", PolicyHolder)
 TOKENS = web.AppKey("tokens", TokenService)
+ISSUER = web.AppKey("issuer", TokenIssuer)
 BUS = web.AppKey("bus", InvalidationBus)
 REVOKER = web.AppKey("revoker", Revoker)
 REVOCATION_WORKER = web.AppKey("revocation_worker", RevocationWorker)

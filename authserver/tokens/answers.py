@@ -23,6 +23,9 @@ not fit evicts the oldest answers (and the repeats pointing at them), a repeat t
 not fit evicts the oldest repeats only, or is not kept. Every eviction goes through one
 path that unindexes the answer and ends its repeats, so no map is left pointing at what
 another let go of.
+
+The maps only: what fills them and what drops them is decided by the token path's owner,
+`tokens/issuer.py`, whose docstring has the invalidation table.
 """
 
 from __future__ import annotations
@@ -97,9 +100,6 @@ class AnswerCache:
         self._by_key: dict[str, list[Slot]] = {}
         # (Authorization header, body) -> Repeat; at most `maxsize`, the oldest goes first.
         self._repeats: OrderedDict[RepeatKey, Repeat] = OrderedDict()
-        # Bumped by every invalidation: an answer built across one is not kept, since the
-        # tokens it was built from may be the very ones just revoked.
-        self.generation = 0
         # Requests being worked out (not answered from here) -> how many at once.
         self._working: dict[Slot, int] = {}
         self.hits = 0
@@ -211,9 +211,9 @@ class AnswerCache:
         if repeat is not None:
             self.bytes -= repeat.size
 
-    def put(self, who: Hashable, request: Hashable, answer: Answer, generation: int) -> None:
-        """Keep `answer` built at `generation`; the oldest entries go to make room."""
-        if self._maxsize <= 0 or generation != self.generation:
+    def put(self, who: Hashable, request: Hashable, answer: Answer) -> None:
+        """Keep `answer`; the oldest entries go to make room."""
+        if self._maxsize <= 0:
             return
         slot = (who, request)
         self._forget(slot)
@@ -259,25 +259,14 @@ class AnswerCache:
                 if not slots:
                     del self._by_key[key]
 
-    def drop(self, keys: Iterable[str]) -> None:
-        """Forget every answer holding one of these token keys (an invalidation)."""
-        self.generation += 1
-        self.forget_keys(keys)
-
     def forget_keys(self, keys: Iterable[str]) -> None:
-        """Forget every answer holding one of these token keys, which the store let go of.
-
-        Not an invalidation (the tokens are still good): answers being built stay welcome.
-        An answer must not outlive its records, though: a revocation finds tokens through
-        the store, and would miss the ones only an answer still hands out.
-        """
+        """Forget every answer holding one of these token keys (and the repeats of each)."""
         for key in keys:
             for slot in list(self._by_key.get(key, ())):
                 self._forget(slot)
 
     def clear(self) -> None:
         """Forget everything."""
-        self.generation += 1
         for answer in self._entries.values():
             answer.live = False
         self._entries.clear()

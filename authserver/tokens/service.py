@@ -12,7 +12,6 @@ from typing import Any
 from authserver.clock import Clock
 from authserver.errors import ServiceUnavailable, StoreUnavailable
 from authserver.policy.model import MAX_TTL_SECONDS, MIN_TTL_SECONDS
-from authserver.tokens.answers import DEFAULT_MAX_BYTES, AnswerCache
 from authserver.tokens.bus import STOP_TIMEOUT
 from authserver.tokens.expiring import ExpiringMap
 from authserver.tokens.model import ACTIONS_PARAM, TokenRecord, claim_names_of, token_key
@@ -132,8 +131,6 @@ class TokenService:
         refresh_margin: float = 600.0,
         lock_ttl: float = 10.0,
         l1_size: int = 200_000,
-        answer_cache_size: int = 20_000,
-        answer_cache_bytes: int = DEFAULT_MAX_BYTES,
         poll_interval: float = 0.02,
         sharing: str = OFF,
     ) -> None:
@@ -151,10 +148,9 @@ class TokenService:
         self._l1: ExpiringMap[str, TokenRecord] | None = None
         if store.shared:
             self._l1 = ExpiringMap(l1_size, lambda record: record.refresh_at_ms)
-        self.answers = AnswerCache(answer_cache_size, answer_cache_bytes)
-        # An answer must not hand out tokens the store no longer knows: revocations find
-        # tokens through the store.
-        store.watch_evictions(lambda key: self.answers.forget_keys((key,)))
+        # Bumped by every invalidation: an L1 entry or an answer built across one is not
+        # kept, since the tokens it was built from may be the very ones just revoked.
+        self.generation = 0
         self.hits = {"l1": 0, "store": 0}
         self.misses = 0
         self.minted = 0
@@ -171,16 +167,15 @@ class TokenService:
         )
 
     def drop(self, keys: Iterable[str]) -> None:
-        """Forget L1 entries and answers (an invalidation event, from here or elsewhere)."""
-        keys = list(keys)
-        self.answers.drop(keys)
+        """Forget these keys' L1 entries: an invalidation (see tokens/issuer.py)."""
+        self.generation += 1
         if self._l1 is not None:
             for key in keys:
                 self._l1.pop(key)
 
-    def clear_l1(self) -> None:
-        """Forget every L1 entry and answer (events may have been missed)."""
-        self.answers.clear()
+    def clear(self) -> None:
+        """Forget every L1 entry: events may have been missed (see tokens/issuer.py)."""
+        self.generation += 1
         if self._l1 is not None:
             self._l1.clear()
 
@@ -215,9 +210,9 @@ class TokenService:
             request = replace(request, ttl=lifetime_class(request.ttl))
         epoch = _Epoch()
         for _attempt in range(3):
-            generation = self.answers.generation
+            generation = self.generation
             found = await self._gather(request, deadline, epoch)
-            if self.answers.generation == generation or await self._still_stored(found):
+            if self.generation == generation or await self._still_stored(found):
                 return found
         raise ServiceUnavailable(
             "the tokens were revoked while being issued; try again",
@@ -332,14 +327,14 @@ class TokenService:
             # while the store is read moves the epoch, and then no token is minted for this
             # request, whose JWT was checked against the blocks before it came here.
             epoch.value = await self.store.epoch(request.subject)
-        generation = self.answers.generation
+        generation = self.generation
         record = await self.store.get(key, self._owner(request))
         if record is None or not self._fresh(record):
             return None
         self.hits["store"] += 1
         # Kept in L1 only if no invalidation landed meanwhile: the record read before a
         # revocation must not be put back after the revocation dropped the key.
-        if l1 is not None and self.answers.generation == generation:
+        if l1 is not None and self.generation == generation:
             l1.put(key, record)
         return record
 
@@ -380,7 +375,7 @@ class TokenService:
         old: TokenRecord,
     ) -> None:
         deadline = self._clock.monotonic() + RENEW_DEADLINE
-        generation = self.answers.generation
+        generation = self.generation
         # A shared token is no one subject's: no epoch guards its store (see `_hold`).
         epoch = None if self.sharing else await self.store.epoch(request.subject)
         owner = self._owner(request)
@@ -396,7 +391,7 @@ class TokenService:
             record = await self._apply(
                 key, kind, resources, request, deadline, previous=current, epoch=epoch
             )
-            if self._l1 is not None and self.answers.generation == generation:
+            if self._l1 is not None and self.generation == generation:
                 self._l1.put(key, record)
         finally:
             await self._unlock(key, owner, lock_id)
@@ -424,7 +419,7 @@ class TokenService:
             self._flights[key] = flight
             flight.add_done_callback(functools.partial(self._landed, key))
         remaining = deadline - self._clock.monotonic()
-        generation = self.answers.generation
+        generation = self.generation
         try:
             record = await asyncio.wait_for(asyncio.shield(flight), max(remaining, 0.001))
         except TimeoutError as err:
@@ -432,7 +427,7 @@ class TokenService:
                 "token issuance did not finish within the request deadline",
                 headers={"Retry-After": "1"},
             ) from err
-        if self._l1 is not None and self._fresh(record) and self.answers.generation == generation:
+        if self._l1 is not None and self._fresh(record) and self.generation == generation:
             self._l1.put(key, record)
         return record
 

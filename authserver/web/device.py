@@ -2,24 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Hashable
 from dataclasses import dataclass
-from typing import NamedTuple
 
-import orjson
 from aiohttp import web
 from msgspec import UNSET
 
 from authserver import appkeys, logs
-from authserver.clock import Clock
-from authserver.cloud import quota
-from authserver.identity import Identity, JWTVerifier, bearer_token
+from authserver.identity import JWTVerifier, bearer_token
 from authserver.policy.holder import PolicyHolder
 from authserver.policy.model import ACTIONS, Policy
 from authserver.ratelimit import RateLimiter
-from authserver.tokens.answers import Answer, Repeat
-from authserver.tokens.revocation import Revoker
-from authserver.tokens.service import TokenRequest, TokenService, clamp_ttl
+from authserver.tokens.issuer import Asked, TokenIssuer
+from authserver.tokens.service import clamp_ttl
 from authserver.web import shapes
 from authserver.web.request import read_body
 
@@ -33,29 +27,11 @@ class _Services:
 
     limiter: RateLimiter
     verifier: JWTVerifier
-    tokens: TokenService
     holder: PolicyHolder
-    revoker: Revoker
-    clock: Clock
-    request_deadline: float
+    issuer: TokenIssuer
 
 
 SERVICES = web.AppKey("token_endpoint_services", _Services)
-
-
-class Asked(NamedTuple):
-    """A POST /v1/token body, canonical: two requests are equal only if they get one answer.
-
-    The policy's decision depends on the set of topics and of actions, never on their order
-    or repeats (`restrict` takes each topic once, `normalize` sorts the outcome), and the
-    lifetime only through the policy's default and maximum, which are the same for every
-    rule of a policy (an answer is kept per policy version).
-    """
-
-    client_id: str | None
-    topics: tuple[str, ...] | None  # sorted, each once
-    actions: tuple[str, ...] | None  # R before W, each once
-    ttl: int  # the lifetime the tokens get
 
 
 def parse_asked(raw: bytes, policy: Policy) -> Asked:
@@ -72,40 +48,26 @@ def parse_asked(raw: bytes, policy: Policy) -> Asked:
     )
 
 
-def _repeated(services: _Services, repeat: Repeat) -> web.Response:
-    """A repeated request's answer, once its subject's blocks allow it."""
-    identity = repeat.identity
-    logs.bind_subject(identity.subject)
-    services.revoker.check(identity, repeat.answer.client_id)
-    return web.Response(body=repeat.answer.body, headers=ANSWER_HEADERS)
-
-
 async def bind_services(app: web.Application) -> None:
     """on_startup, after the services' cleanup contexts: resolve what the handler uses."""
     app[SERVICES] = _Services(
         limiter=app[appkeys.RATE_LIMITER],
         verifier=app[appkeys.VERIFIER],
-        tokens=app[appkeys.TOKENS],
         holder=app[appkeys.POLICY],
-        revoker=app[appkeys.REVOKER],
-        clock=app[appkeys.CLOCK],
-        request_deadline=app[appkeys.SETTINGS].request_deadline,
+        issuer=app[appkeys.ISSUER],
     )
 
 
 async def post_token(request: web.Request) -> web.Response:
     """Issue (or reuse) MQTT tokens for the caller's grants.
 
-    Limits: the client IP on every request; answers from the caches cost a lookup and are
-    never refused by a per-subject limit. Only a request the answer cache cannot answer is
-    counted against the subject's request limit (identical requests in flight together
-    once), and only one that is about to call ApplyToken against its mint budget.
+    HTTP only: the client IP's limit, the body, the JWT; the token path (caches, the
+    per-subject limits, revocation blocks) is `TokenIssuer`'s.
     """
     services = request.app[SERVICES]
     limiter = services.limiter
     verifier = services.verifier
-    answers = services.tokens.answers
-    holder = services.holder
+    issuer = services.issuer
     headers = request.headers
     ip = None
     if limiter.per_ip:
@@ -115,70 +77,20 @@ async def post_token(request: web.Request) -> web.Response:
 
     # The hottest path: a device repeating a request (header and body) it sent before.
     if authorization is not None:
-        version = holder.current.version_id
-        repeat = answers.repeat(authorization, raw, version, services.clock.time(), verifier.epoch)
+        repeat = issuer.repeated(authorization, raw)
         if repeat is not None:
-            return _repeated(services, repeat)
+            return web.Response(body=repeat.answer.body, headers=ANSWER_HEADERS)
 
-    known = None
+    identity = None
     if authorization is not None and authorization.startswith(BEARER):
         # A token verified before, sent the usual way: no parsing, no coroutine.
-        known = verifier.remembered(authorization[len(BEARER) :])
-    seen_before = known is not None
-    if known is None:
+        identity = verifier.remembered(authorization[len(BEARER) :])
+    sent_as = None
+    if identity is None:
         identity = await verifier.verify(bearer_token(authorization))
-    else:
-        identity = known
+    elif authorization is not None:
+        sent_as = (authorization, raw)
     logs.bind_subject(identity.subject)
-    policy = holder.current
-    asked = parse_asked(raw, policy)
-
-    # The hot path: the same user (same claims) asking the same thing again.
-    who = (identity.subject, holder.claims_key(identity.claims))
-    answer = answers.fresh(who, asked, policy.version_id, services.clock.time() * 1000)
-    if answer is None:
-        with answers.working(who, asked) as alone:
-            if alone:
-                limiter.check_subject(identity.subject)
-            answer = await _work_out(services, identity, who, asked, ip)
-    else:
-        services.revoker.check(identity, answer.client_id)
-        if seen_before and authorization is not None:
-            # Asked twice with this JWT and body: the next time, one lookup.
-            answers.remember_repeat(authorization, raw, Repeat(answer, identity, verifier.epoch))
-    return web.Response(body=answer.body, headers=ANSWER_HEADERS)
-
-
-async def _work_out(
-    services: _Services, identity: Identity, who: Hashable, asked: Asked, ip: str | None
-) -> Answer:
-    """Decide, gather or mint the tokens, and keep the answer for the next time."""
-    services.revoker.check(identity, asked.client_id)
-    plan = services.holder.plan(
-        identity.subject, identity.claims, asked.client_id, asked.topics, asked.actions
-    )
-    # From here on the request may reach the upstream: the mint budget needs to know who.
-    services.limiter.asking(identity.subject, ip)
-    quota.asking(identity.subject)  # the governor serves its slots fairly across subjects
-    answers = services.tokens.answers
-    generation = answers.generation
-    credentials = await services.tokens.credentials(
-        TokenRequest(
-            subject=identity.subject,
-            client_id=asked.client_id,
-            read=plan.read,
-            write=plan.write,
-            ttl=asked.ttl,
-            claims=plan.claims,
-        ),
-        services.clock.monotonic() + services.request_deadline,
-    )
-    answer = Answer(
-        orjson.dumps(credentials.to_dict()),
-        plan.policy_version,
-        credentials.renew_at_ms,
-        credentials.keys,
-        asked.client_id,
-    )
-    answers.put(who, asked, answer, generation)
-    return answer
+    asked = parse_asked(raw, services.holder.current)
+    body = await issuer.answer(identity, asked, ip=ip, sent_as=sent_as)
+    return web.Response(body=body, headers=ANSWER_HEADERS)

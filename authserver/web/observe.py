@@ -255,7 +255,8 @@ def _token_stats(app: web.Application) -> Stats | None:
     if tokens is None:
         return None
     layers: dict[str, dict[str, int]] = {}
-    answers = getattr(tokens, "answers", None)  # finished answers, in front of everything
+    issuer = app.get(appkeys.ISSUER)
+    answers = getattr(issuer, "answers", None)  # finished answers, in front of everything
     answer_hits = getattr(answers, "hits", None)
     if isinstance(answer_hits, int):
         layers["answer"] = {"hits": answer_hits, "misses": int(getattr(answers, "misses", 0))}

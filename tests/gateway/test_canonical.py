@@ -22,7 +22,7 @@ CLIENT = "GID_fleet@@@alice-1"
 
 
 def answers_of(client: TestClient[Any, Any]) -> AnswerCache:
-    return client.server.app[appkeys.TOKENS].answers
+    return client.server.app[appkeys.ISSUER].answers
 
 
 def apply_calls(emulator: EmulatorHandle) -> int:

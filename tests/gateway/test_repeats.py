@@ -23,7 +23,7 @@ from tests.fixtures.gateway import MakeGateway, bearer, make_jwt
 
 
 def answers_of(client: TestClient[Any, Any]) -> AnswerCache:
-    return client.server.app[appkeys.TOKENS].answers
+    return client.server.app[appkeys.ISSUER].answers
 
 
 async def fetch(client: TestClient[Any, Any], jwt: str, **body: Any) -> dict[str, Any]:

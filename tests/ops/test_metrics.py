@@ -168,5 +168,5 @@ async def test_refusals_by_limit_and_the_answer_cache_bytes_are_exposed(
     assert resp.status == 429
     text = await scrape(client)
     assert value(text, "authserver_rate_limited_total", limit="mint") == 1
-    held = client.server.app[appkeys.TOKENS].answers.bytes
+    held = client.server.app[appkeys.ISSUER].answers.bytes
     assert value(text, "authserver_answer_cache_bytes") == held > 0

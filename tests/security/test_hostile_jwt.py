@@ -165,7 +165,7 @@ async def test_a_repeated_jwt_stops_working_when_its_key_leaves_the_jwks(
     for _ in range(3):  # the third is answered from the repeats
         async with client.post("/v1/token", headers=bearer(token)) as resp:
             assert resp.status == 200, await resp.text()
-    assert client.server.app[app_keys.TOKENS].answers.repeats == 1
+    assert client.server.app[app_keys.ISSUER].answers.repeats == 1
     jwks_server.publish(public_jwk(keys.rsa2, kid="k2", alg="RS256"))
     clock.advance(31)
     await client.server.app[app_keys.VERIFIER].jwks.refresh(rate_limited=False)  # type: ignore[union-attr]

@@ -123,7 +123,7 @@ async def test_second_gateway_stops_serving_a_revoked_token_within_a_second(
     jwt = make_jwt("frank")
     served = tokens_of(await fetch(second, jwt))  # now in second's L1 and answer cache
     assert tokens_of(await fetch(second, jwt)) == served
-    assert len(second.server.app[appkeys.TOKENS].answers) == 1
+    assert len(second.server.app[appkeys.ISSUER].answers) == 1
 
     await revoker_of(first).revoke_subject("frank", block_issued_before=False)
 

@@ -93,7 +93,7 @@ class Revoker:
         return int(self._clock.time() * 1000)
 
     async def resync(self) -> None:
-        """Reload blocks and drop L1 entries: events may have been missed."""
+        """Reload blocks: events may have been missed (the token caches flush themselves)."""
         stored = await self.state.blocks()
         # Merged, not replaced: a block made here while the read was in flight stays.
         for scope, entries in stored.items():
@@ -101,7 +101,6 @@ class Revoker:
             for name, before in entries.items():
                 mine[name] = max(before, mine.get(name, 0))
         self.blocks_loaded = True
-        self.tokens.clear_l1()
 
     async def maintain(self) -> int:
         """Prune the blocks older than the retention, here and in the state; how many went.
@@ -117,16 +116,12 @@ class Revoker:
         return pruned
 
     def _on_event(self, event: dict[str, Any]) -> None:
-        kind = event.get("kind")
-        if kind == "tokens":
-            self.tokens.drop(str(k) for k in event.get("keys", []))
-        elif kind == "block":
+        # `tokens` and `flush` events are the token caches' own (tokens/issuer.py).
+        if event.get("kind") == "block":
             scope, name, before = event.get("scope"), event.get("name"), event.get("before_ms")
             if scope in self._blocks and isinstance(name, str) and isinstance(before, int):
                 entries = self._blocks[scope]
                 entries[name] = max(before, entries.get(name, 0))
-        elif kind == "flush":
-            self.tokens.clear_l1()
 
     def check(self, identity: Identity, client_id: str | None) -> None:
         """Refuse an app JWT issued before a block of its subject or of one of its clientIds.

@@ -1,0 +1,252 @@
+"""The token path: a verified identity and a canonical request in, the answer's bytes out.
+
+`TokenIssuer` is the one thing POST /v1/token calls once it has read the body, parsed it
+(`Asked`) and verified the JWT: it owns every cache on the way, their keys, their limits
+and when each is dropped. The handler speaks HTTP only.
+
+A request meets these layers, in this order (a hit ends the walk):
+
+| layer           | key                                            | owner          |
+| --------------- | ---------------------------------------------- | -------------- |
+| repeats         | exact (Authorization header, body bytes)       | here (answers) |
+| remembered JWTs | sha256(JWT)                                    | JWTVerifier    |
+| JWT header memo | the JWT's header segment                       | JWTVerifier    |
+| claims-key memo | the claims object (the claims the policy reads)| PolicyHolder   |
+| answers         | (subject, claims key), canonical request       | here (answers) |
+| plan LRU        | policy version, subject, clientId, claims key, | PolicyHolder   |
+|                 | topics, actions                                |                |
+| single-flight   | token key (one mint task per key)              | TokenService   |
+| L1              | token key; only in front of a shared store     | TokenService   |
+| store           | token key (and by subject, clientId, value)    | TokenStore     |
+
+The per-subject request limit counts only a request no answer serves (identical requests
+in flight together once); the mint budget and the quota governor's fairness learn who asks
+(`RateLimiter.asking`, `quota.asking`) once the policy has decided and the request may go
+upstream. The revocation blocks (`Revoker.check`) apply on every path, cached or not.
+
+Invalidation: what each event drops, and what guards work in flight when it lands.
+
+| event                      | repeats      | answers      | L1      | store      | also |
+| -------------------------- | ------------ | ------------ | ------- | ---------- | ---- |
+| token revoked by value     | its          | its          | its     | deleted    | GT   |
+| subject revoked            | its          | its          | its     | deleted    | GTEB |
+| clientId revoked           | its          | its          | its     | deleted    | GTB  |
+| policy reload              | stale: ver.  | stale: ver.  | -       | -          | P    |
+| policy narrowing           | its          | its          | its     | deleted    | GT   |
+| store eviction / expiry    | its          | its          | -       | (event)    | -    |
+| bus drop, other process    | its          | its          | its     | (there)    | G    |
+| bus resync, `flush` event  | all          | all          | all     | -          | GR   |
+| JWKS key removed           | stale: epoch | -            | -       | -          | K    |
+| JWT expiry, max JWT age    | stale: exp   | -            | -       | -          | K    |
+| answer's renewal point     | stale: fresh | stale: fresh | -       | -          | N    |
+| token's refresh point      | -            | -            | expires | not served | M    |
+| answer evicted (its size)  | its          | (event)      | -       | -          | -    |
+| invalidation during a mint | -            | not kept     | not kept| re-read    | G    |
+| epoch moved during a mint  | -            | not kept     | -       | not stored | E    |
+
+- its: the entries holding (or, for repeats, answered from an answer holding) the tokens'
+  keys; stale: checked on lookup (policy version, verifier epoch, `Identity.expires_at`,
+  `Answer.fresh_until_ms`), dropped when found stale.
+- G: the generation moves (`TokenService.generation`): an answer or L1 entry built across
+  it is not kept, and credentials gathered across it are checked against the store (which
+  a revocation clears before it tells anyone) and gathered again when one is gone.
+- T: a `tokens` event tells every process (the "bus drop" row there).
+- E: the subject's revocation epoch moves before its tokens are listed: a mint under the
+  older epoch is not stored (the store checks it as it writes) and is revoked upstream
+  through the durable queue; a token stored before the move is not answered either. Both
+  answer 503 `RevokedWhileIssuing`, whose retry meets the block.
+- B: a block: `Revoker.check` refuses an app JWT issued before it, on every path (repeat,
+  answer, mint), for the subject or any clientId the policy lets the identity use.
+- P: the plan LRU is keyed by the policy version; the claims-key memo (keyed by the claims
+  object) is emptied by the swap, as the claims a policy reads may differ.
+- R: the revoker reloads its blocks (events may have been missed).
+- K: the verifier forgets the JWTs (those signed by the removed key; the expired one, with
+  `max_age` folded into its `expires_at`); a repeat carries the epoch and expiry it was
+  verified under.
+- N: the token service renews the token in the background from `renew_at` while the
+  current one is still handed out; the next request past it is a miss.
+- M: no longer handed out from L1 or the store: minted again, once per key (the token
+  service's single-flight, the store's lock across processes).
+
+The JWT header memo holds a parse (algorithm, key id) of the header text, which no event
+makes wrong: the key it names is looked up afresh.
+
+Each row is tested in tests/tokens/test_issuer.py, without a server.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Iterable
+from typing import Any, NamedTuple
+
+import orjson
+
+from authserver import logs
+from authserver.clock import Clock
+from authserver.cloud import quota
+from authserver.identity import Identity, JWTVerifier
+from authserver.policy.holder import PolicyHolder
+from authserver.ratelimit import RateLimiter
+from authserver.tokens.answers import DEFAULT_MAX_BYTES, Answer, AnswerCache, Repeat, RepeatKey
+from authserver.tokens.bus import InvalidationBus
+from authserver.tokens.revocation import Revoker
+from authserver.tokens.service import TokenRequest, TokenService
+
+
+class Asked(NamedTuple):
+    """A POST /v1/token body, canonical: two requests are equal only if they get one answer.
+
+    The policy's decision depends on the set of topics and of actions, never on their order
+    or repeats (`restrict` takes each topic once, `normalize` sorts the outcome), and the
+    lifetime only through the policy's default and maximum, which are the same for every
+    rule of a policy (an answer is kept per policy version).
+    """
+
+    client_id: str | None
+    topics: tuple[str, ...] | None  # sorted, each once
+    actions: tuple[str, ...] | None  # R before W, each once
+    ttl: int  # the lifetime the tokens get
+
+
+class TokenIssuer:
+    """Answers a device's token request through every cache; the one owner of their rules."""
+
+    def __init__(
+        self,
+        service: TokenService,
+        *,
+        holder: PolicyHolder,
+        verifier: JWTVerifier,
+        revoker: Revoker,
+        limiter: RateLimiter,
+        bus: InvalidationBus,
+        clock: Clock,
+        request_deadline: float,
+        answer_cache_size: int = 20_000,
+        answer_cache_bytes: int = DEFAULT_MAX_BYTES,
+    ) -> None:
+        self.service = service
+        self.answers = AnswerCache(answer_cache_size, answer_cache_bytes)
+        self._holder = holder
+        self._verifier = verifier
+        self._revoker = revoker
+        self._limiter = limiter
+        self._clock = clock
+        self._deadline = request_deadline
+        # An answer must not hand out tokens the store no longer knows: revocations find
+        # tokens through the store.
+        service.store.watch_evictions(self._evicted)
+        bus.on_event(self._on_event)
+        bus.on_resync(self._resync)
+
+    def repeated(self, authorization: str, body: bytes) -> Repeat | None:
+        """The answer this exact header and body got before, if it still holds.
+
+        TokenRevoked when the subject or clientId was blocked since. The subject is bound to
+        the log context first (the caller has no identity on this path), so the refusal is
+        logged under it.
+        """
+        repeat = self.answers.repeat(
+            authorization,
+            body,
+            self._holder.current.version_id,
+            self._clock.time(),
+            self._verifier.epoch,
+        )
+        if repeat is not None:
+            logs.bind_subject(repeat.identity.subject)
+            self._revoker.check(repeat.identity, repeat.answer.client_id)
+        return repeat
+
+    async def answer(
+        self,
+        identity: Identity,
+        asked: Asked,
+        *,
+        ip: str | None = None,
+        sent_as: RepeatKey | None = None,
+    ) -> bytes:
+        """The JSON answer for `asked` by `identity`: from the answers, else worked out.
+
+        `ip`: the caller's address when IPs are limited (the mint budget counts it too).
+        `sent_as`: the (Authorization header, body) the request came with, given when its
+        JWT was one the verifier remembered: a device that sent it twice is likely to send
+        it again, so an answer found here is then remembered as a repeat of it.
+        """
+        # First, whatever answers: an answer is keyed by the clientId asked for, so this is
+        # the check a cached answer needs, and a blocked JWT never counts against a limit.
+        self._revoker.check(identity, asked.client_id)
+        who = (identity.subject, self._holder.claims_key(identity.claims))
+        now_ms = self._clock.time() * 1000
+        answers = self.answers
+        answer = answers.fresh(who, asked, self._holder.current.version_id, now_ms)
+        if answer is not None:
+            if sent_as is not None:
+                repeat = Repeat(answer, identity, self._verifier.epoch)
+                answers.remember_repeat(sent_as[0], sent_as[1], repeat)
+            return answer.body
+        with answers.working(who, asked) as alone:
+            if alone:
+                self._limiter.check_subject(identity.subject)
+            answer = await self._work_out(identity, who, asked, ip)
+        return answer.body
+
+    async def _work_out(
+        self, identity: Identity, who: Hashable, asked: Asked, ip: str | None
+    ) -> Answer:
+        """Decide, gather or mint the tokens, and keep the answer unless invalidated meanwhile."""
+        plan = self._holder.plan(
+            identity.subject, identity.claims, asked.client_id, asked.topics, asked.actions
+        )
+        # From here on the request may reach the upstream: the mint budget needs to know who.
+        self._limiter.asking(identity.subject, ip)
+        quota.asking(identity.subject)  # the governor serves its slots fairly across subjects
+        service = self.service
+        generation = service.generation
+        credentials = await service.credentials(
+            TokenRequest(
+                subject=identity.subject,
+                client_id=asked.client_id,
+                read=plan.read,
+                write=plan.write,
+                ttl=asked.ttl,
+                claims=plan.claims,
+            ),
+            self._clock.monotonic() + self._deadline,
+        )
+        answer = Answer(
+            orjson.dumps(credentials.to_dict()),
+            plan.policy_version,
+            credentials.renew_at_ms,
+            credentials.keys,
+            asked.client_id,
+        )
+        # Built across an invalidation, the tokens may be the very ones just revoked.
+        if service.generation == generation:
+            self.answers.put(who, asked, answer)
+        return answer
+
+    def invalidate(self, keys: Iterable[str]) -> None:
+        """Tokens revoked (here or in another process): every layer forgets them."""
+        keys = list(keys)
+        self.service.drop(keys)
+        self.answers.forget_keys(keys)
+
+    def flush(self) -> None:
+        """Events may have been missed: forget every answer, repeat and L1 entry."""
+        self.service.clear()
+        self.answers.clear()
+
+    def _on_event(self, event: dict[str, Any]) -> None:
+        kind = event.get("kind")
+        if kind == "tokens":
+            self.invalidate(str(k) for k in event.get("keys", []))
+        elif kind == "flush":
+            self.flush()
+
+    async def _resync(self) -> None:
+        self.flush()
+
+    def _evicted(self, key: str) -> None:
+        # Not an invalidation (the token is still good): answers being built stay welcome.
+        self.answers.forget_keys((key,))

@@ -1,0 +1,474 @@
+"""The token path's owner, built without a server: one test per row of its invalidation table.
+
+A MemoryStore (or one marked shared, so that the token service puts its L1 in front), a fake
+minter, a ManualClock, a real verifier with a static secret, the real revoker and an
+in-process bus. `ask` does what the device handler does: repeat, else verify, then answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jwt
+import orjson
+import pytest
+
+from authserver import logs
+from authserver.clock import ManualClock
+from authserver.errors import RateLimited, TokenRevoked
+from authserver.identity import JWTVerifier
+from authserver.identity.model import JWTSettings
+from authserver.policy.holder import PolicyHolder
+from authserver.policy.loader import parse_policy
+from authserver.ratelimit import Limit, RateLimiter
+from authserver.tokens.bus import InvalidationBus
+from authserver.tokens.issuer import Asked, TokenIssuer
+from authserver.tokens.narrowing import revoke_narrowed
+from authserver.tokens.revocation import MemoryState, Revoker
+from authserver.tokens.service import RevokedWhileIssuing, TokenService
+from authserver.tokens.store import MemoryStore
+from tests.helpers import eventually
+
+SECRET = "a-test-secret-long-enough-for-hs256-keys"
+ISSUER = "https://id.test"
+POLICY = """
+version: 1
+defaults:
+  ttlSeconds: 3600
+clientIds: ["GID_fleet@@@{claims.device_id}"]
+everyone:
+  - topics: ["devices/{sub}/#"]
+    actions: [R, W]
+  - topics: ["broadcast/#"]
+    actions: [R]
+"""
+ASKED = Asked(None, None, None, 3600)
+UNLIMITED = Limit(0)
+BROADCAST_RULE = '  - topics: ["broadcast/#"]\n    actions: [R]\n'
+
+
+class SharedMemoryStore(MemoryStore):
+    """A MemoryStore the token service treats as shared: it puts its L1 in front."""
+
+    shared = True
+
+
+@dataclass
+class FakeMinter:
+    """Mints `tok-N`; holds every mint at `gate` when one is set."""
+
+    minted: list[str] = field(default_factory=list)
+    started: asyncio.Event = field(default_factory=asyncio.Event)
+    gate: asyncio.Event | None = None
+
+    async def __call__(
+        self, instance_id: str, resources: tuple[str, ...], actions: str, expire_ms: int, _b: float
+    ) -> str:
+        self.started.set()
+        if self.gate is not None:
+            await self.gate.wait()
+        token = f"tok-{len(self.minted)}"
+        self.minted.append(token)
+        return token
+
+
+@dataclass
+class Kit:
+    clock: ManualClock
+    store: MemoryStore
+    service: TokenService
+    issuer: TokenIssuer
+    verifier: JWTVerifier
+    revoker: Revoker
+    bus: InvalidationBus
+    holder: PolicyHolder
+    minter: FakeMinter
+    signed: int = 0
+
+    def jwt(self, sub: str = "dev-1", *, lifetime: int = 3600, **claims: Any) -> str:
+        now = int(self.clock.time())
+        self.signed += 1  # every JWT its own, as a new sign-in's
+        payload = {"sub": sub, "iss": ISSUER, "iat": now, "exp": now + lifetime, **claims}
+        payload["jti"] = str(self.signed)
+        return jwt.encode(payload, SECRET, algorithm="HS256")
+
+    async def ask(self, token: str, asked: Asked = ASKED, body: bytes = b"") -> list[str]:
+        """What the handler does; the token values answered."""
+        authorization = f"Bearer {token}"
+        repeat = self.issuer.repeated(authorization, body)
+        if repeat is not None:
+            return tokens_of(repeat.answer.body)
+        identity = self.verifier.remembered(token)
+        sent_as = None if identity is None else (authorization, body)
+        if identity is None:
+            identity = await self.verifier.verify(token)
+        return tokens_of(await self.issuer.answer(identity, asked, sent_as=sent_as))
+
+    def repeats(self, token: str, body: bytes = b"") -> bool:
+        return self.issuer.repeated(f"Bearer {token}", body) is not None
+
+    def remote(self, event: dict[str, Any]) -> None:
+        """An event published by another process, as the bus receives it."""
+        self.bus._receive(orjson.dumps({**event, "origin": "another-process"}))
+
+
+def tokens_of(body: bytes) -> list[str]:
+    return [t["token"] for t in orjson.loads(body)["tokens"]]
+
+
+MakeKit = Callable[..., Kit]
+
+
+@pytest.fixture
+def make_kit() -> MakeKit:
+    def make(
+        *,
+        shared: bool = False,
+        store_size: int = 1000,
+        answers: int = 100,
+        subject_limit: Limit = UNLIMITED,
+        **jwt_settings: Any,
+    ) -> Kit:
+        clock = ManualClock()
+        store = (SharedMemoryStore if shared else MemoryStore)(clock, maxsize=store_size)
+        minter = FakeMinter()
+        service = TokenService(
+            minter, store, instance_id="mqtt-test", access_key_id="AK", clock=clock
+        )
+        holder = PolicyHolder(Path("policy.yaml"), parse_policy(POLICY, "test"))
+        settings = JWTSettings(
+            algorithms=("HS256",), issuer=ISSUER, secret=SECRET, leeway=0, **jwt_settings
+        )
+        verifier = JWTVerifier(settings, clock=clock)
+        bus = InvalidationBus(None, clock=clock)
+        revoker = Revoker(service, MemoryState(), bus, clock=clock, client_ids=holder.client_ids)
+        limiter = RateLimiter(subject=subject_limit, ip=Limit(0), clock=clock)
+        issuer = TokenIssuer(
+            service,
+            holder=holder,
+            verifier=verifier,
+            revoker=revoker,
+            limiter=limiter,
+            bus=bus,
+            clock=clock,
+            request_deadline=5.0,
+            answer_cache_size=answers,
+        )
+        return Kit(clock, store, service, issuer, verifier, revoker, bus, holder, minter)
+
+    return make
+
+
+async def repeating(kit: Kit, token: str) -> list[str]:
+    """Ask until the next request is a repeat (the second with a remembered JWT)."""
+    first = await kit.ask(token)
+    assert await kit.ask(token) == first
+    assert kit.repeats(token)
+    return first
+
+
+async def test_a_repeat_and_an_answer_are_served_without_a_mint(make_kit: MakeKit) -> None:
+    kit = make_kit()
+    token = kit.jwt()
+    first = await repeating(kit, token)
+    assert await kit.ask(token) == first
+    assert kit.minter.minted == first  # the R and the W token, minted once
+    assert await kit.ask(kit.jwt()) == first  # a new JWT of the same subject: the answer
+
+
+async def test_token_revoked_by_value(make_kit: MakeKit) -> None:
+    kit = make_kit(shared=True)
+    token = kit.jwt()
+    read, write = await repeating(kit, token)
+    await kit.revoker.revoke_token(read)
+    assert len(kit.issuer.answers) == 0
+    assert not kit.repeats(token)
+    # Not from L1 either: a new read token, the write token from the store.
+    again = await kit.ask(token)
+    assert read not in again
+    assert write in again
+
+
+async def test_subject_revoked(make_kit: MakeKit) -> None:
+    kit = make_kit(shared=True)
+    old = kit.jwt()
+    first = await repeating(kit, old)
+    kit.clock.advance(1)
+    await kit.revoker.revoke_subject("dev-1")
+    assert len(kit.issuer.answers) == 0
+    with pytest.raises(TokenRevoked):
+        await kit.ask(old)
+    kit.clock.advance(1)
+    again = await kit.ask(kit.jwt())  # signed in again
+    assert not set(again) & set(first)
+
+
+async def test_a_block_refuses_repeats_and_answers_before_the_tokens_go(
+    make_kit: MakeKit,
+) -> None:
+    # Another process's block event arrives before its tokens event: the blocks alone
+    # refuse the older JWT, on the repeat path and on the answer path.
+    kit = make_kit()
+    old = kit.jwt()
+    await repeating(kit, old)
+    other = kit.jwt()  # verified, but never repeated: it meets the answer
+    await kit.ask(other)
+    kit.clock.advance(1)
+    before = int(kit.clock.time() * 1000)
+    kit.remote({"kind": "block", "scope": "subject", "name": "dev-1", "before_ms": before})
+    assert len(kit.issuer.answers) == 1  # still held: the blocks decide
+    with pytest.raises(TokenRevoked):
+        kit.repeats(old)
+    with pytest.raises(TokenRevoked):
+        await kit.ask(other)
+
+
+async def test_client_id_revoked(make_kit: MakeKit) -> None:
+    kit = make_kit()
+    old = kit.jwt(device_id="d1")
+    asked = Asked("GID_fleet@@@d1", None, None, 3600)
+    first = await kit.ask(old, asked)
+    await kit.ask(old)  # without naming it: its answer holds none of the clientId's tokens
+    kit.clock.advance(1)
+    await kit.revoker.revoke_client("GID_fleet@@@d1")
+    assert len(kit.issuer.answers) == 1  # the answer without a clientId holds other tokens
+    with pytest.raises(TokenRevoked):
+        await kit.ask(old, asked)
+    with pytest.raises(TokenRevoked):  # any clientId the identity may use is blocked
+        await kit.ask(old)
+    kit.clock.advance(1)
+    assert not set(await kit.ask(kit.jwt(device_id="d1"), asked)) & set(first)
+
+
+async def test_policy_reload_makes_answers_and_repeats_stale(make_kit: MakeKit) -> None:
+    kit = make_kit()
+    token = kit.jwt()
+    first = await repeating(kit, token)
+    kit.holder.swap(parse_policy(POLICY + "# reworded\n", "test"))
+    assert not kit.repeats(token)
+    misses = kit.issuer.answers.misses
+    assert await kit.ask(token) == first  # decided again; the same grants reuse the tokens
+    assert kit.issuer.answers.misses == misses + 1
+    assert kit.minter.minted == first
+
+
+async def test_policy_narrowing_revokes_what_it_no_longer_allows(make_kit: MakeKit) -> None:
+    kit = make_kit(shared=True)
+    token = kit.jwt()
+    read, write = await repeating(kit, token)
+    narrower = parse_policy(
+        POLICY.replace('  - topics: ["broadcast/#"]\n    actions: [R]\n', ""), "t"
+    )
+    assert await revoke_narrowed(kit.service, kit.revoker, narrower) == 1
+    kit.holder.swap(narrower)
+    assert len(kit.issuer.answers) == 0
+    assert await kit.revoker.is_revoked(read)
+    assert not await kit.revoker.is_revoked(write)
+    assert read not in await kit.ask(token)
+
+
+async def test_store_eviction_forgets_answers_without_an_invalidation(
+    make_kit: MakeKit,
+) -> None:
+    kit = make_kit(store_size=2)
+    token = kit.jwt("dev-1")
+    first = await repeating(kit, token)
+    generation = kit.service.generation
+    await kit.ask(kit.jwt("dev-2"))  # its two tokens push dev-1's out of the store
+    assert kit.service.generation == generation
+    assert len(kit.issuer.answers) == 1
+    assert not kit.repeats(token)
+    assert not set(await kit.ask(token)) & set(first)
+
+
+async def test_store_expiry_forgets_answers(make_kit: MakeKit) -> None:
+    kit = make_kit()
+    token = kit.jwt(lifetime=10 * 3600)
+    await repeating(kit, token)
+    kit.clock.advance(3600)  # the tokens expired: the store lets them go when it meets them
+    assert len(kit.issuer.answers) == 1
+    assert await kit.store.subject_tokens("dev-1") == []
+    assert len(kit.issuer.answers) == 0
+
+
+async def test_bus_drop_from_another_process(make_kit: MakeKit) -> None:
+    kit = make_kit(shared=True)
+    token = kit.jwt()
+    read, write = await repeating(kit, token)
+    # The other process deleted the record from the shared store and says so.
+    for key, record in await kit.store.subject_tokens("dev-1"):
+        if record.token == read:
+            await kit.store.delete(key, record)
+            kit.remote({"kind": "tokens", "keys": [key]})
+    assert len(kit.issuer.answers) == 0
+    assert not kit.repeats(token)
+    again = await kit.ask(token)
+    assert read not in again  # L1 let it go too
+    assert write in again
+
+
+@pytest.mark.parametrize("how", ["resync", "flush"])
+async def test_missed_events_flush_every_layer(make_kit: MakeKit, how: str) -> None:
+    kit = make_kit(shared=True)
+    token = kit.jwt()
+    first = await repeating(kit, token)
+    generation = kit.service.generation
+    # Deleted elsewhere, and the event was missed.
+    for key, record in await kit.store.subject_tokens("dev-1"):
+        await kit.store.delete(key, record)
+    if how == "resync":
+        for resync in kit.bus._resyncs:
+            await resync()
+    else:
+        kit.remote({"kind": "flush"})
+    assert kit.service.generation > generation
+    assert len(kit.issuer.answers) == 0
+    assert not kit.repeats(token)
+    assert not set(await kit.ask(token)) & set(first)  # nothing left in L1
+
+
+async def test_a_jwks_key_removed_ends_repeats(make_kit: MakeKit) -> None:
+    # The verifier moves its epoch when a key leaves the JWKS (end to end over sockets in
+    # tests/security/test_hostile_jwt.py); a repeat verified under the old one is not served.
+    kit = make_kit()
+    token = kit.jwt()
+    await repeating(kit, token)
+    kit.verifier.epoch += 1
+    assert not kit.repeats(token)
+
+
+async def test_jwt_expiry_ends_repeats(make_kit: MakeKit) -> None:
+    kit = make_kit()
+    token = kit.jwt(lifetime=120)
+    await repeating(kit, token)
+    kit.clock.advance(119)
+    assert kit.repeats(token)
+    kit.clock.advance(1)
+    assert not kit.repeats(token)
+
+
+async def test_max_jwt_age_ends_repeats(make_kit: MakeKit) -> None:
+    kit = make_kit(max_age=60)
+    token = kit.jwt(lifetime=3600)
+    await repeating(kit, token)
+    kit.clock.advance(59)
+    assert kit.repeats(token)
+    kit.clock.advance(1)
+    assert not kit.repeats(token)
+
+
+async def test_the_renewal_point_ends_the_answer_and_renews_in_the_background(
+    make_kit: MakeKit,
+) -> None:
+    kit = make_kit()
+    token = kit.jwt(lifetime=10 * 3600)
+    first = await repeating(kit, token)
+    renew_at = max(r.renew_at_ms for _k, r in await kit.store.subject_tokens("dev-1"))
+    kit.clock.advance(renew_at / 1000 - kit.clock.time())
+    assert not kit.repeats(token)
+    assert await kit.ask(token) == first  # still handed out while being renewed
+    await eventually(lambda: len(kit.minter.minted) == 4, what="both renewed")
+    assert not set(await kit.ask(token)) & set(first)
+
+
+async def test_the_refresh_point_mints_again(make_kit: MakeKit) -> None:
+    kit = make_kit(shared=True)
+    token = kit.jwt(lifetime=10 * 3600)
+    first = await repeating(kit, token)
+    refresh_at = max(r.refresh_at_ms for _k, r in await kit.store.subject_tokens("dev-1"))
+    kit.clock.advance(refresh_at / 1000 - kit.clock.time())
+    assert not set(await kit.ask(token)) & set(first)  # neither L1 nor the store hands out
+    assert len(kit.minter.minted) == 4
+
+
+async def test_an_evicted_answer_takes_its_repeats(make_kit: MakeKit) -> None:
+    kit = make_kit(answers=1)
+    token = kit.jwt("dev-1")
+    await repeating(kit, token)
+    await kit.ask(kit.jwt("dev-2"))
+    assert kit.issuer.answers.repeats == 0
+    assert not kit.repeats(token)
+
+
+async def test_an_invalidation_during_a_mint_keeps_nothing(make_kit: MakeKit) -> None:
+    kit = make_kit(shared=True)
+    kit.minter.gate = asyncio.Event()
+    token = kit.jwt()
+    asking = asyncio.create_task(kit.ask(token))
+    await kit.minter.started.wait()
+    kit.issuer.invalidate(["another-key"])  # a revocation of something else lands
+    kit.minter.gate.set()
+    first = await asking  # still stored: answered
+    assert len(kit.issuer.answers) == 0  # but not kept
+    store_hits = kit.service.hits["store"]
+    assert await kit.ask(token) == first
+    assert kit.service.hits["store"] == store_hits + 2  # not kept in L1 either
+    assert kit.service.hits["l1"] == 0
+
+
+async def test_a_revocation_during_a_mint_is_not_answered(make_kit: MakeKit) -> None:
+    kit = make_kit()
+    kit.minter.gate = asyncio.Event()
+    asking = asyncio.create_task(kit.ask(kit.jwt()))
+    await kit.minter.started.wait()
+    await kit.revoker.revoke_subject("dev-1", block_issued_before=False)
+    kit.minter.gate.set()
+    with pytest.raises(RevokedWhileIssuing):
+        await asking
+    assert await kit.store.subject_tokens("dev-1") == []
+    assert len(kit.issuer.answers) == 0
+    for token in kit.minter.minted:  # queued for RevokeToken upstream
+        assert await kit.revoker.is_revoked(token)
+
+
+async def test_the_subject_limit_counts_only_work(make_kit: MakeKit) -> None:
+    kit = make_kit(subject_limit=Limit(0.001, 1))
+    await kit.ask(kit.jwt())  # worked out: the one request the burst allows
+    for _ in range(3):
+        await kit.ask(kit.jwt())  # answered: never refused
+    with pytest.raises(RateLimited):
+        await kit.ask(kit.jwt(), Asked(None, ("broadcast/#",), None, 3600))
+
+
+async def test_identical_requests_in_flight_are_one_piece_of_work(make_kit: MakeKit) -> None:
+    kit = make_kit(subject_limit=Limit(0.001, 1))
+    kit.minter.gate = asyncio.Event()
+    first = asyncio.create_task(kit.ask(kit.jwt()))
+    await kit.minter.started.wait()
+    second = asyncio.create_task(kit.ask(kit.jwt()))  # the same request, while minting
+    await eventually(lambda: kit.verifier.misses == 2, what="the second request verified")
+    kit.minter.gate.set()
+    assert await first == await second
+    assert len(kit.minter.minted) == 2
+
+
+async def test_a_refused_repeat_is_logged_under_its_subject(make_kit: MakeKit) -> None:
+    kit = make_kit()
+    token = kit.jwt()
+    await repeating(kit, token)
+    kit.clock.advance(1)
+    before = int(kit.clock.time() * 1000)
+    kit.remote({"kind": "block", "scope": "subject", "name": "dev-1", "before_ms": before})
+    context = logs.RequestContext("id", "POST", "/v1/token")
+    reset = logs.CURRENT.set(context)
+    try:
+        with pytest.raises(TokenRevoked):
+            kit.repeats(token)
+    finally:
+        logs.CURRENT.reset(reset)
+    assert context.subject == "dev-1"
+
+
+async def test_a_blocked_jwt_does_not_spend_the_subject_limit(make_kit: MakeKit) -> None:
+    kit = make_kit(subject_limit=Limit(0.001, 1))
+    old = kit.jwt()
+    kit.clock.advance(1)
+    await kit.revoker.revoke_subject("dev-1")
+    with pytest.raises(TokenRevoked):
+        await kit.ask(old)
+    kit.clock.advance(1)
+    assert await kit.ask(kit.jwt())  # signed in again: the one request the burst allows
