@@ -310,7 +310,7 @@ async def test_a_request_in_flight_across_its_revocation_is_not_served_the_repla
         return await plain_get(key, subject)
 
     store.get = gated_get  # type: ignore[method-assign]
-    service.clear_l1()
+    client.server.app[appkeys.ISSUER].flush()  # answers and L1: the next request reads the store
     in_flight = asyncio.create_task(
         client.post("/v1/token", headers=bearer(revoked[0]), json=revoked[1])
     )
