@@ -10,7 +10,7 @@ from pathlib import Path
 
 from authserver.emulator.app import EmulatorConfig, create_emulator_app
 from authserver.emulator.cli import build_parser
-from authserver.web.middlewares import _HTTP_CODES
+from authserver.web.problem import _HTTP_CODES
 from tests.fixtures.redis import free_port
 
 REPO = Path(__file__).resolve().parents[1]

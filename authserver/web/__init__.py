@@ -1,1 +1,1 @@
-"""The HTTP surface: handlers, middlewares, routes. The only package that imports aiohttp.web."""
+"""The HTTP surface: handlers, routes, problem+json. The only package that imports aiohttp.web."""

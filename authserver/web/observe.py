@@ -1,7 +1,7 @@
 """Operations on the web side: request ids and metrics per request, /metrics, draining, reload.
 
 `observed(handler)` wraps every route's handler (the app has no middleware): it turns errors
-into problem+json (`web.middlewares.error_response`) and it gives every request an id (the
+into problem+json (`web.problem.error_response`) and it gives every request an id (the
 caller's `X-Request-Id` when sane, else a new one) that is returned in the response and
 attached to every log record of the request, and it counts the request by route template
 and status. A fallback route, registered last, does the same for paths no route matches.
@@ -40,7 +40,7 @@ from aiohttp.typedefs import Handler
 from authserver import appkeys, logs
 from authserver.errors import RequestTimeout
 from authserver.metrics import CONTENT_TYPE, Metrics, RequestMetrics, Sources, Stats
-from authserver.web.middlewares import error_response
+from authserver.web.problem import error_response
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Tracer
