@@ -66,6 +66,9 @@ class EmulatorConfig:
     mqtt_host: str = "127.0.0.1"
     expire_notice_seconds: float = DEFAULT_EXPIRE_NOTICE_SECONDS
     mqtt_check_interval: float = DEFAULT_CHECK_INTERVAL
+    # Refuse a CONNECT whose GroupId was not created on its instance (CreateGroupId), as the
+    # vendor does; off so that a quick start needs no set-up.
+    enforce_groups: bool = False
 
 
 EMULATOR_STATE = web.AppKey("emulator_state", EmulatorState)
@@ -262,6 +265,7 @@ async def _broker(app: web.Application) -> AsyncIterator[None]:
         config.mqtt_port,
         expire_notice_seconds=config.expire_notice_seconds,
         check_interval=config.mqtt_check_interval,
+        enforce_groups=config.enforce_groups,
     )
     await broker.start()
     app[EMULATOR_BROKER] = broker

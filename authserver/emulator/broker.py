@@ -136,14 +136,19 @@ class TokenBroker(Broker):
         *,
         expire_notice_seconds: float = DEFAULT_EXPIRE_NOTICE_SECONDS,
         check_interval: float = DEFAULT_CHECK_INTERVAL,
+        enforce_groups: bool = False,
     ) -> None:
-        """Configure one TCP listener on host:port (0: a free port); `start()` opens it."""
+        """Configure one TCP listener on host:port (0: a free port); `start()` opens it.
+
+        `enforce_groups`: refuse a CONNECT whose GroupId the instance does not have.
+        """
         bind = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         super().__init__({"listeners": {"default": {"type": "tcp", "bind": bind}}, "plugins": {}})
         self.state = state
         state.broker_stats = BrokerStats()
         self.expire_notice_seconds = expire_notice_seconds
         self.check_interval = check_interval
+        self.enforce_groups = enforce_groups
         self._live: dict[str, TokenHandler] = {}
         self._wake = asyncio.Event()
         self._watcher: asyncio.Task[None] | None = None
@@ -209,7 +214,11 @@ class TokenBroker(Broker):
         client_id = client_session.client_id
         try:
             grants = mqtt_auth.authenticate(
-                self.state, client_id, client_session.username, client_session.password
+                self.state,
+                client_id,
+                client_session.username,
+                client_session.password,
+                enforce_groups=self.enforce_groups,
             )
         except ConnectRefused as refused:
             self.stats.refused[refused.reason] += 1

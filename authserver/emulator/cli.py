@@ -16,6 +16,9 @@ from authserver.emulator.app import EmulatorConfig, create_emulator_app
 from authserver.emulator.state import DEFAULT_QPS
 
 ENV_PREFIX = "AUTHSERVER_EMULATOR_"
+# The words a boolean AUTHSERVER_EMULATOR_* variable takes (as AUTHSERVER_REDIS_CLUSTER does).
+TRUE_WORDS = frozenset({"true", "1", "yes"})
+FALSE_WORDS = frozenset({"false", "0", "no", ""})
 QPS_FLAGS = {
     "ApplyToken": "apply-token",
     "QueryToken": "query-token",
@@ -86,6 +89,19 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
         help="also serve MQTT 3.1.1 on this TCP port of --host, honouring the emulator's "
         f"tokens (env {_env_name('mqtt-port')}; default: off)",
     )
+    enforce_groups = env.get(_env_name("enforce-groups"), "false").strip().lower()
+    if enforce_groups not in TRUE_WORDS | FALSE_WORDS:
+        parser.error(
+            f"{_env_name('enforce-groups')}={enforce_groups!r}: expected true/false, 1/0, yes/no"
+        )
+    parser.add_argument(
+        "--enforce-groups",
+        action="store_true",
+        default=enforce_groups in TRUE_WORDS,
+        help="refuse (CONNACK 5) a broker CONNECT whose ClientId's GroupId was not created on "
+        f"its instance with CreateGroupId, as the vendor does (env {_env_name('enforce-groups')}"
+        "; default: off)",
+    )
     add(
         "expire-notice-seconds",
         "300",
@@ -118,6 +134,7 @@ def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
         mqtt_port=args.mqtt_port,
         mqtt_host=args.host,
         expire_notice_seconds=float(args.expire_notice_seconds),
+        enforce_groups=bool(args.enforce_groups),
     )
 
 
@@ -132,7 +149,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     if config.mqtt_port is not None:
         print(
-            f"emulator: mqtt://{args.host}:{config.mqtt_port} (MQTT 3.1.1, token mode)", flush=True
+            f"emulator: mqtt://{args.host}:{config.mqtt_port} (MQTT 3.1.1, token mode"
+            f"{', groups enforced' if config.enforce_groups else ''})",
+            flush=True,
         )
     web.run_app(create_emulator_app(config), host=args.host, port=int(args.port), print=None)
     return 0

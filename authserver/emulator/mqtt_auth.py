@@ -11,6 +11,8 @@ its own. The rules follow the vendor's token-mode pages as distilled in
   the DeviceAccessKeySecret: both grant everything;
 - a SUBSCRIBE filter needs an R (or RW) resource that covers it, a PUBLISH a W (or RW)
   resource that matches the topic; delivery needs an R resource matching the topic;
+- with the emulator's `--enforce-groups`, a CONNECT whose GroupId (before `@@@`) the instance
+  has not created (CreateGroupId) is refused, reason `group`;
 - every check first re-validates every token the client holds: a revoked one answers code 3,
   an expired one code 2, one the emulator does not know (any more) code 1.
 
@@ -193,12 +195,37 @@ def parse_password(password: str) -> dict[str, str]:
     return tokens
 
 
+def group_of(client_id: str) -> str:
+    """The GroupId of a `GID_xxx@@@deviceid` ClientId: the part before `@@@`."""
+    return client_id.split("@@@", 1)[0]
+
+
 def authenticate(
-    state: EmulatorState, client_id: str | None, username: str | None, password: str | None
+    state: EmulatorState,
+    client_id: str | None,
+    username: str | None,
+    password: str | None,
+    *,
+    enforce_groups: bool = False,
 ) -> Grants:
-    """The grants of a CONNECT, or ConnectRefused with the reason it gets return code 5."""
+    """The grants of a CONNECT, or ConnectRefused with the reason it gets return code 5.
+
+    With `enforce_groups`, a client whose credentials hold is still refused (`group`) unless
+    its GroupId was created on that instance (CreateGroupId), as at the vendor. The group is
+    checked last, so only a client that proved its credentials learns whether a group exists.
+    """
     if client_id is None or not valid_client_id(client_id):
         raise ConnectRefused("client_id")
+    grants = _credentials(state, client_id, username, password)
+    if enforce_groups and (grants.instance_id, group_of(client_id)) not in state.groups:
+        raise ConnectRefused("group")
+    return grants
+
+
+def _credentials(
+    state: EmulatorState, client_id: str, username: str | None, password: str | None
+) -> Grants:
+    # The three modes' checks of username and password for a well-formed ClientId.
     if username is None or password is None:
         raise ConnectRefused("no_credentials")
     mode, _, rest = username.partition("|")
