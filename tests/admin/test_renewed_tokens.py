@@ -7,7 +7,6 @@ stores.
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from aiohttp.test_utils import TestClient
@@ -16,19 +15,12 @@ from authserver.clock import ManualClock
 from tests.admin.conftest import admin_headers
 from tests.fixtures.emulator import EmulatorHandle, MakeEmulator
 from tests.fixtures.gateway import MakeGateway, bearer, make_jwt
+from tests.helpers import eventually
 
 
 def apply_calls(emulator: EmulatorHandle) -> int:
     """ApplyToken calls the emulator answered successfully."""
     return int(emulator.state.stats()["success"].get("ApplyToken", 0))
-
-
-async def eventually(predicate: Any, within: float = 10.0) -> None:
-    """Wait until predicate() is true (polling real servers' state)."""
-    deadline = asyncio.get_running_loop().time() + within
-    while not predicate():
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
 
 
 async def read_token(client: TestClient[Any, Any], jwt: str) -> dict[str, Any]:

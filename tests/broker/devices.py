@@ -2,30 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import threading
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
+from tests.helpers import eventually
+
 WAIT = 10.0  # generous: the suite runs on a loaded 2-core machine
-
-
-async def eventually(condition: Callable[[], Any], within: float = WAIT) -> Any:
-    """Poll `condition` until it is truthy; fail after `within` seconds."""
-    deadline = time.monotonic() + within
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition still false after {within} s")
-        await asyncio.sleep(0.01)
 
 
 @dataclass
@@ -116,7 +103,8 @@ class PahoDevice:
 
     async def got(self, topic: str, count: int = 1) -> list[Received]:
         """Wait until `count` messages arrived on `topic`."""
-        return await eventually(lambda: len(self.on(topic)) >= count and self.on(topic))
+        await eventually(lambda: len(self.on(topic)) >= count)
+        return self.on(topic)
 
     async def gone(self) -> None:
         """Wait until the broker closed the connection."""

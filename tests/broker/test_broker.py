@@ -73,7 +73,7 @@ async def test_devices_talk_within_their_grants(
 
 async def eventually_offline(emulator: EmulatorHandle, client_id: str) -> None:
     """Wait until the broker has forgotten the session."""
-    from tests.broker.devices import eventually
+    from tests.helpers import eventually
 
     await eventually(lambda: client_id not in emulator.state.connected)
     assert not await online(emulator, client_id)

@@ -20,9 +20,9 @@ from authserver.device import DeviceConfig, DeviceStopped, ReferenceDevice
 from authserver.emulator.mqtt_auth import sign_client_id
 from tests.admin.conftest import admin_headers
 from tests.broker.conftest import CHAT_POLICY, MakeDevice, broker_of
-from tests.broker.devices import eventually
 from tests.fixtures.emulator import EmulatorHandle, MakeEmulator
 from tests.fixtures.gateway import MakeGateway, make_jwt
+from tests.helpers import eventually
 
 
 class GatedClock:

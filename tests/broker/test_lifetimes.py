@@ -9,9 +9,10 @@ from typing import Any
 from authserver.clock import ManualClock
 from tests.admin.conftest import admin_headers
 from tests.broker.conftest import CHAT_POLICY, MakeDevice, broker_of, credentials
-from tests.broker.devices import PahoDevice, eventually
+from tests.broker.devices import PahoDevice
 from tests.fixtures.emulator import MakeEmulator
 from tests.fixtures.gateway import MakeGateway, make_jwt
+from tests.helpers import eventually
 from tests.ops.test_policy_reload import ConfigMapDir
 
 NOTICE = "$SYS/tokenInvalidNotice"

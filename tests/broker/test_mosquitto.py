@@ -8,9 +8,10 @@ from __future__ import annotations
 import asyncio
 
 from tests.broker.conftest import CHAT_POLICY, broker_of, credentials
-from tests.broker.devices import WAIT, eventually
+from tests.broker.devices import WAIT
 from tests.fixtures.emulator import EmulatorHandle
 from tests.fixtures.gateway import MakeGateway, make_jwt
+from tests.helpers import eventually
 
 
 def mosquitto(tool: str, port: int, client_id: str, creds: dict[str, str], *args: str) -> list[str]:

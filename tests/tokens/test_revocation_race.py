@@ -24,16 +24,9 @@ from authserver.tokens.store import MemoryStore
 from tests.admin.conftest import admin_headers
 from tests.fixtures.emulator import EmulatorHandle, MakeEmulator
 from tests.fixtures.gateway import MakeGateway, bearer, make_jwt
+from tests.helpers import eventually
 
 BODY = {"actions": ["R"]}
-
-
-async def eventually(predicate: Any, within: float = 10.0) -> None:
-    """Wait until predicate() is true (polling real servers' state)."""
-    deadline = asyncio.get_running_loop().time() + within
-    while not predicate():
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
 
 
 async def set_fault(emulator: EmulatorHandle, **fault: Any) -> None:

@@ -23,14 +23,7 @@ from authserver.tokens.revocation import GROUP, STREAM, RedisState, RevocationWo
 from tests.fixtures.emulator import MakeEmulator
 from tests.fixtures.gateway import MakeGateway, bearer, make_jwt
 from tests.fixtures.redis import RedisServer, free_port
-
-
-async def eventually(predicate: Callable[[], Awaitable[bool]], within: float = 10.0) -> None:
-    """Wait until the async predicate holds (polling a real server's state)."""
-    deadline = asyncio.get_running_loop().time() + within
-    while not await predicate():
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
+from tests.helpers import eventually
 
 
 @pytest.fixture
