@@ -90,6 +90,41 @@ class TokenStore(Protocol):
         ...
 
 
+# A subject's or client's keys: a list while short (nearly always: two or three keys, where a
+# set costs 216 bytes), a set once it is long, so that a subject holding thousands of keys
+# (one identity, many clientIds) is not indexed and revoked in quadratic time.
+Keys = list[str] | set[str]
+SHORT_KEYS = 16
+
+
+def _index_add(index: dict[str, Keys], name: str, key: str) -> None:
+    """Add `key` under `name`, once."""
+    keys = index.get(name)
+    if keys is None:
+        index[name] = [key]
+    elif isinstance(keys, set):
+        keys.add(key)
+    elif key not in keys:
+        if len(keys) < SHORT_KEYS:
+            keys.append(key)
+        else:
+            index[name] = {*keys, key}
+
+
+def _index_remove(index: dict[str, Keys], name: str, key: str) -> None:
+    """Remove `key` from under `name` (and `name` once it holds nothing)."""
+    keys = index.get(name)
+    if keys is None or key not in keys:
+        return
+    keys.remove(key)
+    if not keys:
+        del index[name]
+
+
+def _index_of(keys: list[str]) -> Keys:
+    return keys if len(keys) <= SHORT_KEYS else set(keys)
+
+
 class MemoryStore:
     """The embedded store: a bounded in-process cache, entries dropped at expiry."""
 
@@ -101,8 +136,10 @@ class MemoryStore:
         self._records: ExpiringMap[str, TokenRecord] = ExpiringMap(
             maxsize, lambda record: record.expire_ms, on_drop=self._dropped
         )
-        self._by_subject: dict[str, set[str]] = {}
-        self._by_client: dict[str, set[str]] = {}
+        self._by_subject: dict[str, Keys] = {}
+        self._by_client: dict[str, Keys] = {}
+        # Keyed by the token value itself, the very string the record holds: no digest to
+        # keep (a 64-character hex string was 113 bytes a token), only the dict's slot.
         self._by_value: dict[str, str] = {}
         self._evicted: Callable[[str], None] | None = None
         # subject -> (epoch, forget after ms): only revoked subjects, a handful.
@@ -155,19 +192,18 @@ class MemoryStore:
         if old is not None:
             self._unindex(key, old)
         self._records.put(key, record)
-        self._by_subject.setdefault(record.subject, set()).add(key)
+        _index_add(self._by_subject, record.subject, key)
         if record.client_id is not None:
-            self._by_client.setdefault(record.client_id, set()).add(key)
-        self._by_value[token_hash(record.token)] = key
+            _index_add(self._by_client, record.client_id, key)
+        self._by_value[record.token] = key
         return True
 
-    def _live(self, index: dict[str, set[str]], name: str) -> list[tuple[str, TokenRecord]]:
-        keys = index.get(name, set())
+    def _live(self, index: dict[str, Keys], name: str) -> list[tuple[str, TokenRecord]]:
+        keys = index.get(name, [])
         found = [(k, r) for k in list(keys) if (r := self._live_record(k)) is not None]
-        live = {k for k, _ in found}
-        if live != keys:
-            if live:
-                index[name] = live
+        if len(found) != len(keys):
+            if found:
+                index[name] = _index_of([k for k, _ in found])
             else:
                 index.pop(name, None)
         return found
@@ -184,13 +220,12 @@ class MemoryStore:
 
     async def lookup(self, token: str) -> tuple[str, TokenRecord] | None:
         """The live record holding this token value, with its key."""
-        digest = token_hash(token)
-        key = self._by_value.get(digest)
+        key = self._by_value.get(token)
         if key is None:
             return None
         record = self._live_record(key)
         if record is None or record.token != token:
-            self._by_value.pop(digest, None)
+            self._by_value.pop(token, None)
             return None
         return key, record
 
@@ -204,19 +239,13 @@ class MemoryStore:
             (self._by_subject, record.subject),
             (self._by_client, record.client_id),
         ):
-            if name is None:
-                continue
-            keys = index.get(name)
-            if keys is not None:
-                keys.discard(key)
-                if not keys:
-                    del index[name]
+            if name is not None:
+                _index_remove(index, name, key)
         # Only the entry pointing here: after a renewal the replaced record's value is
         # indexed under its retired key, and replacing the record under the live key must
         # leave that entry alone (a revocation by value must still find the old token).
-        digest = token_hash(record.token)
-        if self._by_value.get(digest) == key:
-            del self._by_value[digest]
+        if self._by_value.get(record.token) == key:
+            del self._by_value[record.token]
 
     async def delete(self, key: str, record: TokenRecord) -> None:
         """Forget one record."""
