@@ -17,7 +17,7 @@ from authserver.identity import Identity, JWTVerifier, bearer_token
 from authserver.policy.holder import PolicyHolder
 from authserver.policy.model import CLIENT_ID, Policy
 from authserver.ratelimit import RateLimiter
-from authserver.tokens.answers import Answer, Repeat
+from authserver.tokens.answers import Answer, Repeat, answer_body
 from authserver.tokens.revocation import Revoker
 from authserver.tokens.service import MAX_TTL, MIN_TTL, TokenRequest, TokenService, clamp_ttl
 from authserver.web.request import (
@@ -188,7 +188,7 @@ async def _work_out(
         services.clock.monotonic() + services.request_deadline,
     )
     answer = Answer(
-        orjson.dumps(credentials.to_dict()),
+        answer_body(orjson.dumps(credentials.to_dict())),
         plan.policy_version,
         credentials.renew_at_ms,
         credentials.keys,
