@@ -90,6 +90,7 @@ class Layers:
 def layers_of(app: web.Application) -> Layers:
     """Walk the gateway's caches, layer by layer (the first layer to reach an object owns it)."""
     from authserver import appkeys
+    from authserver.tokens.answers import Answer
     from authserver.tokens.model import TokenRecord
 
     tokens = app[appkeys.TOKENS]
@@ -113,27 +114,33 @@ def layers_of(app: web.Application) -> Layers:
         out.sizes[name] = out.sizes.get(name, 0) + deep_size(roots, seen, skip)
 
     walk("verifier: remembered JWTs (identity, claims)", [verifier._cache])
+    # The repeats before the answers they point at (which they skip): their keys are the
+    # Authorization headers and bodies, also listed in each answer's repeat_keys.
+    walk(
+        "repeats (header and body keys)",
+        [answers._repeats],
+        lambda o: isinstance(o, Answer | TokenRecord),
+    )
     walk("answers (entries, body, key index)", [answers._entries, answers._by_key], no_records)
-    walk("repeats (header, body keys)", [answers._repeats], no_records)
     walk(
         "policy memos (plans, claims keys, kept)",
-        [holder._plans, holder._client_ids, holder._claim_keys, holder._kept],
+        [getattr(holder, name, None) for name in POLICY_MEMOS],
         no_records,
     )
     l1 = tokens._l1
     if l1 is not None:
         walk("L1 (map, keys)", [l1._data], no_records)
-    records = list(store._records._data.values()) if hasattr(store, "_records") else []
+    records = list(store._records._data.values())
     walk("store: records map (keys)", [store._records._data], no_records)
-    walk("store: by subject", [store._by_subject], no_records)
-    walk("store: by client", [store._by_client], no_records)
-    walk("store: by value", [store._by_value], no_records)
-
     claims = [r.claims for r in records]
-    # The records without their claims first, then the claims no earlier layer reached.
+    # The records without their claims first (the token values count here, not in the
+    # value index keyed by them), then the claims no earlier layer reached.
     claim_ids = {id(c) for c in claims}
     walk("token records (token, resources)", records, lambda o: id(o) in claim_ids)
     walk("claims kept in records", claims)
+    walk("store: by subject", [store._by_subject], no_records)
+    walk("store: by client", [store._by_client], no_records)
+    walk("store: by value", [store._by_value], no_records)
     return out
 
 
@@ -230,6 +237,8 @@ def run_child(mode: str, devices: int, emulator_url: str, body: str | None) -> d
     return result
 
 
+# What PolicyHolder memoises per identity (those of them it has: the set changes).
+POLICY_MEMOS = ("_plans", "_client_ids", "_claim_keys", "_shared_keys", "_kept")
 BODIES = {"none": None, "clientid": '{"clientId": "GID_bench@@@{sub}"}'}
 
 
