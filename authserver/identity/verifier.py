@@ -12,7 +12,6 @@ import re
 import sys
 from collections import OrderedDict
 from hashlib import sha256
-from types import MappingProxyType
 from typing import Any, NamedTuple
 
 import aiohttp
@@ -26,13 +25,16 @@ from authserver.identity.keys import (
     VerificationKey,
     static_keys,
 )
-from authserver.identity.model import Identity, JWTSettings, invalid_token
+from authserver.identity.model import Claims, Identity, JWTSettings, invalid_token
 
 log = logging.getLogger(__name__)
 
 # Compact JWS: three unpadded base64url segments (RFC 7515 section 7.1); checked before decoding.
 _COMPACT_JWS = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
 _HEADER_CACHE_SIZE = 256
+# Distinct sets of claim names whose position tables are shared (JWTs of one issuer have a
+# handful); past this the table starts over (identities keep the tables they were given).
+_NAME_TABLES_SIZE = 256
 _BEARER = re.compile(r"[Bb][Ee][Aa][Rr][Ee][Rr] +([A-Za-z0-9\-._~+/]+=*) *")
 
 
@@ -138,6 +140,7 @@ class JWTVerifier:
         self._cache: OrderedDict[bytes, _Verified] = OrderedDict()
         self._cache_size = max(settings.cache_size, 0)
         self._headers: dict[str, tuple[str, str | None]] = {}
+        self._name_tables: dict[tuple[str, ...], dict[str, int]] = {}
         # Claim values every token of this issuer carries, as one object each (see below).
         self._shared: dict[str, str] = {
             value: value for value in (settings.issuer, settings.audience) if value
@@ -369,11 +372,22 @@ class JWTVerifier:
             raise invalid_token(f"the '{name}' claim is not a non-empty string")
         return Identity(
             subject=subject,
-            claims=MappingProxyType(claims),
+            claims=self._compact(claims),
             issued_at=issued_at,
             expires_at=expires_at,
             fingerprint=fp,
         )
+
+    def _compact(self, claims: dict[str, Any]) -> Claims:
+        """The claims as a Claims: their values, and a name table shared by equal name sets."""
+        names = tuple(claims)
+        table = self._name_tables.get(names)
+        if table is None:
+            if len(self._name_tables) >= _NAME_TABLES_SIZE:
+                self._name_tables.clear()
+            table = {name: at for at, name in enumerate(names)}
+            self._name_tables[names] = table
+        return Claims(table, tuple(claims.values()))
 
     def _remember(self, digest: bytes, verified: _Verified) -> None:
         if self._cache_size == 0:

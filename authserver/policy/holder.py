@@ -67,6 +67,7 @@ class PolicyHolder:
         self._claim_order = tuple(sorted(self.claim_names))
         self._claim_keys: dict[int, tuple[Mapping[str, Any], tuple[Any, ...]]] = {}
         self._claim_keys_max = plan_cache_size
+        self._shared_keys: dict[tuple[Any, ...], tuple[Any, ...]] = {}
         self._kept: dict[int, tuple[Mapping[str, Any], Mapping[str, Any]]] = {}
         self._plans: LRUCache[tuple[Any, ...], Plan] = LRUCache(maxsize=plan_cache_size)
         self._client_ids: LRUCache[tuple[Any, ...], tuple[str, ...]] = LRUCache(
@@ -135,6 +136,11 @@ class PolicyHolder:
         key = tuple([(name, _freeze(claims.get(name))) for name in self._claim_order])
         if len(self._claim_keys) >= self._claim_keys_max:
             self._claim_keys.clear()
+            self._shared_keys.clear()
+        # One object per distinct key: most identities share their relevant claims (a fleet
+        # of one tenant), and answers and plans of every device hold the key (about 170
+        # bytes a token when each identity had its own).
+        key = self._shared_keys.setdefault(key, key)
         self._claim_keys[id(claims)] = (claims, key)
         return key
 
@@ -161,6 +167,7 @@ class PolicyHolder:
         self.claim_names = referenced_claims(policy)
         self._claim_order = tuple(sorted(self.claim_names))
         self._claim_keys.clear()
+        self._shared_keys.clear()
         self._kept.clear()
         self.current = policy
         self._plans.clear()

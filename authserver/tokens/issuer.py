@@ -87,7 +87,14 @@ from authserver.cloud import quota
 from authserver.identity import Identity, JWTVerifier
 from authserver.policy.holder import PolicyHolder
 from authserver.ratelimit import RateLimiter
-from authserver.tokens.answers import DEFAULT_MAX_BYTES, Answer, AnswerCache, Repeat, RepeatKey
+from authserver.tokens.answers import (
+    DEFAULT_MAX_BYTES,
+    Answer,
+    AnswerCache,
+    Repeat,
+    RepeatKey,
+    answer_body,
+)
 from authserver.tokens.bus import InvalidationBus
 from authserver.tokens.revocation import Revoker
 from authserver.tokens.service import TokenRequest, TokenService
@@ -215,7 +222,7 @@ class TokenIssuer:
             self._clock.monotonic() + self._deadline,
         )
         answer = Answer(
-            orjson.dumps(credentials.to_dict()),
+            answer_body(orjson.dumps(credentials.to_dict())),
             plan.policy_version,
             credentials.renew_at_ms,
             credentials.keys,

@@ -109,6 +109,41 @@ class TokenStore(Protocol):
         ...
 
 
+# A subject's or client's keys: a list while short (nearly always: two or three keys, where a
+# set costs 216 bytes), a set once it is long, so that a subject holding thousands of keys
+# (one identity, many clientIds) is not indexed and revoked in quadratic time.
+Keys = list[str] | set[str]
+SHORT_KEYS = 16
+
+
+def _index_add(index: dict[str, Keys], name: str, key: str) -> None:
+    """Add `key` under `name`, once."""
+    keys = index.get(name)
+    if keys is None:
+        index[name] = [key]
+    elif isinstance(keys, set):
+        keys.add(key)
+    elif key not in keys:
+        if len(keys) < SHORT_KEYS:
+            keys.append(key)
+        else:
+            index[name] = {*keys, key}
+
+
+def _index_remove(index: dict[str, Keys], name: str, key: str) -> None:
+    """Remove `key` from under `name` (and `name` once it holds nothing)."""
+    keys = index.get(name)
+    if keys is None or key not in keys:
+        return
+    keys.remove(key)
+    if not keys:
+        del index[name]
+
+
+def _index_of(keys: list[str]) -> Keys:
+    return keys if len(keys) <= SHORT_KEYS else set(keys)
+
+
 class MemoryStore:
     """The embedded store: a bounded in-process cache, entries dropped at expiry."""
 
@@ -121,8 +156,10 @@ class MemoryStore:
         self._records: ExpiringMap[str, TokenRecord] = ExpiringMap(
             maxsize, lambda record: record.expire_ms, on_drop=self._dropped
         )
-        self._by_subject: dict[str, set[str]] = {}
-        self._by_client: dict[str, set[str]] = {}
+        self._by_subject: dict[str, Keys] = {}
+        self._by_client: dict[str, Keys] = {}
+        # Keyed by the token value itself, the very string the record holds: no digest to
+        # keep (a 64-character hex string was 113 bytes a token), only the dict's slot.
         self._by_value: dict[str, str] = {}
         # Shared tokens: (scope, name) -> {token hash: expire ms}; token hash -> holders.
         # Entries go with the token's value-index entry, or when met expired.
@@ -180,19 +217,18 @@ class MemoryStore:
         if old is not None:
             self._unindex(key, old)
         self._records.put(key, record)
-        self._by_subject.setdefault(record.subject, set()).add(key)
+        _index_add(self._by_subject, record.subject, key)
         if record.client_id is not None:
-            self._by_client.setdefault(record.client_id, set()).add(key)
-        self._by_value[token_hash(record.token)] = key
+            _index_add(self._by_client, record.client_id, key)
+        self._by_value[record.token] = key
         return True
 
-    def _live(self, index: dict[str, set[str]], name: str) -> list[tuple[str, TokenRecord]]:
-        keys = index.get(name, set())
+    def _live(self, index: dict[str, Keys], name: str) -> list[tuple[str, TokenRecord]]:
+        keys = index.get(name, [])
         found = [(k, r) for k in list(keys) if (r := self._live_record(k)) is not None]
-        live = {k for k, _ in found}
-        if live != keys:
-            if live:
-                index[name] = live
+        if len(found) != len(keys):
+            if found:
+                index[name] = _index_of([k for k, _ in found])
             else:
                 index.pop(name, None)
         return found
@@ -209,13 +245,12 @@ class MemoryStore:
 
     async def lookup(self, token: str) -> tuple[str, TokenRecord] | None:
         """The live record holding this token value, with its key."""
-        digest = token_hash(token)
-        key = self._by_value.get(digest)
+        key = self._by_value.get(token)
         if key is None:
             return None
         record = self._live_record(key)
         if record is None or record.token != token:
-            self._by_value.pop(digest, None)
+            self._by_value.pop(token, None)
             return None
         return key, record
 
@@ -229,25 +264,20 @@ class MemoryStore:
             (self._by_subject, record.subject),
             (self._by_client, record.client_id),
         ):
-            if name is None:
-                continue
-            keys = index.get(name)
-            if keys is not None:
-                keys.discard(key)
-                if not keys:
-                    del index[name]
+            if name is not None:
+                _index_remove(index, name, key)
         # Only the entry pointing here: after a renewal the replaced record's value is
         # indexed under its retired key, and replacing the record under the live key must
         # leave that entry alone (a revocation by value must still find the old token).
-        digest = token_hash(record.token)
-        if self._by_value.get(digest) == key:
-            del self._by_value[digest]
-            self._holders.pop(digest, None)
-            self._holders_overflow.discard(digest)
+        value = record.token
+        if self._by_value.get(value) == key:
+            del self._by_value[value]
+            self._holders.pop(value, None)
+            self._holders_overflow.discard(value)
 
     async def hold(self, record: TokenRecord, holder: Holder) -> None:
         """Index the shared record under its holder's subject and clientId."""
-        digest = token_hash(record.token)
+        value = record.token
         now_ms = self._now_ms()
         for scope, name in ((HELD_BY_SUBJECT, holder.subject), (HELD_BY_CLIENT, holder.client_id)):
             if name is None:
@@ -256,12 +286,12 @@ class MemoryStore:
             if len(tokens) >= 8:  # a holder of many tokens over time: forget the dead ones
                 for dead in [d for d, until in tokens.items() if until <= now_ms]:
                     del tokens[dead]
-            tokens[digest] = record.expire_ms
-        holders = self._holders.setdefault(digest, {})
+            tokens[value] = record.expire_ms
+        holders = self._holders.setdefault(value, {})
         if holder.subject in holders or len(holders) < MAX_HOLDERS:
             holders[holder.subject] = holder
         else:
-            self._holders_overflow.add(digest)
+            self._holders_overflow.add(value)
         if len(self._held) > 2 * self._maxsize:
             # Bounded like the records: the dead go first, then the oldest holders (whose
             # shared token a revocation of them then no longer finds, as with an evicted
@@ -276,11 +306,11 @@ class MemoryStore:
         """The live shared records a subject or clientId was handed."""
         tokens = self._held.get((scope, name), {})
         found = []
-        for digest in list(tokens):
-            key = self._by_value.get(digest)
+        for value in list(tokens):
+            key = self._by_value.get(value)
             record = None if key is None else self._live_record(key)
-            if key is None or record is None or token_hash(record.token) != digest:
-                del tokens[digest]
+            if key is None or record is None or record.token != value:
+                del tokens[value]
                 continue
             found.append((key, record))
         if not tokens:
@@ -289,8 +319,8 @@ class MemoryStore:
 
     async def holders(self, record: TokenRecord) -> tuple[list[Holder], bool]:
         """Who was handed the shared record (complete unless past MAX_HOLDERS)."""
-        digest = token_hash(record.token)
-        return list(self._holders.get(digest, {}).values()), digest not in self._holders_overflow
+        value = record.token
+        return list(self._holders.get(value, {}).values()), value not in self._holders_overflow
 
     async def delete(self, key: str, record: TokenRecord) -> None:
         """Forget one record."""

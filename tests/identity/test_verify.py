@@ -338,3 +338,27 @@ async def test_debug_logs_name_tokens_by_fingerprint_only(
 
 def test_fingerprint_is_the_first_8_hex_digits_of_sha256() -> None:
     assert fingerprint("abc") == "ba7816bf"
+
+
+async def test_claims_are_read_only_compact_and_share_their_names(
+    make_verifier: MakeVerifier, minter: Minter
+) -> None:
+    # The verifier remembers many identities: their claims keep values each and one name
+    # table per set of claim names, and read like the mapping they stand for.
+    verifier = await make_verifier(JWTSettings(issuer=ISSUER, algorithms=("HS256",), secret=SECRET))
+    one = await verifier.verify(minter.sign(SECRET, "HS256", claims={"tenant": "t1", "n": 1}))
+    two = await verifier.verify(
+        minter.sign(SECRET, "HS256", claims={"tenant": "t2", "n": 2, "sub": "dev2"})
+    )
+    assert one.claims._names is two.claims._names  # type: ignore[attr-defined]
+    assert dict(two.claims)["sub"] == "dev2"
+    assert two.claims == {**dict(one.claims), "sub": "dev2", "tenant": "t2", "n": 2}
+    assert two.claims.get("tenant") == "t2"
+    assert two.claims.get("absent", "x") == "x"
+    assert "n" in two.claims
+    assert "absent" not in two.claims
+    assert len(two.claims) == len(dict(two.claims))
+    with pytest.raises(KeyError):
+        two.claims["absent"]
+    with pytest.raises(TypeError):
+        two.claims["tenant"] = "t1"  # type: ignore[index]

@@ -22,6 +22,15 @@ def test_claims_key_keeps_types_apart_and_ignores_other_claims() -> None:
     assert holder.claims_key({**base, "tenant": 1}) != holder.claims_key({**base, "tenant": "1"})
 
 
+def test_identities_with_the_same_relevant_claims_share_one_key_object() -> None:
+    # Every answer and plan of a device holds its claims key: a fleet of one tenant, each
+    # device with its own JWT, holds one key, not one per device.
+    holder = PolicyHolder.load(EXAMPLE_POLICY)
+    keys = [holder.claims_key({"groups": ["ops"], "tenant": "t1", "jti": str(i)}) for i in range(3)]
+    assert keys[0] is keys[1] is keys[2]
+    assert holder.claims_key({"groups": ["ops"], "tenant": "t2"}) is not keys[0]
+
+
 def test_plans_and_keys_follow_a_swap(tmp_path: Path) -> None:
     holder = PolicyHolder.load(EXAMPLE_POLICY)
     claims = MappingProxyType({"groups": ["ops"], "tenant": "t1", "region": "eu"})

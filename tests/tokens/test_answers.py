@@ -34,6 +34,21 @@ def test_drop_by_token_key_forgets_every_answer_holding_it() -> None:
     assert len(cache) == 1
 
 
+def test_a_key_held_by_answers_that_come_and_go_stays_indexed() -> None:
+    # The index holds one slot per key, or a list while several answers share it.
+    cache = AnswerCache(10)
+    for who in ("a", "b", "c"):
+        cache.put(who, b"", answer("shared"))
+    cache.put("b", b"", answer("other"))  # b no longer holds it
+    cache.forget_keys(["other"])
+    cache.put("a", b"", answer("k-a"))  # nor does a: c is the last
+    assert cache._by_key["shared"] == ("c", b"")
+    cache.forget_keys(["shared"])
+    assert cache.fresh("c", b"", "v1", 0) is None
+    assert cache.fresh("a", b"", "v1", 0) is not None
+    assert "shared" not in cache._by_key
+
+
 def test_bounded_oldest_first() -> None:
     cache = AnswerCache(2)
     for name in ("a", "b", "c"):
@@ -113,7 +128,13 @@ def assert_consistent(cache: AnswerCache) -> None:
     for key, repeat in repeats.items():
         assert repeat.answer.live
         assert key in repeat.answer.repeat_keys
-    indexed = {(key, slot) for key, slots in cache._by_key.items() for slot in slots}
+    indexed = {
+        (key, slot)
+        for key, held in cache._by_key.items()
+        for slot in (held if isinstance(held, list) else [held])
+    }
+    # A list only for a key that several answers hold.
+    assert all(len(held) > 1 for held in cache._by_key.values() if isinstance(held, list))
     assert indexed == {(key, slot) for slot, a in entries.items() for key in a.keys}
 
 

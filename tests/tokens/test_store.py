@@ -103,3 +103,27 @@ async def test_a_record_minted_under_an_old_epoch_is_not_stored(store_url: str |
     finally:
         if redis is not None:
             await redis.aclose()
+
+
+async def test_memory_store_subject_with_many_clients_keeps_every_key() -> None:
+    # A subject's keys are a short list, then a set once it holds many (one identity used by
+    # many clientIds): every key stays found, and leaves the index when it goes.
+    clock = ManualClock(start=1000.0)
+    store = MemoryStore(clock)
+    now = int(clock.time() * 1000)
+    keys = [f"k{i}" for i in range(40)]
+    for i, key in enumerate(keys):
+        await store.put(key, record(f"t{i}", "dave", now + 5000, f"GID_a@@@{i}"))
+    await store.put("k3", record("t3b", "dave", now + 5000, "GID_a@@@3"))  # replaced: once
+    assert sorted(k for k, _ in await store.subject_tokens("dave")) == sorted(keys)
+    assert [k for k, _ in await store.client_tokens("GID_a@@@7")] == ["k7"]
+    for key, found in list(await store.subject_tokens("dave")):
+        if key != "k0":
+            await store.delete(key, found)
+    assert [k for k, _ in await store.subject_tokens("dave")] == ["k0"]
+    assert await store.lookup("t0") is not None
+    assert await store.lookup("t3b") is None
+    await store.delete("k0", record("t0", "dave", now + 5000, "GID_a@@@0"))
+    assert "dave" not in store._by_subject
+    assert store._by_value == {}
+    assert store._by_client == {}
