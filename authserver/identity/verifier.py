@@ -89,6 +89,29 @@ def _unique_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return members
 
 
+# Levels of objects and arrays a header or claims set may nest. Every layer that keys on the
+# claims (the policy's claims key, the answer cache's weights) walks them recursively: a 900-byte
+# JWT nesting 250 lists deep was a 500 there, so such a token is refused here, once.
+MAX_NESTING = 16
+
+
+def _nests_too_deep(value: object) -> bool:
+    stack: list[tuple[object, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children: Any
+        if isinstance(item, dict):
+            children = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > MAX_NESTING:
+            return True
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return False
+
+
 def _json_object(data: bytes, what: str) -> dict[str, Any]:
     try:
         value = json.loads(data.decode("utf-8"), object_pairs_hook=_unique_members)
@@ -98,6 +121,8 @@ def _json_object(data: bytes, what: str) -> dict[str, Any]:
         raise invalid_token(f"the token {what} is not JSON") from None
     if not isinstance(value, dict):
         raise invalid_token(f"the token {what} is not a JSON object")
+    if _nests_too_deep(value):
+        raise invalid_token(f"the token {what} nests deeper than {MAX_NESTING} levels")
     return value
 
 

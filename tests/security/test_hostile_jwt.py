@@ -11,7 +11,7 @@ from authserver import appkeys as app_keys
 from authserver.clock import ManualClock
 from authserver.identity import JWTSettings
 from tests.fixtures.emulator import EmulatorHandle, MakeEmulator
-from tests.fixtures.gateway import MakeGateway, bearer
+from tests.fixtures.gateway import MakeGateway, bearer, make_jwt
 from tests.identity.conftest import JWKSServer, RecordingServer
 from tests.identity.test_hostile import AUDIENCE, CORPUS, ISSUER
 from tests.identity.tokens import Keys, Minter, public_jwk, public_pem
@@ -170,3 +170,24 @@ async def test_a_repeated_jwt_stops_working_when_its_key_leaves_the_jwks(
     clock.advance(31)
     await client.server.app[app_keys.VERIFIER].jwks.refresh(rate_limited=False)  # type: ignore[union-attr]
     await refused_everywhere(client, token)
+
+
+async def test_claims_nested_too_deep_are_refused_not_a_500(
+    make_emulator: MakeEmulator, make_gateway: MakeGateway
+) -> None:
+    # Found in review: a 900-byte JWT whose `groups` nested 250 empty lists answered 500 (a
+    # RecursionError in the answer cache's weights), after its ApplyToken calls were made.
+    emulator = await make_emulator()
+    client = await make_gateway(emulator)
+    nested: Any = []
+    for _ in range(250):
+        nested = [nested]
+    resp = await client.post("/v1/token", headers=bearer(make_jwt("alice", groups=nested)))
+    assert resp.status == 401
+    assert (await resp.json())["code"] == "invalid_token"
+    assert emulator.state.stats()["calls"].get("ApplyToken", 0) == 0
+    shallow: Any = ["ops"]
+    for _ in range(10):
+        shallow = [shallow]
+    resp = await client.post("/v1/token", headers=bearer(make_jwt("alice", groups=shallow)))
+    assert resp.status == 200
