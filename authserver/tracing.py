@@ -5,8 +5,10 @@ exporter (`otlp`, `console`), or, that unset, when `OTEL_EXPORTER_OTLP_ENDPOINT`
 `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` is set; `OTEL_SDK_DISABLED=true` or
 `OTEL_TRACES_EXPORTER=none` turn it off. The SDK reads the rest itself: `OTEL_SERVICE_NAME`
 (default here `authserver`) and `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_TRACES_SAMPLER[_ARG]`,
-`OTEL_BSP_*`, `OTEL_EXPORTER_OTLP_*` (endpoint, headers, protocol http/protobuf),
-`OTEL_PROPAGATORS` (default W3C tracecontext and baggage).
+`OTEL_BSP_*`, `OTEL_EXPORTER_OTLP_*` (endpoint, headers, protocol http/protobuf).
+Propagation is W3C trace context only (`traceparent`, `tracestate`), whatever
+`OTEL_PROPAGATORS` says: baggage is whatever a device wrote, and must neither shape our spans
+nor travel on to the vendor's API with our signed calls.
 
 Off, the gateway imports nothing of OpenTelemetry (redis-py, when OpenTelemetry is installed,
 imports its metrics API by itself) and the request path pays one `is None` test.
@@ -113,10 +115,10 @@ class RequestSpan:
         version: tuple[int, int],
         headers: Mapping[str, str],
     ) -> None:
-        from opentelemetry import context, propagate, trace
+        from opentelemetry import context, trace
 
         # The caller's traceparent (if any) is the parent: a device or a proxy may trace too.
-        parent = propagate.extract(headers)
+        parent = _propagator().extract(headers)
         attributes: dict[str, Any] = {
             "http.request.method": method,
             "http.route": route,
@@ -167,11 +169,16 @@ def start_span(
     )
 
 
-def inject(headers: dict[str, str]) -> None:
-    """Add the current trace context (traceparent, tracestate, baggage) to `headers`."""
-    from opentelemetry import propagate
+def _propagator() -> Any:
+    """W3C trace context alone (no baggage: see the module docstring)."""
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-    propagate.inject(headers)
+    return TraceContextTextMapPropagator()
+
+
+def inject(headers: dict[str, str]) -> None:
+    """Add the current trace context (traceparent, tracestate; never baggage) to `headers`."""
+    _propagator().inject(headers)
 
 
 def mark_error(span: Span, code: str) -> None:

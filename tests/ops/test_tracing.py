@@ -278,3 +278,16 @@ def test_off_imports_nothing_of_opentelemetry(emulator: EmulatorHandle) -> None:
         [sys.executable, "-c", script], env=env, capture_output=True, text=True, check=False
     )
     assert done.returncode == 0, done.stderr
+
+
+async def test_a_devices_baggage_never_reaches_the_upstream(traced: Traced) -> None:
+    # Found in review: a device's `baggage` header (7 KB of its own words) was extracted as
+    # trace context and injected into the signed ApplyToken calls.
+    jwt = make_jwt("bob")
+    headers = {**bearer(jwt), "traceparent": CALLER_PARENT, "baggage": "attacker=" + "x" * 4000}
+    resp = await traced.client.post("/v1/token", headers=headers)
+    assert resp.status == 200, await resp.text()
+    assert traced.upstream_headers
+    for sent in traced.upstream_headers:
+        assert "traceparent" in sent
+        assert not {name.lower() for name in sent} & {"baggage"}
