@@ -41,6 +41,8 @@ Slot = tuple[Hashable, Hashable]
 RepeatKey = tuple[str, bytes]
 # The repeats are keyed by the Authorization header and the body themselves: a bound on
 # their length bounds the key's memory. Longer ones take the cached path.
+# How many body spellings of one answer one Authorization header may have remembered.
+REPEAT_SPELLINGS = 2
 REPEAT_MAX_HEADER = 1024
 REPEAT_MAX_BODY = 1024
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
@@ -205,6 +207,19 @@ class AnswerCache:
             return
         key = (authorization, body)
         repeats = self._repeats
+        if key not in repeats:
+            # One JWT gets at most REPEAT_SPELLINGS repeats of one answer: a device sends one
+            # spelling of its body, and a device sending ever-new spellings (spaces, key order)
+            # of the same request must not push every other device's repeats out. The
+            # answer's list of repeats is trimmed to the live ones on the way.
+            live = [
+                k
+                for k in answer.repeat_keys
+                if (r := repeats.get(k)) is not None and r.answer is answer
+            ]
+            answer.repeat_keys[:] = live
+            if sum(1 for k in live if k[0] == authorization) >= REPEAT_SPELLINGS:
+                return
         self._drop_repeat(key)
         size = REPEAT_OVERHEAD + len(authorization) + len(body)
         while repeats and (len(repeats) >= self._maxsize or self.bytes + size > self._max_bytes):

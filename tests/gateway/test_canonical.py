@@ -13,7 +13,7 @@ from typing import Any
 from aiohttp.test_utils import TestClient
 
 from authserver import appkeys
-from authserver.tokens.answers import REPEAT_MAX_BODY, AnswerCache
+from authserver.tokens.answers import REPEAT_MAX_BODY, REPEAT_SPELLINGS, AnswerCache
 from tests.fixtures.emulator import EmulatorHandle
 from tests.fixtures.gateway import BOUND_POLICY, MakeGateway, bearer, make_jwt
 from tests.tokens.test_answers import assert_consistent
@@ -121,6 +121,28 @@ async def test_a_repeated_body_is_answered_from_the_repeats(
     bodyless = await send(client, jwt, b"")
     assert bodyless[1]["password"] != first[1]["password"]
     assert answers_of(client).repeats == 3
+
+
+async def test_one_jwt_spelling_a_body_anew_cannot_push_out_other_devices_repeats(
+    emulator: EmulatorHandle, make_gateway: MakeGateway
+) -> None:
+    # Found in review: one JWT sending `{` + N spaces + `}` 1,500 times held every repeat slot
+    # (answer_cache_size=1000) and pushed out every other device's repeats.
+    client = await make_gateway(emulator, policy_file=BOUND_POLICY, answer_cache_size=20)
+    victims = [make_jwt(f"victim-{n}") for n in range(5)]
+    for jwt in victims:
+        for _ in range(2):  # seen twice: remembered
+            assert (await send(client, jwt, b""))[0] == 200
+    assert answers_of(client).repeats == 5
+    attacker = make_jwt("mallory")
+    for n in range(60):
+        assert (await send(client, attacker, b"{" + b" " * n + b"}"))[0] == 200
+    assert answers_of(client).repeats == 5 + REPEAT_SPELLINGS
+    for jwt in victims:  # still one lookup each
+        hits = answers_of(client).hits
+        assert (await send(client, jwt, b""))[0] == 200
+        assert answers_of(client).hits == hits + 1
+        assert answers_of(client).repeats == 5 + REPEAT_SPELLINGS
 
 
 async def test_a_long_body_is_not_remembered_as_a_repeat(
