@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from authserver.clock import Clock
-from authserver.errors import ServiceUnavailable, StoreUnavailable
+from authserver.errors import RateLimited, ServiceUnavailable, StoreUnavailable
 from authserver.policy.model import MAX_TTL_SECONDS, MIN_TTL_SECONDS
 from authserver.tokens.bus import STOP_TIMEOUT
 from authserver.tokens.expiring import ExpiringMap
@@ -414,22 +414,53 @@ class TokenService:
         epoch: int,
     ) -> TokenRecord:
         flight = self._flights.get(key)
+        joined = flight is not None
         if flight is None:
-            flight = asyncio.create_task(self._fill(key, kind, resources, request, deadline, epoch))
-            self._flights[key] = flight
-            flight.add_done_callback(functools.partial(self._landed, key))
-        remaining = deadline - self._clock.monotonic()
+            flight = self._take_off(key, kind, resources, request, deadline, epoch)
         generation = self.generation
         try:
-            record = await asyncio.wait_for(asyncio.shield(flight), max(remaining, 0.001))
+            record = await self._landing(flight, deadline)
+        except RateLimited:
+            if not joined:
+                raise
+            # The flight was charged to whoever started it (its context carries the mint
+            # budget's subject): a shared grant's other holders must not get that subject's
+            # 429. This request's own budget decides, in a flight of its own.
+            if self._flights.get(key) is flight:
+                del self._flights[key]
+            flight = self._flights.get(key) or self._take_off(
+                key, kind, resources, request, deadline, epoch
+            )
+            record = await self._landing(flight, deadline)
+        if self._l1 is not None and self._fresh(record) and self.generation == generation:
+            self._l1.put(key, record)
+        return record
+
+    async def _landing(self, flight: asyncio.Task[TokenRecord], deadline: float) -> TokenRecord:
+        """The flight's record, waited for until `deadline` (the flight itself goes on)."""
+        remaining = deadline - self._clock.monotonic()
+        try:
+            return await asyncio.wait_for(asyncio.shield(flight), max(remaining, 0.001))
         except TimeoutError as err:
             raise ServiceUnavailable(
                 "token issuance did not finish within the request deadline",
                 headers={"Retry-After": "1"},
             ) from err
-        if self._l1 is not None and self._fresh(record) and self.generation == generation:
-            self._l1.put(key, record)
-        return record
+
+    def _take_off(
+        self,
+        key: str,
+        kind: str,
+        resources: tuple[str, ...],
+        request: TokenRequest,
+        deadline: float,
+        epoch: int,
+    ) -> asyncio.Task[TokenRecord]:
+        """Start the one issuance of `key`, in this request's context (its mint budget)."""
+        flight = asyncio.create_task(self._fill(key, kind, resources, request, deadline, epoch))
+        self._flights[key] = flight
+        flight.add_done_callback(functools.partial(self._landed, key))
+        return flight
 
     def _landed(self, key: str, task: asyncio.Task[TokenRecord]) -> None:
         if self._flights.get(key) is task:

@@ -486,3 +486,57 @@ async def test_explain_shows_the_shared_token_a_subject_holds(
     assert {cached["R"]["fingerprint"], cached["W"]["fingerprint"]} == {
         fingerprint(t) for t in held.values()
     }
+
+
+async def test_a_holder_over_its_mint_budget_does_not_refuse_the_others(
+    emulator: EmulatorHandle, make_gateway: MakeGateway
+) -> None:
+    # Found in review: a shared grant's single flight charged the mint budget of whoever
+    # started it, so the holders that joined it got that device's 429.
+    client = await make_gateway(
+        emulator,
+        policy_file=TENANT_POLICY,
+        token_sharing=SHARING,
+        mint_budget=1.0,
+        mint_budget_burst=1,
+    )
+    spent, fresh = device(0, tenant="acme"), device(1, tenant="acme")
+    kinds = len(await tokens(client, *spent))  # one flight per token type
+    resp = await client.post(
+        "/v1/token", headers=bearer(spent[0]), json={**spent[1], "ttlSeconds": 120}
+    )
+    assert resp.status == 429  # dev-0's budget is spent
+
+    # dev-0 starts the next shared mint; dev-1 joins that flight before dev-0 is refused.
+    limiter = client.server.app[appkeys.RATE_LIMITER]
+    service = client.server.app[appkeys.TOKENS]
+    charging, refuse = asyncio.Event(), asyncio.Event()
+    plain_charge, plain_landing = limiter._charge, service._landing
+    landings = 0
+
+    async def gated_charge(asking: Any) -> None:
+        if not charging.is_set():
+            charging.set()
+            await refuse.wait()
+        await plain_charge(asking)
+
+    async def counted_landing(flight: Any, deadline: float) -> Any:
+        nonlocal landings
+        landings += 1
+        return await plain_landing(flight, deadline)
+
+    limiter._charge = gated_charge  # type: ignore[method-assign]
+    service._landing = counted_landing  # type: ignore[method-assign]
+    body = {"ttlSeconds": 7200}
+    first = asyncio.create_task(
+        client.post("/v1/token", headers=bearer(spent[0]), json={**spent[1], **body})
+    )
+    await charging.wait()
+    second = asyncio.create_task(
+        client.post("/v1/token", headers=bearer(fresh[0]), json={**fresh[1], **body})
+    )
+    await eventually(lambda: landings >= 2 * kinds, what="dev-1 waits on dev-0's flights")
+    refuse.set()
+    assert (await first).status == 429
+    resp = await second
+    assert resp.status == 200, await resp.text()
