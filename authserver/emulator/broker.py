@@ -232,6 +232,7 @@ class TokenBroker(Broker):
         await self._take_over(client_id, token_handler, client_session)
         self.stats.accepted += 1
         self.state.connected.add(client_id)
+        self.state.log_online()
         self.state.touch_session(
             client_id, f"/{client_session.remote_address}:{client_session.remote_port}"
         )
@@ -243,6 +244,7 @@ class TokenBroker(Broker):
             if self._live.get(client_id) is token_handler:
                 del self._live[client_id]
                 self.state.connected.discard(client_id)
+                self.state.log_online()
                 self.state.touch_session(client_id)
                 if client_session.clean_session:
                     self.state.subscriptions.pop(client_id, None)

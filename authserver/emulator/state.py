@@ -259,7 +259,8 @@ class EmulatorState:
         # client -> {topic filter: QoS}; what a broker (or a test) says each one subscribes to
         self.subscriptions: dict[str, dict[str, int]] = {}
         self.client_sessions: dict[str, ClientSession] = {}
-        # (epoch ms, the online set from then on): the legacy API's online history
+        # (epoch ms, the online set from then on: broker sessions and the override): the
+        # legacy API's online history
         self.online_log: deque[tuple[int, frozenset[str]]] = deque(maxlen=MAX_ONLINE_LOG)
         self.faults: dict[str, Fault] = {}
         self.counters = Stats()
@@ -375,7 +376,11 @@ class EmulatorState:
         for client_id in new ^ self.online:
             self.client_sessions.setdefault(client_id, ClientSession()).last_touch_ms = now
         self.online = new
-        self.online_log.append((now, frozenset(new)))
+        self.log_online()
+
+    def log_online(self) -> None:
+        """Note who is online from now on (broker sessions and the override): the history."""
+        self.online_log.append((self.now_ms(), frozenset(self.online_now())))
 
     def online_at(self, when_ms: int) -> frozenset[str]:
         """The ClientIds online at `when_ms`, by the online log (empty before its start)."""

@@ -225,3 +225,21 @@ async def test_same_client_id_takes_over(
     figures = (await emulator_stats(mqtt_emulator))["broker"]
     assert figures["takeovers"] == 1
     assert figures["connections"] == 1
+
+
+async def test_the_legacy_online_history_follows_broker_sessions(
+    mqtt_emulator: EmulatorHandle, device: MakeDevice
+) -> None:
+    # OnsMqttQueryHistoryOnline answers from the online log: it must see broker sessions, not
+    # only the `POST /_emulator/sessions` override.
+    from tests.helpers import eventually
+
+    state = mqtt_emulator.state
+    unit = device("GID_hist@@@unit1")
+    username = f"Signature|{mqtt_emulator.access_key_id}|{mqtt_emulator.instance_id}"
+    password = sign_client_id(mqtt_emulator.access_key_secret, unit.client_id)
+    assert await unit.connect(broker_of(mqtt_emulator).port, username, password) == 0
+    assert unit.client_id in state.online_at(state.now_ms())
+    unit.close()
+    await eventually(lambda: unit.client_id not in state.online_at(state.now_ms()))
+    assert any(unit.client_id in online for _at, online in state.online_log)
