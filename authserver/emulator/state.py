@@ -376,11 +376,12 @@ class EmulatorState:
         for client_id in new ^ self.online:
             self.client_sessions.setdefault(client_id, ClientSession()).last_touch_ms = now
         self.online = new
-        self.log_online()
+        self.log_online(now)
 
-    def log_online(self) -> None:
+    def log_online(self, now_ms: int | None = None) -> None:
         """Note who is online from now on (broker sessions and the override): the history."""
-        self.online_log.append((self.now_ms(), frozenset(self.online_now())))
+        stamp = self.now_ms() if now_ms is None else now_ms
+        self.online_log.append((stamp, frozenset(self.online_now())))
 
     def online_at(self, when_ms: int) -> frozenset[str]:
         """The ClientIds online at `when_ms`, by the online log (empty before its start)."""

@@ -66,7 +66,10 @@ async def test_client_detail_and_online_counts(
 async def test_history_and_message_volume(
     emulator: EmulatorHandle, make_gateway: MakeGateway
 ) -> None:
-    start = online_fleet(emulator)
+    online_fleet(emulator)
+    # From the moment the online set took effect (the clock is real: the millisecond before
+    # it may still show nobody online).
+    start = emulator.state.online_log[-1][0]
     client = await gateway(emulator, make_gateway)
     for topic in ("fleet/d1/cmd", "fleet/d2/cmd"):
         resp = await client.post(
