@@ -82,8 +82,8 @@ async def test_revoke_with_device_credentials(gateway: Gateway, emulator: Emulat
 
 async def test_legacy_reports(gateway: Gateway, emulator: EmulatorHandle) -> None:
     state = emulator.state
-    start = state.now_ms()
     state.set_online([CID])
+    start = state.online_log[-1][0]  # when the online set took effect
     state.subscriptions[CID] = {"fleet/+/cmd": 1}
     client = await gateway.admin("client", CID)
     assert "fleet/+/cmd" in client.out

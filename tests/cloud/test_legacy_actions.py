@@ -69,8 +69,8 @@ async def test_online_counts_detail_and_history(
 ) -> None:
     client = client_of(http, emulator)
     iid, state = emulator.instance_id, emulator.state
-    start = state.now_ms()
     state.set_online(["GID_fleet@@@1", "GID_fleet@@@2", "GID_lab@@@1"])
+    start = state.online_log[-1][0]  # when the online set took effect
     state.subscriptions["GID_fleet@@@1"] = {"fleet/+/cmd": 1, "alerts": 0}
     state.subscriptions["GID_lab@@@1"] = {"fleet/d1/cmd": 0}
     state.subscriptions["GID_fleet@@@3"] = {"fleet/#": 0}  # offline: not counted
@@ -106,8 +106,8 @@ async def test_message_volume_of_a_topic(
 ) -> None:
     client = client_of(http, emulator)
     iid, state = emulator.instance_id, emulator.state
-    start = state.now_ms()
     state.set_online(["GID_fleet@@@1", "GID_fleet@@@2"])
+    start = state.online_log[-1][0]  # when the online set took effect
     state.subscriptions["GID_fleet@@@1"] = {"fleet/#": 0}
     state.subscriptions["GID_fleet@@@2"] = {"fleet/d1/cmd": 0}
     for topic in ("fleet/d1/cmd", "fleet/d2/cmd", "fleet/p2p/GID_fleet@@@1", "other/x"):

@@ -171,8 +171,8 @@ async def test_client_queries(emulator: EmulatorHandle, fmt: str) -> None:
 
 async def test_reports(emulator: EmulatorHandle, fmt: str) -> None:
     iid, state = emulator.instance_id, emulator.state
-    start = state.now_ms()
     state.set_online(["GID_fleet@@@d1"])
+    start = state.online_log[-1][0]  # when the online set took effect
     state.subscriptions["GID_fleet@@@d1"] = {"fleet/#": 0}
     state.send_message(iid, "fleet/d1/cmd", b"x")
     history = await send(
