@@ -49,22 +49,7 @@ def _no_credential(client_id: str, err: CloudRejected) -> NotFound:
 async def get_device_credential(request: web.Request) -> web.Response:
     """One ClientId's device credential, without its secret (GetDeviceCredential)."""
     query_params(request, ())
-    client_id = _path_client_id(request)
-    app = request.app
-    try:
-        credential = await app[appkeys.CLOUD].get_device_credential(
-            app[appkeys.SETTINGS].instance_id, client_id
-        )
-    except CloudRejected as err:
-        if err.vendor_code != NO_CREDENTIAL:
-            raise
-        raise _no_credential(client_id, err) from err
-    _audit(
-        request,
-        deviceAccessKeyId=credential.access_key_id,
-        secretFingerprint=credential.secret_fingerprint,
-    )
-    return web.json_response(credential.public())
+    return await _credential_answer(request, rotate=False)
 
 
 async def refresh_device_credential(request: web.Request) -> web.Response:
@@ -72,12 +57,17 @@ async def refresh_device_credential(request: web.Request) -> web.Response:
     raw = await read_body(request)
     if raw.strip():  # no body, or an empty object
         shapes.decode(shapes.Empty, raw)
+    return await _credential_answer(request, rotate=True)
+
+
+async def _credential_answer(request: web.Request, *, rotate: bool) -> web.Response:
+    """Get or refresh the path's ClientId credential; audited, answered without its secret."""
     client_id = _path_client_id(request)
     app = request.app
+    cloud = app[appkeys.CLOUD]
+    method = cloud.refresh_device_credential if rotate else cloud.get_device_credential
     try:
-        credential = await app[appkeys.CLOUD].refresh_device_credential(
-            app[appkeys.SETTINGS].instance_id, client_id
-        )
+        credential = await method(app[appkeys.SETTINGS].instance_id, client_id)
     except CloudRejected as err:
         if err.vendor_code != NO_CREDENTIAL:
             raise
