@@ -12,6 +12,7 @@ from authserver.web.observe import start_draining
 from tests.fixtures.emulator import EmulatorHandle
 from tests.fixtures.gateway import ISSUER, MakeGateway, gateway_settings
 from tests.fixtures.redis import RedisServer, free_port
+from tests.helpers import eventually
 
 
 async def test_healthz_and_readyz(emulator: EmulatorHandle, make_gateway: MakeGateway) -> None:
@@ -44,10 +45,8 @@ async def test_redis_stopped_after_start_up_leaves_the_pod_ready(
     if not redis_server.ping():
         redis_server.start()
     client = await make_gateway(emulator, redis_url=redis_server.url)
-    for _ in range(200):  # the blocks are read with the invalidation bus's first subscription
-        if client.app[appkeys.REVOKER].blocks_loaded:
-            break
-        await asyncio.sleep(0.025)
+    # The blocks are read with the invalidation bus's first subscription.
+    await eventually(lambda: client.app[appkeys.REVOKER].blocks_loaded)
     assert (await readiness(client))[0] == 200
     await asyncio.to_thread(redis_server.stop)
     try:
