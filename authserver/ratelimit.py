@@ -9,7 +9,8 @@ Three limits, so the hot path stays cheap and the upstream quota stays protected
   `web.device`): answered requests cost a lookup, whoever asks how often.
 - **the mint budget**, per subject, only when a request is about to call ApplyToken (a new
   token, a renewal): in one bucket shared through Redis (a GCRA script on the server's
-  `TIME`, one round trip per request) when Redis is configured, else in this process. A
+  `TIME`, one round trip per request; the step is `authserver.limits`') when Redis is
+  configured, else in this process. A
   device asking for ever-different token shapes (topic subsets, lifetimes, clientIds) to
   defeat the caches is refused before it spends the quota everyone shares; requests that
   need no new token never meet it. With Redis, the client IP is counted in a shared bucket
@@ -42,10 +43,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
-import redis.exceptions
 
 from authserver.clock import Clock
 from authserver.errors import RateLimited
+from authserver.limits import Rate, SharedBuckets, reserve
 
 log = logging.getLogger(__name__)
 
@@ -53,20 +54,6 @@ SUBJECT, IP, MINT = "subject", "ip", "mint"
 KEY_PREFIX = "authserver:rl:"
 DEFAULT_MAX_KEYS = 100_000
 UNKNOWN_IP = "unknown"
-
-# KEYS[1]: the bucket. ARGV[1]: emission interval (us), ARGV[2]: burst tolerance (us).
-# Returns 0 when the request is admitted (and counted), else the microseconds to wait.
-GCRA_SCRIPT = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
-if tat < now then tat = now end
-local wait = tat - tonumber(ARGV[2]) - now
-if wait > 0 then return wait end
-local new = tat + tonumber(ARGV[1])
-redis.call('SET', KEYS[1], string.format('%d', new), 'PX', math.ceil((new - now) / 1000) + 1)
-return 0
-"""
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -111,6 +98,11 @@ class Limit:
         """How far ahead of now a bucket may run: `burst - 1` intervals."""
         return self.interval * (max(self.burst, 1) - 1)
 
+    @property
+    def bucket(self) -> Rate:
+        """This limit as a GCRA bucket's rule."""
+        return Rate(self.interval, self.tolerance)
+
 
 class LocalBuckets:
     """GCRA buckets of one scope in this process: key -> theoretical arrival time.
@@ -119,12 +111,11 @@ class LocalBuckets:
     dropped, then the oldest; a flood of new keys costs memory, never correctness.
     """
 
-    __slots__ = ("_clock", "_interval", "_max_keys", "_tat", "_tolerance")
+    __slots__ = ("_clock", "_max_keys", "_rate", "_tat")
 
     def __init__(self, limit: Limit, clock: Clock, max_keys: int = DEFAULT_MAX_KEYS) -> None:
         self._clock = clock
-        self._interval = limit.interval
-        self._tolerance = limit.tolerance
+        self._rate = (limit.bucket,)
         self._max_keys = max_keys
         self._tat: dict[str, float] = {}
 
@@ -135,13 +126,10 @@ class LocalBuckets:
     def take(self, key: str) -> float:
         """Count one request; 0.0 when admitted, else the seconds until it would be."""
         now = self._clock.monotonic()
-        tat = self._tat.get(key, now)
-        if tat < now:
-            tat = now
-        wait = tat - self._tolerance - now
-        if wait > 0:
-            return wait
-        self._tat[key] = tat + self._interval
+        slot, tats = reserve((self._tat.get(key, now),), self._rate, now, now)
+        if tats is None:
+            return slot - now
+        self._tat[key] = tats[0]
         if len(self._tat) > self._max_keys:
             self._prune(now)
         return 0.0
@@ -227,20 +215,32 @@ class RateLimiter:
         # process's buckets without Redis (the IP was already counted locally).
         self._upstream = tuple(s for s in (MINT, IP) if self.limits[s].enabled)
         self._upstream_local = {MINT: self._local[MINT]} if mint.enabled else {}
-        self._redis = redis
-        self._script = redis.register_script(GCRA_SCRIPT) if redis is not None else None
-        self._redis_retry_interval = redis_retry_interval
-        self._redis_down_until = -math.inf
-        self._redis_down = False
+        self._shared = (
+            None
+            if redis is None
+            else SharedBuckets(
+                redis,
+                clock=clock,
+                log=log,
+                owner="rate limiter",
+                fallback="limiting per process until it is back",
+                back="limits are shared again",
+                retry_interval=redis_retry_interval,
+            )
+        )
         self.refused: Counter[str] = Counter()
-        self.redis_errors = 0
+
+    @property
+    def redis_errors(self) -> int:
+        """How many times Redis failed a shared check."""
+        return 0 if self._shared is None else self._shared.errors
 
     @property
     def mode(self) -> str:
         """`local` (no Redis), `shared` or `local-fallback` (Redis failing)."""
-        if self._redis is None:
+        if self._shared is None:
             return "local"
-        return "local-fallback" if self._redis_down else "shared"
+        return "local-fallback" if self._shared.down else "shared"
 
     def client_ip(self, peer: str | None, forwarded_for: Sequence[str] = ()) -> str:
         """Who is calling: the peer, or what trusted proxies in front of us say it is.
@@ -326,20 +326,10 @@ class RateLimiter:
 
     async def _shared_wait(self, scope: str, key: str, limit: Limit) -> float | None:
         """Seconds to wait by the shared bucket (0.0 admitted), None when Redis cannot say."""
-        if self._script is None or self._clock.monotonic() < self._redis_down_until:
+        if self._shared is None:
             return None
-        try:
-            wait_us = await self._script(
-                keys=[_bucket_key(scope, key)],
-                args=[round(limit.interval * 1e6), round(limit.tolerance * 1e6)],
-            )
-        except (redis.exceptions.RedisError, OSError) as err:
-            self._redis_failed(err)
-            return None
-        if self._redis_down:
-            self._redis_down = False
-            log.warning("rate limiter: Redis is back, limits are shared again")
-        return int(wait_us) / 1e6
+        step = await self._shared.reserve([_bucket_key(scope, key)], (limit.bucket,))
+        return None if step is None else step[1]
 
     def _refuse_if(self, scope: str, wait: float) -> None:
         if wait <= 0:
@@ -357,13 +347,3 @@ class RateLimiter:
                 f"(burst {limit.burst}); retry later"
             )
         raise RateLimited(detail, headers=_retry_after(wait), extra={"limit": scope})
-
-    def _redis_failed(self, err: Exception) -> None:
-        self.redis_errors += 1
-        self._redis_down_until = self._clock.monotonic() + self._redis_retry_interval
-        if not self._redis_down:
-            self._redis_down = True
-            log.warning(
-                "rate limiter: Redis failed (%s); limiting per process until it is back",
-                type(err).__name__,
-            )

@@ -1,10 +1,10 @@
 """The quota governor: never send a call the upstream would throttle, across all processes.
 
-Each limit is a GCRA (leaky) bucket with a burst of one: calls of one action are spaced by
-`(1 + margin) / limit` seconds (margin 10% by default), which keeps them smooth. Every call
-takes a slot in its action's bucket (when the action has a limit) and in the account bucket
-(the vendor's 300 calls/s per source IP, over which the IP is blocked, not throttled), both at
-the same instant or neither.
+Each limit is a GCRA (leaky) bucket with a burst of one (the step is `authserver.limits`'):
+calls of one action are spaced by `(1 + margin) / limit` seconds (margin 10% by default),
+which keeps them smooth. Every call takes a slot in its action's bucket (when the action has
+a limit) and in the account bucket (the vendor's 300 calls/s per source IP, over which the
+IP is blocked, not throttled), both at the same instant or neither.
 
 `acquire` returns a `Permit`; the caller releases it once the call is over (its answer is
 back, or the attempt failed). Local mode (no Redis, or the Redis fallback) holds a call's
@@ -17,12 +17,13 @@ however late a wake-up or a send was. (A call abandoned without an answer, a tim
 released when it is abandoned: the promise holds for a request that reached the upstream
 before its client gave up on it, which is what a timeout means in practice.)
 
-Redis mode reserves slots with one Lua script on the server's `TIME`, in keys sharing the
-hash tag `{<key prefix>}` (Redis Cluster safe), so every process shares one bucket; it
-cannot see when another process's call arrives or completes. It promises the spacing: any
-`limit + 1` reservations span at least `limit * (1 + margin) / limit` = 1.1 s, so the
-upstream sees at most `limit` arrivals in a second as long as the delays between a grant
-and its arrival differ by less than the margin (100 ms by default) between calls.
+Redis mode reserves slots with one Lua script on the server's `TIME`
+(`limits.SharedBuckets`), in keys sharing the hash tag `{<key prefix>}` (Redis Cluster
+safe), so every process shares one bucket; it cannot see when another process's call arrives
+or completes. It promises the spacing: any `limit + 1` reservations span at least
+`limit * (1 + margin) / limit` = 1.1 s, so the upstream sees at most `limit` arrivals in a
+second as long as the delays between a grant and its arrival differ by less than the margin
+(100 ms by default) between calls.
 
 Fairness, local mode: the waiters of one action queue per subject (named by `asking()`
 where the subject is known, carried by a context variable into the token service's mint
@@ -54,45 +55,20 @@ import logging
 import math
 from collections import Counter, OrderedDict, defaultdict, deque
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import Any, NoReturn
 
 import redis.asyncio
-import redis.exceptions
 
 from authserver.clock import Clock, SystemClock
 from authserver.cloud.errors import UpstreamThrottled
 from authserver.cloud.vendor import DEFAULT_LIMITS
+from authserver.limits import Rate, SharedBuckets, next_slot, reserve
 
 log = logging.getLogger(__name__)
 
 ACCOUNT_BUCKET = "account"
 
 Sleep = Callable[[float], Awaitable[None]]
-
-# KEYS: the bucket keys; ARGV[i]: emission interval of KEYS[i] in microseconds,
-# ARGV[#KEYS + 1]: the longest wait the caller accepts, in microseconds.
-# Returns {1, wait_us} when slots were reserved in every bucket, {0, wait_us} (nothing
-# reserved) when the common slot is further away than the caller accepts.
-RESERVE_SCRIPT = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local slot = now
-for i = 1, #KEYS do
-  local tat = tonumber(redis.call('GET', KEYS[i]) or '0')
-  if tat > slot then slot = tat end
-end
-local wait = slot - now
-if wait > tonumber(ARGV[#KEYS + 1]) then
-  return {0, wait}
-end
-for i = 1, #KEYS do
-  local tat = slot + tonumber(ARGV[i])
-  local ttl = math.ceil((tat - now) / 1000) + 1000
-  redis.call('SET', KEYS[i], string.format('%d', tat), 'PX', ttl)
-end
-return {1, wait}
-"""
-
 
 _ASKING: contextvars.ContextVar[str | None] = contextvars.ContextVar("quota_asking", default=None)
 
@@ -169,10 +145,10 @@ class _Held:
 class _Bucket:
     """One local GCRA bucket with the places of its last `size` grants."""
 
-    __slots__ = ("held", "interval", "tat", "window")
+    __slots__ = ("held", "rate", "tat", "window")
 
     def __init__(self, limit: float, margin: float) -> None:
-        self.interval = (1.0 + margin) / limit
+        self.rate = Rate((1.0 + margin) / limit)
         size = max(1, math.floor(limit))
         # The window is one second (the upstream's) plus half the margin, for clock jitter.
         self.window = max(1.0, size / limit) * (1.0 + margin / 2)
@@ -243,16 +219,23 @@ class QuotaGovernor:
         self._sleep: Sleep = sleep or self._clock.sleep
         # Deadline timers of queued waiters: they must not move a test's clock themselves.
         self._idle: Sleep = idle or self._clock.idle
-        self._redis = redis
         tag = key_prefix.rstrip(":") or "authserver:quota"
         self._key_prefix = "{" + tag + "}:"
-        self._script = redis.register_script(RESERVE_SCRIPT) if redis is not None else None
-        self._redis_retry_interval = redis_retry_interval
-        self._redis_down_until = -math.inf
-        self._redis_down = False
         # Local buckets (no Redis, or Redis failing) hold only this process's share.
         scale = fallback_fraction
-        self._scale = scale
+        self._shared = (
+            None
+            if redis is None
+            else SharedBuckets(
+                redis,
+                clock=self._clock,
+                log=log,
+                owner="quota governor",
+                fallback=f"using local buckets at {100 * scale:.0f}% of the limits",
+                back="buckets are shared again",
+                retry_interval=redis_retry_interval,
+            )
+        )
         self._local: dict[str, _Bucket] = {
             name: _Bucket(limit * scale, margin) for name, limit in merged.items()
         }
@@ -261,16 +244,15 @@ class QuotaGovernor:
         self.waits: Counter[str] = Counter()
         self.wait_seconds: defaultdict[str, float] = defaultdict(float)
         self.refused: Counter[str] = Counter()
-        self.redis_errors = 0
         self._released: asyncio.Event = asyncio.Event()
         self._turns: defaultdict[str, _Turns] = defaultdict(_Turns)
 
     @property
     def mode(self) -> str:
         """`local` (no Redis), `redis` (shared buckets) or `local-fallback` (Redis failing)."""
-        if self._redis is None:
+        if self._shared is None:
             return "local"
-        return "local-fallback" if self._redis_down else "redis"
+        return "local-fallback" if self._shared.down else "redis"
 
     async def acquire(self, action: str, deadline: float) -> Permit:
         """Wait for a slot of `action` before `deadline` (monotonic), or raise at once.
@@ -278,12 +260,16 @@ class QuotaGovernor:
         Release the permit once the call is over (`with permit:` around the call).
         """
         buckets = [action, ACCOUNT_BUCKET] if action in self.limits else [ACCOUNT_BUCKET]
-        if self._redis_usable():
-            try:
-                wait = await self._reserve_redis(action, buckets, deadline)
-            except (redis.exceptions.RedisError, OSError) as err:
-                self._redis_failed(err)
-            else:
+        if self._shared is not None:
+            shared = await self._shared.reserve(
+                [self._key_prefix + name for name in buckets],
+                [self._shared_rate(name) for name in buckets],
+                deadline - self._clock.monotonic(),
+            )
+            if shared is not None:
+                granted, wait = shared
+                if not granted:
+                    self._refuse(action, wait)
                 await self._wait(action, wait)
                 self.acquired[action] += 1
                 return Permit(None, [])
@@ -299,7 +285,7 @@ class QuotaGovernor:
             "waits": dict(self.waits),
             "wait_seconds": dict(self.wait_seconds),
             "refused": dict(self.refused),
-            "redis_errors": self.redis_errors,
+            "redis_errors": 0 if self._shared is None else self._shared.errors,
         }
 
     async def _acquire_local(self, action: str, names: list[str], deadline: float) -> Permit:
@@ -308,8 +294,9 @@ class QuotaGovernor:
         subject = _ASKING.get()
         now = self._clock.monotonic()
         # Refused at once when even a turn in rotation order would come too late.
-        interval = max(b.interval for b in buckets)
-        soonest = max(now, *(b.tat for b in buckets)) + turns.ahead(subject) * interval
+        rates = [b.rate for b in buckets]
+        interval = max(rate.interval for rate in rates)
+        soonest = next_slot([b.tat for b in buckets], rates, now) + turns.ahead(subject) * interval
         if soonest > deadline:
             self._refuse(action, soonest - now)
         turn = turns.join(subject)
@@ -349,11 +336,11 @@ class QuotaGovernor:
     async def _slot(self, action: str, buckets: list[_Bucket], deadline: float) -> Permit:
         """The turn holder: take the next slot of every bucket and wait for it."""
         now = self._clock.monotonic()
-        slot = max(now, *(b.tat for b in buckets))
-        if slot > deadline:
+        slot, tats = reserve([b.tat for b in buckets], [b.rate for b in buckets], now, deadline)
+        if tats is None:
             self._refuse(action, slot - now)
-        for bucket in buckets:
-            bucket.tat = slot + bucket.interval
+        for bucket, tat in zip(buckets, tats, strict=True):
+            bucket.tat = tat
         while True:
             now = self._clock.monotonic()
             if slot > now:
@@ -397,24 +384,10 @@ class QuotaGovernor:
         self._released.set()
         self._released = asyncio.Event()
 
-    async def _reserve_redis(self, action: str, names: list[str], deadline: float) -> float:
-        assert self._script is not None
-        max_wait = max(0.0, deadline - self._clock.monotonic())
-        keys = [self._key_prefix + name for name in names]
-        args = [round(self._local_interval_unscaled(name) * 1e6) for name in names]
-        args.append(math.floor(max_wait * 1e6))
-        granted, wait_us = await self._script(keys=keys, args=args)
-        if self._redis_down:
-            self._redis_down = False
-            log.warning("quota governor: Redis is back, buckets are shared again")
-        wait = int(wait_us) / 1e6
-        if not int(granted):
-            self._refuse(action, wait)
-        return wait
-
-    def _local_interval_unscaled(self, name: str) -> float:
+    def _shared_rate(self, name: str) -> Rate:
+        """A bucket's rule in Redis: the whole limit (the share is for local buckets only)."""
         limit = self.account_limit if name == ACCOUNT_BUCKET else self.limits[name]
-        return (1.0 + self.margin) / limit
+        return Rate((1.0 + self.margin) / limit)
 
     async def _wait(self, action: str, seconds: float) -> None:
         if seconds <= 0:
@@ -423,24 +396,10 @@ class QuotaGovernor:
         self.wait_seconds[action] += seconds
         await self._sleep(seconds)
 
-    def _refuse(self, action: str, retry_after: float) -> None:
+    def _refuse(self, action: str, retry_after: float) -> NoReturn:
         self.refused[action] += 1
         raise UpstreamThrottled(
             f"no upstream quota for {action} within the deadline",
             retry_after=retry_after,
             extra={"action": action},
         )
-
-    def _redis_usable(self) -> bool:
-        return self._redis is not None and self._clock.monotonic() >= self._redis_down_until
-
-    def _redis_failed(self, err: Exception) -> None:
-        self.redis_errors += 1
-        self._redis_down_until = self._clock.monotonic() + self._redis_retry_interval
-        if not self._redis_down:
-            self._redis_down = True
-            log.warning(
-                "quota governor: Redis failed (%s); using local buckets at %.0f%% of the limits",
-                type(err).__name__,
-                100 * self._scale,
-            )
