@@ -70,17 +70,6 @@ class DeviceCredential:
         """A fingerprint of the secret, to tell two secrets apart in an answer or a log."""
         return fingerprint(self.access_key_secret)
 
-    def public(self) -> dict[str, Any]:
-        """What an operator may see: everything but the secret."""
-        return {
-            "clientId": self.client_id,
-            "instanceId": self.instance_id,
-            "deviceAccessKeyId": self.access_key_id,
-            "secretFingerprint": self.secret_fingerprint,
-            "createTime": self.create_time_ms,
-            "updateTime": self.update_time_ms,
-        }
-
 
 @dataclass(frozen=True)
 class GroupIdInfo:
@@ -105,16 +94,6 @@ class GroupIdInfo:
             create_time_ms=int(data["CreateTime"]),
             update_time_ms=int(data.get("UpdateTime", data["CreateTime"])),
         )
-
-    def public(self) -> dict[str, Any]:
-        """The admin API's shape."""
-        return {
-            "groupId": self.group_id,
-            "instanceId": self.instance_id,
-            "independentNaming": self.independent_naming,
-            "createTime": self.create_time_ms,
-            "updateTime": self.update_time_ms,
-        }
 
 
 def vendor_items(value: object, name: str) -> list[Any]:
@@ -149,15 +128,6 @@ class StatsSeries:
             points=points,
         )
 
-    def public(self) -> dict[str, Any]:
-        """The admin API's shape."""
-        return {
-            "title": self.title,
-            "xUnit": self.x_unit,
-            "yUnit": self.y_unit,
-            "points": [{"time": x, "value": y} for x, y in self.points],
-        }
-
 
 @dataclass(frozen=True)
 class ClientDetail:
@@ -187,16 +157,3 @@ class ClientDetail:
             address=str(data.get("SocketChannel") or ""),
             subscriptions=subs,
         )
-
-    def public(self) -> dict[str, Any]:
-        """The admin API's shape: each subscription also as the whole topic filter."""
-        return {
-            "clientId": self.client_id,
-            "online": self.online,
-            "lastTouch": self.last_touch_ms,
-            "address": self.address,
-            "subscriptions": [
-                {"topic": parent + (sub or ""), "parentTopic": parent, "subTopic": sub, "qos": qos}
-                for parent, sub, qos in self.subscriptions
-            ],
-        }

@@ -20,7 +20,7 @@ from authserver.topics import InvalidTopicFilter, validate_filter
 from authserver.web import shapes
 from authserver.web.admin import _audit, query_params
 from authserver.web.request import json_body, read_body
-from authserver.web.shapes import ClientId, GroupId
+from authserver.web.shapes import ClientId, GroupId, respond
 
 # What Get/RefreshDeviceCredential answer for a ClientId without a credential.
 NO_CREDENTIAL = "ParameterCheckFailed"
@@ -77,7 +77,16 @@ async def _credential_answer(request: web.Request, *, rotate: bool) -> web.Respo
         deviceAccessKeyId=credential.access_key_id,
         secretFingerprint=credential.secret_fingerprint,
     )
-    return web.json_response(credential.public())
+    return respond(
+        shapes.DeviceCredential(
+            client_id=credential.client_id,
+            instance_id=credential.instance_id,
+            device_access_key_id=credential.access_key_id,
+            secret_fingerprint=credential.secret_fingerprint,
+            create_time=credential.create_time_ms,
+            update_time=credential.update_time_ms,
+        )
+    )
 
 
 async def unregister_device_credential(request: web.Request) -> web.Response:
@@ -88,7 +97,7 @@ async def unregister_device_credential(request: web.Request) -> web.Response:
     await app[appkeys.CLOUD].unregister_device_credential(
         app[appkeys.SETTINGS].instance_id, client_id
     )
-    return web.json_response({"clientId": client_id, "unregistered": True})
+    return respond(shapes.DeviceCredentialUnregistered(client_id, unregistered=True))
 
 
 # -- Group IDs -----------------------------------------------------------------------------
@@ -99,7 +108,20 @@ async def list_groups(request: web.Request) -> web.Response:
     query_params(request, ())
     app = request.app
     groups = await app[appkeys.CLOUD].list_group_ids(app[appkeys.SETTINGS].instance_id)
-    return web.json_response({"groups": [g.public() for g in groups]})
+    return respond(
+        shapes.Groups(
+            [
+                shapes.Group(
+                    group_id=g.group_id,
+                    instance_id=g.instance_id,
+                    independent_naming=g.independent_naming,
+                    create_time=g.create_time_ms,
+                    update_time=g.update_time_ms,
+                )
+                for g in groups
+            ]
+        )
+    )
 
 
 async def create_group(request: web.Request) -> web.Response:
@@ -120,7 +142,7 @@ async def create_group(request: web.Request) -> web.Response:
                 extra={"upstream_code": err.vendor_code},
             ) from err
         raise
-    return web.json_response({"groupId": group_id, "created": True}, status=201)
+    return respond(shapes.GroupCreated(group_id, created=True), status=201)
 
 
 async def delete_group(request: web.Request) -> web.Response:
@@ -130,7 +152,7 @@ async def delete_group(request: web.Request) -> web.Response:
     _audit(request, groupId=group_id)
     app = request.app
     await app[appkeys.CLOUD].delete_group_id(app[appkeys.SETTINGS].instance_id, group_id)
-    return web.json_response({"groupId": group_id, "deleted": True})
+    return respond(shapes.GroupDeleted(group_id, deleted=True))
 
 
 class GroupExists(BadRequest):
@@ -180,7 +202,7 @@ async def send_message(request: web.Request) -> web.Response:
         app[appkeys.SETTINGS].instance_id, topic, payload
     )
     _audit(request, msgId=msg_id)
-    return web.json_response({"topic": topic, "msgId": msg_id}, status=202)
+    return respond(shapes.MessageSent(topic, msg_id), status=202)
 
 
 ROUTES: list[tuple[str, str, Handler, str]] = [

@@ -16,11 +16,13 @@ from aiohttp.typedefs import Handler
 
 from authserver import appkeys
 from authserver.cloud.client import CloudClient
+from authserver.cloud.resources import StatsSeries
 from authserver.errors import BadRequest, NotConfigured
 from authserver.topics import InvalidTopicFilter, validate_filter
 from authserver.web import shapes
 from authserver.web.admin import _audit, _int_param, query_params
 from authserver.web.admin_manage import _group_id
+from authserver.web.shapes import respond
 
 HOUR_MS = 3600 * 1000
 MAX_RANGE_MS = 24 * HOUR_MS  # the backend cuts longer ranges (001)
@@ -67,6 +69,18 @@ def _topic(params: Mapping[str, str]) -> tuple[str, str | None]:
     return parent, (sep + rest) if sep else None
 
 
+def _series(series: StatsSeries, begin: int, end: int) -> dict[str, Any]:
+    """A report's common fields, for its shape."""
+    return {
+        "title": series.title,
+        "x_unit": series.x_unit,
+        "y_unit": series.y_unit,
+        "points": [shapes.Point(x, y) for x, y in series.points],
+        "begin": begin,
+        "end": end,
+    }
+
+
 def _choice(params: Mapping[str, str], name: str, allowed: tuple[str, ...]) -> str:
     value = params.get(name, allowed[0])
     if value not in allowed:
@@ -81,7 +95,18 @@ async def client_detail(request: web.Request) -> web.Response:
     _audit(request, clientId=client_id)
     cloud, instance_id = _cloud(request)
     detail = await cloud.ons_client_detail(instance_id, client_id)
-    return web.json_response(detail.public())
+    return respond(
+        shapes.ClientDetail(
+            client_id=detail.client_id,
+            online=detail.online,
+            last_touch=detail.last_touch_ms,
+            address=detail.address,
+            subscriptions=[
+                shapes.Subscription(parent + (sub or ""), parent, sub, qos)
+                for parent, sub, qos in detail.subscriptions
+            ],
+        )
+    )
 
 
 async def group_online(request: web.Request) -> web.Response:
@@ -91,7 +116,7 @@ async def group_online(request: web.Request) -> web.Response:
     _audit(request, groupId=group_id)
     cloud, instance_id = _cloud(request)
     count = await cloud.ons_clients_by_group(instance_id, group_id)
-    return web.json_response({"groupId": group_id, "onlineCount": count})
+    return respond(shapes.GroupOnline(group_id, count))
 
 
 async def group_online_history(request: web.Request) -> web.Response:
@@ -102,8 +127,7 @@ async def group_online_history(request: web.Request) -> web.Response:
     _audit(request, groupId=group_id)
     cloud, instance_id = _cloud(request)
     series = await cloud.ons_history_online(instance_id, group_id, begin, end)
-    answer: dict[str, Any] = {"groupId": group_id, "begin": begin, "end": end, **series.public()}
-    return web.json_response(answer)
+    return respond(shapes.GroupOnlineHistory(**_series(series, begin, end), group_id=group_id))
 
 
 async def topic_online(request: web.Request) -> web.Response:
@@ -113,7 +137,7 @@ async def topic_online(request: web.Request) -> web.Response:
     _audit(request, topic=params["topic"])
     cloud, instance_id = _cloud(request)
     count = await cloud.ons_clients_by_topic(instance_id, parent, sub)
-    return web.json_response({"topic": params["topic"], "onlineCount": count})
+    return respond(shapes.TopicOnline(params["topic"], count))
 
 
 async def topic_messages(request: web.Request) -> web.Response:
@@ -121,22 +145,21 @@ async def topic_messages(request: web.Request) -> web.Response:
     params = query_params(request, ("topic", "begin", "end", "measure", "direction"))
     parent, sub = _topic(params)
     begin, end = _time_range(request, params)
-    measure = _choice(params, "measure", ("SUM", "TPS"))
-    direction = _choice(params, "direction", ("PUB", "SUB"))
+    measure = _choice(params, "measure", shapes.MEASURES)
+    direction = _choice(params, "direction", shapes.DIRECTIONS)
     _audit(request, topic=params["topic"])
     cloud, instance_id = _cloud(request)
     series = await cloud.ons_msg_trans_trend(
         instance_id, parent, begin, end, tps_type=measure, trans_type=direction, sub_topic=sub
     )
-    answer: dict[str, Any] = {
-        "topic": params["topic"],
-        "measure": measure,
-        "direction": direction,
-        "begin": begin,
-        "end": end,
-        **series.public(),
-    }
-    return web.json_response(answer)
+    return respond(
+        shapes.TopicMessages(
+            **_series(series, begin, end),
+            topic=params["topic"],
+            measure=measure,
+            direction=direction,
+        )
+    )
 
 
 ROUTES: list[tuple[str, str, Handler, str]] = [

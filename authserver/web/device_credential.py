@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 
-import orjson
 from aiohttp import web
 
 from authserver import appkeys, logs
@@ -25,7 +24,7 @@ from authserver.web.request import json_body
 
 log = logging.getLogger(__name__)
 
-ANSWER_HEADERS = {"Content-Type": "application/json", "Cache-Control": "no-store"}
+NO_STORE = {"Cache-Control": "no-store"}  # a password: no cache along the way may keep it
 # What GetDeviceCredential answers for a ClientId without a credential.
 NO_CREDENTIAL = "ParameterCheckFailed"
 
@@ -59,16 +58,16 @@ async def post_device_credential(request: web.Request) -> web.Response:
         credential.secret_fingerprint,
         granted_by,
     )
-    answer = {
-        "clientId": client_id,
-        "instanceId": credential.instance_id,
-        "username": credential.username,
-        "password": credential.password,
-        "deviceAccessKeyId": credential.access_key_id,
-        "updateTime": credential.update_time_ms,
-        "registered": registered,
-    }
-    return web.Response(body=orjson.dumps(answer), headers=ANSWER_HEADERS)
+    login = shapes.DeviceCredentialLogin(
+        client_id=client_id,
+        instance_id=credential.instance_id,
+        username=credential.username,
+        password=credential.password,
+        device_access_key_id=credential.access_key_id,
+        update_time=credential.update_time_ms,
+        registered=registered,
+    )
+    return shapes.respond(login, headers=NO_STORE)
 
 
 async def fetch_or_register(request: web.Request, client_id: str) -> tuple[DeviceCredential, bool]:

@@ -9,7 +9,7 @@ from typing import Any
 
 from authserver import __version__
 from authserver.web import shapes
-from authserver.web.openapi_admin import admin_paths, admin_security_schemes, manage_schemas
+from authserver.web.openapi_admin import admin_paths, admin_security_schemes
 
 PROBLEM = {"$ref": "#/components/schemas/Problem"}
 
@@ -50,7 +50,7 @@ def openapi_document() -> dict[str, Any]:
                 "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
                 **admin_security_schemes(),
             },
-            "schemas": {**shapes.schemas(), **manage_schemas()},
+            "schemas": shapes.schemas(),
         },
         "paths": {
             "/v1/token": {

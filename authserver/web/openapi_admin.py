@@ -8,9 +8,11 @@ import msgspec
 
 from authserver.web.shapes import (
     DEFAULT_PAGE_SIZE,
+    DIRECTIONS,
     MAX_NEXT_TOKEN_CHARS,
     MAX_PAGE_NO,
     MAX_PAGE_SIZE,
+    MEASURES,
     ClientId,
     GroupId,
     IotId,
@@ -339,8 +341,8 @@ def admin_paths() -> dict[str, Any]:
                 parameters=[
                     _topic_param(),
                     *_range_params(),
-                    _query_param("measure", {"enum": ["SUM", "TPS"], "default": "SUM"}),
-                    _query_param("direction", {"enum": ["PUB", "SUB"], "default": "PUB"}),
+                    _query_param("measure", {"enum": list(MEASURES), "default": MEASURES[0]}),
+                    _query_param("direction", {"enum": list(DIRECTIONS), "default": DIRECTIONS[0]}),
                 ],
             )
         },
@@ -354,182 +356,6 @@ def admin_paths() -> dict[str, Any]:
             )
         },
     }
-
-
-def _strings() -> dict[str, Any]:
-    return {"type": "array", "items": {"type": "string"}}
-
-
-def _report_schemas() -> dict[str, Any]:
-    """The legacy management API's answers."""
-    series = {
-        "title": {"type": "string"},
-        "xUnit": {"type": "string"},
-        "yUnit": {"type": "string"},
-        "points": {
-            "type": "array",
-            "items": {
-                "type": "object",
-                "required": ["time", "value"],
-                "properties": {"time": {"type": "integer"}, "value": {"type": "number"}},
-            },
-        },
-        "begin": {"type": "integer"},
-        "end": {"type": "integer"},
-    }
-    required = ["title", "xUnit", "yUnit", "points", "begin", "end"]
-    return {
-        "ClientDetail": {
-            "type": "object",
-            "required": ["clientId", "online", "lastTouch", "address", "subscriptions"],
-            "properties": {
-                "clientId": {"type": "string"},
-                "online": {"type": "boolean"},
-                "lastTouch": {"type": "integer", "description": "epoch ms"},
-                "address": {"type": "string"},
-                "subscriptions": {
-                    "type": "array",
-                    "items": {
-                        "type": "object",
-                        "required": ["topic", "parentTopic", "subTopic", "qos"],
-                        "properties": {
-                            "topic": {"type": "string"},
-                            "parentTopic": {"type": "string"},
-                            "subTopic": {"type": ["string", "null"]},
-                            "qos": {"enum": [0, 1, 2]},
-                        },
-                    },
-                },
-            },
-        },
-        "GroupOnline": {
-            "type": "object",
-            "required": ["groupId", "onlineCount"],
-            "properties": {
-                "groupId": {"type": "string"},
-                "onlineCount": {"type": "integer", "minimum": 0},
-            },
-        },
-        "TopicOnline": {
-            "type": "object",
-            "required": ["topic", "onlineCount"],
-            "properties": {
-                "topic": {"type": "string"},
-                "onlineCount": {"type": "integer", "minimum": 0},
-            },
-        },
-        "GroupOnlineHistory": {
-            "type": "object",
-            "required": ["groupId", *required],
-            "properties": {"groupId": {"type": "string"}, **series},
-        },
-        "TopicMessages": {
-            "type": "object",
-            "required": ["topic", "measure", "direction", *required],
-            "properties": {
-                "topic": {"type": "string"},
-                "measure": {"enum": ["SUM", "TPS"]},
-                "direction": {"enum": ["PUB", "SUB"]},
-                **series,
-            },
-        },
-    }
-
-
-def _manage_schemas() -> dict[str, Any]:
-    """Device credentials, Group IDs and messages."""
-    group = {
-        "type": "object",
-        "required": ["groupId", "instanceId", "independentNaming", "createTime", "updateTime"],
-        "properties": {
-            "groupId": {"type": "string"},
-            "instanceId": {"type": "string"},
-            "independentNaming": {"type": "boolean"},
-            "createTime": {"type": "integer", "description": "epoch ms"},
-            "updateTime": {"type": "integer", "description": "epoch ms"},
-        },
-    }
-    return {
-        "DeviceCredential": {
-            "type": "object",
-            "description": "Never the secret: its fingerprint tells one secret from another.",
-            "additionalProperties": False,
-            "required": [
-                "clientId",
-                "instanceId",
-                "deviceAccessKeyId",
-                "secretFingerprint",
-                "createTime",
-                "updateTime",
-            ],
-            "properties": {
-                "clientId": {"type": "string"},
-                "instanceId": {"type": "string"},
-                "deviceAccessKeyId": {"type": "string"},
-                "secretFingerprint": {"type": "string"},
-                "createTime": {"type": "integer", "description": "epoch ms"},
-                "updateTime": {"type": "integer", "description": "epoch ms"},
-            },
-        },
-        "DeviceCredentialUnregistered": {
-            "type": "object",
-            "required": ["clientId", "unregistered"],
-            "properties": {"clientId": {"type": "string"}, "unregistered": {"const": True}},
-        },
-        "Group": group,
-        "Groups": {
-            "type": "object",
-            "required": ["groups"],
-            "properties": {"groups": {"type": "array", "items": _ref("Group")}},
-        },
-        "GroupCreated": {
-            "type": "object",
-            "required": ["groupId", "created"],
-            "properties": {"groupId": {"type": "string"}, "created": {"const": True}},
-        },
-        "GroupDeleted": {
-            "type": "object",
-            "required": ["groupId", "deleted"],
-            "properties": {"groupId": {"type": "string"}, "deleted": {"const": True}},
-        },
-        "MessageSent": {
-            "type": "object",
-            "required": ["topic", "msgId"],
-            "properties": {"topic": {"type": "string"}, "msgId": {"type": "string"}},
-        },
-    }
-
-
-def manage_schemas() -> dict[str, Any]:
-    """The answers of the management and legacy-report routes (their bodies are in shapes)."""
-    login = {
-        "type": "object",
-        "required": [
-            "clientId",
-            "instanceId",
-            "username",
-            "password",
-            "deviceAccessKeyId",
-            "updateTime",
-            "registered",
-        ],
-        "properties": {
-            "clientId": {"type": "string"},
-            "instanceId": {"type": "string"},
-            "username": {
-                "type": "string",
-                "description": "DeviceCredential|<DeviceAccessKeyId>|<InstanceId>",
-            },
-            "password": {
-                "type": "string",
-                "description": "base64(HMAC-SHA1(DeviceAccessKeySecret, clientId))",
-            },
-            "deviceAccessKeyId": {"type": "string"},
-            "updateTime": {"type": "integer", "description": "epoch ms of the last rotation"},
-            "registered": {"type": "boolean", "description": "registered by this call"},
-        },
-    }
-    return {**_report_schemas(), **_manage_schemas(), "DeviceCredentialLogin": login}
 
 
 def admin_security_schemes() -> dict[str, Any]:

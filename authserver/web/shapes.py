@@ -21,6 +21,7 @@ description, in `SCHEMA_EXTRA`.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 import msgspec
@@ -475,7 +476,6 @@ class IotClientIds(Response):
 
 
 # -- device credentials, Group IDs, messages ------------------------------------------------
-# (their answers are described in openapi_admin.manage_schemas)
 
 MAX_TOPIC_BYTES = 65535
 MAX_PAYLOAD_CHARS = 64 * 1024
@@ -485,6 +485,76 @@ class DeviceCredentialRequest(Request):
     """POST /v1/device-credential: the device's policy-bound clientId."""
 
     client_id: ClientId
+
+
+class DeviceCredentialLogin(Response):
+    """The MQTT login of a device credential (POST /v1/device-credential)."""
+
+    client_id: str
+    instance_id: str
+    username: Annotated[str, Meta(description="DeviceCredential|<DeviceAccessKeyId>|<InstanceId>")]
+    password: Annotated[str, Meta(description="base64(HMAC-SHA1(DeviceAccessKeySecret, clientId))")]
+    device_access_key_id: str
+    update_time: Annotated[int, Meta(description="epoch ms of the last rotation")]
+    registered: Annotated[bool, Meta(description="registered by this call")]
+
+
+class DeviceCredential(Response):
+    """A ClientId's device credential, never its secret: a fingerprint tells secrets apart."""
+
+    client_id: str
+    instance_id: str
+    device_access_key_id: str
+    secret_fingerprint: str
+    create_time: EpochMs
+    update_time: EpochMs
+
+    # Closed: a field added here must be one an operator may see, checked by a test.
+    SCHEMA_EXTRA: ClassVar[dict[str, Any]] = {"additionalProperties": False}
+
+
+class DeviceCredentialUnregistered(Response):
+    """DELETE /v1/admin/device-credentials/{clientId}: done (or there was none)."""
+
+    client_id: str
+    unregistered: Literal[True]
+
+
+class Group(Response):
+    """One Group ID of the instance."""
+
+    group_id: str
+    instance_id: str
+    independent_naming: bool
+    create_time: EpochMs
+    update_time: EpochMs
+
+
+class Groups(Response):
+    """Every Group ID of the instance."""
+
+    groups: list[Group]
+
+
+class GroupCreated(Response):
+    """POST /v1/admin/groups: created."""
+
+    group_id: str
+    created: Literal[True]
+
+
+class GroupDeleted(Response):
+    """DELETE /v1/admin/groups/{groupId}: gone (or it was not there)."""
+
+    group_id: str
+    deleted: Literal[True]
+
+
+class MessageSent(Response):
+    """POST /v1/admin/messages: accepted by the upstream under this message ID."""
+
+    topic: str
+    msg_id: str
 
 
 class Empty(Request):
@@ -521,6 +591,79 @@ class MessageSend(Request):
     encoding: Literal["text", "base64"] = "text"
 
 
+# -- the legacy management API's answers (001) ----------------------------------------------
+
+NonNegative = Annotated[int, Meta(ge=0)]
+# GET /v1/admin/topics/messages: its `measure` and `direction` (the first is the default).
+MEASURES = ("SUM", "TPS")
+DIRECTIONS = ("PUB", "SUB")
+
+
+class Subscription(Response):
+    """One subscription of a client: the whole filter, and as the legacy API splits it."""
+
+    topic: str
+    parent_topic: str
+    sub_topic: str | None
+    qos: Annotated[int, Meta(ge=0, le=2)]
+
+
+class ClientDetail(Response):
+    """One client: online, address, last touch, subscriptions."""
+
+    client_id: str
+    online: bool
+    last_touch: EpochMs
+    address: str
+    subscriptions: list[Subscription]
+
+
+class GroupOnline(Response):
+    """How many clients of a group are online."""
+
+    group_id: str
+    online_count: NonNegative
+
+
+class TopicOnline(Response):
+    """How many online clients subscribe to a topic."""
+
+    topic: str
+    online_count: NonNegative
+
+
+class Point(Response):
+    """One point of a report."""
+
+    time: EpochMs
+    value: float
+
+
+class _Series(Response):
+    """A report: its points (epoch ms, value), their units, and the range asked."""
+
+    title: str
+    x_unit: str
+    y_unit: str
+    points: list[Point]
+    begin: EpochMs
+    end: EpochMs
+
+
+class GroupOnlineHistory(_Series):
+    """A group's online count per minute."""
+
+    group_id: str
+
+
+class TopicMessages(_Series):
+    """A topic's message volume over time."""
+
+    topic: str
+    measure: Annotated[str, Meta(extra_json_schema={"enum": list(MEASURES)})]
+    direction: Annotated[str, Meta(extra_json_schema={"enum": list(DIRECTIONS)})]
+
+
 # -- the registry ----------------------------------------------------------------------------
 
 SHAPES: tuple[type[msgspec.Struct], ...] = (
@@ -544,6 +687,18 @@ SHAPES: tuple[type[msgspec.Struct], ...] = (
     Empty,
     GroupCreate,
     MessageSend,
+    DeviceCredentialLogin,
+    DeviceCredential,
+    DeviceCredentialUnregistered,
+    Groups,
+    GroupCreated,
+    GroupDeleted,
+    MessageSent,
+    ClientDetail,
+    GroupOnline,
+    TopicOnline,
+    GroupOnlineHistory,
+    TopicMessages,
 )
 REF_TEMPLATE = "#/components/schemas/{name}"
 
@@ -659,8 +814,13 @@ def _first_description(prop: dict[str, Any]) -> str:
     return str(items.get("description", "")) if isinstance(items, dict) else ""
 
 
-def respond(answer: msgspec.Struct, status: int = 200) -> web.Response:
-    """`answer` as an application/json response."""
+def respond(
+    answer: msgspec.Struct, status: int = 200, headers: Mapping[str, str] | None = None
+) -> web.Response:
+    """`answer` as an application/json response (with these other `headers`)."""
     return web.Response(
-        body=msgspec.json.encode(answer), status=status, content_type="application/json"
+        body=msgspec.json.encode(answer),
+        status=status,
+        content_type="application/json",
+        headers=headers,
     )
