@@ -10,11 +10,10 @@ Three limits, so the hot path stays cheap and the upstream quota stays protected
 - **the mint budget**, per subject, only when a request is about to call ApplyToken (a new
   token, a renewal): in one bucket shared through Redis (a GCRA script on the server's
   `TIME`, one round trip per request; the step is `authserver.limits`') when Redis is
-  configured, else in this process. A
-  device asking for ever-different token shapes (topic subsets, lifetimes, clientIds) to
-  defeat the caches is refused before it spends the quota everyone shares; requests that
-  need no new token never meet it. With Redis, the client IP is counted in a shared bucket
-  too on that path.
+  configured, else in this process. A device asking for ever-different token shapes (topic
+  subsets, lifetimes, clientIds) to defeat the caches is refused before it spends the quota
+  everyone shares; requests that need no new token never meet it. With Redis, the client
+  IP is counted in a shared bucket too on that path.
 
 The upstream check learns who is asking from a context variable set by `asking`: the
 token service mints in a task created from the request's context, so the value follows the
