@@ -78,6 +78,8 @@ class TokenRequest:
     write: tuple[str, ...]
     ttl: int
     claims: Mapping[str, Any] = field(default_factory=dict)
+    # The identity's revocable claim values (tokens/revocable.py): kept with its tokens.
+    marks: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -231,7 +233,13 @@ class TokenService:
         if self.sharing:
             return shared_token_key(self.instance_id, kind, resources, request.ttl)
         return token_key(
-            self.instance_id, request.subject, kind, resources, request.ttl, request.client_id
+            self.instance_id,
+            request.subject,
+            kind,
+            resources,
+            request.ttl,
+            request.client_id,
+            request.marks,
         )
 
     def _owner(self, request: TokenRequest) -> str:
@@ -256,7 +264,7 @@ class TokenService:
             return  # nothing awaited: no revocation could land in between
         if epoch.value is None:
             epoch.value = await self.store.epoch(request.subject)
-        holder = Holder(request.subject, request.client_id, request.claims)
+        holder = Holder(request.subject, request.client_id, request.claims, request.marks)
         for here, record in fresh:
             await self.store.hold(record, holder)
             self._held_here.put(here, record.expire_ms)
@@ -561,12 +569,14 @@ class TokenService:
         )
         margin_ms = refresh_margin_for(request.ttl, self._margin) * 1000
         claims: Mapping[str, Any]
+        marks: tuple[str, ...] = ()
         if self.sharing:
             # Everyone's and no one's: the holders are kept beside it (`_hold`), and the
             # subject's epoch does not guard it (the requester is refused instead).
             subject, client_id, claims, epoch = SHARED_SUBJECT, None, {}, None
         else:
             subject, client_id, claims = request.subject, request.client_id, request.claims
+            marks = request.marks
         record = TokenRecord(
             token=token,
             type=kind,
@@ -579,6 +589,7 @@ class TokenService:
             client_id=client_id,
             claims=claims,
             claim_names=claim_names_of(claims),
+            marks=marks,
         )
         self.minted += 1
         stored = True
