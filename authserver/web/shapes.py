@@ -627,7 +627,8 @@ S = TypeVar("S", bound=msgspec.Struct)
 
 _DECODERS: dict[type[Any], msgspec.json.Decoder[Any]] = {}
 # " - at `$.topics[3]`" ends msgspec's messages about one field; the first segment names it.
-_AT = re.compile(r" - at `\$\.([A-Za-z]+)[^`]*`$")
+# The field a message is about: `$.claim.value` names claim.value (a nested shape's field).
+_AT = re.compile(r" - at `\$\.([A-Za-z]+(?:\.[A-Za-z]+)*)[^`]*`$")
 _UNKNOWN = re.compile(r"^Object contains unknown field `")
 
 
@@ -649,7 +650,7 @@ def decode(shape: type[S], raw: bytes) -> S:
 
 def _refusal(shape: type[msgspec.Struct], message: str, raw: bytes) -> BadRequest:
     allowed = sorted(shape.__struct_encode_fields__)
-    if _UNKNOWN.match(message):
+    if _UNKNOWN.match(message) and _AT.search(message) is None:
         # msgspec stops at the first; the caller is better served by all of them. The rest
         # of the body was not read yet: it may still be malformed or nested too deeply.
         try:

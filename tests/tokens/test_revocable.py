@@ -1,0 +1,85 @@
+"""What a claim value counts as for revocation by claim (tokens/revocable.py), table-driven."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from authserver.settings import SettingsError, load_settings
+from tests.test_settings import GOOD
+from authserver.tokens.revocable import (
+    MAX_MARKED_VALUES,
+    MAX_VALUE_CHARS,
+    carried_marks,
+    mark,
+    marks_of,
+    overflow_mark,
+    value_texts,
+)
+
+
+@pytest.mark.parametrize(
+    ("value", "texts"),
+    [
+        ("acme", ["acme"]),
+        (42, ["42"]),
+        (-7, ["-7"]),
+        (["ops", "field", "ops", 3], ["ops", "field", "3"]),
+        # Never matched: nothing an admin could name, nothing that matches everything.
+        ("", []),
+        (None, []),
+        (True, []),
+        (1.5, []),
+        ({"tenant": "acme"}, []),
+        ([["nested"], {"a": 1}, None, False, ""], []),
+        ("a\x00b", []),
+        ("x" * (MAX_VALUE_CHARS + 1), []),
+    ],
+)
+def test_what_a_claim_value_counts_as(value: Any, texts: list[str]) -> None:
+    assert list(value_texts(value)) == texts
+
+
+def test_marks_are_sorted_and_only_for_the_named_claims() -> None:
+    claims = {"tenant": "acme", "roles": ["ops", "field"], "model": 200, "other": "x"}
+    assert marks_of(claims, ("tenant", "roles", "model", "absent")) == (
+        "model=200",
+        "roles=field",
+        "roles=ops",
+        "tenant=acme",
+    )
+    assert marks_of(claims, ()) == ()
+
+
+def test_too_many_values_are_recorded_under_the_overflow_mark() -> None:
+    groups = [f"g{n}" for n in range(MAX_MARKED_VALUES + 1)]
+    claims = {"roles": groups, "tenant": "acme"}
+    assert marks_of(claims, ("roles", "tenant")) == (overflow_mark("roles"), "tenant=acme")
+    # A block still sees every value the JWT carries.
+    assert mark("roles", groups[-1]) in set(carried_marks(claims, ("roles",)))
+    assert marks_of({"roles": groups[:MAX_MARKED_VALUES]}, ("roles",))[0] == "roles=g0"
+
+
+def test_the_overflow_mark_is_no_value_s_mark() -> None:
+    assert overflow_mark("roles") not in {mark("roles", t) for t in ("", "\x00", "*")}
+
+
+def test_revocable_claims_setting() -> None:
+    assert load_settings(GOOD).revocable_claims == frozenset()
+    env = {**GOOD, "AUTHSERVER_REVOCABLE_CLAIMS": " tenant, roles ,model,"}
+    assert load_settings(env).revocable_claims == {"tenant", "roles", "model"}
+
+
+def test_bad_revocable_claims_are_all_reported() -> None:
+    env = {
+        **GOOD,
+        "AUTHSERVER_REVOCABLE_CLAIMS": "tenant,ten=ant,sub,exp,9lives",
+        "AUTHSERVER_LOG_LEVEL": "LOUD",
+    }
+    with pytest.raises(SettingsError) as caught:
+        load_settings(env)
+    problems = "\n".join(caught.value.problems)
+    assert "'ten=ant', '9lives' not claim name(s)" in problems
+    assert "exp, sub cannot be revoked by value" in problems
+    assert "LOG_LEVEL" in problems  # every problem at once
