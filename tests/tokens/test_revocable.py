@@ -7,7 +7,6 @@ from typing import Any
 import pytest
 
 from authserver.settings import SettingsError, load_settings
-from tests.test_settings import GOOD
 from authserver.tokens.revocable import (
     MAX_MARKED_VALUES,
     MAX_VALUE_CHARS,
@@ -17,6 +16,7 @@ from authserver.tokens.revocable import (
     overflow_mark,
     value_texts,
 )
+from tests.test_settings import GOOD
 
 
 @pytest.mark.parametrize(
