@@ -229,6 +229,16 @@ class TracedStore:
         with self._span("bump_epoch"):
             return await self._store.bump_epoch(subject)
 
+    async def claim_epochs(self, marks: tuple[str, ...]) -> tuple[int, ...]:
+        """Traced `TokenStore.claim_epochs`."""
+        with self._span("claim_epochs"):
+            return await self._store.claim_epochs(marks)
+
+    async def bump_claim_epoch(self, mark: str) -> int:
+        """Traced `TokenStore.bump_claim_epoch`."""
+        with self._span("bump_claim_epoch"):
+            return await self._store.bump_claim_epoch(mark)
+
     async def subject_tokens(self, subject: str) -> list[tuple[str, TokenRecord]]:
         """Traced `TokenStore.subject_tokens`."""
         with self._span("subject_tokens"):

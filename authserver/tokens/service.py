@@ -37,6 +37,7 @@ RENEW_DEADLINE = 30.0
 
 Minter = Callable[[str, tuple[str, ...], str, int, float], Awaitable[str]]
 LostMint = Callable[[TokenRecord], Awaitable[None]]
+Escaped = Callable[[list[tuple[str, TokenRecord]]], Awaitable[object]]
 
 
 class RevokedWhileIssuing(ServiceUnavailable):
@@ -49,9 +50,13 @@ class RevokedWhileIssuing(ServiceUnavailable):
 
 @dataclass
 class _Epoch:
-    """The subject's revocation epoch one request mints under, read before its first await."""
+    """The subject's revocation epoch one request mints under, read before its first await.
+
+    With the epochs of its revocable claim values (`TokenRequest.marks`), read just after.
+    """
 
     value: int | None = None
+    claims: tuple[int, ...] = ()
 
 
 def clamp_ttl(ttl: float) -> int:
@@ -107,6 +112,11 @@ class MqttCredentials:
         }
 
 
+def _retired_key(key: str, previous: TokenRecord) -> str:
+    """Where a token replaced by a renewal is kept while it is still valid upstream."""
+    return f"{key}~{previous.fingerprint}"
+
+
 def token_specs(read: tuple[str, ...], write: tuple[str, ...]) -> list[tuple[str, tuple[str, ...]]]:
     """The tokens to hold: one `RW` when both sets are equal, else one per non-empty set."""
     if read and read == write:
@@ -160,6 +170,9 @@ class TokenService:
         self._background: set[asyncio.Task[None]] = set()
         # Set by the revoker: revokes upstream a token minted across a revocation.
         self.on_lost_mint: LostMint | None = None
+        # Set by the revoker: revokes (everywhere) tokens stored across a revocation of one
+        # of their claim values, which the revocation's listing may have missed.
+        self.on_escaped: Escaped | None = None
         self.lost_mints = 0
         # Token sharing (tokens/sharing.py): which (subject, clientId, token) holdings this
         # process has written to the store already, so a repeat writes nothing.
@@ -263,13 +276,22 @@ class TokenService:
         if not fresh and epoch.value is None:
             return  # nothing awaited: no revocation could land in between
         if epoch.value is None:
-            epoch.value = await self.store.epoch(request.subject)
+            await self._read_epochs(request, epoch)
         holder = Holder(request.subject, request.client_id, request.claims, request.marks)
         for here, record in fresh:
             await self.store.hold(record, holder)
             self._held_here.put(here, record.expire_ms)
         if await self.store.epoch(request.subject) != epoch.value:
             raise self._revoked_while_issuing()
+        # The same for its claim values: a revocation of one lists the holdings by value.
+        if request.marks and await self.store.claim_epochs(request.marks) != epoch.claims:
+            raise self._revoked_while_issuing()
+
+    async def _read_epochs(self, request: TokenRequest, epoch: _Epoch) -> None:
+        """Read the epochs a request mints under: its subject's, then its claim values'."""
+        epoch.value = await self.store.epoch(request.subject)
+        if request.marks:
+            epoch.claims = await self.store.claim_epochs(request.marks)
 
     async def _gather(
         self, request: TokenRequest, deadline: float, epoch: _Epoch
@@ -290,8 +312,9 @@ class TokenService:
         if missing:
             self.misses += len(missing)
             if epoch.value is None:
-                epoch.value = await self.store.epoch(request.subject)
+                await self._read_epochs(request, epoch)
             at = epoch.value
+            assert at is not None
             issued = await asyncio.gather(
                 *(
                     self._issue(key, kind, res, request, deadline, at)
@@ -304,6 +327,9 @@ class TokenService:
             # subject that moved the epoch after these were stored has purged them.
             if await self.store.epoch(request.subject) != at:
                 raise self._revoked_while_issuing()
+            if not self.sharing and request.marks:
+                minted = [(m[1], record) for m, record in zip(missing, issued, strict=True)]
+                await self._check_claim_epochs(request, epoch.claims, minted)
         done = [r for r in records if r is not None]
         if self.sharing:
             await self._hold(request, done, epoch)
@@ -334,7 +360,7 @@ class TokenService:
             # Before the first await of the request: a revocation (and its block) that lands
             # while the store is read moves the epoch, and then no token is minted for this
             # request, whose JWT was checked against the blocks before it came here.
-            epoch.value = await self.store.epoch(request.subject)
+            await self._read_epochs(request, epoch)
         generation = self.generation
         record = await self.store.get(key, self._owner(request))
         if record is None or not self._fresh(record):
@@ -386,6 +412,8 @@ class TokenService:
         generation = self.generation
         # A shared token is no one subject's: no epoch guards its store (see `_hold`).
         epoch = None if self.sharing else await self.store.epoch(request.subject)
+        marked = not self.sharing and bool(request.marks)
+        claims_at = await self.store.claim_epochs(request.marks) if marked else ()
         owner = self._owner(request)
         # The lock must outlive the renewal's own deadline (quota waits included), or
         # another process would renew the same key at the same time.
@@ -399,10 +427,40 @@ class TokenService:
             record = await self._apply(
                 key, kind, resources, request, deadline, previous=current, epoch=epoch
             )
+            if marked:
+                # The token it replaces, still held by devices, is kept under its retired key.
+                retired = (_retired_key(key, current), current)
+                await self._check_claim_epochs(request, claims_at, [(key, record), retired])
             if self._l1 is not None and self.generation == generation:
                 self._l1.put(key, record)
         finally:
             await self._unlock(key, owner, lock_id)
+
+    async def _check_claim_epochs(
+        self,
+        request: TokenRequest,
+        read: tuple[int, ...],
+        stored: list[tuple[str, TokenRecord]],
+    ) -> None:
+        """Revoke what this mint stored if one of its claim values was revoked meanwhile.
+
+        A revocation by claim value moves the value's epoch, then lists the value's tokens:
+        tokens stored before the move are listed, and a mint that stored its tokens after
+        the move finds the epoch moved here (it read them before it minted). They are
+        revoked everywhere (once: the revoker skips those the listing found) and not
+        answered (`RevokedWhileIssuing`, whose retry meets the block).
+        """
+        if await self.store.claim_epochs(request.marks) == read:
+            return
+        self.lost_mints += len(stored)
+        log.warning(
+            "token(s) %s were minted while a claim value of their identity was being "
+            "revoked; revoking them",
+            ", ".join(record.fingerprint for _key, record in stored),
+        )
+        if self.on_escaped is not None:
+            await self.on_escaped(stored)
+        raise self._revoked_while_issuing()
 
     async def close(self) -> None:
         """Cancel background renewals and issuances still running (the app is stopping)."""
@@ -597,7 +655,7 @@ class TokenService:
             # Devices still hold the token being replaced and it stays valid upstream until
             # it expires: keep it findable (by subject, client and value) for revocation and
             # policy narrowing, under a key no request looks up.
-            retired = f"{key}~{previous.fingerprint}"
+            retired = _retired_key(key, previous)
             stored = await self.store.put(retired, previous, epoch=epoch)
         if not stored or not await self.store.put(key, record, epoch=epoch):
             await self._revoke_lost(record)

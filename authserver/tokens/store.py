@@ -57,6 +57,18 @@ class TokenStore(Protocol):
         """Move the subject's revocation epoch (before its tokens are listed for revocation)."""
         ...
 
+    async def claim_epochs(self, marks: tuple[str, ...]) -> tuple[int, ...]:
+        """The revocation epochs of these claim values (tokens/revocable.py), in order."""
+        ...
+
+    async def bump_claim_epoch(self, mark: str) -> int:
+        """Move a claim value's epoch (before its tokens are listed for revocation).
+
+        Not checked as a record is written (a claim value's key lives apart from the
+        subject's): a mint reads the epochs before and after it stores (`TokenService`).
+        """
+        ...
+
     async def subject_tokens(self, subject: str) -> list[tuple[str, TokenRecord]]:
         """Every live record of a subject, with its key."""
         ...
@@ -185,6 +197,8 @@ class MemoryStore:
         self._evicted: Callable[[str], None] | None = None
         # subject -> (epoch, forget after ms): only revoked subjects, a handful.
         self._epochs: dict[str, tuple[int, float]] = {}
+        # The same for revoked claim values (marks).
+        self._claim_epochs: dict[str, tuple[int, float]] = {}
 
     def watch_evictions(self, callback: Callable[[str], None]) -> None:
         """Have `callback(key)` told of records evicted (the store is full) or expired."""
@@ -209,20 +223,32 @@ class MemoryStore:
         """The subject's revocation epoch (0 when never revoked, or long ago)."""
         return self._epoch(subject)
 
-    def _epoch(self, subject: str) -> int:
-        found = self._epochs.get(subject)
+    def _epoch(self, subject: str, epochs: dict[str, tuple[int, float]] | None = None) -> int:
+        found = (self._epochs if epochs is None else epochs).get(subject)
         if found is None or found[1] <= self._now_ms():
             return 0
         return found[0]
 
     async def bump_epoch(self, subject: str) -> int:
         """Move the subject's epoch; forget the epochs of subjects revoked long ago."""
+        return self._bump(self._epochs, subject)
+
+    def _bump(self, epochs: dict[str, tuple[int, float]], name: str) -> int:
         now_ms = self._now_ms()
-        if len(self._epochs) >= 1024:
-            self._epochs = {s: e for s, e in self._epochs.items() if e[1] > now_ms}
-        epoch = self._epoch(subject) + 1
-        self._epochs[subject] = (epoch, now_ms + EPOCH_TTL_MS)
+        if len(epochs) >= 1024:
+            for old in [n for n, e in epochs.items() if e[1] <= now_ms]:
+                del epochs[old]
+        epoch = self._epoch(name, epochs) + 1
+        epochs[name] = (epoch, now_ms + EPOCH_TTL_MS)
         return epoch
+
+    async def claim_epochs(self, marks: tuple[str, ...]) -> tuple[int, ...]:
+        """The epochs of these claim values (0 when never revoked, or long ago)."""
+        return tuple(self._epoch(mark, self._claim_epochs) for mark in marks)
+
+    async def bump_claim_epoch(self, mark: str) -> int:
+        """Move a claim value's epoch."""
+        return self._bump(self._claim_epochs, mark)
 
     async def put(self, key: str, record: TokenRecord, *, epoch: int | None = None) -> bool:
         """Keep `record` under `key` until it expires (if the subject's epoch is `epoch`)."""
@@ -466,6 +492,10 @@ class RedisStore:
     def _epoch_key(self, subject: str) -> str:
         return f"{KEY_PREFIX}epoch:{self._tag(subject)}"
 
+    @staticmethod
+    def _claim_epoch_key(mark: str) -> str:
+        return f"{KEY_PREFIX}epoch:claim:{{{subject_tag(mark)}}}"
+
     def _lock_key(self, key: str, subject: str) -> str:
         return f"{KEY_PREFIX}lock:{self._tag(subject)}:{key}"
 
@@ -500,6 +530,31 @@ class RedisStore:
             async with self._redis.pipeline(transaction=True) as pipe:
                 pipe.incr(self._epoch_key(subject))
                 pipe.pexpire(self._epoch_key(subject), EPOCH_TTL_MS)
+                epoch, _ = await pipe.execute()
+        except RedisError as err:
+            raise StoreUnavailable("the token store (Redis) is unreachable") from err
+        return int(epoch)
+
+    async def claim_epochs(self, marks: tuple[str, ...]) -> tuple[int, ...]:
+        """GET each claim value's epoch (one round trip; the keys may be in other slots)."""
+        if not marks:
+            return ()
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for mark in marks:
+                    pipe.get(self._claim_epoch_key(mark))
+                raws = await pipe.execute()
+        except RedisError as err:
+            raise StoreUnavailable("the token store (Redis) is unreachable") from err
+        return tuple(0 if raw is None else int(raw) for raw in raws)
+
+    async def bump_claim_epoch(self, mark: str) -> int:
+        """INCR a claim value's epoch (kept EPOCH_TTL_MS after its last revocation)."""
+        key = self._claim_epoch_key(mark)
+        try:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.incr(key)
+                pipe.pexpire(key, EPOCH_TTL_MS)
                 epoch, _ = await pipe.execute()
         except RedisError as err:
             raise StoreUnavailable("the token store (Redis) is unreachable") from err

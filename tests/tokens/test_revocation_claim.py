@@ -8,8 +8,10 @@ ManualClock, shared tokens are rotated, and bad claim names or values are precis
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
 
@@ -432,3 +434,97 @@ async def test_a_claim_the_policy_ignores_still_keeps_identities_apart(
     assert await fetch(client, in_a) == tokens_a
     await drained(emulator, client, tokens_b)
     assert not any(emulator.state.is_revoked(t) for t in tokens_a)
+
+
+async def set_fault(emulator: EmulatorHandle, **fault: Any) -> None:
+    """`POST /_emulator/faults`."""
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"{emulator.url}/_emulator/faults", json=fault) as response,
+    ):
+        assert response.status == 200, await response.text()
+
+
+def apply_calls(emulator: EmulatorHandle) -> int:
+    """ApplyToken calls that reached the emulator (counted on arrival, before the latency)."""
+    return int(emulator.state.stats()["calls"].get("ApplyToken", 0))
+
+
+@pytest.mark.parametrize("block", [True, False], ids=["blocked", "unblocked"])
+async def test_a_token_minted_across_a_claim_revocation_is_revoked(
+    make_emulator: MakeEmulator, make_gateway: MakeGateway, store_url: str | None, block: bool
+) -> None:
+    emulator = await make_emulator()
+    client = await make_gateway(
+        emulator, redis_url=store_url, policy_file=IOT_FLEET_POLICY, revocable_claims=REVOCABLE
+    )
+    jwt = make_jwt("mia", tenant="acme", device_id="mia")
+    body = {"clientId": "GID_fleet@@@mia", "actions": ["R"]}
+    await set_fault(emulator, action="ApplyToken", latencyMs=1500)
+    asked = asyncio.ensure_future(client.post("/v1/token", headers=bearer(jwt), json=body))
+    await eventually(lambda: apply_calls(emulator) == 1)
+    resp = await client.post(
+        "/v1/admin/revoke",
+        json={"claim": {"name": "tenant", "value": "acme"}, "blockIssuedBefore": block},
+        headers=admin_headers(),
+    )
+    assert resp.status == 202, await resp.text()
+    # Nothing stored yet: the only token is still being minted.
+    assert (await resp.json())["revokedLocally"] == 0
+    assert not asked.done(), "the mint finished before the revocation; the race was not run"
+    answer = await asked
+    await set_fault(emulator, action="ApplyToken", latencyMs=0)
+    (minted,) = list(emulator.state.tokens)
+
+    assert answer.status == 503, await answer.text()
+    assert minted not in await answer.text()
+    await eventually(lambda: emulator.state.is_revoked(minted))
+    tokens = client.server.app[appkeys.TOKENS]
+    assert await tokens.lookup(minted) is None
+    again = await client.post("/v1/token", headers=bearer(jwt), json=body)
+    if block:
+        assert again.status == 401
+    else:
+        assert again.status == 200, await again.text()
+        assert minted not in await again.text()
+    assert revoke_calls(emulator) == 1
+
+
+async def test_a_renewal_across_a_claim_revocation_revokes_both_tokens(
+    make_emulator: MakeEmulator, make_gateway: MakeGateway, store_url: str | None
+) -> None:
+    clock = ManualClock(start=START)
+    emulator = await make_emulator(clock=clock)
+    client = await make_gateway(
+        emulator,
+        clock=clock,
+        redis_url=store_url,
+        policy_file=IOT_FLEET_POLICY,
+        revocable_claims=REVOCABLE,
+    )
+    jwt = make_jwt("mia", now=clock.time(), lifetime=86400, tenant="acme", device_id="mia")
+    body = {"clientId": "GID_fleet@@@mia", "actions": ["R"]}
+    first = await (await client.post("/v1/token", headers=bearer(jwt), json=body)).json()
+    (current,) = first["tokens"]
+
+    # Into the renewal window, with ApplyToken held: the renewal is in flight.
+    await set_fault(emulator, action="ApplyToken", latencyMs=1500)
+    clock.advance((first["refreshAt"] - clock.time() * 1000) / 1000 - 0.5)
+    served = await client.post("/v1/token", headers=bearer(jwt), json=body)
+    assert (await served.json())["tokens"][0]["token"] == current["token"]
+    await eventually(lambda: apply_calls(emulator) == 2)
+    tokens = client.server.app[appkeys.TOKENS]
+    answer = await revoke(client, {"claim": {"name": "tenant", "value": "acme"}})
+    assert answer["revokedLocally"] == 1
+    assert tokens.lost_mints == 0, "the renewal finished before the revocation"
+
+    # The renewal stored its token and kept the old one under its retired key after the
+    # listing: both are found by the moved epoch and revoked, nothing is left stored.
+    await eventually(lambda: tokens.lost_mints == 2)
+    await set_fault(emulator, action="ApplyToken", latencyMs=0)
+    renewed = next(t for t in emulator.state.tokens if t != current["token"])
+    await eventually(lambda: emulator.state.is_revoked(renewed))
+    assert emulator.state.is_revoked(current["token"])
+    assert await tokens.lookup(renewed) is None
+    assert await tokens.lookup(current["token"]) is None
+    assert revoke_calls(emulator) == 2  # each once: the listing's, then the renewal's

@@ -99,6 +99,7 @@ class Revoker:
         bus.on_event(self._on_event)
         bus.on_resync(self.resync)
         tokens.on_lost_mint = self.revoke_unstored
+        tokens.on_escaped = self._revoke_escaped
 
     def _now_ms(self) -> int:
         return int(self._clock.time() * 1000)
@@ -256,6 +257,25 @@ class Revoker:
         await self.state.enqueue([(record.token, record.instance_id)], now)
         await self.state.mark_revoked([(token_hash(record.token), record.expire_ms)], now)
 
+    async def _revoke_escaped(self, records: list[tuple[str, TokenRecord]]) -> None:
+        """Revoke tokens stored across a claim revocation, unless its listing found them.
+
+        The usual case, a renewal's retired token, was listed: revoked once upstream, not
+        twice. (Both sides may still queue a token when they run at the same instant;
+        RevokeToken is idempotent.)
+        """
+        now = self._now_ms()
+        left = [
+            (key, record)
+            for key, record in records
+            if not await self.state.is_revoked(token_hash(record.token), now)
+        ]
+        await self.revoke_records(left)
+        # Revoked or not, they must leave the store: the listing deleted what it found.
+        for key, record in records:
+            if (key, record) not in left:
+                await self.tokens.store.delete(key, record)
+
     async def revoke_token(self, token: str, *, grace: float = 0.0) -> RevocationResult:
         """Revoke one token by value (queued upstream even when we never held it)."""
         found = await self.tokens.store.lookup(token)
@@ -316,6 +336,10 @@ class Revoker:
             )
         store = self.tokens.store
         carried = mark(name, value)
+        # The epochs move first, as a subject's does: a mint in flight that stores its token
+        # after the listing below finds them moved (`TokenService._check_claim_epochs`).
+        for moved in (carried, overflow_mark(name)):
+            await store.bump_claim_epoch(moved)
         before = await self._block(CLAIM, carried) if block_issued_before else None
         records: list[tuple[str, TokenRecord]] = []
         for found in (carried, overflow_mark(name)):
