@@ -12,7 +12,7 @@ A request meets these layers, in this order (a hit ends the walk):
 | remembered JWTs | sha256(JWT)                                    | JWTVerifier    |
 | JWT header memo | the JWT's header segment                       | JWTVerifier    |
 | claims-key memo | the claims object (the claims the policy reads)| PolicyHolder   |
-| answers         | (subject, claims key), canonical request       | here (answers) |
+| answers         | (subject, claims key[, claim marks]), request  | here (answers) |
 | plan LRU        | policy version, subject, clientId, claims key, | PolicyHolder   |
 |                 | topics, actions                                |                |
 | single-flight   | token key (one mint task per key)              | TokenService   |
@@ -31,6 +31,7 @@ Invalidation: what each event drops, and what guards work in flight when it land
 | token revoked by value     | its          | its          | its     | deleted    | GT   |
 | subject revoked            | its          | its          | its     | deleted    | GTEB |
 | clientId revoked           | its          | its          | its     | deleted    | GTB  |
+| claim value revoked        | its          | its          | its     | deleted    | GTCB |
 | policy reload              | stale: ver.  | stale: ver.  | -       | -          | P    |
 | policy narrowing           | its          | its          | its     | deleted    | GT   |
 | store eviction / expiry    | its          | its          | -       | (event)    | -    |
@@ -55,8 +56,12 @@ Invalidation: what each event drops, and what guards work in flight when it land
   older epoch is not stored (the store checks it as it writes) and is revoked upstream
   through the durable queue; a token stored before the move is not answered either. Both
   answer 503 `RevokedWhileIssuing`, whose retry meets the block.
+- C: the claim value's epoch moves before its tokens are listed: a mint that stored its
+  tokens after the move finds it moved, revokes them everywhere and answers 503
+  `RevokedWhileIssuing` (`TokenService._check_claim_epochs`).
 - B: a block: `Revoker.check` refuses an app JWT issued before it, on every path (repeat,
-  answer, mint), for the subject or any clientId the policy lets the identity use.
+  answer, mint), for the subject, any clientId the policy lets the identity use, or any
+  revocable claim value it carries (tokens/revocable.py).
 - P: the plan LRU is keyed by the policy version; the claims-key memo (keyed by the claims
   object) is emptied by the swap, as the claims a policy reads may differ.
 - R: the revoker reloads its blocks (events may have been missed).
@@ -71,7 +76,12 @@ Invalidation: what each event drops, and what guards work in flight when it land
 The JWT header memo holds a parse (algorithm, key id) of the header text, which no event
 makes wrong: the key it names is looked up afresh.
 
-Each row is tested in tests/tokens/test_issuer.py, without a server.
+Each row is tested in tests/tokens/test_issuer.py, without a server (the claim value row
+over real sockets, in tests/tokens/test_revocation_claim.py).
+
+Claim marks: with AUTHSERVER_REVOCABLE_CLAIMS set, the revocable claim values an identity
+carries are part of its answers' key and its tokens' key, so a token is always recorded
+under the values of the identity it is handed to.
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ ManualClock, shared tokens are rotated, and bad claim names or values are precis
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 import aiohttp
@@ -22,6 +23,7 @@ from tests.admin.conftest import admin_headers
 from tests.fixtures.emulator import EmulatorHandle, MakeEmulator
 from tests.fixtures.gateway import IOT_FLEET_POLICY, REPO, MakeGateway, bearer, make_jwt
 from tests.helpers import eventually
+from tests.ops.helpers import scrape, value
 
 REVOCABLE = frozenset({"tenant", "roles", "model"})
 TENANT_POLICY = REPO / "policies" / "tenant-broadcast.yaml"
@@ -209,6 +211,7 @@ async def test_grace_margin_holds_the_upstream_revocation_back(
     assert answer["queued"] == len(old)
     status = await queue(client)
     assert (status["depth"], status["delayed"]) == (0, len(old))
+    assert value(await scrape(client), "authserver_revocation_queue_delayed") == len(old)
 
     # The block applies now: the old JWT is refused, a newer one gets new tokens at once,
     # while the old tokens still work upstream (the device is still connected with them).
@@ -528,3 +531,29 @@ async def test_a_renewal_across_a_claim_revocation_revokes_both_tokens(
     assert await tokens.lookup(renewed) is None
     assert await tokens.lookup(current["token"]) is None
     assert revoke_calls(emulator) == 2  # each once: the listing's, then the renewal's
+
+
+async def test_one_audit_line_names_the_claim_value(
+    emulator: EmulatorHandle, make_gateway: MakeGateway, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = await make_gateway(emulator, policy_file=IOT_FLEET_POLICY, revocable_claims=REVOCABLE)
+    jwt = make_jwt("ann", tenant="acme", device_id="ann")
+    resp = await client.post("/v1/token", headers=bearer(jwt), json={"clientId": "GID_fleet@@@ann"})
+    tokens = [t["token"] for t in (await resp.json())["tokens"]]
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        await revoke(client, {"claim": {"name": "tenant", "value": "acme"}, "graceSeconds": 5})
+        bad = await client.post(
+            "/v1/admin/revoke",
+            json={"claim": {"name": "device_id", "value": "ann"}},
+            headers=admin(client),
+        )
+        assert bad.status == 400
+    lines = [r.audit for r in caplog.records if r.name == "authserver.audit"]
+    done, refused_line = lines
+    assert (done["action"], done["result"]) == ("revoke", 202)
+    assert done["claim"] == {"name": "tenant", "value": "acme"}
+    assert sorted(done["fingerprints"]) == sorted(fingerprint(t) for t in tokens)
+    assert done["upstreamRevocationAfter"] - done["blockedIssuedBefore"] >= 5000
+    assert (refused_line["result"], refused_line["error"]) == (400, "claim_not_revocable")
+    assert not any(t in caplog.text for t in tokens)
