@@ -174,11 +174,13 @@ class TokenService:
         # of their claim values, which the revocation's listing may have missed.
         self.on_escaped: Escaped | None = None
         self.lost_mints = 0
-        # Token sharing (tokens/sharing.py): which (subject, clientId, token) holdings this
+        # Token sharing (tokens/sharing.py): which (subject, clientId, token, marks) holdings this
         # process has written to the store already, so a repeat writes nothing.
         self.sharing = sharing == IDENTICAL_GRANTS
-        self._held_here: ExpiringMap[tuple[str, str | None, str], int] = ExpiringMap(
-            l1_size if self.sharing else 0, lambda until: until
+        # Keyed with the holder's claim values too: the same subject and clientId signed in
+        # with other values is indexed under those as well.
+        self._held_here: ExpiringMap[tuple[str, str | None, str, tuple[str, ...]], int] = (
+            ExpiringMap(l1_size if self.sharing else 0, lambda until: until)
         )
 
     def drop(self, keys: Iterable[str]) -> None:
@@ -270,7 +272,7 @@ class TokenService:
         """
         fresh = []
         for record in records:
-            here = (request.subject, request.client_id, record.token)
+            here = (request.subject, request.client_id, record.token, request.marks)
             if self._held_here.get(here, self._clock.time() * 1000) is None:
                 fresh.append((here, record))
         if not fresh and epoch.value is None:

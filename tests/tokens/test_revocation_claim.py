@@ -557,3 +557,26 @@ async def test_one_audit_line_names_the_claim_value(
     assert done["upstreamRevocationAfter"] - done["blockedIssuedBefore"] >= 5000
     assert (refused_line["result"], refused_line["error"]) == (400, "claim_not_revocable")
     assert not any(t in caplog.text for t in tokens)
+
+
+async def test_a_holder_signed_in_again_with_another_value_is_found_by_it(
+    make_emulator: MakeEmulator, make_gateway: MakeGateway, store_url: str | None
+) -> None:
+    clock = ManualClock(start=START)
+    emulator = await make_emulator(clock=clock)
+    client = await make_gateway(
+        emulator,
+        clock=clock,
+        redis_url=store_url,
+        policy_file=TENANT_POLICY,
+        token_sharing="identical-grants",
+        revocable_claims=REVOCABLE,
+    )
+    before = Device(clock, "d2", tenant="acme", roles=["ops"])
+    shared = await fetch(client, before)
+    # The same subject and clientId, now in the field group: the same shared tokens.
+    after = Device(clock, "d2", tenant="acme", roles=["ops", "field"])
+    assert await fetch(client, after) == shared
+    answer = await revoke(client, {"claim": {"name": "roles", "value": "field"}})
+    assert (answer["revokedLocally"], answer["queued"]) == (2, 2)
+    await drained(emulator, client, shared)
