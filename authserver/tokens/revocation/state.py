@@ -1,7 +1,9 @@
 """Where revocations are kept: the durable job queue, the issued-before blocks, revoked hashes.
 
 `MemoryState` keeps them in this process (the embedded mode: a restart loses queued jobs);
-`RedisState` in a Redis stream with a consumer group, hashes and a sorted set.
+`RedisState` in a Redis stream with a consumer group, hashes and a sorted set. Jobs held back
+by a grace margin wait in a second sorted set (in memory: a list) until `promote_due` moves
+them into the queue, which the worker calls every round with the injected clock's time.
 """
 
 from __future__ import annotations
