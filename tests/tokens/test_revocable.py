@@ -6,7 +6,9 @@ from typing import Any
 
 import pytest
 
+from authserver.clock import ManualClock
 from authserver.settings import SettingsError, load_settings
+from authserver.tokens.model import TokenRecord
 from authserver.tokens.revocable import (
     MAX_MARKED_VALUES,
     MAX_VALUE_CHARS,
@@ -16,6 +18,7 @@ from authserver.tokens.revocable import (
     overflow_mark,
     value_texts,
 )
+from authserver.tokens.store import MemoryStore
 from tests.test_settings import GOOD
 
 
@@ -83,3 +86,43 @@ def test_bad_revocable_claims_are_all_reported() -> None:
     assert "'ten=ant', '9lives' not claim name(s)" in problems
     assert "exp, sub cannot be revoked by value" in problems
     assert "LOG_LEVEL" in problems  # every problem at once
+
+
+def _record(token: str, expire_ms: int, marks: tuple[str, ...]) -> TokenRecord:
+    return TokenRecord(
+        token=token,
+        type="R",
+        resources=("t/acme/#",),
+        expire_ms=expire_ms,
+        refresh_at_ms=expire_ms - 1000,
+        issued_ms=expire_ms - 3_600_000,
+        subject="sam",
+        instance_id="post-cn-test",
+        marks=marks,
+    )
+
+
+async def test_the_memory_store_s_claim_index_leaves_with_its_records() -> None:
+    clock = ManualClock(start=1_900_000_000.0)
+    store = MemoryStore(clock)
+    now_ms = int(clock.time() * 1000)
+    kept = _record("tok-1", now_ms + 60_000, ("roles=ops", "tenant=acme"))
+    expiring = _record("tok-2", now_ms + 1_000, ("tenant=acme",))
+    await store.put("k1", kept)
+    await store.put("k2", expiring)
+    assert {k for k, _ in await store.claim_tokens("tenant=acme")} == {"k1", "k2"}
+    assert await store.claim_tokens("tenant=other") == []
+
+    clock.advance(2)  # tok-2 expires: found no more, and its entry goes when met
+    assert [k for k, _ in await store.claim_tokens("tenant=acme")] == ["k1"]
+    await store.delete("k1", kept)
+    assert await store.claim_tokens("roles=ops") == []
+    assert store._by_claim == {}  # nothing left behind for a revoked or gone record
+
+
+def test_marks_survive_the_shared_store_s_json() -> None:
+    record = _record("tok-1", 1_900_000_060_000, ("tenant=acme",))
+    assert TokenRecord.from_json(record.to_json()).marks == ("tenant=acme",)
+    plain = _record("tok-2", 1_900_000_060_000, ())
+    assert "marks" not in plain.to_json()  # records without marks are stored as before
+    assert TokenRecord.from_json(plain.to_json()).marks == ()
