@@ -613,3 +613,33 @@ async def test_claim_revocation_with_grace_on_a_redis_cluster(
     clock.advance(10)
     await drained(emulator, one, old)
     assert revoke_calls(emulator) == len(old)
+
+
+async def test_an_identity_with_too_many_values_is_revoked_by_any_of_that_claim(
+    make_emulator: MakeEmulator, make_gateway: MakeGateway, store_url: str | None
+) -> None:
+    clock = ManualClock(start=START)
+    emulator = await make_emulator(clock=clock)
+    client = await make_gateway(
+        emulator,
+        clock=clock,
+        redis_url=store_url,
+        policy_file=IOT_FLEET_POLICY,
+        revocable_claims=REVOCABLE,
+    )
+    crowd = Device(clock, "crowd", tenant="acme", roles=[f"g{n}" for n in range(40)])
+    plain = Device(clock, "plain", tenant="acme", roles=["g1"])
+    old_crowd = await fetch(client, crowd)
+    kept = await fetch(client, plain)
+
+    # "zzz" is nobody's: the crowd's tokens go (indexed under the claim as a whole), but
+    # its JWT carries no "zzz" and is not refused; it simply gets new tokens.
+    answer = await revoke(client, {"claim": {"name": "roles", "value": "zzz"}})
+    assert sorted(answer["fingerprints"]) == sorted(fingerprint(t) for t in old_crowd)
+    assert not await refused(client, crowd)
+    assert await fetch(client, plain) == kept
+    # "g39" is the crowd's: refused, however far down its list the value is.
+    await revoke(client, {"claim": {"name": "roles", "value": "g39"}})
+    assert await refused(client, crowd)
+    assert not await refused(client, plain)
+    await drained(emulator, client, old_crowd)
