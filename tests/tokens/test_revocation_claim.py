@@ -125,6 +125,7 @@ async def test_claim_revocation_across_two_gateways_on_one_redis(
     old = old_alice + old_bob
 
     before = int(clock.time() * 1000)
+    clock.advance(1)  # the JWTs above were issued before the block, not in its ms
     answer = await revoke(first, {"claim": {"name": "tenant", "value": "acme"}})
     assert answer["revokedLocally"] == len(old) == 4
     assert answer["queued"] == 4
@@ -176,6 +177,7 @@ async def test_list_and_integer_claims(
     kept = [await fetch(client, eve), await fetch(client, none)]
 
     value = {"roles": "field", "model": "200"}[selector]
+    clock.advance(1)  # the JWTs above were issued before the block, not in its ms
     answer = await revoke(client, {"claim": {"name": selector, "value": value}})
     assert answer["revokedLocally"] == len(old_dan)
     assert await refused(client, dan)
@@ -202,6 +204,7 @@ async def test_grace_margin_holds_the_upstream_revocation_back(
     other = Device(clock, "olga", tenant="other")
     old = await fetch(client, alice)
 
+    clock.advance(1)  # the JWTs above were issued before the block, not in its ms
     answer = await revoke(
         client, {"claim": {"name": "tenant", "value": "acme"}, "graceSeconds": 60}
     )
@@ -280,6 +283,7 @@ async def test_sharing_rotates_the_token_for_holders_without_the_value(
     assert await fetch(client, d1) == shared
     assert emulator.state.stats()["success"]["ApplyToken"] == 2
 
+    clock.advance(1)  # the JWTs above were issued before the block, not in its ms
     answer = await revoke(client, {"claim": {"name": "roles", "value": "field"}})
     assert (answer["revokedLocally"], answer["queued"]) == (2, 2)
     assert await refused(client, d1)
@@ -306,6 +310,7 @@ async def test_embedded_mode_without_redis(
     )
     alice = Device(clock, "alice", tenant="acme")
     old = await fetch(client, alice)
+    clock.advance(1)  # the JWTs above were issued before the block, not in its ms
     answer = await revoke(client, {"claim": {"name": "tenant", "value": "acme"}})
     assert answer["revokedLocally"] == len(old)
     assert (await queue(client))["mode"] == "memory"
@@ -431,6 +436,7 @@ async def test_a_claim_the_policy_ignores_still_keeps_identities_apart(
     tokens_b = await fetch(client, in_b)
     assert set(tokens_a).isdisjoint(tokens_b)
 
+    clock.advance(1)  # the JWTs above were issued before the block, not in its ms
     answer = await revoke(client, {"claim": {"name": "org", "value": "b"}})
     assert sorted(answer["fingerprints"]) == sorted(fingerprint(t) for t in tokens_b)
     assert await refused(client, in_b)
@@ -602,6 +608,7 @@ async def test_claim_revocation_with_grace_on_a_redis_cluster(
     ]
     devices = [Device(clock, f"dev-{n}", tenant="acme") for n in range(6)]
     old = [t for d in devices for t in await fetch(one, d)]
+    clock.advance(1)  # the JWTs above were issued before the block, not in its ms
     answer = await revoke(two, {"claim": {"name": "tenant", "value": "acme"}, "graceSeconds": 10})
     assert answer["revokedLocally"] == len(old)
     assert (await queue(one))["delayed"] == len(old)
@@ -634,6 +641,7 @@ async def test_an_identity_with_too_many_values_is_revoked_by_any_of_that_claim(
 
     # "zzz" is nobody's: the crowd's tokens go (indexed under the claim as a whole), but
     # its JWT carries no "zzz" and is not refused; it simply gets new tokens.
+    clock.advance(1)  # the JWTs above were issued before the block, not in its ms
     answer = await revoke(client, {"claim": {"name": "roles", "value": "zzz"}})
     assert sorted(answer["fingerprints"]) == sorted(fingerprint(t) for t in old_crowd)
     assert not await refused(client, crowd)
