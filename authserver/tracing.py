@@ -229,6 +229,16 @@ class TracedStore:
         with self._span("bump_epoch"):
             return await self._store.bump_epoch(subject)
 
+    async def claim_epochs(self, marks: tuple[str, ...]) -> tuple[int, ...]:
+        """Traced `TokenStore.claim_epochs`."""
+        with self._span("claim_epochs"):
+            return await self._store.claim_epochs(marks)
+
+    async def bump_claim_epoch(self, mark: str) -> int:
+        """Traced `TokenStore.bump_claim_epoch`."""
+        with self._span("bump_claim_epoch"):
+            return await self._store.bump_claim_epoch(mark)
+
     async def subject_tokens(self, subject: str) -> list[tuple[str, TokenRecord]]:
         """Traced `TokenStore.subject_tokens`."""
         with self._span("subject_tokens"):
@@ -238,6 +248,11 @@ class TracedStore:
         """Traced `TokenStore.client_tokens`."""
         with self._span("client_tokens"):
             return await self._store.client_tokens(client_id)
+
+    async def claim_tokens(self, mark: str) -> list[tuple[str, TokenRecord]]:
+        """Traced `TokenStore.claim_tokens` (the claim value is not an attribute)."""
+        with self._span("claim_tokens"):
+            return await self._store.claim_tokens(mark)
 
     async def lookup(self, token: str) -> tuple[str, TokenRecord] | None:
         """Traced `TokenStore.lookup` (the token is the argument: never an attribute)."""

@@ -22,8 +22,9 @@ KEY_PREFIX = "authserver:"
 # to outlive every mint that read the epoch before that revocation: one request deadline or
 # one background renewal (RENEW_DEADLINE), seconds, not an hour. A forgotten epoch reads 0.
 EPOCH_TTL_MS = 3600 * 1000
-# The two indexes of shared tokens by holder (see tokens/sharing.py).
-HELD_BY_SUBJECT, HELD_BY_CLIENT = "subject", "client"
+# The indexes of shared tokens by holder (see tokens/sharing.py): by subject, by clientId, by
+# revocable claim value (a mark, tokens/revocable.py).
+HELD_BY_SUBJECT, HELD_BY_CLIENT, HELD_BY_CLAIM = "subject", "client", "claim"
 
 
 def token_hash(token: str) -> str:
@@ -56,12 +57,28 @@ class TokenStore(Protocol):
         """Move the subject's revocation epoch (before its tokens are listed for revocation)."""
         ...
 
+    async def claim_epochs(self, marks: tuple[str, ...]) -> tuple[int, ...]:
+        """The revocation epochs of these claim values (tokens/revocable.py), in order."""
+        ...
+
+    async def bump_claim_epoch(self, mark: str) -> int:
+        """Move a claim value's epoch (before its tokens are listed for revocation).
+
+        Not checked as a record is written (a claim value's key lives apart from the
+        subject's): a mint reads the epochs before and after it stores (`TokenService`).
+        """
+        ...
+
     async def subject_tokens(self, subject: str) -> list[tuple[str, TokenRecord]]:
         """Every live record of a subject, with its key."""
         ...
 
     async def client_tokens(self, client_id: str) -> list[tuple[str, TokenRecord]]:
         """Every live record handed to a client id, with its key."""
+        ...
+
+    async def claim_tokens(self, mark: str) -> list[tuple[str, TokenRecord]]:
+        """Every live record minted for an identity carrying a claim value (its mark)."""
         ...
 
     async def lookup(self, token: str) -> tuple[str, TokenRecord] | None:
@@ -144,6 +161,16 @@ def _index_of(keys: list[str]) -> Keys:
     return keys if len(keys) <= SHORT_KEYS else set(keys)
 
 
+def _holdings(holder: Holder) -> list[tuple[str, str | None]]:
+    """The (scope, name) indexes a holding of a shared token is written under."""
+    found: list[tuple[str, str | None]] = [
+        (HELD_BY_SUBJECT, holder.subject),
+        (HELD_BY_CLIENT, holder.client_id),
+    ]
+    found.extend((HELD_BY_CLAIM, mark) for mark in holder.marks)
+    return found
+
+
 class MemoryStore:
     """The embedded store: a bounded in-process cache, entries dropped at expiry."""
 
@@ -158,6 +185,7 @@ class MemoryStore:
         )
         self._by_subject: dict[str, Keys] = {}
         self._by_client: dict[str, Keys] = {}
+        self._by_claim: dict[str, Keys] = {}
         # Keyed by the token value itself, the very string the record holds: no digest to
         # keep (a 64-character hex string was 113 bytes a token), only the dict's slot.
         self._by_value: dict[str, str] = {}
@@ -169,6 +197,8 @@ class MemoryStore:
         self._evicted: Callable[[str], None] | None = None
         # subject -> (epoch, forget after ms): only revoked subjects, a handful.
         self._epochs: dict[str, tuple[int, float]] = {}
+        # The same for revoked claim values (marks).
+        self._claim_epochs: dict[str, tuple[int, float]] = {}
 
     def watch_evictions(self, callback: Callable[[str], None]) -> None:
         """Have `callback(key)` told of records evicted (the store is full) or expired."""
@@ -193,20 +223,32 @@ class MemoryStore:
         """The subject's revocation epoch (0 when never revoked, or long ago)."""
         return self._epoch(subject)
 
-    def _epoch(self, subject: str) -> int:
-        found = self._epochs.get(subject)
+    def _epoch(self, subject: str, epochs: dict[str, tuple[int, float]] | None = None) -> int:
+        found = (self._epochs if epochs is None else epochs).get(subject)
         if found is None or found[1] <= self._now_ms():
             return 0
         return found[0]
 
     async def bump_epoch(self, subject: str) -> int:
         """Move the subject's epoch; forget the epochs of subjects revoked long ago."""
+        return self._bump(self._epochs, subject)
+
+    def _bump(self, epochs: dict[str, tuple[int, float]], name: str) -> int:
         now_ms = self._now_ms()
-        if len(self._epochs) >= 1024:
-            self._epochs = {s: e for s, e in self._epochs.items() if e[1] > now_ms}
-        epoch = self._epoch(subject) + 1
-        self._epochs[subject] = (epoch, now_ms + EPOCH_TTL_MS)
+        if len(epochs) >= 1024:
+            for old in [n for n, e in epochs.items() if e[1] <= now_ms]:
+                del epochs[old]
+        epoch = self._epoch(name, epochs) + 1
+        epochs[name] = (epoch, now_ms + EPOCH_TTL_MS)
         return epoch
+
+    async def claim_epochs(self, marks: tuple[str, ...]) -> tuple[int, ...]:
+        """The epochs of these claim values (0 when never revoked, or long ago)."""
+        return tuple(self._epoch(mark, self._claim_epochs) for mark in marks)
+
+    async def bump_claim_epoch(self, mark: str) -> int:
+        """Move a claim value's epoch."""
+        return self._bump(self._claim_epochs, mark)
 
     async def put(self, key: str, record: TokenRecord, *, epoch: int | None = None) -> bool:
         """Keep `record` under `key` until it expires (if the subject's epoch is `epoch`)."""
@@ -220,6 +262,8 @@ class MemoryStore:
         _index_add(self._by_subject, record.subject, key)
         if record.client_id is not None:
             _index_add(self._by_client, record.client_id, key)
+        for mark in record.marks:
+            _index_add(self._by_claim, mark, key)
         self._by_value[record.token] = key
         return True
 
@@ -242,6 +286,10 @@ class MemoryStore:
         return [
             (k, r) for k, r in self._live(self._by_client, client_id) if r.client_id == client_id
         ]
+
+    async def claim_tokens(self, mark: str) -> list[tuple[str, TokenRecord]]:
+        """Every live record minted for an identity carrying the claim value `mark`."""
+        return [(k, r) for k, r in self._live(self._by_claim, mark) if mark in r.marks]
 
     async def lookup(self, token: str) -> tuple[str, TokenRecord] | None:
         """The live record holding this token value, with its key."""
@@ -266,6 +314,8 @@ class MemoryStore:
         ):
             if name is not None:
                 _index_remove(index, name, key)
+        for mark in record.marks:
+            _index_remove(self._by_claim, mark, key)
         # Only the entry pointing here: after a renewal the replaced record's value is
         # indexed under its retired key, and replacing the record under the live key must
         # leave that entry alone (a revocation by value must still find the old token).
@@ -276,10 +326,10 @@ class MemoryStore:
             self._holders_overflow.discard(value)
 
     async def hold(self, record: TokenRecord, holder: Holder) -> None:
-        """Index the shared record under its holder's subject and clientId."""
+        """Index the shared record under its holder's subject, clientId and claim values."""
         value = record.token
         now_ms = self._now_ms()
-        for scope, name in ((HELD_BY_SUBJECT, holder.subject), (HELD_BY_CLIENT, holder.client_id)):
+        for scope, name in _holdings(holder):
             if name is None:
                 continue
             tokens = self._held.setdefault((scope, name), {})
@@ -421,6 +471,9 @@ class RedisStore:
     def _client_key(self, client_id: str) -> str:
         return f"{KEY_PREFIX}cli:{{{subject_tag(client_id)}}}"
 
+    def _claim_key(self, mark: str) -> str:
+        return f"{KEY_PREFIX}claim:{{{subject_tag(mark)}}}"
+
     def _value_key(self, token: str) -> str:
         return self._digest_key(token_hash(token))
 
@@ -438,6 +491,10 @@ class RedisStore:
 
     def _epoch_key(self, subject: str) -> str:
         return f"{KEY_PREFIX}epoch:{self._tag(subject)}"
+
+    @staticmethod
+    def _claim_epoch_key(mark: str) -> str:
+        return f"{KEY_PREFIX}epoch:claim:{{{subject_tag(mark)}}}"
 
     def _lock_key(self, key: str, subject: str) -> str:
         return f"{KEY_PREFIX}lock:{self._tag(subject)}:{key}"
@@ -478,6 +535,31 @@ class RedisStore:
             raise StoreUnavailable("the token store (Redis) is unreachable") from err
         return int(epoch)
 
+    async def claim_epochs(self, marks: tuple[str, ...]) -> tuple[int, ...]:
+        """GET each claim value's epoch (one round trip; the keys may be in other slots)."""
+        if not marks:
+            return ()
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for mark in marks:
+                    pipe.get(self._claim_epoch_key(mark))
+                raws = await pipe.execute()
+        except RedisError as err:
+            raise StoreUnavailable("the token store (Redis) is unreachable") from err
+        return tuple(0 if raw is None else int(raw) for raw in raws)
+
+    async def bump_claim_epoch(self, mark: str) -> int:
+        """INCR a claim value's epoch (kept EPOCH_TTL_MS after its last revocation)."""
+        key = self._claim_epoch_key(mark)
+        try:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.incr(key)
+                pipe.pexpire(key, EPOCH_TTL_MS)
+                epoch, _ = await pipe.execute()
+        except RedisError as err:
+            raise StoreUnavailable("the token store (Redis) is unreachable") from err
+        return int(epoch)
+
     async def put(self, key: str, record: TokenRecord, *, epoch: int | None = None) -> bool:
         """Keep `record` until it expires, indexed by subject, client and value.
 
@@ -513,6 +595,11 @@ class RedisStore:
                     keys=[self._client_key(record.client_id)],
                     args=[record.expire_ms, locator, now_ms, ttl_ms],
                 )
+            for mark in record.marks:
+                await self._index(
+                    keys=[self._claim_key(mark)],
+                    args=[record.expire_ms, locator, now_ms, ttl_ms],
+                )
         except RedisError as err:
             raise StoreUnavailable("the token store (Redis) is unreachable") from err
         return True
@@ -543,18 +630,25 @@ class RedisStore:
 
     async def client_tokens(self, client_id: str) -> list[tuple[str, TokenRecord]]:
         """Every live record handed to a client id, with its key."""
+        records = await self._located(self._client_key(client_id))
+        return [(k, r) for k, r in records if r.client_id == client_id]
+
+    async def claim_tokens(self, mark: str) -> list[tuple[str, TokenRecord]]:
+        """Every live record minted for an identity carrying the claim value `mark`."""
+        records = await self._located(self._claim_key(mark))
+        return [(k, r) for k, r in records if mark in r.marks]
+
+    async def _located(self, index_key: str) -> list[tuple[str, TokenRecord]]:
+        """The live records of an index of (subject, key) locators."""
         try:
-            members = await self._redis.zrangebyscore(
-                self._client_key(client_id), self._now_ms(), "+inf"
-            )
+            members = await self._redis.zrangebyscore(index_key, self._now_ms(), "+inf")
         except RedisError as err:
             raise StoreUnavailable("the token store (Redis) is unreachable") from err
         locators: list[tuple[str, str]] = []
         for member in members:
             subject, key = json.loads(member if isinstance(member, bytes | str) else str(member))
             locators.append((str(subject), str(key)))
-        records = await self._records(locators)
-        return [(k, r) for k, r in records if r.client_id == client_id]
+        return await self._records(locators)
 
     async def lookup(self, token: str) -> tuple[str, TokenRecord] | None:
         """The live record holding this token value, with its key."""
@@ -593,6 +687,8 @@ class RedisStore:
             await self._redis.delete(self._value_key(record.token))
             if record.client_id is not None:
                 await self._redis.zrem(self._client_key(record.client_id), locator)
+            for mark in record.marks:
+                await self._redis.zrem(self._claim_key(mark), locator)
         except RedisError as err:
             raise StoreUnavailable("the token store (Redis) is unreachable") from err
 
@@ -622,10 +718,7 @@ class RedisStore:
             return
         digest = token_hash(record.token)
         try:
-            for scope, name in (
-                (HELD_BY_SUBJECT, holder.subject),
-                (HELD_BY_CLIENT, holder.client_id),
-            ):
+            for scope, name in _holdings(holder):
                 if name is not None:
                     await self._index(
                         keys=[self._held_key(scope, name)],
