@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import json
 import secrets
 from collections.abc import Iterable
@@ -42,6 +43,9 @@ class Job:
     token: str
     instance_id: str
     enqueued_ms: int
+    # Handed out before: its RevokeToken may have reached the upstream already (the worker
+    # crashed, or its acknowledgement was lost with a failed-over Redis master).
+    redelivered: bool = False
 
     @property
     def fingerprint(self) -> str:
@@ -64,6 +68,10 @@ class RevocationState(Protocol):
 
     async def claim(self, count: int, wait: float) -> list[Job]:
         """Jobs to work on: stale ones first, then new ones (waits up to `wait` s)."""
+        ...
+
+    async def keep(self, job: Job) -> bool:
+        """Whether this consumer still holds `job`; restarts the time it counts as idle."""
         ...
 
     async def ack(self, job: Job) -> None:
@@ -145,6 +153,10 @@ class MemoryState:
         self._in_flight.update(j.id for j in due)
         return due
 
+    async def keep(self, job: Job) -> bool:
+        """One process, one consumer: a job it took is its own until done."""
+        return job.id in self._in_flight
+
     async def ack(self, job: Job) -> None:
         """Forget a confirmed job."""
         self._pending.pop(job.id, None)
@@ -159,7 +171,8 @@ class MemoryState:
         if final:
             self._pending.pop(job.id, None)
         elif job.id in self._pending:
-            self._pending[job.id] = (job, asyncio.get_running_loop().time() + self._retry_delay)
+            retry = dataclasses.replace(job, redelivered=True)
+            self._pending[job.id] = (retry, asyncio.get_running_loop().time() + self._retry_delay)
 
     async def status(self, now_ms: int) -> dict[str, Any]:
         """Depth, oldest age, failures."""
@@ -241,6 +254,18 @@ return 1
 """
 
 
+# Restart the idle time of a pending job, but only while this consumer still holds it: one
+# that waited in a batch past the claim idle time may have been handed to another consumer.
+_KEEP = """
+local pending = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
+if #pending == 0 or pending[1][2] ~= ARGV[2] then
+  return 0
+end
+redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[3], 'JUSTID')
+return 1
+"""
+
+
 class RedisState:
     """Revocations in Redis: a stream with a consumer group, hashes, a sorted set.
 
@@ -266,6 +291,7 @@ class RedisState:
         self._block = redis.register_script(_BLOCK_MAX)
         self._block_prune = redis.register_script(_BLOCK_PRUNE)
         self._reap = redis.register_script(_REAP)
+        self._keep = redis.register_script(_KEEP)
 
     async def _ensure_group(self) -> None:
         if self._group_ready:
@@ -291,13 +317,15 @@ class RedisState:
             raise StoreUnavailable("cannot queue the revocation: Redis is unreachable") from err
         return len(jobs)
 
-    def _jobs(self, entries: Iterable[Any]) -> list[Job]:
+    def _jobs(self, entries: Iterable[Any], *, redelivered: bool = False) -> list[Job]:
         jobs = []
         for entry_id, fields in entries:
             if not fields:  # deleted while pending
                 continue
             data = {_text(k): _text(v) for k, v in fields.items()}
-            jobs.append(Job(_text(entry_id), data["token"], data["instance"], int(data["at"])))
+            jobs.append(
+                Job(_text(entry_id), data["token"], data["instance"], int(data["at"]), redelivered)
+            )
         return jobs
 
     async def claim(self, count: int, wait: float) -> list[Job]:
@@ -320,7 +348,7 @@ class RedisState:
         claimed = await self._redis.xautoclaim(
             STREAM, GROUP, self._consumer, min_idle_time=self._claim_idle_ms, count=count
         )
-        stale = self._jobs(claimed[1])
+        stale = self._jobs(claimed[1], redelivered=True)
         deleted = claimed[2] if len(claimed) > 2 else []
         if deleted:
             await self._redis.xack(STREAM, GROUP, *deleted)
@@ -330,6 +358,16 @@ class RedisState:
             GROUP, self._consumer, {STREAM: ">"}, count=count, block=int(wait * 1000)
         )
         return self._jobs(entry for _stream, entries in fresh or [] for entry in entries)
+
+    async def keep(self, job: Job) -> bool:
+        """XCLAIM the job afresh if XPENDING still names this consumer as its holder."""
+        try:
+            kept = await self._keep(keys=[STREAM], args=[GROUP, self._consumer, job.id])
+        except RedisError as err:
+            raise StoreUnavailable(
+                "cannot read the revocation queue: Redis is unreachable"
+            ) from err
+        return bool(kept)
 
     async def ack(self, job: Job) -> None:
         """XACK and XDEL: the job is done (left pending, and retried, if Redis fails)."""

@@ -17,10 +17,25 @@ log = logging.getLogger(__name__)
 
 MAINTENANCE_INTERVAL = 60.0
 Revoke = Callable[[str, str], Awaitable[None]]
+# (instance id, token) -> whether the upstream still accepts the token (QueryToken).
+StillValid = Callable[[str, str], Awaitable[bool]]
 
 
 class RevocationWorker:
-    """Drains the queue through RevokeToken, paced by the quota governor."""
+    """Drains the queue through RevokeToken, paced by the quota governor.
+
+    Each job is kept (`RevocationState.keep`) right before its calls: a job that waited in
+    its batch past the claim idle time may have been handed to another worker, and is left to
+    it. The calls must then end within the claim idle time (the app bounds their deadline),
+    or another worker takes the job while its RevokeToken is still in flight.
+
+    A job handed out before (`Job.redelivered`) may have been carried out already: its
+    worker died between the call and the acknowledgement, or the acknowledgement was lost
+    with a Redis master that failed over. Such a job is first checked with `still_valid`
+    (QueryToken), and acknowledged without a second RevokeToken when the upstream no longer
+    accepts the token: RevokeToken has the scarcer quota, and an operator counting
+    revocations upstream sees each one once.
+    """
 
     def __init__(
         self,
@@ -33,9 +48,11 @@ class RevocationWorker:
         retry_pause: float = 1.0,
         maintain: Callable[[], Awaitable[int]] | None = None,
         maintenance_interval: float = MAINTENANCE_INTERVAL,
+        still_valid: StillValid | None = None,
     ) -> None:
         self._state = state
         self._revoke = revoke
+        self._still_valid = still_valid
         self._clock = clock
         self._batch = batch
         self._idle_wait = idle_wait
@@ -45,6 +62,10 @@ class RevocationWorker:
         self._next_maintenance = 0.0
         self._task: asyncio.Task[None] | None = None
         self.done = 0
+        # Redelivered jobs found already revoked upstream: acknowledged without a call.
+        self.already_revoked = 0
+        # Jobs that waited in a batch past the claim idle time, left to their new holder.
+        self.taken_over = 0
         self.failures = 0
         self.store_errors = 0
 
@@ -98,6 +119,18 @@ class RevocationWorker:
 
     async def _one(self, job: Job) -> None:
         """One RevokeToken; acknowledged once the upstream confirmed it."""
+        if not await self._state.keep(job):
+            # It waited in the batch past the claim idle time and another worker took it.
+            self.taken_over += 1
+            log.info("revocation of token %s was taken over by another worker", job.fingerprint)
+            return
+        if job.redelivered and not await self._upstream_accepts(job):
+            await self._state.ack(job)
+            self.already_revoked += 1
+            log.info(
+                "token %s was revoked upstream already; not revoking it twice", job.fingerprint
+            )
+            return
         try:
             await self._revoke(job.instance_id, job.token)
         except GatewayError as err:
@@ -118,6 +151,18 @@ class RevocationWorker:
         await self._state.ack(job)
         self.done += 1
         log.debug("revoked token %s upstream", job.fingerprint)
+
+    async def _upstream_accepts(self, job: Job) -> bool:
+        """Whether the upstream still accepts the job's token (True when it cannot tell)."""
+        if self._still_valid is None:
+            return True
+        try:
+            return await self._still_valid(job.instance_id, job.token)
+        except GatewayError as err:
+            # Revoking again is harmless upstream; skipping a revocation that never landed
+            # is not. The RevokeToken below meets the same upstream trouble and retries.
+            log.info("could not query token %s (%s); revoking it", job.fingerprint, err.code)
+            return True
 
 
 def _cause_name(err: BaseException) -> str:
