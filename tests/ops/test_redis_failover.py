@@ -26,7 +26,7 @@ from redis.crc import key_slot
 from authserver import appkeys
 from authserver.tokens.bus import CHANNEL
 from authserver.tokens.model import subject_tag
-from authserver.tokens.revocation import STREAM
+from authserver.tokens.revocation import REVOKED, STREAM
 from tests.admin.conftest import admin_headers
 from tests.fixtures.emulator import MakeEmulator
 from tests.fixtures.gateway import MakeGateway, bearer, make_jwt
@@ -313,3 +313,48 @@ async def test_failover_of_the_stream_and_token_masters_loses_and_repeats_nothin
         assert sum(worker.already_revoked for worker in workers) >= 1
     finally:
         await load.stop()
+
+
+async def test_a_revocation_refused_half_way_and_retried_is_revoked_upstream_once(
+    replicated_cluster: RedisCluster, make_emulator: MakeEmulator, make_gateway: MakeGateway
+) -> None:
+    cluster = replicated_cluster
+    # The live masters keep serving their slots while one is down: a revocation can then be
+    # queued and still fail on the node that holds the revoked-token marks.
+    cluster.require_full_coverage(False)
+    emulator = await make_emulator()
+    gateway = await make_gateway(
+        emulator, redis_url=cluster.url, redis_cluster=True, revocation_claim_idle=CLAIM_IDLE
+    )
+    stream_master = cluster.master_of(key_slot(STREAM.encode()))
+    marks_slot = key_slot(REVOKED.encode())
+    marks_master = cluster.master_of(marks_slot)
+    assert marks_master != stream_master
+    (third_master,) = {n.port for n in cluster.nodes() if n.serving} - {
+        stream_master,
+        marks_master,
+    }
+    (subject,) = subjects_on(cluster, third_master, "twice", 1)
+    tokens = [t["token"] for t in (await fetch(gateway, subject))["tokens"]]
+    replica = cluster.replica_of(marks_master)
+    await eventually(lambda: off_thread(lambda: cluster.replica_caught_up(marks_master)))
+    cluster.hold_failover(replica)
+    cluster.kill(marks_master)
+
+    status, _body = await revoke(gateway, subject)
+    assert status == 503  # its jobs were queued, the marks could not be written
+
+    async def drained() -> bool:
+        resp = await gateway.get("/v1/admin/revocations", headers=admin_headers())
+        return resp.status == 200 and (await resp.json(content_type=None))["depth"] == 0
+
+    # The queue is on a live master: the refused revocation's jobs are carried out anyway.
+    await eventually(drained, within=TAKEOVER, what="the refused revocation's jobs drained")
+    assert all(emulator.state.is_revoked(t) for t in tokens)
+    cluster.hold_failover(replica, held=False)
+    await eventually(
+        lambda: off_thread(lambda: cluster.promoted(marks_slot, marks_master)), within=TAKEOVER
+    )
+    await revoke_until_accepted(gateway, subject)  # the admin retries: the jobs come again
+    await eventually(drained, within=TAKEOVER, what="the revocation queue drained")
+    assert dict(emulator.state.revoke_calls) == dict.fromkeys(tokens, 1)

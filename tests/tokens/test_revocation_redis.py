@@ -200,6 +200,38 @@ async def test_a_job_that_waited_in_a_batch_past_the_claim_idle_is_left_to_its_n
         await client.aclose()
 
 
+async def test_a_token_queued_again_after_its_revocation_is_not_revoked_twice(
+    redis_url: str,
+) -> None:
+    # An admin's revocation queued its jobs, then failed (503) on a Redis node that went
+    # away; the admin retried it, which queued the same tokens again.
+    client = aioredis.Redis.from_url(redis_url)
+    state = RedisState(client, "me", claim_idle=30.0)
+    upstream: Counter[str] = Counter()
+
+    async def revoke(_instance: str, token: str) -> None:
+        upstream[token] += 1
+
+    worker = RevocationWorker(state, revoke, clock=SystemClock(), idle_wait=0.01)
+
+    async def drained() -> bool:
+        return bool(await client.xlen(STREAM) == 0)
+
+    try:
+        worker.start()
+        await state.enqueue([("tok-1", "post-cn-test")], int(time.time() * 1000))
+        await eventually(lambda: upstream["tok-1"] == 1)
+        await eventually(drained)
+        await state.enqueue([("tok-1", "post-cn-test"), ("tok-2", "post-cn-test")], 0)
+        await eventually(lambda: upstream["tok-2"] == 1)
+        await eventually(drained)
+        assert upstream == {"tok-1": 1, "tok-2": 1}
+        assert worker.already_revoked == 1
+    finally:
+        await worker.stop()
+        await client.aclose()
+
+
 async def test_consumers_of_stopped_processes_are_reaped_once_nothing_is_pending(
     redis_url: str,
 ) -> None:

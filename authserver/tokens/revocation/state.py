@@ -21,10 +21,16 @@ from redis.exceptions import RedisError, ResponseError
 
 from authserver.errors import StoreUnavailable
 from authserver.fingerprint import fingerprint
-from authserver.tokens.store import KEY_PREFIX
+from authserver.tokens.store import KEY_PREFIX, token_hash
 
 SUBJECT, CLIENT = "subject", "client"
 STREAM = KEY_PREFIX + "revocations"
+# Tokens revoked upstream lately (hash -> until when, ms), in the stream's slot (its hash
+# tag is the stream's name), so that a job and its mark are written by one script.
+CARRIED = KEY_PREFIX + "revocations:carried:{" + STREAM + "}"
+# A job queued twice for one token (an admin retrying a revocation that was refused after
+# it was queued) comes within minutes; a day is plenty.
+CARRIED_RETENTION_MS = 24 * 3600 * 1000
 GROUP = "revokers"
 FAILURES = KEY_PREFIX + "revocations:failures"
 REVOKED = KEY_PREFIX + "revoked"
@@ -74,8 +80,12 @@ class RevocationState(Protocol):
         """Whether this consumer still holds `job`; restarts the time it counts as idle."""
         ...
 
+    async def carried(self, job: Job) -> bool:
+        """Whether another job for the same token was carried out upstream lately."""
+        ...
+
     async def ack(self, job: Job) -> None:
-        """The upstream confirmed: forget the job."""
+        """The upstream confirmed: forget the job (and remember its token as carried)."""
         ...
 
     async def failed(self, job: Job, reason: str, now_ms: int, *, final: bool) -> None:
@@ -156,6 +166,10 @@ class MemoryState:
     async def keep(self, job: Job) -> bool:
         """One process, one consumer: a job it took is its own until done."""
         return job.id in self._in_flight
+
+    async def carried(self, job: Job) -> bool:
+        """Nothing fails half-way in one process: a second job is an admin's own repeat."""
+        return False
 
     async def ack(self, job: Job) -> None:
         """Forget a confirmed job."""
@@ -254,6 +268,17 @@ return 1
 """
 
 
+# Acknowledge a job and mark its token carried, with Redis's clock (every process agrees).
+_ACK = """
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+redis.call('XDEL', KEYS[1], ARGV[2])
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+redis.call('ZADD', KEYS[2], now + tonumber(ARGV[4]), ARGV[3])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+return 1
+"""
+
 # Restart the idle time of a pending job, but only while this consumer still holds it: one
 # that waited in a batch past the claim idle time may have been handed to another consumer.
 _KEEP = """
@@ -292,6 +317,7 @@ class RedisState:
         self._block_prune = redis.register_script(_BLOCK_PRUNE)
         self._reap = redis.register_script(_REAP)
         self._keep = redis.register_script(_KEEP)
+        self._ack = redis.register_script(_ACK)
 
     async def _ensure_group(self) -> None:
         if self._group_ready:
@@ -369,13 +395,24 @@ class RedisState:
             ) from err
         return bool(kept)
 
-    async def ack(self, job: Job) -> None:
-        """XACK and XDEL: the job is done (left pending, and retried, if Redis fails)."""
+    async def carried(self, job: Job) -> bool:
+        """ZSCORE of the token's hash among the tokens carried lately (the score is in the
+        future while the mark lasts; expired marks are pruned by the next `ack`)."""
         try:
-            async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.xack(STREAM, GROUP, job.id)
-                pipe.xdel(STREAM, job.id)
-                await pipe.execute()
+            return await self._redis.zscore(CARRIED, token_hash(job.token)) is not None
+        except RedisError as err:
+            raise StoreUnavailable(
+                "cannot read the revocation queue: Redis is unreachable"
+            ) from err
+
+    async def ack(self, job: Job) -> None:
+        """XACK, XDEL and mark the token carried: the job is done (left pending, and retried,
+        if Redis fails)."""
+        try:
+            await self._ack(
+                keys=[STREAM, CARRIED],
+                args=[GROUP, job.id, token_hash(job.token), CARRIED_RETENTION_MS],
+            )
         except RedisError as err:
             raise StoreUnavailable(
                 "cannot acknowledge the revocation: Redis is unreachable"

@@ -29,12 +29,14 @@ class RevocationWorker:
     it. The calls must then end within the claim idle time (the app bounds their deadline),
     or another worker takes the job while its RevokeToken is still in flight.
 
-    A job handed out before (`Job.redelivered`) may have been carried out already: its
-    worker died between the call and the acknowledgement, or the acknowledgement was lost
-    with a Redis master that failed over. Such a job is first checked with `still_valid`
-    (QueryToken), and acknowledged without a second RevokeToken when the upstream no longer
-    accepts the token: RevokeToken has the scarcer quota, and an operator counting
-    revocations upstream sees each one once.
+    A token is revoked upstream once: RevokeToken has the scarcer quota, and an operator
+    counting revocations upstream sees each one once. A job whose token another job revoked
+    lately (`RevocationState.carried`: an admin retried a revocation that was refused after
+    its jobs were queued) is acknowledged without a call. A job handed out before
+    (`Job.redelivered`) may have been carried out already: its worker died between the call
+    and the acknowledgement, or the acknowledgement was lost with a Redis master that failed
+    over. It is first checked with `still_valid` (QueryToken), and acknowledged without a
+    second RevokeToken when the upstream no longer accepts the token.
     """
 
     def __init__(
@@ -124,7 +126,9 @@ class RevocationWorker:
             self.taken_over += 1
             log.info("revocation of token %s was taken over by another worker", job.fingerprint)
             return
-        if job.redelivered and not await self._upstream_accepts(job):
+        if await self._state.carried(job) or (
+            job.redelivered and not await self._upstream_accepts(job)
+        ):
             await self._state.ack(job)
             self.already_revoked += 1
             log.info(
