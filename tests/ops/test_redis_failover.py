@@ -358,3 +358,27 @@ async def test_a_revocation_refused_half_way_and_retried_is_revoked_upstream_onc
     await revoke_until_accepted(gateway, subject)  # the admin retries: the jobs come again
     await eventually(drained, within=TAKEOVER, what="the revocation queue drained")
     assert dict(emulator.state.revoke_calls) == dict.fromkeys(tokens, 1)
+
+
+async def test_a_slot_no_master_serves_is_a_precise_503_never_a_500(
+    replicated_cluster: RedisCluster, make_emulator: MakeEmulator, make_gateway: MakeGateway
+) -> None:
+    # What a client meets between a master's failure and its replica's takeover: a slot that
+    # no node serves. redis-py then cannot load a full slot map and raises an exception that
+    # is no RedisError; it must reach the device and the admin as the store being out.
+    cluster = replicated_cluster
+    cluster.require_full_coverage(False)  # the other slots keep being served
+    emulator = await make_emulator()
+    gateway = await make_gateway(emulator, redis_url=cluster.url, redis_cluster=True)
+    master = min(n.port for n in cluster.nodes() if n.serving)
+    orphan, other = subjects_on(cluster, master, "orphan", 2)
+    assert (await fetch(gateway, other))["password"]
+    cluster.unassign(key_slot(subject_tag(orphan).encode()))
+
+    resp = await gateway.post("/v1/token", headers=bearer(make_jwt(orphan)))
+    assert resp.status == 503
+    assert resp.content_type == "application/problem+json"
+    assert (await resp.json(content_type=None))["code"] == "store_unavailable"
+    status, _body = await revoke(gateway, orphan)
+    assert status == 503
+    assert (await gateway.get("/readyz")).status == 200  # every other device is still served
