@@ -126,9 +126,13 @@ class RevocationWorker:
             self.taken_over += 1
             log.info("revocation of token %s was taken over by another worker", job.fingerprint)
             return
-        if await self._state.carried(job) or (
-            job.redelivered and not await self._upstream_accepts(job)
-        ):
+        done_before = await self._state.carried(job)
+        if not done_before and job.redelivered:
+            accepts = await self._upstream_accepts(job)
+            if accepts is None:
+                return  # handed back for a later retry
+            done_before = not accepts
+        if done_before:
             await self._state.ack(job)
             self.already_revoked += 1
             log.info(
@@ -138,35 +142,53 @@ class RevocationWorker:
         try:
             await self._revoke(job.instance_id, job.token)
         except GatewayError as err:
-            final = err.status == 502 and not getattr(err, "retryable", True)
-            self.failures += 1
-            log.warning(
-                "revocation of token %s failed (%s)%s",
-                job.fingerprint,
-                err.code,
-                "; giving up" if final else "; will retry",
-            )
-            await self._state.failed(
-                job, f"{err.code}: {err.detail}", int(self._clock.time() * 1000), final=final
-            )
-            if not final:
-                await self._clock.sleep(self._retry_pause)
+            await self._failed(job, err)
             return
         await self._state.ack(job)
         self.done += 1
         log.debug("revoked token %s upstream", job.fingerprint)
 
-    async def _upstream_accepts(self, job: Job) -> bool:
-        """Whether the upstream still accepts the job's token (True when it cannot tell)."""
+    async def _failed(self, job: Job, err: GatewayError, what: str = "revocation") -> None:
+        """Record an upstream failure; the job is retried later unless it never can succeed."""
+        final = _final(err)
+        self.failures += 1
+        log.warning(
+            "%s of token %s failed (%s)%s",
+            what,
+            job.fingerprint,
+            err.code,
+            "; giving up" if final else "; will retry",
+        )
+        await self._state.failed(
+            job, f"{err.code}: {err.detail}", int(self._clock.time() * 1000), final=final
+        )
+        if not final:
+            await self._clock.sleep(self._retry_pause)
+
+    async def _upstream_accepts(self, job: Job) -> bool | None:
+        """Whether the upstream still accepts the job's token; None: ask again later.
+
+        When the query fails for a while (throttled, unreachable), the job is handed back
+        and retried later: a RevokeToken now could be the second one. When the query can
+        never succeed (refused for good: say a credential allows RevokeToken but not
+        QueryToken), the token is revoked anyway: a second RevokeToken is harmless upstream,
+        a lost one is not.
+        """
         if self._still_valid is None:
             return True
         try:
             return await self._still_valid(job.instance_id, job.token)
         except GatewayError as err:
-            # Revoking again is harmless upstream; skipping a revocation that never landed
-            # is not. The RevokeToken below meets the same upstream trouble and retries.
-            log.info("could not query token %s (%s); revoking it", job.fingerprint, err.code)
+            if not _final(err):
+                await self._failed(job, err, "the query before revoking")
+                return None
+            log.info("cannot query token %s (%s); revoking it", job.fingerprint, err.code)
             return True
+
+
+def _final(err: GatewayError) -> bool:
+    """Whether an upstream failure will never turn into a success (the vendor refused)."""
+    return err.status == 502 and not getattr(err, "retryable", True)
 
 
 def _cause_name(err: BaseException) -> str:
