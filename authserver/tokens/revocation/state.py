@@ -396,8 +396,8 @@ class RedisState:
         return bool(kept)
 
     async def carried(self, job: Job) -> bool:
-        """ZSCORE of the token's hash among the tokens carried lately (the score is in the
-        future while the mark lasts; expired marks are pruned by the next `ack`)."""
+        """ZSCORE of the token's hash among the tokens carried lately (a mark past its day
+        counts until the next `ack` prunes it: the token is revoked either way)."""
         try:
             return await self._redis.zscore(CARRIED, token_hash(job.token)) is not None
         except RedisError as err:
