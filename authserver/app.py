@@ -44,6 +44,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 REDIS = web.AppKey("redis", aioredis.Redis)
+# The longest a revocation worker's upstream call may take, quota wait included.
+REVOKE_DEADLINE = 30.0
 
 
 def create_app(
@@ -261,11 +263,22 @@ async def _revocation_worker(app: web.Application) -> AsyncIterator[None]:
     cloud = app[appkeys.CLOUD]
     revoker = app[appkeys.REVOKER]
 
+    # Within the claim idle time, quota wait included: past it, another process takes the
+    # job over and revokes the token a second time.
+    deadline = min(REVOKE_DEADLINE, app[appkeys.SETTINGS].revocation_claim_idle / 2)
+
     async def revoke(instance_id: str, token: str) -> None:
-        await cloud.revoke_token(instance_id, token, deadline=30.0)
+        await cloud.revoke_token(instance_id, token, deadline=deadline)
+
+    async def still_valid(instance_id: str, token: str) -> bool:
+        return await cloud.query_token(instance_id, token, deadline=deadline)
 
     worker = RevocationWorker(
-        revoker.state, revoke, clock=app[appkeys.CLOCK], maintain=revoker.maintain
+        revoker.state,
+        revoke,
+        clock=app[appkeys.CLOCK],
+        maintain=revoker.maintain,
+        still_valid=still_valid,
     )
     app[appkeys.REVOCATION_WORKER] = worker
     worker.start()

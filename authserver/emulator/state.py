@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import random
 import secrets
-from collections import OrderedDict, defaultdict, deque
+from collections import Counter, OrderedDict, defaultdict, deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -239,6 +239,9 @@ class EmulatorState:
         self.tokens: dict[str, TokenRecord] = {}
         self.issued = 0
         self.revoked = 0
+        # Every RevokeToken call per token, repeats included: a revocation the gateway
+        # carried upstream twice shows here as 2, though the second one changed nothing.
+        self.revoke_calls: Counter[str] = Counter()
         self.online: set[str] = set()
         # ClientIds with a live MQTT session on the emulator's broker (when it runs).
         self.connected: set[str] = set()
@@ -327,6 +330,7 @@ class EmulatorState:
 
     def revoke_token(self, token: str, instance_id: str) -> None:
         """Revoke a token; revoking twice, or an unknown token, is a no-op (idempotent)."""
+        self.revoke_calls[token] += 1
         record = self.tokens.get(token)
         if record is not None and record.instance_id == instance_id and not record.revoked:
             record.revoked = True
@@ -454,6 +458,7 @@ class EmulatorState:
         """Forget tokens, sessions, credentials, IoT devices, groups, messages, faults, nonces."""
         self.tokens.clear()
         self.issued = self.revoked = 0
+        self.revoke_calls.clear()
         self.online.clear()
         self.credentials.clear()
         self.iot_client_ids.clear()

@@ -49,6 +49,9 @@ class InvalidationBus:
         self.origin = f"{os.getpid()}-{secrets.token_hex(4)}"
         self._task: asyncio.Task[None] | None = None
         self.connected = redis is None
+        # Subscribed, and the resync handlers of this subscription have finished: from here
+        # on no flush is pending (a test waits on it before relying on warm caches).
+        self.synced = redis is None
         self._subscribed = asyncio.Event()
 
     def on_event(self, handler: Handler) -> None:
@@ -104,6 +107,7 @@ class InvalidationBus:
                 self.connected = True
                 for resync in self._resyncs:
                     await resync()
+                self.synced = True
                 self._subscribed.set()
                 while True:
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=5.0)
@@ -125,6 +129,7 @@ class InvalidationBus:
                 log.exception("invalidation bus failed; resubscribing")
                 self.connected = False
             finally:
+                self.synced = False
                 await _close_quietly(pubsub)
             await self._clock.idle(self._retry)
 

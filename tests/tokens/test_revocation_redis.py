@@ -8,6 +8,7 @@ import contextlib
 import os
 import signal
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -106,6 +107,129 @@ async def test_redis_freezing_mid_job_loses_no_revocation(own_redis: RedisServer
         await worker.stop()
         await client.aclose()
         await inspect.aclose()
+
+
+@pytest.mark.parametrize("reached_upstream", [True, False], ids=["carried-out", "not-sent"])
+async def test_a_job_taken_by_a_process_that_died_is_revoked_upstream_exactly_once(
+    redis_url: str, reached_upstream: bool
+) -> None:
+    client = aioredis.Redis.from_url(redis_url)
+    dead = RedisState(client, "dead", claim_idle=0.05)
+    live = RedisState(client, "live", claim_idle=0.05)
+    upstream: Counter[str] = Counter()  # RevokeToken calls per token, as the upstream saw them
+
+    async def revoke(_instance: str, token: str) -> None:
+        upstream[token] += 1
+
+    async def still_valid(_instance: str, token: str) -> bool:
+        return upstream[token] == 0
+
+    worker = RevocationWorker(
+        live,
+        revoke,
+        clock=SystemClock(),
+        idle_wait=0.05,
+        retry_pause=0.05,
+        still_valid=still_valid,
+    )
+    try:
+        await live.enqueue([("tok-1", "post-cn-test")], int(time.time() * 1000))
+        (job,) = await dead.claim(1, 0.01)  # its process took the job ...
+        if reached_upstream:
+            await revoke(job.instance_id, job.token)  # ... carried it out, died before the ack
+        worker.start()
+
+        async def done() -> bool:
+            pending = await client.xpending(STREAM, GROUP)
+            return bool(await client.xlen(STREAM) == 0 and pending["pending"] == 0)
+
+        await eventually(done)  # handed to the live worker once idle for `claim_idle`
+        assert upstream == {"tok-1": 1}
+        assert worker.already_revoked == int(reached_upstream)
+    finally:
+        await worker.stop()
+        await client.aclose()
+
+
+async def test_a_job_that_waited_in_a_batch_past_the_claim_idle_is_left_to_its_new_holder(
+    redis_url: str,
+) -> None:
+    client = aioredis.Redis.from_url(redis_url)
+    slow = RedisState(client, "slow", claim_idle=0.05)
+    quick = RedisState(client, "quick", claim_idle=0.05)
+    upstream: Counter[str] = Counter()
+    first_landed = asyncio.Event()
+    quick_done = asyncio.Event()
+
+    async def slow_revoke(_instance: str, token: str) -> None:
+        upstream[token] += 1
+        first_landed.set()
+        await quick_done.wait()  # its answer comes late: its batch waits meanwhile
+
+    async def quick_revoke(_instance: str, token: str) -> None:
+        upstream[token] += 1
+
+    async def still_valid(_instance: str, token: str) -> bool:
+        return upstream[token] == 0
+
+    def worker(state: RedisState, revoke: Callable[[str, str], Awaitable[None]]) -> Any:
+        return RevocationWorker(
+            state, revoke, clock=SystemClock(), idle_wait=0.01, still_valid=still_valid
+        )
+
+    slow_worker, quick_worker = worker(slow, slow_revoke), worker(quick, quick_revoke)
+    try:
+        await slow.enqueue([("tok-1", "post-cn-test"), ("tok-2", "post-cn-test")], 0)
+        slow_worker.start()  # takes both in one batch, and is stuck on the first
+        await first_landed.wait()
+        quick_worker.start()  # takes both over once idle: tok-1 was revoked, tok-2 was not
+        await eventually(lambda: upstream["tok-2"] == 1 and quick_worker.already_revoked == 1)
+        quick_done.set()
+
+        async def done() -> bool:
+            pending = await client.xpending(STREAM, GROUP)
+            return bool(await client.xlen(STREAM) == 0 and pending["pending"] == 0)
+
+        await eventually(done)
+        await eventually(lambda: slow_worker.taken_over == 1)  # it came to tok-2, and left it
+        assert upstream == {"tok-1": 1, "tok-2": 1}
+    finally:
+        quick_done.set()
+        await slow_worker.stop()
+        await quick_worker.stop()
+        await client.aclose()
+
+
+async def test_a_token_queued_again_after_its_revocation_is_not_revoked_twice(
+    redis_url: str,
+) -> None:
+    # An admin's revocation queued its jobs, then failed (503) on a Redis node that went
+    # away; the admin retried it, which queued the same tokens again.
+    client = aioredis.Redis.from_url(redis_url)
+    state = RedisState(client, "me", claim_idle=30.0)
+    upstream: Counter[str] = Counter()
+
+    async def revoke(_instance: str, token: str) -> None:
+        upstream[token] += 1
+
+    worker = RevocationWorker(state, revoke, clock=SystemClock(), idle_wait=0.01)
+
+    async def drained() -> bool:
+        return bool(await client.xlen(STREAM) == 0)
+
+    try:
+        worker.start()
+        await state.enqueue([("tok-1", "post-cn-test")], int(time.time() * 1000))
+        await eventually(lambda: upstream["tok-1"] == 1)
+        await eventually(drained)
+        await state.enqueue([("tok-1", "post-cn-test"), ("tok-2", "post-cn-test")], 0)
+        await eventually(lambda: upstream["tok-2"] == 1)
+        await eventually(drained)
+        assert upstream == {"tok-1": 1, "tok-2": 1}
+        assert worker.already_revoked == 1
+    finally:
+        await worker.stop()
+        await client.aclose()
 
 
 async def test_consumers_of_stopped_processes_are_reaped_once_nothing_is_pending(

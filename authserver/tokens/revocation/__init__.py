@@ -4,9 +4,10 @@ An admin's revocation is accepted only once it is durable: the upstream RevokeTo
 in the queue (a Redis stream with a consumer group when Redis is configured; in memory in the
 embedded mode, where a restart loses them, as documented), the issued-before block is stored,
 and every process was told to drop its cached copies. A background worker drains the queue at
-no more than the RevokeToken quota, retrying until the upstream confirms. Revoking is
-idempotent upstream, so a job run twice (after a crash between call and acknowledgement)
-does no harm.
+no more than the RevokeToken quota, retrying until the upstream confirms. A job handed out
+again (its worker crashed between call and acknowledgement, or the acknowledgement was lost
+with a failed-over Redis master) is checked with QueryToken first, so a token is revoked
+upstream once; revoking twice would do no harm but spend the scarce RevokeToken quota.
 
 Housekeeping, run by the worker every `MAINTENANCE_INTERVAL` seconds: blocks older than the
 block retention are pruned (`Revoker.maintain`), and stream consumers left by processes that

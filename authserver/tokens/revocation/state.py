@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import json
 import secrets
 from collections.abc import Iterable
@@ -22,7 +23,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from authserver.errors import StoreUnavailable
 from authserver.fingerprint import fingerprint
-from authserver.tokens.store import KEY_PREFIX
+from authserver.tokens.store import KEY_PREFIX, token_hash
 
 SUBJECT, CLIENT, CLAIM = "subject", "client", "claim"
 STREAM = KEY_PREFIX + "revocations"
@@ -30,6 +31,12 @@ STREAM = KEY_PREFIX + "revocations"
 # the stream's whole name, so both keys share a cluster slot and one script moves due jobs
 # from here to the stream atomically: a job is in one of the two, never in neither.
 DELAYED = "{" + STREAM + "}:delayed"
+# Tokens revoked upstream lately (hash -> until when, ms), in the stream's slot (its hash
+# tag is the stream's name), so that a job and its mark are written by one script.
+CARRIED = KEY_PREFIX + "revocations:carried:{" + STREAM + "}"
+# A job queued twice for one token (an admin retrying a revocation that was refused after
+# it was queued) comes within minutes; a day is plenty.
+CARRIED_RETENTION_MS = 24 * 3600 * 1000
 GROUP = "revokers"
 FAILURES = KEY_PREFIX + "revocations:failures"
 REVOKED = KEY_PREFIX + "revoked"
@@ -54,6 +61,9 @@ class Job:
     token: str
     instance_id: str
     enqueued_ms: int
+    # Handed out before: its RevokeToken may have reached the upstream already (the worker
+    # crashed, or its acknowledgement was lost with a failed-over Redis master).
+    redelivered: bool = False
 
     @property
     def fingerprint(self) -> str:
@@ -88,8 +98,16 @@ class RevocationState(Protocol):
         """Jobs to work on: stale ones first, then new ones (waits up to `wait` s)."""
         ...
 
+    async def keep(self, job: Job) -> bool:
+        """Whether this consumer still holds `job`; restarts the time it counts as idle."""
+        ...
+
+    async def carried(self, job: Job) -> bool:
+        """Whether another job for the same token was carried out upstream lately."""
+        ...
+
     async def ack(self, job: Job) -> None:
-        """The upstream confirmed: forget the job."""
+        """The upstream confirmed: forget the job (and remember its token as carried)."""
         ...
 
     async def failed(self, job: Job, reason: str, now_ms: int, *, final: bool) -> None:
@@ -186,6 +204,14 @@ class MemoryState:
         self._in_flight.update(j.id for j in due)
         return due
 
+    async def keep(self, job: Job) -> bool:
+        """One process, one consumer: a job it took is its own until done."""
+        return job.id in self._in_flight
+
+    async def carried(self, job: Job) -> bool:
+        """Nothing fails half-way in one process: a second job is an admin's own repeat."""
+        return False
+
     async def ack(self, job: Job) -> None:
         """Forget a confirmed job."""
         self._pending.pop(job.id, None)
@@ -200,7 +226,8 @@ class MemoryState:
         if final:
             self._pending.pop(job.id, None)
         elif job.id in self._pending:
-            self._pending[job.id] = (job, asyncio.get_running_loop().time() + self._retry_delay)
+            retry = dataclasses.replace(job, redelivered=True)
+            self._pending[job.id] = (retry, asyncio.get_running_loop().time() + self._retry_delay)
 
     async def status(self, now_ms: int) -> dict[str, Any]:
         """Depth, oldest age, failures."""
@@ -295,6 +322,29 @@ return 1
 """
 
 
+# Acknowledge a job and mark its token carried, with Redis's clock (every process agrees).
+_ACK = """
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+redis.call('XDEL', KEYS[1], ARGV[2])
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+redis.call('ZADD', KEYS[2], now + tonumber(ARGV[4]), ARGV[3])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+return 1
+"""
+
+# Restart the idle time of a pending job, but only while this consumer still holds it: one
+# that waited in a batch past the claim idle time may have been handed to another consumer.
+_KEEP = """
+local pending = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
+if #pending == 0 or pending[1][2] ~= ARGV[2] then
+  return 0
+end
+redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[3], 'JUSTID')
+return 1
+"""
+
+
 class RedisState:
     """Revocations in Redis: a stream with a consumer group, hashes, a sorted set.
 
@@ -321,6 +371,8 @@ class RedisState:
         self._block_prune = redis.register_script(_BLOCK_PRUNE)
         self._reap = redis.register_script(_REAP)
         self._promote = redis.register_script(_PROMOTE)
+        self._keep = redis.register_script(_KEEP)
+        self._ack = redis.register_script(_ACK)
 
     async def _ensure_group(self) -> None:
         if self._group_ready:
@@ -373,13 +425,15 @@ class RedisState:
             ) from err
         return int(moved)
 
-    def _jobs(self, entries: Iterable[Any]) -> list[Job]:
+    def _jobs(self, entries: Iterable[Any], *, redelivered: bool = False) -> list[Job]:
         jobs = []
         for entry_id, fields in entries:
             if not fields:  # deleted while pending
                 continue
             data = {_text(k): _text(v) for k, v in fields.items()}
-            jobs.append(Job(_text(entry_id), data["token"], data["instance"], int(data["at"])))
+            jobs.append(
+                Job(_text(entry_id), data["token"], data["instance"], int(data["at"]), redelivered)
+            )
         return jobs
 
     async def claim(self, count: int, wait: float) -> list[Job]:
@@ -402,7 +456,7 @@ class RedisState:
         claimed = await self._redis.xautoclaim(
             STREAM, GROUP, self._consumer, min_idle_time=self._claim_idle_ms, count=count
         )
-        stale = self._jobs(claimed[1])
+        stale = self._jobs(claimed[1], redelivered=True)
         deleted = claimed[2] if len(claimed) > 2 else []
         if deleted:
             await self._redis.xack(STREAM, GROUP, *deleted)
@@ -413,13 +467,34 @@ class RedisState:
         )
         return self._jobs(entry for _stream, entries in fresh or [] for entry in entries)
 
-    async def ack(self, job: Job) -> None:
-        """XACK and XDEL: the job is done (left pending, and retried, if Redis fails)."""
+    async def keep(self, job: Job) -> bool:
+        """XCLAIM the job afresh if XPENDING still names this consumer as its holder."""
         try:
-            async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.xack(STREAM, GROUP, job.id)
-                pipe.xdel(STREAM, job.id)
-                await pipe.execute()
+            kept = await self._keep(keys=[STREAM], args=[GROUP, self._consumer, job.id])
+        except RedisError as err:
+            raise StoreUnavailable(
+                "cannot read the revocation queue: Redis is unreachable"
+            ) from err
+        return bool(kept)
+
+    async def carried(self, job: Job) -> bool:
+        """ZSCORE of the token's hash among the tokens carried lately (a mark past its day
+        counts until the next `ack` prunes it: the token is revoked either way)."""
+        try:
+            return await self._redis.zscore(CARRIED, token_hash(job.token)) is not None
+        except RedisError as err:
+            raise StoreUnavailable(
+                "cannot read the revocation queue: Redis is unreachable"
+            ) from err
+
+    async def ack(self, job: Job) -> None:
+        """XACK, XDEL and mark the token carried: the job is done (left pending, and retried,
+        if Redis fails)."""
+        try:
+            await self._ack(
+                keys=[STREAM, CARRIED],
+                args=[GROUP, job.id, token_hash(job.token), CARRIED_RETENTION_MS],
+            )
         except RedisError as err:
             raise StoreUnavailable(
                 "cannot acknowledge the revocation: Redis is unreachable"
