@@ -30,7 +30,7 @@ Invalidation: what each event drops, and what guards work in flight when it land
 | -------------------------- | ------------ | ------------ | ------- | ---------- | ---- |
 | token revoked by value     | its          | its          | its     | deleted    | GT   |
 | subject revoked            | its          | its          | its     | deleted    | GTEB |
-| clientId revoked           | its          | its          | its     | deleted    | GTB  |
+| clientId revoked           | its          | its          | its     | deleted    | GTEB |
 | policy reload              | stale: ver.  | stale: ver.  | -       | -          | P    |
 | policy narrowing           | its          | its          | its     | deleted    | GT   |
 | store eviction / expiry    | its          | its          | -       | (event)    | -    |
@@ -51,10 +51,11 @@ Invalidation: what each event drops, and what guards work in flight when it land
   it is not kept, and credentials gathered across it are checked against the store (which
   a revocation clears before it tells anyone) and gathered again when one is gone.
 - T: a `tokens` event tells every process (the "bus drop" row there).
-- E: the subject's revocation epoch moves before its tokens are listed: a mint under the
-  older epoch is not stored (the store checks it as it writes) and is revoked upstream
-  through the durable queue; a token stored before the move is not answered either. Both
-  answer 503 `RevokedWhileIssuing`, whose retry meets the block.
+- E: the revoked subject's or clientId's epoch (`TokenStore.bump_epoch`, one per scope and
+  name) moves before its tokens are listed: a mint under an older epoch of its request
+  (`service.epoch_names`) is not stored (the store checks them as it writes) and is revoked
+  upstream through the durable queue; a token stored before the move is not answered
+  either. Both answer 503 `RevokedWhileIssuing`, whose retry meets the block.
 - B: a block: `Revoker.check` refuses an app JWT issued before it, on every path (repeat,
   answer, mint), for the subject or any clientId the policy lets the identity use.
 - P: the plan LRU is keyed by the policy version; the claims-key memo (keyed by the claims
