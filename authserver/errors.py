@@ -34,6 +34,13 @@ class BadRequest(GatewayError):
     title = "Bad request"
 
 
+class DuplicateKey(BadRequest):
+    """A JSON body names one key twice in an object: parsers disagree on which one counts."""
+
+    code = "duplicate_key"
+    title = "Duplicate key"
+
+
 class InvalidToken(GatewayError):
     """The bearer JWT is missing, malformed, expired or not signed by a trusted key."""
 
