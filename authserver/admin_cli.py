@@ -99,11 +99,18 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     revoke = commands.add_parser(
-        "revoke", help="revoke one MQTT token, or every token of a subject or clientId"
+        "revoke",
+        help="revoke one MQTT token, or every token of a subject, a clientId or a claim value",
     )
     which = revoke.add_mutually_exclusive_group(required=True)
     which.add_argument("--subject", help="every token of this subject")
     which.add_argument("--client-id", help="every token of this MQTT clientId")
+    which.add_argument(
+        "--claim",
+        metavar="NAME=VALUE",
+        help="every token of the identities carrying this claim value, e.g. tenant=acme "
+        "(a claim AUTHSERVER_REVOCABLE_CLAIMS names)",
+    )
     which.add_argument(
         "--mqtt-token-file",
         help="one MQTT token, read from this file ('-' for stdin; never on the command line)",
@@ -111,7 +118,13 @@ def build_parser() -> argparse.ArgumentParser:
     revoke.add_argument(
         "--no-block",
         action="store_true",
-        help="do not refuse the subject's/client's app JWTs issued before now",
+        help="do not refuse the subject's/client's/claim value's app JWTs issued before now",
+    )
+    revoke.add_argument(
+        "--grace-seconds",
+        type=int,
+        metavar="N",
+        help="revoke the old tokens upstream only after N seconds (the caches drop them now)",
     )
     revoke.add_argument(
         "--device-credentials",
@@ -252,12 +265,19 @@ def _call(args: argparse.Namespace, stdin: TextIO) -> Call:
             body = {"token": _read_secret(args.mqtt_token_file, "the MQTT token", stdin)}
         elif args.subject is not None:
             body = {"subject": args.subject}
+        elif args.claim is not None:
+            name, sep, value = args.claim.partition("=")
+            if not sep or not name or not value:
+                raise UsageError("--claim takes NAME=VALUE, e.g. --claim tenant=acme")
+            body = {"claim": {"name": name, "value": value}}
         else:
             body = {"clientId": args.client_id}
         if args.no_block:
             body["blockIssuedBefore"] = False
+        if args.grace_seconds is not None:
+            body["graceSeconds"] = args.grace_seconds
         if args.device_credentials is not None:
-            if "token" in body:
+            if "token" in body or "claim" in body:
                 raise UsageError("--device-credentials applies to --subject or --client-id")
             body["deviceCredentials"] = args.device_credentials
         return Call("POST", "revoke", body)
@@ -371,6 +391,9 @@ def _what_revoke_does(body: Mapping[str, Any], url: str) -> str:
         target = "one MQTT token"
     elif "subject" in body:
         target = f"every token of subject {body['subject']!r}"
+    elif "claim" in body:
+        claim = body["claim"]
+        target = f"every token of the identities whose {claim['name']!r} is {claim['value']!r}"
     else:
         target = f"every token of clientId {body['clientId']!r}"
     block = (
@@ -378,7 +401,9 @@ def _what_revoke_does(body: Mapping[str, Any], url: str) -> str:
         if "token" in body or body.get("blockIssuedBefore") is False
         else (" and refuse its app JWTs issued before now")
     )
-    return _printable(f"Revoke {target}{block} at {url}?")
+    grace = body.get("graceSeconds")
+    later = f" (upstream after {grace} s)" if grace else ""
+    return _printable(f"Revoke {target}{block}{later} at {url}?")
 
 
 def _confirmed(question: str, streams: Streams, command: str = "revoke") -> bool:
@@ -462,6 +487,11 @@ def _show_revoke(a: dict[str, Any]) -> str:
             ("revoked locally", a.get("revokedLocally")),
             ("queued for RevokeToken", a.get("queued")),
             ("JWTs blocked if issued before", _when(a.get("blockedIssuedBefore"))),
+            *(
+                [("revoked upstream after", _when(a["upstreamRevocationAfter"]))]
+                if "upstreamRevocationAfter" in a
+                else []
+            ),
             ("fingerprints", a.get("fingerprints")),
         ]
     )
@@ -472,6 +502,7 @@ def _show_revocations(a: dict[str, Any]) -> str:
         [
             ("mode", a.get("mode")),
             ("depth", a.get("depth")),
+            ("delayed (grace)", a.get("delayed")),
             ("oldest pending (s)", a.get("oldestPendingAgeSeconds")),
         ]
     )

@@ -231,6 +231,7 @@ async def _revocation(app: web.Application) -> AsyncIterator[None]:
         clock=app[appkeys.CLOCK],
         client_ids=app[appkeys.POLICY].client_ids,
         block_retention=settings.revocation_block_retention,
+        revocable_claims=settings.revocable_claims,
     )
     await bus.start()
     yield
@@ -251,6 +252,7 @@ async def _issuer(app: web.Application) -> AsyncIterator[None]:
         request_deadline=settings.request_deadline,
         answer_cache_size=settings.answer_cache_size,
         answer_cache_bytes=settings.answer_cache_bytes,
+        revocable_claims=settings.revocable_claims,
     )
     yield
 

@@ -41,6 +41,13 @@ class DuplicateKey(BadRequest):
     title = "Duplicate key"
 
 
+class ClaimNotRevocable(BadRequest):
+    """A revocation names a claim that AUTHSERVER_REVOCABLE_CLAIMS does not list."""
+
+    code = "claim_not_revocable"
+    title = "Claim not revocable"
+
+
 class InvalidToken(GatewayError):
     """The bearer JWT is missing, malformed, expired or not signed by a trusted key."""
 

@@ -238,6 +238,11 @@ def _revocation_metrics(stats: Stats) -> Iterable[Metric]:
     depth = _gauge("revocation_queue_depth", "Revocations waiting for RevokeToken")
     depth.add_metric([], stats.get("depth", 0))
     yield depth
+    delayed = _gauge(
+        "revocation_queue_delayed", "Revocations held back by a grace margin, not yet due"
+    )
+    delayed.add_metric([], stats.get("delayed", 0))
+    yield delayed
     age = _gauge("revocation_queue_oldest_age_seconds", "Age of the oldest waiting revocation")
     age.add_metric([], stats.get("oldestPendingAgeSeconds") or 0.0)
     yield age

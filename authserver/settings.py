@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,6 +60,12 @@ DEFAULT_REDIS_REPLICAS = 30
 TOKEN_SHARING_MODES = ("off", "identical-grants")
 # Per-IP limits key an IPv6 client by this prefix: the usual customer allocation is a /64.
 DEFAULT_IPV6_PREFIX = 64
+# AUTHSERVER_REVOCABLE_CLAIMS: the JWT claims an admin may revoke by value (tokens/revocable.py).
+# A name is a plain identifier (no "=", which separates a claim from its value in the index);
+# the registered JWT claims say nothing about who a device belongs to and are refused.
+REVOCABLE_CLAIM_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.:-]{0,63}")
+UNREVOCABLE_CLAIMS = frozenset({"iss", "sub", "aud", "exp", "nbf", "iat", "jti"})
+MAX_REVOCABLE_CLAIMS = 16
 HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
 KEY_ALGORITHMS = frozenset(
     {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
@@ -102,6 +109,8 @@ class Settings:
     answer_cache_size: int = 20_000
     answer_cache_bytes: int = 64 * 1024 * 1024
     token_sharing: str = "off"  # noqa: S105 - a mode name, not a secret
+    # The claims whose values are recorded with each token, so an admin can revoke by them.
+    revocable_claims: frozenset[str] = frozenset()
     quota: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_LIMITS))
     account_quota: float = 300.0
     revocation_claim_idle: float = 30.0
@@ -240,6 +249,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         problems.append(
             f"{PREFIX}TOKEN_SHARING={token_sharing!r} is not " + " or ".join(TOKEN_SHARING_MODES)
         )
+    revocable_claims = _revocable_claims(env, jwt_settings, problems)
     trace_exporters, trace_problems = exporters_from_env(env)
     problems.extend(trace_problems)
 
@@ -328,10 +338,40 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         log_level=log_level,
         log_format=log_format,
         token_sharing=token_sharing,
+        revocable_claims=revocable_claims,
         trace_exporters=trace_exporters,
         quota=quota,
         **settings_kwargs,  # type: ignore[arg-type]
     )
+
+
+def _revocable_claims(
+    env: Mapping[str, str], jwt: JWTSettings | None, problems: list[str]
+) -> frozenset[str]:
+    """AUTHSERVER_REVOCABLE_CLAIMS: comma-separated claim names, each checked."""
+    raw = _env(env, "REVOCABLE_CLAIMS")
+    if raw is None:
+        return frozenset()
+    names = [n.strip() for n in raw.split(",") if n.strip()]
+    subject_claim = jwt.subject_claim if jwt is not None else "sub"
+    bad = [n for n in names if not REVOCABLE_CLAIM_NAME.fullmatch(n)]
+    if bad:
+        problems.append(
+            f"{PREFIX}REVOCABLE_CLAIMS: {', '.join(map(repr, bad))} not claim name(s): a letter "
+            "or _, then up to 63 letters, digits, _ . : or -"
+        )
+    registered = sorted(n for n in names if n in UNREVOCABLE_CLAIMS or n == subject_claim)
+    if registered:
+        problems.append(
+            f"{PREFIX}REVOCABLE_CLAIMS: {', '.join(registered)} cannot be revoked by value "
+            '(revoke a subject with {"subject": ...})'
+        )
+    if len(set(names)) > MAX_REVOCABLE_CLAIMS:
+        problems.append(
+            f"{PREFIX}REVOCABLE_CLAIMS names {len(set(names))} claims; at most "
+            f"{MAX_REVOCABLE_CLAIMS} are allowed"
+        )
+    return frozenset(names)
 
 
 # "Authorization: Bearer " and a little slack: the header line around the longest JWT.

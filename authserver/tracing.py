@@ -239,6 +239,11 @@ class TracedStore:
         with self._span("client_tokens"):
             return await self._store.client_tokens(client_id)
 
+    async def claim_tokens(self, mark: str) -> list[tuple[str, TokenRecord]]:
+        """Traced `TokenStore.claim_tokens` (the claim value is not an attribute)."""
+        with self._span("claim_tokens"):
+            return await self._store.claim_tokens(mark)
+
     async def lookup(self, token: str) -> tuple[str, TokenRecord] | None:
         """Traced `TokenStore.lookup` (the token is the argument: never an attribute)."""
         with self._span("lookup"):

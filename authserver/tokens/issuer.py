@@ -12,7 +12,7 @@ A request meets these layers, in this order (a hit ends the walk):
 | remembered JWTs | sha256(JWT)                                    | JWTVerifier    |
 | JWT header memo | the JWT's header segment                       | JWTVerifier    |
 | claims-key memo | the claims object (the claims the policy reads)| PolicyHolder   |
-| answers         | (subject, claims key), canonical request       | here (answers) |
+| answers         | (subject, claims key[, claim marks]), request  | here (answers) |
 | plan LRU        | policy version, subject, clientId, claims key, | PolicyHolder   |
 |                 | topics, actions                                |                |
 | single-flight   | token key (one mint task per key)              | TokenService   |
@@ -31,6 +31,7 @@ Invalidation: what each event drops, and what guards work in flight when it land
 | token revoked by value     | its          | its          | its     | deleted    | GT   |
 | subject revoked            | its          | its          | its     | deleted    | GTEB |
 | clientId revoked           | its          | its          | its     | deleted    | GTEB |
+| claim value revoked        | its          | its          | its     | deleted    | GTCB |
 | policy reload              | stale: ver.  | stale: ver.  | -       | -          | P    |
 | policy narrowing           | its          | its          | its     | deleted    | GT   |
 | store eviction / expiry    | its          | its          | -       | (event)    | -    |
@@ -56,8 +57,12 @@ Invalidation: what each event drops, and what guards work in flight when it land
   (`service.epoch_names`) is not stored (the store checks them as it writes) and is revoked
   upstream through the durable queue; a token stored before the move is not answered
   either. Both answer 503 `RevokedWhileIssuing`, whose retry meets the block.
+- C: the claim value's epoch (the same epochs as E, scope `claim`) moves before its tokens
+  are listed: a mint that stored its tokens after the move finds it moved, revokes them
+  everywhere and answers 503 `RevokedWhileIssuing` (`TokenService._check_claim_epochs`).
 - B: a block: `Revoker.check` refuses an app JWT issued before it, on every path (repeat,
-  answer, mint), for the subject or any clientId the policy lets the identity use.
+  answer, mint), for the subject, any clientId the policy lets the identity use, or any
+  revocable claim value it carries (tokens/revocable.py).
 - P: the plan LRU is keyed by the policy version; the claims-key memo (keyed by the claims
   object) is emptied by the swap, as the claims a policy reads may differ.
 - R: the revoker reloads its blocks (events may have been missed).
@@ -72,12 +77,17 @@ Invalidation: what each event drops, and what guards work in flight when it land
 The JWT header memo holds a parse (algorithm, key id) of the header text, which no event
 makes wrong: the key it names is looked up afresh.
 
-Each row is tested in tests/tokens/test_issuer.py, without a server.
+Each row is tested in tests/tokens/test_issuer.py, without a server (the claim value row
+over real sockets, in tests/tokens/test_revocation_claim.py).
+
+Claim marks: with AUTHSERVER_REVOCABLE_CLAIMS set, the revocable claim values an identity
+carries are part of its answers' key and its tokens' key, so a token is always recorded
+under the values of the identity it is handed to.
 """
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable
+from collections.abc import Hashable, Iterable, Mapping
 from typing import Any, NamedTuple
 
 import orjson
@@ -97,8 +107,12 @@ from authserver.tokens.answers import (
     answer_body,
 )
 from authserver.tokens.bus import InvalidationBus
+from authserver.tokens.revocable import marks_of
 from authserver.tokens.revocation import Revoker
 from authserver.tokens.service import TokenRequest, TokenService
+
+# Claims objects whose marks are remembered (each holds its claims, so ids are not reused).
+MARKS_MEMO_SIZE = 10_000
 
 
 class Asked(NamedTuple):
@@ -132,6 +146,7 @@ class TokenIssuer:
         request_deadline: float,
         answer_cache_size: int = 20_000,
         answer_cache_bytes: int = DEFAULT_MAX_BYTES,
+        revocable_claims: frozenset[str] = frozenset(),
     ) -> None:
         self.service = service
         self.answers = AnswerCache(answer_cache_size, answer_cache_bytes)
@@ -141,6 +156,10 @@ class TokenIssuer:
         self._limiter = limiter
         self._clock = clock
         self._deadline = request_deadline
+        # Revocation by claim (tokens/revocable.py): the names whose values tokens record,
+        # and the marks of recent claims objects (the verifier hands out one per JWT).
+        self._revocable = tuple(sorted(revocable_claims))
+        self._marks: dict[int, tuple[Mapping[str, Any], tuple[str, ...]]] = {}
         # An answer must not hand out tokens the store no longer knows: revocations find
         # tokens through the store.
         service.store.watch_evictions(self._evicted)
@@ -184,7 +203,12 @@ class TokenIssuer:
         # First, whatever answers: an answer is keyed by the clientId asked for, so this is
         # the check a cached answer needs, and a blocked JWT never counts against a limit.
         self._revoker.check(identity, asked.client_id)
-        who = (identity.subject, self._holder.claims_key(identity.claims))
+        marks = self.marks(identity.claims)
+        # The claim values are part of who asks: tokens are found by the values they were
+        # handed for, so an answer must not be handed to an identity carrying others.
+        who: Hashable = (identity.subject, self._holder.claims_key(identity.claims))
+        if marks:
+            who = (who, marks)
         now_ms = self._clock.time() * 1000
         answers = self.answers
         answer = answers.fresh(who, asked, self._holder.current.version_id, now_ms)
@@ -196,11 +220,29 @@ class TokenIssuer:
         with answers.working(who, asked) as alone:
             if alone:
                 self._limiter.check_subject(identity.subject)
-            answer = await self._work_out(identity, who, asked, ip)
+            answer = await self._work_out(identity, who, asked, ip, marks)
         return answer.body
 
+    def marks(self, claims: Mapping[str, Any]) -> tuple[str, ...]:
+        """The revocable claim values these claims carry (memoised per claims object)."""
+        if not self._revocable:
+            return ()
+        memo = self._marks.get(id(claims))
+        if memo is not None and memo[0] is claims:
+            return memo[1]
+        if len(self._marks) >= MARKS_MEMO_SIZE:
+            self._marks.clear()
+        found = marks_of(claims, self._revocable)
+        self._marks[id(claims)] = (claims, found)
+        return found
+
     async def _work_out(
-        self, identity: Identity, who: Hashable, asked: Asked, ip: str | None
+        self,
+        identity: Identity,
+        who: Hashable,
+        asked: Asked,
+        ip: str | None,
+        marks: tuple[str, ...],
     ) -> Answer:
         """Decide, gather or mint the tokens, and keep the answer unless invalidated meanwhile."""
         plan = self._holder.plan(
@@ -219,6 +261,7 @@ class TokenIssuer:
                 write=plan.write,
                 ttl=asked.ttl,
                 claims=plan.claims,
+                marks=marks,
             ),
             self._clock.monotonic() + self._deadline,
         )

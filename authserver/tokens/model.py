@@ -34,14 +34,26 @@ def token_key(
     resources: tuple[str, ...],
     ttl: int,
     client_id: str | None = None,
+    marks: tuple[str, ...] = (),
 ) -> str:
     """The cache key: instance, subject, client, type, exact resources and lifetime asked for.
 
     A changed policy yields other resources and so another key: it can never be served a
     token minted for the old grant. The client id is part of the key so that revoking one
-    device never cuts off another device of the same user.
+    device never cuts off another device of the same user; so are the identity's revocable
+    claim values (`marks`, tokens/revocable.py), so that a token is found by every value it
+    was handed for (absent when no claim is revocable: the key is then what it always was).
     """
-    parts = (instance_id, subject, client_id or "", token_type, ",".join(resources), str(ttl))
+    parts: tuple[str, ...] = (
+        instance_id,
+        subject,
+        client_id or "",
+        token_type,
+        ",".join(resources),
+        str(ttl),
+    )
+    if marks:
+        parts += ("\x01".join(marks),)
     material = "\x00".join(parts)
     return hashlib.sha256(material.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
@@ -62,6 +74,8 @@ class TokenRecord:
     claims: Mapping[str, Any] = field(default_factory=dict)
     # The claim names `claims` answers for; None: all (they are the identity's whole set).
     claim_names: frozenset[str] | None = None
+    # The revocable claim values of the identity it was minted for (tokens/revocable.py).
+    marks: tuple[str, ...] = ()
     # Derived, not stored: computed once here rather than hashed on every request.
     renew_at_ms: int = field(default=0, compare=False, repr=False)
 
@@ -88,23 +102,22 @@ class TokenRecord:
 
     def to_json(self) -> str:
         """Serialise for the shared store."""
-        return json.dumps(
-            {
-                "token": self.token,
-                "type": self.type,
-                "resources": list(self.resources),
-                "expire_ms": self.expire_ms,
-                "refresh_at_ms": self.refresh_at_ms,
-                "issued_ms": self.issued_ms,
-                "subject": self.subject,
-                "instance_id": self.instance_id,
-                "client_id": self.client_id,
-                "claims": dict(self.claims),
-                "claim_names": None if self.claim_names is None else sorted(self.claim_names),
-            },
-            separators=(",", ":"),
-            ensure_ascii=False,
-        )
+        data: dict[str, Any] = {
+            "token": self.token,
+            "type": self.type,
+            "resources": list(self.resources),
+            "expire_ms": self.expire_ms,
+            "refresh_at_ms": self.refresh_at_ms,
+            "issued_ms": self.issued_ms,
+            "subject": self.subject,
+            "instance_id": self.instance_id,
+            "client_id": self.client_id,
+            "claims": dict(self.claims),
+            "claim_names": None if self.claim_names is None else sorted(self.claim_names),
+        }
+        if self.marks:
+            data["marks"] = list(self.marks)
+        return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
 
     @classmethod
     def from_json(cls, raw: str | bytes) -> TokenRecord:
@@ -130,6 +143,7 @@ class TokenRecord:
             client_id=None if data.get("client_id") is None else str(data["client_id"]),
             claims=claims,
             claim_names=names,
+            marks=tuple(str(m) for m in data.get("marks") or ()),
         )
 
     def public(self) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from authserver.tokens.sharing import (
     shared_token_key,
 )
 from authserver.tokens.store import (
+    CLAIM_EPOCH,
     CLIENT_EPOCH,
     HELD_BY_SUBJECT,
     SUBJECT_EPOCH,
@@ -44,6 +45,7 @@ RENEW_DEADLINE = 30.0
 
 Minter = Callable[[str, tuple[str, ...], str, int, float], Awaitable[str]]
 LostMint = Callable[[str, TokenRecord], Awaitable[None]]
+Escaped = Callable[[list[tuple[str, TokenRecord]]], Awaitable[object]]
 
 
 class RevokedWhileIssuing(ServiceUnavailable):
@@ -56,9 +58,15 @@ class RevokedWhileIssuing(ServiceUnavailable):
 
 @dataclass
 class _Epoch:
-    """The revocation epochs one request mints under, read before its first await."""
+    """The revocation epochs one request mints under, read before its first await.
+
+    `value`: its subject's and clientId's (`epoch_names`), which the store checks as it
+    writes; `claims`: its revocable claim values' (`TokenRequest.marks`), read just after
+    and checked once its tokens are stored (`TokenService._check_claim_epochs`).
+    """
 
     value: Epochs | None = None
+    claims: Epochs = ()
 
 
 def epoch_names(request: TokenRequest) -> tuple[EpochName, ...]:
@@ -92,6 +100,8 @@ class TokenRequest:
     write: tuple[str, ...]
     ttl: int
     claims: Mapping[str, Any] = field(default_factory=dict)
+    # The identity's revocable claim values (tokens/revocable.py): kept with its tokens.
+    marks: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -117,6 +127,11 @@ class MqttCredentials:
             "expireTime": self.expire_ms,
             "refreshAt": self.refresh_at_ms,
         }
+
+
+def _retired_key(key: str, previous: TokenRecord) -> str:
+    """Where a token replaced by a renewal is kept while it is still valid upstream."""
+    return f"{key}~{previous.fingerprint}"
 
 
 def token_specs(read: tuple[str, ...], write: tuple[str, ...]) -> list[tuple[str, tuple[str, ...]]]:
@@ -172,12 +187,17 @@ class TokenService:
         self._background: set[asyncio.Task[None]] = set()
         # Set by the revoker: revokes upstream a token minted across a revocation.
         self.on_lost_mint: LostMint | None = None
+        # Set by the revoker: revokes (everywhere) tokens stored across a revocation of one
+        # of their claim values, which the revocation's listing may have missed.
+        self.on_escaped: Escaped | None = None
         self.lost_mints = 0
-        # Token sharing (tokens/sharing.py): which (subject, clientId, token) holdings this
+        # Token sharing (tokens/sharing.py): which (subject, clientId, token, marks) holdings this
         # process has written to the store already, so a repeat writes nothing.
         self.sharing = sharing == IDENTICAL_GRANTS
-        self._held_here: ExpiringMap[tuple[str, str | None, str], int] = ExpiringMap(
-            l1_size if self.sharing else 0, lambda until: until
+        # Keyed with the holder's claim values too: the same subject and clientId signed in
+        # with other values is indexed under those as well.
+        self._held_here: ExpiringMap[tuple[str, str | None, str, tuple[str, ...]], int] = (
+            ExpiringMap(l1_size if self.sharing else 0, lambda until: until)
         )
 
     def drop(self, keys: Iterable[str]) -> None:
@@ -246,7 +266,13 @@ class TokenService:
         if self.sharing:
             return shared_token_key(self.instance_id, kind, resources, request.ttl)
         return token_key(
-            self.instance_id, request.subject, kind, resources, request.ttl, request.client_id
+            self.instance_id,
+            request.subject,
+            kind,
+            resources,
+            request.ttl,
+            request.client_id,
+            request.marks,
         )
 
     def _owner(self, request: TokenRequest) -> str:
@@ -264,22 +290,34 @@ class TokenService:
         """
         fresh = []
         for record in records:
-            here = (request.subject, request.client_id, record.token)
+            here = (request.subject, request.client_id, record.token, request.marks)
             if self._held_here.get(here, self._clock.time() * 1000) is None:
                 fresh.append((here, record))
         if not fresh and epoch.value is None:
             return  # nothing awaited: no revocation could land in between
         if epoch.value is None:
-            epoch.value = await self._epochs(request)
-        holder = Holder(request.subject, request.client_id, request.claims)
+            await self._read_epochs(request, epoch)
+        holder = Holder(request.subject, request.client_id, request.claims, request.marks)
         for here, record in fresh:
             await self.store.hold(record, holder)
             self._held_here.put(here, record.expire_ms)
         if await self._epochs(request) != epoch.value:
             raise self._revoked_while_issuing()
+        # The same for its claim values: a revocation of one lists the holdings by value.
+        if request.marks and await self._claim_epochs(request.marks) != epoch.claims:
+            raise self._revoked_while_issuing()
+
+    async def _read_epochs(self, request: TokenRequest, epoch: _Epoch) -> None:
+        """Read the epochs a request mints under: its subject's and clientId's, then claims'."""
+        epoch.value = await self._epochs(request)
+        if request.marks:
+            epoch.claims = await self._claim_epochs(request.marks)
 
     async def _epochs(self, request: TokenRequest) -> Epochs:
         return await self.store.epochs(epoch_names(request))
+
+    async def _claim_epochs(self, marks: tuple[str, ...]) -> Epochs:
+        return await self.store.epochs(tuple((CLAIM_EPOCH, mark) for mark in marks))
 
     async def _gather(
         self, request: TokenRequest, deadline: float, epoch: _Epoch
@@ -300,8 +338,9 @@ class TokenService:
         if missing:
             self.misses += len(missing)
             if epoch.value is None:
-                epoch.value = await self._epochs(request)
+                await self._read_epochs(request, epoch)
             at = epoch.value
+            assert at is not None
             issued = await asyncio.gather(
                 *(
                     self._issue(key, kind, res, request, deadline, at)
@@ -314,6 +353,9 @@ class TokenService:
             # an epoch after these were stored has purged them.
             if await self._epochs(request) != at:
                 raise self._revoked_while_issuing()
+            if not self.sharing and request.marks:
+                minted = [(m[1], record) for m, record in zip(missing, issued, strict=True)]
+                await self._check_claim_epochs(request, epoch.claims, minted)
         done = [r for r in records if r is not None]
         if self.sharing:
             await self._hold(request, done, epoch)
@@ -344,7 +386,7 @@ class TokenService:
             # Before the first await of the request: a revocation (and its block) that lands
             # while the store is read moves the epoch, and then no token is minted for this
             # request, whose JWT was checked against the blocks before it came here.
-            epoch.value = await self._epochs(request)
+            await self._read_epochs(request, epoch)
         generation = self.generation
         record = await self.store.get(key, self._owner(request))
         if record is None or not self._fresh(record):
@@ -396,6 +438,8 @@ class TokenService:
         generation = self.generation
         # A shared token is no one subject's: no epoch guards its store (see `_hold`).
         epoch = None if self.sharing else await self._epochs(request)
+        marked = not self.sharing and bool(request.marks)
+        claims_at = await self._claim_epochs(request.marks) if marked else ()
         owner = self._owner(request)
         # The lock must outlive the renewal's own deadline (quota waits included), or
         # another process would renew the same key at the same time.
@@ -409,10 +453,40 @@ class TokenService:
             record = await self._apply(
                 key, kind, resources, request, deadline, previous=current, epoch=epoch
             )
+            if marked:
+                # The token it replaces, still held by devices, is kept under its retired key.
+                retired = (_retired_key(key, current), current)
+                await self._check_claim_epochs(request, claims_at, [(key, record), retired])
             if self._l1 is not None and self.generation == generation:
                 self._l1.put(key, record)
         finally:
             await self._unlock(key, owner, lock_id)
+
+    async def _check_claim_epochs(
+        self,
+        request: TokenRequest,
+        read: Epochs,
+        stored: list[tuple[str, TokenRecord]],
+    ) -> None:
+        """Revoke what this mint stored if one of its claim values was revoked meanwhile.
+
+        A revocation by claim value moves the value's epoch, then lists the value's tokens:
+        tokens stored before the move are listed, and a mint that stored its tokens after
+        the move finds the epoch moved here (it read them before it minted). They are
+        revoked everywhere (once: the revoker skips those the listing found) and not
+        answered (`RevokedWhileIssuing`, whose retry meets the block).
+        """
+        if await self._claim_epochs(request.marks) == read:
+            return
+        self.lost_mints += len(stored)
+        log.warning(
+            "token(s) %s were minted while a claim value of their identity was being "
+            "revoked; revoking them",
+            ", ".join(record.fingerprint for _key, record in stored),
+        )
+        if self.on_escaped is not None:
+            await self.on_escaped(stored)
+        raise self._revoked_while_issuing()
 
     async def close(self) -> None:
         """Cancel background renewals and issuances still running (the app is stopping)."""
@@ -579,12 +653,14 @@ class TokenService:
         )
         margin_ms = refresh_margin_for(request.ttl, self._margin) * 1000
         claims: Mapping[str, Any]
+        marks: tuple[str, ...] = ()
         if self.sharing:
             # Everyone's and no one's: the holders are kept beside it (`_hold`), and the
             # requester's epochs do not guard it (the requester is refused instead).
             subject, client_id, claims, epoch = SHARED_SUBJECT, None, {}, None
         else:
             subject, client_id, claims = request.subject, request.client_id, request.claims
+            marks = request.marks
         record = TokenRecord(
             token=token,
             type=kind,
@@ -597,6 +673,7 @@ class TokenService:
             client_id=client_id,
             claims=claims,
             claim_names=claim_names_of(claims),
+            marks=marks,
         )
         self.minted += 1
         stored = True
@@ -604,7 +681,7 @@ class TokenService:
             # Devices still hold the token being replaced and it stays valid upstream until
             # it expires: keep it findable (by subject, client and value) for revocation and
             # policy narrowing, under a key no request looks up.
-            retired = f"{key}~{previous.fingerprint}"
+            retired = _retired_key(key, previous)
             stored = await self.store.put(retired, previous, epochs=epoch)
         if not stored or not await self.store.put(key, record, epochs=epoch):
             await self._revoke_lost(key, record)

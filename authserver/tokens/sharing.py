@@ -7,12 +7,12 @@ tenant-level policy costs one ApplyToken per tenant and token type instead of N.
 
 A shared record is stored once, under the owner `SHARED_SUBJECT` (no identity can have it: the
 verifier refuses an empty subject). Who was handed it is kept beside it, per token value:
-subject -> tokens and clientId -> tokens (so that revoking one finds the shared tokens it
-holds) and token -> holders with their claims (so that policy narrowing can judge the token
-for each of them). Revoking one holder rotates the shared token: the record is dropped
-everywhere and revoked upstream through the durable queue, the next request of any other
-holder mints the replacement (one ApplyToken for all of them), and the revoked identity is
-refused by its issued-before block.
+subject -> tokens, clientId -> tokens and claim value -> tokens (so that revoking one finds
+the shared tokens it holds) and token -> holders with their claims (so that policy narrowing
+can judge the token for each of them). Revoking one holder (a subject, a clientId or a claim
+value) rotates the shared token: the record is dropped everywhere and revoked upstream
+through the durable queue, the next request of any other holder mints the replacement (one
+ApplyToken for all of them), and the revoked identity is refused by its issued-before block.
 
 The per-subject revocation epoch guards the requester, not the record: a shared record is
 stored whatever any one holder's epoch did (it is the others' token too), and a request
@@ -92,6 +92,10 @@ class Holder:
     subject: str
     client_id: str | None = None
     claims: Mapping[str, Any] = field(default_factory=dict)
+    # Its revocable claim values (tokens/revocable.py): the holding is indexed under each,
+    # so that revoking a claim value rotates the shared tokens its holders were handed.
+    # Not kept in the holder list (narrowing does not need them).
+    marks: tuple[str, ...] = ()
 
     def to_list(self) -> list[Any]:
         """The JSON form kept in Redis (without the subject, which is the field name)."""

@@ -22,14 +22,15 @@ KEY_PREFIX = "authserver:"
 # outlive every mint that read the epoch before that revocation: one request deadline or
 # one background renewal (RENEW_DEADLINE), seconds, not an hour. A forgotten epoch reads 0.
 EPOCH_TTL_MS = 3600 * 1000
-# Revocation epochs: one per (scope, name) a revocation sweeps, a subject or a clientId (any
-# other scope a revocation can name works the same way). A revocation moves its epoch before
-# it lists the tokens it revokes, and a token minted under an older epoch is never stored.
-SUBJECT_EPOCH, CLIENT_EPOCH = "subject", "client"
+# Revocation epochs: one per (scope, name) a revocation sweeps, a subject, a clientId or a
+# revocable claim value (a mark, tokens/revocable.py). A revocation moves its epoch before it
+# lists the tokens it revokes, and a token minted under an older epoch is never kept.
+SUBJECT_EPOCH, CLIENT_EPOCH, CLAIM_EPOCH = "subject", "client", "claim"
 EpochName = tuple[str, str]  # (scope, name)
 Epochs = tuple[tuple[str, str, int], ...]  # (scope, name, epoch), read before a mint
-# The two indexes of shared tokens by holder (see tokens/sharing.py).
-HELD_BY_SUBJECT, HELD_BY_CLIENT = "subject", "client"
+# The indexes of shared tokens by holder (see tokens/sharing.py): by subject, by clientId, by
+# revocable claim value (a mark, tokens/revocable.py).
+HELD_BY_SUBJECT, HELD_BY_CLIENT, HELD_BY_CLAIM = "subject", "client", "claim"
 
 
 def token_hash(token: str) -> str:
@@ -68,6 +69,10 @@ class TokenStore(Protocol):
 
     async def client_tokens(self, client_id: str) -> list[tuple[str, TokenRecord]]:
         """Every live record handed to a client id, with its key."""
+        ...
+
+    async def claim_tokens(self, mark: str) -> list[tuple[str, TokenRecord]]:
+        """Every live record minted for an identity carrying a claim value (its mark)."""
         ...
 
     async def lookup(self, token: str) -> tuple[str, TokenRecord] | None:
@@ -150,6 +155,16 @@ def _index_of(keys: list[str]) -> Keys:
     return keys if len(keys) <= SHORT_KEYS else set(keys)
 
 
+def _holdings(holder: Holder) -> list[tuple[str, str | None]]:
+    """The (scope, name) indexes a holding of a shared token is written under."""
+    found: list[tuple[str, str | None]] = [
+        (HELD_BY_SUBJECT, holder.subject),
+        (HELD_BY_CLIENT, holder.client_id),
+    ]
+    found.extend((HELD_BY_CLAIM, mark) for mark in holder.marks)
+    return found
+
+
 class MemoryStore:
     """The embedded store: a bounded in-process cache, entries dropped at expiry."""
 
@@ -164,6 +179,7 @@ class MemoryStore:
         )
         self._by_subject: dict[str, Keys] = {}
         self._by_client: dict[str, Keys] = {}
+        self._by_claim: dict[str, Keys] = {}
         # Keyed by the token value itself, the very string the record holds: no digest to
         # keep (a 64-character hex string was 113 bytes a token), only the dict's slot.
         self._by_value: dict[str, str] = {}
@@ -226,6 +242,8 @@ class MemoryStore:
         _index_add(self._by_subject, record.subject, key)
         if record.client_id is not None:
             _index_add(self._by_client, record.client_id, key)
+        for mark in record.marks:
+            _index_add(self._by_claim, mark, key)
         self._by_value[record.token] = key
         return True
 
@@ -248,6 +266,10 @@ class MemoryStore:
         return [
             (k, r) for k, r in self._live(self._by_client, client_id) if r.client_id == client_id
         ]
+
+    async def claim_tokens(self, mark: str) -> list[tuple[str, TokenRecord]]:
+        """Every live record minted for an identity carrying the claim value `mark`."""
+        return [(k, r) for k, r in self._live(self._by_claim, mark) if mark in r.marks]
 
     async def lookup(self, token: str) -> tuple[str, TokenRecord] | None:
         """The live record holding this token value, with its key."""
@@ -272,6 +294,8 @@ class MemoryStore:
         ):
             if name is not None:
                 _index_remove(index, name, key)
+        for mark in record.marks:
+            _index_remove(self._by_claim, mark, key)
         # Only the entry pointing here: after a renewal the replaced record's value is
         # indexed under its retired key, and replacing the record under the live key must
         # leave that entry alone (a revocation by value must still find the old token).
@@ -282,10 +306,10 @@ class MemoryStore:
             self._holders_overflow.discard(value)
 
     async def hold(self, record: TokenRecord, holder: Holder) -> None:
-        """Index the shared record under its holder's subject and clientId."""
+        """Index the shared record under its holder's subject, clientId and claim values."""
         value = record.token
         now_ms = self._now_ms()
-        for scope, name in ((HELD_BY_SUBJECT, holder.subject), (HELD_BY_CLIENT, holder.client_id)):
+        for scope, name in _holdings(holder):
             if name is None:
                 continue
             tokens = self._held.setdefault((scope, name), {})
@@ -427,6 +451,9 @@ class RedisStore:
     def _client_key(self, client_id: str) -> str:
         return f"{KEY_PREFIX}cli:{{{subject_tag(client_id)}}}"
 
+    def _claim_key(self, mark: str) -> str:
+        return f"{KEY_PREFIX}claim:{{{subject_tag(mark)}}}"
+
     def _value_key(self, token: str) -> str:
         return self._digest_key(token_hash(token))
 
@@ -535,6 +562,11 @@ class RedisStore:
                     keys=[self._client_key(record.client_id)],
                     args=[record.expire_ms, locator, now_ms, ttl_ms],
                 )
+            for mark in record.marks:
+                await self._index(
+                    keys=[self._claim_key(mark)],
+                    args=[record.expire_ms, locator, now_ms, ttl_ms],
+                )
         except RedisError as err:
             raise StoreUnavailable("the token store (Redis) is unreachable") from err
         if others:
@@ -570,18 +602,25 @@ class RedisStore:
 
     async def client_tokens(self, client_id: str) -> list[tuple[str, TokenRecord]]:
         """Every live record handed to a client id, with its key."""
+        records = await self._located(self._client_key(client_id))
+        return [(k, r) for k, r in records if r.client_id == client_id]
+
+    async def claim_tokens(self, mark: str) -> list[tuple[str, TokenRecord]]:
+        """Every live record minted for an identity carrying the claim value `mark`."""
+        records = await self._located(self._claim_key(mark))
+        return [(k, r) for k, r in records if mark in r.marks]
+
+    async def _located(self, index_key: str) -> list[tuple[str, TokenRecord]]:
+        """The live records of an index of (subject, key) locators."""
         try:
-            members = await self._redis.zrangebyscore(
-                self._client_key(client_id), self._now_ms(), "+inf"
-            )
+            members = await self._redis.zrangebyscore(index_key, self._now_ms(), "+inf")
         except RedisError as err:
             raise StoreUnavailable("the token store (Redis) is unreachable") from err
         locators: list[tuple[str, str]] = []
         for member in members:
             subject, key = json.loads(member if isinstance(member, bytes | str) else str(member))
             locators.append((str(subject), str(key)))
-        records = await self._records(locators)
-        return [(k, r) for k, r in records if r.client_id == client_id]
+        return await self._records(locators)
 
     async def lookup(self, token: str) -> tuple[str, TokenRecord] | None:
         """The live record holding this token value, with its key."""
@@ -620,6 +659,8 @@ class RedisStore:
             await self._redis.delete(self._value_key(record.token))
             if record.client_id is not None:
                 await self._redis.zrem(self._client_key(record.client_id), locator)
+            for mark in record.marks:
+                await self._redis.zrem(self._claim_key(mark), locator)
         except RedisError as err:
             raise StoreUnavailable("the token store (Redis) is unreachable") from err
 
@@ -649,10 +690,7 @@ class RedisStore:
             return
         digest = token_hash(record.token)
         try:
-            for scope, name in (
-                (HELD_BY_SUBJECT, holder.subject),
-                (HELD_BY_CLIENT, holder.client_id),
-            ):
+            for scope, name in _holdings(holder):
                 if name is not None:
                     await self._index(
                         keys=[self._held_key(scope, name)],

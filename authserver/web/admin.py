@@ -79,32 +79,43 @@ def _int_param(params: Mapping[str, str], name: str, default: int, lo: int, hi: 
 
 
 async def revoke(request: web.Request) -> web.Response:
-    """Revoke one token, or every token of a subject or a clientId; 202 once it is durable."""
+    """Revoke one token, or every token of a subject, a clientId or a claim value; 202 once
+    it is durable."""
     body = await json_body(request, shapes.RevokeRequest)  # exactly one selector
     block = body.block_issued_before is not False  # the default is to block
+    grace = float(body.grace_seconds or 0)
     credentials_action = body.device_credentials or None
     revoker = request.app[appkeys.REVOKER]
-    selector, value = body.selector()
     swept: list[str] = []
-    if selector == "token":
-        _audit(request, fingerprints=[fingerprint(value)])
-        result = await revoker.revoke_token(value)
-    elif selector == "subject":
-        _audit(request, subject=value)
-        if credentials_action is not None:
-            # Read before revoking: the subject's tokens say which clientIds it used.
-            swept = await subject_client_ids(request.app, value)
-        result = await revoker.revoke_subject(value, block_issued_before=block)
+    if isinstance(body.claim, shapes.ClaimValue):
+        claim = body.claim
+        # The claim value names a group of identities, not a secret: audited as given.
+        _audit(request, claim={"name": claim.name, "value": claim.value})
+        result = await revoker.revoke_claim(
+            claim.name, claim.value, block_issued_before=block, grace=grace
+        )
     else:
-        _audit(request, clientId=value)
-        swept = [value]
-        result = await revoker.revoke_client(value, block_issued_before=block)
+        selector, value = body.selector()
+        if selector == "token":
+            _audit(request, fingerprints=[fingerprint(value)])
+            result = await revoker.revoke_token(value, grace=grace)
+        elif selector == "subject":
+            _audit(request, subject=value)
+            if credentials_action is not None:
+                # Read before revoking: the subject's tokens say which clientIds it used.
+                swept = await subject_client_ids(request.app, value)
+            result = await revoker.revoke_subject(value, block_issued_before=block, grace=grace)
+        else:
+            _audit(request, clientId=value)
+            swept = [value]
+            result = await revoker.revoke_client(value, block_issued_before=block, grace=grace)
     _audit(
         request,
         fingerprints=list(result.fingerprints) or None,
         revokedLocally=result.revoked_locally,
         queued=result.queued,
         blockedIssuedBefore=result.blocked_before_ms,
+        upstreamRevocationAfter=result.upstream_after_ms,
     )
     answer = result.to_dict()
     if credentials_action is not None:

@@ -137,7 +137,7 @@ def admin_paths() -> dict[str, Any]:
         "/v1/admin/revoke": {
             "post": _operation(
                 "adminRevoke",
-                "Revoke one token, or every token of a subject or a clientId",
+                "Revoke one token, or every token of a subject, a clientId or a claim value",
                 (202, "Revoked locally; upstream revocations queued durably", "RevocationResult"),
                 (400, 401, 403, 413, 503),
                 body="RevokeRequest",

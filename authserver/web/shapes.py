@@ -32,6 +32,8 @@ from msgspec import UNSET, Meta, UnsetType
 from authserver.errors import BadRequest, DuplicateKey
 from authserver.jsonkeys import RepeatedKey, unique_members
 from authserver.policy.model import CLIENT_ID, MAX_TTL_SECONDS, MIN_TTL_SECONDS
+from authserver.settings import REVOCABLE_CLAIM_NAME
+from authserver.tokens.revocable import MAX_VALUE_CHARS
 
 
 def whole(regex: re.Pattern[str]) -> str:
@@ -64,6 +66,8 @@ DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 100
 MAX_PAGE_NO = 1_000_000
 MAX_NEXT_TOKEN_CHARS = 1024
+# POST /v1/admin/revoke graceSeconds: the longest an upstream revocation may be held back.
+MAX_GRACE_SECONDS = 3600
 
 ClientId = Annotated[
     str,
@@ -206,16 +210,54 @@ class Problem(Response):
 # -- admin: revocation ---------------------------------------------------------------------
 
 
+class ClaimValue(Request):
+    """One value of a revocable claim (AUTHSERVER_REVOCABLE_CLAIMS) that identities carry."""
+
+    name: Annotated[
+        str,
+        Meta(
+            pattern=whole(REVOCABLE_CLAIM_NAME),
+            description="a claim AUTHSERVER_REVOCABLE_CLAIMS names (any other: 400 "
+            "claim_not_revocable)",
+        ),
+    ]
+    value: Annotated[
+        str,
+        Meta(
+            min_length=1,
+            max_length=MAX_VALUE_CHARS,
+            pattern=NO_NUL,
+            description="matched exactly: a string claim equal to it, an integer claim whose "
+            "decimal text it is, or a list claim (e.g. groups) holding either",
+        ),
+    ]
+
+
 class RevokeRequest(Request):
-    """Exactly one of token, subject, clientId. blockIssuedBefore (default true for subject
-    and clientId) refuses the subject's app JWTs issued before now; it cannot be set for a
-    single token.
+    """Exactly one of token, subject, clientId, claim. blockIssuedBefore (default true for
+    subject, clientId and claim) refuses the app JWTs of that subject, clientId or claim
+    value issued before now; it cannot be set for a single token. graceSeconds holds the
+    upstream revocation of the old tokens back (they leave every cache at once).
     """
 
     token: MqttToken | UnsetType = UNSET
     subject: Subject | UnsetType = UNSET
     client_id: ClientId | UnsetType = UNSET
+    claim: ClaimValue | UnsetType = UNSET
     block_issued_before: bool | UnsetType = UNSET
+    grace_seconds: (
+        Annotated[
+            int,
+            Meta(
+                ge=0,
+                le=MAX_GRACE_SECONDS,
+                description="seconds before the old tokens are revoked upstream (default 0): "
+                "they are dropped from every cache now, so a device with a newer app JWT "
+                "gets a new token and reconnects before its old one stops working",
+            ),
+        ]
+        | UnsetType
+    ) = UNSET
     device_credentials: (
         Annotated[
             Literal["unregister", "refresh"],
@@ -239,15 +281,18 @@ class RevokeRequest(Request):
             },
             {"required": ["subject"]},
             {"required": ["clientId"]},
+            {"required": ["claim"], "properties": {"deviceCredentials": False}},
         ]
     }
 
     def __post_init__(self) -> None:
         """Exactly one selector; no issued-before block for a single token."""
         chosen = [name for name, _ in self._given()]
+        if self.claim is not UNSET:
+            chosen.append("claim")
         if len(chosen) != 1:
             raise BadRequest(
-                "give exactly one of token, subject or clientId "
+                "give exactly one of token, subject, clientId or claim "
                 f"(found {', '.join(chosen) if chosen else 'none'})",
                 extra={"fields": chosen},
             )
@@ -261,13 +306,21 @@ class RevokeRequest(Request):
                 "deviceCredentials applies to a subject or a clientId, not to one token",
                 extra={"field": "deviceCredentials"},
             )
+        if self.claim is not UNSET and self.device_credentials is not UNSET:
+            raise BadRequest(
+                "deviceCredentials applies to a subject or a clientId, not to a claim value",
+                extra={"field": "deviceCredentials"},
+            )
 
     def _given(self) -> list[tuple[str, str]]:
         pairs = (("token", self.token), ("subject", self.subject), ("clientId", self.client_id))
         return [(name, value) for name, value in pairs if isinstance(value, str)]
 
     def selector(self) -> tuple[str, str]:
-        """The one selector given: ("token" | "subject" | "clientId", its value)."""
+        """The one string selector given: ("token" | "subject" | "clientId", its value).
+
+        Not for a claim selector (`claim`), which is a name and a value.
+        """
         (chosen,) = self._given()
         return chosen
 
@@ -288,6 +341,13 @@ class RevocationResult(Response):
     queued: Annotated[int, Meta(ge=0)]
     blocked_issued_before: EpochMs | None
     fingerprints: list[str]
+    upstream_revocation_after: (
+        Annotated[
+            int,
+            Meta(description="epoch ms: with graceSeconds, the upstream revocation waits until"),
+        ]
+        | UnsetType
+    ) = UNSET
     device_credentials: CredentialSweep | UnsetType = UNSET
 
 
@@ -296,6 +356,9 @@ class RevocationStatus(Response):
 
     mode: str
     depth: Annotated[int, Meta(ge=0)]
+    delayed: Annotated[
+        int, Meta(ge=0, description="revocations held back by a grace margin, not yet due")
+    ]
     oldest_pending_age_seconds: float | None
     recent_failures: list[dict[str, Any]]
 
@@ -721,7 +784,8 @@ S = TypeVar("S", bound=msgspec.Struct)
 
 _DECODERS: dict[type[Any], msgspec.json.Decoder[Any]] = {}
 # " - at `$.topics[3]`" ends msgspec's messages about one field; the first segment names it.
-_AT = re.compile(r" - at `\$\.([A-Za-z]+)[^`]*`$")
+# The field a message is about: `$.claim.value` names claim.value (a nested shape's field).
+_AT = re.compile(r" - at `\$\.([A-Za-z]+(?:\.[A-Za-z]+)*)[^`]*`$")
 _UNKNOWN = re.compile(r"^Object contains unknown field `")
 
 
@@ -816,7 +880,7 @@ def _refuse_repeated_keys(raw: bytes) -> None:
 
 def _refusal(shape: type[msgspec.Struct], message: str, raw: bytes) -> BadRequest:
     allowed = sorted(shape.__struct_encode_fields__)
-    if _UNKNOWN.match(message):
+    if _UNKNOWN.match(message) and _AT.search(message) is None:
         # msgspec stops at the first; the caller is better served by all of them. The rest
         # of the body was not read yet: it may still be malformed or nested too deeply.
         try:

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import io
 import json
+import re
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -25,6 +26,7 @@ from authserver.admin_cli import (
     build_parser,
     run,
 )
+from authserver.clock import ManualClock
 from tests.admin.conftest import API_KEY, admin_jwt
 from tests.fixtures.emulator import EmulatorHandle
 from tests.fixtures.gateway import MakeGateway, bearer, make_jwt
@@ -165,6 +167,99 @@ async def test_revoke_one_token_from_a_file_or_stdin(gateway: Gateway, tmp_path:
     for token in (first, second):
         assert token["token"] not in by_file.out + by_stdin.out
     assert (await gateway.admin("--json", "tokens", "alice")).json()["tokens"] == []
+
+
+@pytest.fixture
+async def claim_gateway(
+    emulator: EmulatorHandle,
+    make_gateway: MakeGateway,
+    api_keys_file: Path,
+    tmp_path: Path,
+) -> Gateway:
+    """A gateway whose tokens can be revoked by the `tenant` claim.
+
+    On a ManualClock that starts now and never moves by itself: a grace margin never ends
+    while a test looks.
+    """
+    client = await make_gateway(
+        emulator,
+        clock=ManualClock(start=time.time()),
+        admin_api_keys_file=api_keys_file,
+        revocable_claims=frozenset({"tenant"}),
+    )
+    key_file = tmp_path / "admin-key"
+    key_file.write_text(API_KEY + "\n")
+    return Gateway(str(client.make_url("")).rstrip("/"), client, key_file, [])
+
+
+async def test_revoke_claim_needs_confirmation(claim_gateway: Gateway) -> None:
+    gateway = claim_gateway
+    await gateway.device_tokens("alice")
+    refused = await gateway.admin("revoke", "--claim", "tenant=t1")
+    assert refused.code == EXIT_NOT_CONFIRMED
+    assert refused.out == ""
+    declined = await gateway.admin(
+        "revoke", "--claim", "tenant=t1", "--grace-seconds", "30", stdin=Terminal("n\n")
+    )
+    assert declined.code == EXIT_NOT_CONFIRMED
+    assert (
+        "Revoke every token of the identities whose 'tenant' is 't1' and refuse its app JWTs "
+        "issued before now (upstream after 30 s) at "
+    ) in declined.err
+    assert len((await gateway.admin("--json", "tokens", "alice")).json()["tokens"]) == 2
+
+
+async def test_revoke_claim_with_grace_json_and_table(
+    claim_gateway: Gateway, emulator: EmulatorHandle
+) -> None:
+    gateway = claim_gateway
+    old = [t["token"] for t in await gateway.device_tokens("alice")]
+    result = await gateway.admin(
+        "--json", "revoke", "--claim", "tenant=t1", "--grace-seconds", "30", "--yes"
+    )
+    assert result.code == EXIT_OK, result.err
+    answer = result.json()
+    assert set(answer) == {
+        "revokedLocally",
+        "queued",
+        "blockedIssuedBefore",
+        "fingerprints",
+        "upstreamRevocationAfter",
+    }
+    assert answer["revokedLocally"] == 2
+    assert answer["upstreamRevocationAfter"] - answer["blockedIssuedBefore"] >= 30_000
+    earlier = make_jwt("alice", groups=["ops"], tenant="t1", now=time.time() - 60)
+    assert (await gateway.client.post("/v1/token", headers=bearer(earlier))).status == 401
+    assert all(emulator.state.token_valid(t) for t in old)  # held back for 30 s
+
+    queue = await gateway.admin("revocations")
+    assert queue.code == EXIT_OK, queue.err
+    assert re.search(r"^delayed \(grace\): +2$", queue.out, re.MULTILINE)
+    table = await gateway.admin("revoke", "--claim", "tenant=t2", "--no-block", "--yes")
+    assert table.code == EXIT_OK, table.err
+    assert re.search(r"^revoked locally: +0$", table.out, re.MULTILINE)
+    assert "revoked upstream after" not in table.out
+    graced = await gateway.admin("revoke", "--subject", "bob", "--grace-seconds", "5", "--yes")
+    assert "revoked upstream after:" in graced.out
+
+
+@pytest.mark.parametrize(
+    ("argv", "code", "err"),
+    [
+        (["--claim", "tenant"], EXIT_USAGE, "--claim takes NAME=VALUE"),
+        (["--claim", "=t1"], EXIT_USAGE, "--claim takes NAME=VALUE"),
+        (["--claim", "tenant=t1", "--device-credentials", "refresh"], EXIT_USAGE, "applies to"),
+        (["--claim", "device_id=d1"], EXIT_REFUSED, "400 claim_not_revocable: claim 'device_id'"),
+        (["--claim", "tenant=t1", "--grace-seconds", "9999"], EXIT_REFUSED, "400 bad_request"),
+    ],
+)
+async def test_revoke_claim_errors(
+    claim_gateway: Gateway, argv: list[str], code: int, err: str
+) -> None:
+    result = await claim_gateway.admin("revoke", *argv, "--yes")
+    assert result.code == code, result.err
+    assert err in result.err
+    assert result.out == ""
 
 
 # -- lookups ---------------------------------------------------------------------------------

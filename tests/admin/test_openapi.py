@@ -9,6 +9,7 @@ import jsonschema  # type: ignore[import-untyped]
 import pytest
 from aiohttp.test_utils import TestClient
 
+from authserver.clock import ManualClock
 from authserver.web.openapi import openapi_document
 from tests.admin.conftest import admin_headers
 from tests.fixtures.emulator import EmulatorHandle
@@ -150,6 +151,20 @@ BODIES: list[tuple[str, Any, bool]] = [
     ("/v1/admin/revoke", {"clientId": "nope"}, False),
     ("/v1/admin/revoke", {"subject": "s", "why": "x"}, False),
     ("/v1/admin/revoke", ["subject"], False),
+    ("/v1/admin/revoke", {"subject": "s", "graceSeconds": 30}, True),
+    ("/v1/admin/revoke", {"subject": "s", "graceSeconds": 3601}, False),
+    ("/v1/admin/revoke", {"subject": "s", "graceSeconds": -1}, False),
+    ("/v1/admin/revoke", {"claim": {"name": "tenant", "value": ""}}, False),
+    ("/v1/admin/revoke", {"claim": {"name": "ten=ant", "value": "a"}}, False),
+    ("/v1/admin/revoke", {"claim": {"name": "tenant"}}, False),
+    ("/v1/admin/revoke", {"claim": {"name": "tenant", "value": 1}}, False),
+    ("/v1/admin/revoke", {"claim": {"name": "tenant", "value": "a", "x": 1}}, False),
+    ("/v1/admin/revoke", {"claim": {"name": "tenant", "value": "a"}, "subject": "s"}, False),
+    (
+        "/v1/admin/revoke",
+        {"claim": {"name": "tenant", "value": "a"}, "deviceCredentials": "refresh"},
+        False,
+    ),
     ("/v1/admin/query", {"token": "t"}, True),
     ("/v1/admin/query", {"token": ""}, False),
     ("/v1/admin/query", {"token": None}, False),
@@ -180,6 +195,37 @@ async def test_description_and_server_agree_on_bodies(
         assert resp.status in (200, 202), await resp.text()
     else:
         assert resp.status == 400, await resp.text()
+
+
+async def test_claim_revocation_is_described(
+    emulator: EmulatorHandle, make_gateway: MakeGateway
+) -> None:
+    body = {"claim": {"name": "tenant", "value": "acme"}, "graceSeconds": 30}
+    assert validator(request_schema("/v1/admin/revoke")).is_valid(body)
+    claim = SPEC["components"]["schemas"]["ClaimValue"]
+    assert claim["required"] == ["name", "value"]
+    assert claim["additionalProperties"] is False
+    # A clock that never moves by itself: the 30 s grace does not end while the test looks.
+    clock = ManualClock(start=time.time())
+    client = await make_gateway(emulator, clock=clock, revocable_claims=frozenset({"tenant"}))
+    await client.post("/v1/token", headers=bearer(make_jwt("bob", tenant="acme")))
+    status, answer = await call_and_check(
+        client, "POST", "/v1/admin/revoke", "/v1/admin/revoke", json=body
+    )
+    assert status == 202
+    assert answer["revokedLocally"] == 2
+    assert "upstreamRevocationAfter" in answer
+    status, queue = await call_and_check(
+        client, "GET", "/v1/admin/revocations", "/v1/admin/revocations"
+    )
+    assert queue["delayed"] == 2
+    # A claim the gateway does not list: valid by the description, refused by the setting.
+    other = {"claim": {"name": "model", "value": "x"}}
+    assert validator(request_schema("/v1/admin/revoke")).is_valid(other)
+    status, problem = await call_and_check(
+        client, "POST", "/v1/admin/revoke", "/v1/admin/revoke", json=other
+    )
+    assert (status, problem["code"]) == (400, "claim_not_revocable")
 
 
 def test_admin_operations_are_secured_and_tagged() -> None:

@@ -167,6 +167,7 @@ async def test_revocations_status(emulator: EmulatorHandle, make_gateway: MakeGa
     assert empty == {
         "mode": "memory",
         "depth": 0,
+        "delayed": 0,
         "oldestPendingAgeSeconds": None,
         "recentFailures": [],
     }

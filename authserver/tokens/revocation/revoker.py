@@ -14,12 +14,14 @@ from typing import Any
 from redis.exceptions import RedisError
 
 from authserver.clock import Clock
-from authserver.errors import StoreUnavailable, TokenRevoked
+from authserver.errors import ClaimNotRevocable, StoreUnavailable, TokenRevoked
 from authserver.fingerprint import fingerprint
 from authserver.identity import Identity
 from authserver.tokens.bus import InvalidationBus
 from authserver.tokens.model import TokenRecord
+from authserver.tokens.revocable import SEPARATOR, carried_marks, mark, overflow_mark
 from authserver.tokens.revocation.state import (
+    CLAIM,
     CLIENT,
     SUBJECT,
     MemoryState,
@@ -28,7 +30,9 @@ from authserver.tokens.revocation.state import (
 )
 from authserver.tokens.service import TokenService
 from authserver.tokens.store import (
+    CLAIM_EPOCH,
     CLIENT_EPOCH,
+    HELD_BY_CLAIM,
     HELD_BY_CLIENT,
     HELD_BY_SUBJECT,
     SUBJECT_EPOCH,
@@ -57,15 +61,20 @@ class RevocationResult:
     queued: int
     blocked_before_ms: int | None
     fingerprints: tuple[str, ...]
+    # Epoch ms before which the upstream revocation is held back (a grace margin), if any.
+    upstream_after_ms: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON answer of POST /v1/admin/revoke."""
-        return {
+        answer: dict[str, Any] = {
             "revokedLocally": self.revoked_locally,
             "queued": self.queued,
             "blockedIssuedBefore": self.blocked_before_ms,
             "fingerprints": list(self.fingerprints),
         }
+        if self.upstream_after_ms is not None:
+            answer["upstreamRevocationAfter"] = self.upstream_after_ms
+        return answer
 
 
 class Revoker:
@@ -80,6 +89,7 @@ class Revoker:
         clock: Clock,
         client_ids: ClientIdsOf | None = None,
         block_retention: float = BLOCK_RETENTION,
+        revocable_claims: frozenset[str] = frozenset(),
     ) -> None:
         self.tokens = tokens
         self.state = state
@@ -87,13 +97,17 @@ class Revoker:
         self._clock = clock
         self._client_ids = client_ids
         self._block_retention_ms = int(block_retention * 1000)
-        self._blocks: dict[str, dict[str, int]] = {SUBJECT: {}, CLIENT: {}}
+        self._blocks: dict[str, dict[str, int]] = {SUBJECT: {}, CLIENT: {}, CLAIM: {}}
+        self.revocable_claims = revocable_claims
+        # The claim names that have blocks (None: to be worked out again from the blocks).
+        self._blocked_claims: frozenset[str] | None = frozenset()
         # In the embedded mode every block is made here; with Redis they must be read first
         # (readiness waits for it, so a restarted pod never serves a blocked JWT).
         self.blocks_loaded = state.mode == MemoryState.mode
         bus.on_event(self._on_event)
         bus.on_resync(self.resync)
         tokens.on_lost_mint = self.revoke_unstored
+        tokens.on_escaped = self._revoke_escaped
 
     def _now_ms(self) -> int:
         return int(self._clock.time() * 1000)
@@ -106,6 +120,7 @@ class Revoker:
             mine = self._blocks.setdefault(scope, {})
             for name, before in entries.items():
                 mine[name] = max(before, mine.get(name, 0))
+        self._blocked_claims = None
         self.blocks_loaded = True
 
     async def maintain(self) -> int:
@@ -116,6 +131,7 @@ class Revoker:
         """
         older_than = self._now_ms() - self._block_retention_ms
         prune_entries(self._blocks, older_than)
+        self._blocked_claims = None
         pruned = await self.state.prune_blocks(older_than)
         if pruned:
             log.info("pruned %d revocation block(s) older than the retention", pruned)
@@ -128,6 +144,8 @@ class Revoker:
             if scope in self._blocks and isinstance(name, str) and isinstance(before, int):
                 entries = self._blocks[scope]
                 entries[name] = max(before, entries.get(name, 0))
+                if scope == CLAIM:
+                    self._blocked_claims = None
 
     def check(self, identity: Identity, client_id: str | None) -> None:
         """Refuse an app JWT issued before a block of its subject or of one of its clientIds.
@@ -140,6 +158,8 @@ class Revoker:
         before = blocks[SUBJECT].get(identity.subject)
         if before is not None:
             self._refuse_if_before(identity, SUBJECT, before)
+        if blocks[CLAIM]:
+            self._check_claims(identity)
         client_blocks = blocks[CLIENT]
         if not client_blocks:  # the usual case: nothing to look up
             return
@@ -150,6 +170,22 @@ class Revoker:
             before = client_blocks.get(name)
             if before is not None:
                 self._refuse_if_before(identity, CLIENT, before)
+
+    def _check_claims(self, identity: Identity) -> None:
+        """Refuse an app JWT issued before a block of a claim value it carries.
+
+        Every value it carries counts, however many (a block is not bound by the index's
+        `MAX_MARKED_VALUES`), for every claim that has a block, named in the setting or not.
+        """
+        claim_blocks = self._blocks[CLAIM]
+        names = self._blocked_claims
+        if names is None:
+            names = frozenset(m.split(SEPARATOR, 1)[0] for m in claim_blocks)
+            self._blocked_claims = names
+        for carried in carried_marks(identity.claims, names):
+            before = claim_blocks.get(carried)
+            if before is not None:
+                self._refuse_if_before(identity, "claim value", before)
 
     @staticmethod
     def _refuse_if_before(identity: Identity, scope: str, before_ms: int) -> None:
@@ -176,19 +212,29 @@ class Revoker:
         return before
 
     async def revoke_records(
-        self, records: list[tuple[str, TokenRecord]], extra_tokens: Iterable[str] = ()
+        self,
+        records: list[tuple[str, TokenRecord]],
+        extra_tokens: Iterable[str] = (),
+        *,
+        grace: float = 0.0,
     ) -> RevocationResult:
         """Queue upstream revocation, mark revoked, purge the store and every L1.
 
         A shared record among them (tokens/sharing.py) is rotated by this: dropped for every
         holder, whose next request mints its replacement.
+
+        `grace` seconds (on the injected clock) hold the upstream revocation back: the tokens
+        are dropped from every cache now, so the next request mints a new one, while the
+        devices holding the old ones stay connected until then.
         """
         records = list({record.token: (key, record) for key, record in records}.values())
         now = self._now_ms()
+        after = now + int(grace * 1000) if grace > 0 else None
         instance = self.tokens.instance_id
         jobs = [(record.token, record.instance_id) for _key, record in records]
         jobs += [(token, instance) for token in extra_tokens]
-        queued = await self.state.enqueue(jobs, now)  # durable first: nothing lost after this
+        # Durable first: nothing lost after this.
+        queued = await self.state.enqueue(jobs, now, not_before_ms=after or 0)
         expiries = [(token_hash(r.token), r.expire_ms) for _k, r in records]
         expiries += [(token_hash(t), now + MAX_TOKEN_LIFE_MS) for t in extra_tokens]
         await self.state.mark_revoked(expiries, now)
@@ -206,6 +252,7 @@ class Revoker:
             queued=queued,
             blocked_before_ms=None,
             fingerprints=tuple(fingerprint(token) for token, _instance in jobs),
+            upstream_after_ms=after,
         )
 
     async def revoke_unstored(self, key: str, record: TokenRecord) -> None:
@@ -222,15 +269,34 @@ class Revoker:
         if self.tokens.store.shared:
             await self._publish({"kind": "tokens", "keys": [key]})
 
-    async def revoke_token(self, token: str) -> RevocationResult:
+    async def _revoke_escaped(self, records: list[tuple[str, TokenRecord]]) -> None:
+        """Revoke tokens stored across a claim revocation, unless its listing found them.
+
+        The usual case, a renewal's retired token, was listed: revoked once upstream, not
+        twice. (Both sides may still queue a token when they run at the same instant;
+        RevokeToken is idempotent.)
+        """
+        now = self._now_ms()
+        left = [
+            (key, record)
+            for key, record in records
+            if not await self.state.is_revoked(token_hash(record.token), now)
+        ]
+        await self.revoke_records(left)
+        # Revoked or not, they must leave the store: the listing deleted what it found.
+        for key, record in records:
+            if (key, record) not in left:
+                await self.tokens.store.delete(key, record)
+
+    async def revoke_token(self, token: str, *, grace: float = 0.0) -> RevocationResult:
         """Revoke one token by value (queued upstream even when we never held it)."""
         found = await self.tokens.store.lookup(token)
         if found is not None:
-            return await self.revoke_records([found])
-        return await self.revoke_records([], extra_tokens=[token])
+            return await self.revoke_records([found], grace=grace)
+        return await self.revoke_records([], extra_tokens=[token], grace=grace)
 
     async def revoke_subject(
-        self, subject: str, *, block_issued_before: bool = True
+        self, subject: str, *, block_issued_before: bool = True, grace: float = 0.0
     ) -> RevocationResult:
         """Revoke every token of a subject; optionally refuse its older app JWTs.
 
@@ -243,11 +309,12 @@ class Revoker:
         await store.bump_epoch(SUBJECT_EPOCH, subject)
         before = await self._block(SUBJECT, subject) if block_issued_before else None
         records = await store.subject_tokens(subject)
-        result = await self.revoke_records(records + await store.held(HELD_BY_SUBJECT, subject))
+        held = await store.held(HELD_BY_SUBJECT, subject)
+        result = await self.revoke_records(records + held, grace=grace)
         return _with_block(result, before)
 
     async def revoke_client(
-        self, client_id: str, *, block_issued_before: bool = True
+        self, client_id: str, *, block_issued_before: bool = True, grace: float = 0.0
     ) -> RevocationResult:
         """Revoke every token handed to a client id; optionally refuse older app JWTs for it.
 
@@ -257,7 +324,44 @@ class Revoker:
         await store.bump_epoch(CLIENT_EPOCH, client_id)
         before = await self._block(CLIENT, client_id) if block_issued_before else None
         records = await store.client_tokens(client_id)
-        result = await self.revoke_records(records + await store.held(HELD_BY_CLIENT, client_id))
+        held = await store.held(HELD_BY_CLIENT, client_id)
+        result = await self.revoke_records(records + held, grace=grace)
+        return _with_block(result, before)
+
+    async def revoke_claim(
+        self, name: str, value: str, *, block_issued_before: bool = True, grace: float = 0.0
+    ) -> RevocationResult:
+        """Revoke every token minted for an identity carrying the claim value `name`=`value`.
+
+        Only a claim the setting names (`revocable_claims`): its values are what tokens
+        record (tokens/revocable.py). The block refuses the app JWTs carrying the value that
+        were issued before now; the tokens are dropped everywhere now and revoked upstream
+        after `grace` seconds (`revoke_records`). Tokens of identities with too many values
+        of the claim (its overflow mark) are revoked too. The shared tokens their holders
+        were handed are rotated for all their holders.
+        """
+        if name not in self.revocable_claims:
+            raise ClaimNotRevocable(
+                f"claim {name!r} is not revocable: AUTHSERVER_REVOCABLE_CLAIMS "
+                + (
+                    "names " + ", ".join(sorted(self.revocable_claims))
+                    if self.revocable_claims
+                    else "is not set"
+                ),
+                extra={"field": "claim.name", "revocableClaims": sorted(self.revocable_claims)},
+            )
+        store = self.tokens.store
+        carried = mark(name, value)
+        # The epochs move first, as a subject's does: a mint in flight that stores its token
+        # after the listing below finds them moved (`TokenService._check_claim_epochs`).
+        for moved in (carried, overflow_mark(name)):
+            await store.bump_epoch(CLAIM_EPOCH, moved)
+        before = await self._block(CLAIM, carried) if block_issued_before else None
+        records: list[tuple[str, TokenRecord]] = []
+        for found in (carried, overflow_mark(name)):
+            records += await store.claim_tokens(found)
+            records += await store.held(HELD_BY_CLAIM, found)
+        result = await self.revoke_records(records, grace=grace)
         return _with_block(result, before)
 
     async def is_revoked(self, token: str) -> bool:
@@ -270,4 +374,10 @@ class Revoker:
 
 
 def _with_block(result: RevocationResult, before: int | None) -> RevocationResult:
-    return RevocationResult(result.revoked_locally, result.queued, before, result.fingerprints)
+    return RevocationResult(
+        result.revoked_locally,
+        result.queued,
+        before,
+        result.fingerprints,
+        result.upstream_after_ms,
+    )

@@ -1,7 +1,9 @@
 """Where revocations are kept: the durable job queue, the issued-before blocks, revoked hashes.
 
 `MemoryState` keeps them in this process (the embedded mode: a restart loses queued jobs);
-`RedisState` in a Redis stream with a consumer group, hashes and a sorted set.
+`RedisState` in a Redis stream with a consumer group, hashes and a sorted set. Jobs held back
+by a grace margin wait in a second sorted set (in memory: a list) until `promote_due` moves
+them into the queue, which the worker calls every round with the injected clock's time.
 """
 
 from __future__ import annotations
@@ -22,12 +24,22 @@ from authserver.errors import StoreUnavailable
 from authserver.fingerprint import fingerprint
 from authserver.tokens.store import KEY_PREFIX
 
-SUBJECT, CLIENT = "subject", "client"
+SUBJECT, CLIENT, CLAIM = "subject", "client", "claim"
 STREAM = KEY_PREFIX + "revocations"
+# Jobs held back by a grace margin until they are due (score: due epoch ms). The hash tag is
+# the stream's whole name, so both keys share a cluster slot and one script moves due jobs
+# from here to the stream atomically: a job is in one of the two, never in neither.
+DELAYED = "{" + STREAM + "}:delayed"
 GROUP = "revokers"
 FAILURES = KEY_PREFIX + "revocations:failures"
 REVOKED = KEY_PREFIX + "revoked"
-BLOCKS = {SUBJECT: KEY_PREFIX + "block:subject", CLIENT: KEY_PREFIX + "block:client"}
+BLOCKS = {
+    SUBJECT: KEY_PREFIX + "block:subject",
+    CLIENT: KEY_PREFIX + "block:client",
+    CLAIM: KEY_PREFIX + "block:claim",
+}
+# Due delayed jobs moved to the queue per worker round.
+PROMOTE_BATCH = 100
 RECENT_FAILURES = 20
 # A consumer that has not read the stream for this long belongs to a process that is gone
 # (a live worker reads at least every second).
@@ -58,8 +70,18 @@ class RevocationState(Protocol):
 
     mode: str
 
-    async def enqueue(self, jobs: list[tuple[str, str]], now_ms: int) -> int:
-        """Queue (token, instance id) pairs durably; how many were queued."""
+    async def enqueue(
+        self, jobs: list[tuple[str, str]], now_ms: int, *, not_before_ms: int = 0
+    ) -> int:
+        """Queue (token, instance id) pairs durably; how many were queued.
+
+        With `not_before_ms` later than `now_ms`, the jobs are held back (durably) until
+        then: `promote_due` hands them to the queue once the clock gets there.
+        """
+        ...
+
+    async def promote_due(self, now_ms: int) -> int:
+        """Move the held-back jobs due by `now_ms` into the queue; how many moved."""
         ...
 
     async def claim(self, count: int, wait: float) -> list[Job]:
@@ -75,7 +97,7 @@ class RevocationState(Protocol):
         ...
 
     async def status(self, now_ms: int) -> dict[str, Any]:
-        """Queue depth, oldest pending age, recent failures."""
+        """Queue depth, held-back (delayed) jobs, oldest pending age, recent failures."""
         ...
 
     async def mark_revoked(self, hashes: list[tuple[str, int]], now_ms: int) -> None:
@@ -116,18 +138,37 @@ class MemoryState:
             maxlen=RECENT_FAILURES
         )
         self._revoked: dict[str, int] = {}
-        self._blocks: dict[str, dict[str, int]] = {SUBJECT: {}, CLIENT: {}}
+        self._blocks: dict[str, dict[str, int]] = {scope: {} for scope in BLOCKS}
         self._in_flight: set[str] = set()
+        # Held back by a grace margin: (due epoch ms, job), by the injected clock's time.
+        self._delayed: list[tuple[int, Job]] = []
 
-    async def enqueue(self, jobs: list[tuple[str, str]], now_ms: int) -> int:
-        """Queue jobs in this process."""
+    async def enqueue(
+        self, jobs: list[tuple[str, str]], now_ms: int, *, not_before_ms: int = 0
+    ) -> int:
+        """Queue jobs in this process (held back until `not_before_ms`, if later)."""
         loop = asyncio.get_running_loop()
         for token, instance_id in jobs:
             job = Job(secrets.token_hex(8), token, instance_id, now_ms)
-            self._pending[job.id] = (job, loop.time())
-        if jobs:
+            if not_before_ms > now_ms:
+                self._delayed.append((not_before_ms, job))
+            else:
+                self._pending[job.id] = (job, loop.time())
+        if jobs and not_before_ms <= now_ms:
             self._wakeup.set()
         return len(jobs)
+
+    async def promote_due(self, now_ms: int) -> int:
+        """Move the due held-back jobs into the queue."""
+        due = [job for at, job in self._delayed if at <= now_ms]
+        if not due:
+            return 0
+        self._delayed = [(at, job) for at, job in self._delayed if at > now_ms]
+        loop = asyncio.get_running_loop()
+        for job in due:
+            self._pending[job.id] = (job, loop.time())
+        self._wakeup.set()
+        return len(due)
 
     async def claim(self, count: int, wait: float) -> list[Job]:
         """Due jobs not being worked on."""
@@ -167,6 +208,7 @@ class MemoryState:
         return {
             "mode": self.mode,
             "depth": len(self._pending),
+            "delayed": len(self._delayed),
             "oldestPendingAgeSeconds": None if oldest is None else (now_ms - oldest) / 1000,
             "recentFailures": list(self._failures),
         }
@@ -228,6 +270,18 @@ end
 return 0
 """
 
+# KEYS: stream, delayed zset. ARGV: now ms, batch. Each due job goes to the stream as it was
+# queued (its enqueue time kept), and leaves the zset in the same step.
+_PROMOTE = """
+local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
+for _, member in ipairs(due) do
+  local job = cjson.decode(member)
+  redis.call('XADD', KEYS[1], '*', 'token', job.token, 'instance', job.instance, 'at', job.at)
+  redis.call('ZREM', KEYS[2], member)
+end
+return #due
+"""
+
 # Delete a consumer only while nothing is pending on it: XGROUP DELCONSUMER drops the
 # consumer's pending entries, which would never be delivered again. One script, so a job
 # cannot be handed to the consumer between the check and the delete.
@@ -266,6 +320,7 @@ class RedisState:
         self._block = redis.register_script(_BLOCK_MAX)
         self._block_prune = redis.register_script(_BLOCK_PRUNE)
         self._reap = redis.register_script(_REAP)
+        self._promote = redis.register_script(_PROMOTE)
 
     async def _ensure_group(self) -> None:
         if self._group_ready:
@@ -277,19 +332,46 @@ class RedisState:
                 raise
         self._group_ready = True
 
-    async def enqueue(self, jobs: list[tuple[str, str]], now_ms: int) -> int:
-        """XADD every job (one round trip)."""
+    async def enqueue(
+        self, jobs: list[tuple[str, str]], now_ms: int, *, not_before_ms: int = 0
+    ) -> int:
+        """XADD every job (one round trip); held back ones ZADD to the delayed set instead."""
         if not jobs:
             return 0
         try:
             await self._ensure_group()
             async with self._redis.pipeline(transaction=False) as pipe:
                 for token, instance_id in jobs:
-                    pipe.xadd(STREAM, {"token": token, "instance": instance_id, "at": str(now_ms)})
+                    if not_before_ms > now_ms:
+                        member = json.dumps(
+                            # A nonce keeps two identical jobs two members.
+                            {
+                                "token": token,
+                                "instance": instance_id,
+                                "at": str(now_ms),
+                                "nonce": secrets.token_hex(8),
+                            },
+                            separators=(",", ":"),
+                        )
+                        pipe.zadd(DELAYED, {member: not_before_ms})
+                    else:
+                        pipe.xadd(
+                            STREAM, {"token": token, "instance": instance_id, "at": str(now_ms)}
+                        )
                 await pipe.execute()
         except RedisError as err:
             raise StoreUnavailable("cannot queue the revocation: Redis is unreachable") from err
         return len(jobs)
+
+    async def promote_due(self, now_ms: int) -> int:
+        """One script: the due delayed jobs move to the stream (every worker may run it)."""
+        try:
+            moved = await self._promote(keys=[STREAM, DELAYED], args=[now_ms, PROMOTE_BATCH])
+        except RedisError as err:
+            raise StoreUnavailable(
+                "cannot move the delayed revocations: Redis is unreachable"
+            ) from err
+        return int(moved)
 
     def _jobs(self, entries: Iterable[Any]) -> list[Job]:
         jobs = []
@@ -362,6 +444,7 @@ class RedisState:
         try:
             await self._ensure_group()
             depth = await self._redis.xlen(STREAM)
+            delayed = await self._redis.zcard(DELAYED)
             oldest: Any = await self._redis.xrange(STREAM, count=1)
             failures = await self._redis.lrange(FAILURES, 0, RECENT_FAILURES - 1)
         except RedisError as err:
@@ -372,6 +455,7 @@ class RedisState:
         return {
             "mode": self.mode,
             "depth": int(depth),
+            "delayed": int(delayed),
             "oldestPendingAgeSeconds": age,
             "recentFailures": [json.loads(f) for f in failures],
         }
@@ -404,7 +488,7 @@ class RedisState:
             raise StoreUnavailable("cannot store the block: Redis is unreachable") from err
 
     async def blocks(self) -> dict[str, dict[str, int]]:
-        """HGETALL of both block hashes."""
+        """HGETALL of every block hash."""
         found: dict[str, dict[str, int]] = {}
         try:
             for scope, key in BLOCKS.items():
@@ -415,7 +499,7 @@ class RedisState:
         return found
 
     async def prune_blocks(self, older_than_ms: int) -> int:
-        """HSCAN both block hashes; delete (compare-and-delete) the entries made before."""
+        """HSCAN every block hash; delete (compare-and-delete) the entries made before."""
         pruned = 0
         try:
             for key in BLOCKS.values():

@@ -75,6 +75,8 @@ class RevocationWorker:
         while True:
             try:
                 await self._housekeeping()
+                # Revocations held back by a grace margin join the queue once due.
+                await self._state.promote_due(int(self._clock.time() * 1000))
                 jobs = await self._state.claim(self._batch, self._idle_wait)
                 for index, job in enumerate(jobs):
                     try:
