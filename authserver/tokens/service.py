@@ -49,7 +49,7 @@ Escaped = Callable[[list[tuple[str, TokenRecord]]], Awaitable[object]]
 
 
 class RevokedWhileIssuing(ServiceUnavailable):
-    """The subject or clientId was revoked while its token was being minted: not handed out.
+    """A revocation (subject, clientId, claim value) landed while the token was minted: kept back.
 
     Answered 503 with Retry-After: the retry meets the revocation's block (401
     `token_revoked` for an app JWT issued before it) or, without a block, gets a new token.
@@ -309,9 +309,10 @@ class TokenService:
 
     async def _read_epochs(self, request: TokenRequest, epoch: _Epoch) -> None:
         """Read the epochs a request mints under: its subject's and clientId's, then claims'."""
-        epoch.value = await self._epochs(request)
-        if request.marks:
-            epoch.claims = await self._claim_epochs(request.marks)
+        names = epoch_names(request)
+        claims = tuple((CLAIM_EPOCH, mark) for mark in request.marks)
+        read = await self.store.epochs(names + claims)  # one round trip for them all
+        epoch.value, epoch.claims = read[: len(names)], read[len(names) :]
 
     async def _epochs(self, request: TokenRequest) -> Epochs:
         return await self.store.epochs(epoch_names(request))
@@ -598,7 +599,7 @@ class TokenService:
     @staticmethod
     def _revoked_while_issuing() -> RevokedWhileIssuing:
         return RevokedWhileIssuing(
-            "the subject or clientId was revoked while its token was being issued; try again",
+            "a revocation of this identity landed while its token was being issued; try again",
             headers={"Retry-After": "1"},
         )
 
