@@ -190,6 +190,45 @@ async def test_a_token_minted_across_a_client_id_revocation_is_revoked(
         assert not emulator.state.is_revoked(fresh["token"])
 
 
+async def test_a_renewal_across_a_client_id_revocation_stores_nothing(
+    make_emulator: MakeEmulator, make_gateway: MakeGateway, store_url: str | None
+) -> None:
+    clock = ManualClock(start=1_900_000_000.0)
+    emulator = await make_emulator(clock=clock)
+    client = await make_gateway(
+        emulator, clock=clock, redis_url=store_url, policy_file=BOUND_POLICY
+    )
+    jwt = make_jwt("mia", now=clock.time())
+    body = {**BODY, "clientId": MIA_1}
+    first = await client.post("/v1/token", headers=bearer(jwt), json=body)
+    answer = await first.json()
+    (current,) = answer["tokens"]
+
+    # Into the renewal window, with ApplyToken held: the renewal is in flight.
+    held = asyncio.Event()
+    emulator.state.faults["ApplyToken"] = Fault(hold=held)
+    clock.advance((answer["refreshAt"] - clock.time() * 1000) / 1000 - 0.5)
+    served = await client.post("/v1/token", headers=bearer(jwt), json=body)
+    assert (await served.json())["tokens"][0]["token"] == current["token"]
+    await eventually(lambda: apply_calls(emulator) == 2)
+    tokens = client.server.app[appkeys.TOKENS]
+    resp = await client.post(
+        "/v1/admin/revoke",
+        json={"clientId": MIA_1, "blockIssuedBefore": False},
+        headers=admin_headers(now=clock.time()),
+    )
+    assert (await resp.json())["revokedLocally"] == 1
+    held.set()
+
+    await eventually(lambda: tokens.lost_mints == 1)
+    del emulator.state.faults["ApplyToken"]
+    renewed = next(t for t in emulator.state.tokens if t != current["token"])
+    await eventually(lambda: emulator.state.is_revoked(renewed))
+    assert emulator.state.is_revoked(current["token"])
+    assert await tokens.store.client_tokens(MIA_1) == []
+    assert await tokens.lookup(renewed) is None
+
+
 class HeldStore(MemoryStore):
     """The memory store, with reads that can be held the way a slow Redis holds them."""
 
