@@ -167,6 +167,7 @@ async def _limiter(app: web.Application) -> AsyncIterator[None]:
         clock=app[appkeys.CLOCK],
         trusted_proxies=parse_networks(settings.trusted_proxies),
         redis=app.get(REDIS),
+        ipv6_prefix=settings.rate_limit_ipv6_prefix,
     )
     yield
 

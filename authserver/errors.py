@@ -34,6 +34,13 @@ class BadRequest(GatewayError):
     title = "Bad request"
 
 
+class DuplicateKey(BadRequest):
+    """A JSON body names one key twice in an object: parsers disagree on which one counts."""
+
+    code = "duplicate_key"
+    title = "Duplicate key"
+
+
 class ClaimNotRevocable(BadRequest):
     """A revocation names a claim that AUTHSERVER_REVOCABLE_CLAIMS does not list."""
 

@@ -27,6 +27,9 @@ Client IP: the peer address, unless the peer is a trusted proxy (`trusted_proxie
 then the right-most address of `X-Forwarded-For` (every header line, in order) that is not
 itself a trusted proxy: the left part is whatever the client wrote, and proves nothing.
 Addresses are normalised (`address`), so one client has one key however a proxy spells it.
+An IPv4 client is keyed by its address; an IPv6 client by its prefix (`ipv6_prefix`, /64 by
+default: the usual customer allocation, which one attacker holds whole), or the 2^64 addresses
+of a /64 would be as many buckets.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ import redis.asyncio as aioredis
 from authserver.clock import Clock
 from authserver.errors import RateLimited
 from authserver.limits import Rate, SharedBuckets, reserve
+from authserver.settings import DEFAULT_IPV6_PREFIX
 
 log = logging.getLogger(__name__)
 
@@ -197,10 +201,15 @@ class RateLimiter:
         redis: aioredis.Redis | None = None,
         max_keys: int = DEFAULT_MAX_KEYS,
         redis_retry_interval: float = 5.0,
+        ipv6_prefix: int = DEFAULT_IPV6_PREFIX,
     ) -> None:
+        if not 0 <= ipv6_prefix <= 128:
+            raise ValueError(f"an IPv6 prefix length is 0 to 128, not {ipv6_prefix}")
         self.limits = {SUBJECT: subject, IP: ip, MINT: mint}
         self._clock = clock
         self._trusted = tuple(trusted_proxies)
+        self._ipv6_prefix = ipv6_prefix
+        self._ipv6_host_bits = 128 - ipv6_prefix
         self._local = {
             scope: LocalBuckets(limit, clock, max_keys)
             for scope, limit in self.limits.items()
@@ -249,13 +258,16 @@ class RateLimiter:
         what is not an address, or runs out, the client is the last proxy walked: that
         proxy is the nearest hop we can vouch for, and text it relayed never becomes a key.
         """
+        return str(self._client(peer, forwarded_for))
+
+    def _client(self, peer: str | None, forwarded_for: Sequence[str]) -> Address | str:
         if peer is None:
             return UNKNOWN_IP
         nearest = address(peer)
         if nearest is None:
             return peer  # not an IP socket (a Unix socket): one key for everything on it
         if not self._trusted or not forwarded_for or not self._is_trusted(nearest):
-            return str(nearest)
+            return nearest
         hops = [hop for line in forwarded_for for hop in line.split(",")]
         for hop in reversed(hops):
             if not hop.strip():
@@ -264,21 +276,35 @@ class RateLimiter:
             if ip is None:
                 break
             if not self._is_trusted(ip):
-                return str(ip)
+                return ip
             nearest = ip
-        return str(nearest)
+        return nearest
+
+    def ip_key(self, client: str) -> str:
+        """The bucket key of a client address: an IPv4 address, or its IPv6 prefix."""
+        ip = address(client)
+        return client if ip is None else self._key(ip)
+
+    def _key(self, client: Address | str) -> str:
+        bits = self._ipv6_host_bits
+        if bits and isinstance(client, ipaddress.IPv6Address):
+            network = ipaddress.IPv6Address(int(client) >> bits << bits)
+            return f"{network}/{self._ipv6_prefix}"
+        return str(client)
 
     def _is_trusted(self, ip: Address) -> bool:
         return any(ip in network for network in self._trusted)
 
     def check_ip(self, peer: str | None, forwarded_for: Sequence[str] = ()) -> str:
-        """Count a request of the calling IP (local tier); its address, or RateLimited.
+        """Count a request of the calling IP (local tier); its bucket key, or RateLimited.
 
-        `forwarded_for`: every `X-Forwarded-For` line (`request.headers.getall`).
+        `forwarded_for`: every `X-Forwarded-For` line (`request.headers.getall`). The key
+        (`ip_key`: the address, or an IPv6 client's prefix) is what the mint budget's shared
+        IP bucket counts too.
         """
         if self._ip_buckets is None:
             return peer or UNKNOWN_IP
-        ip = self.client_ip(peer, forwarded_for)
+        ip = self._key(self._client(peer, forwarded_for))
         self._refuse_if(IP, self._ip_buckets.take(ip))
         return ip
 

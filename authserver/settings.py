@@ -58,6 +58,8 @@ DEFAULT_REDIS_REPLICAS = 30
 # AUTHSERVER_TOKEN_SHARING: one token per subject ("off"), or one per identical grant
 # ("identical-grants", see tokens/sharing.py).
 TOKEN_SHARING_MODES = ("off", "identical-grants")
+# Per-IP limits key an IPv6 client by this prefix: the usual customer allocation is a /64.
+DEFAULT_IPV6_PREFIX = 64
 # AUTHSERVER_REVOCABLE_CLAIMS: the JWT claims an admin may revoke by value (tokens/revocable.py).
 # A name is a plain identifier (no "=", which separates a claim from its value in the index);
 # the registered JWT claims say nothing about who a device belongs to and are refused.
@@ -121,6 +123,7 @@ class Settings:
     rate_limit_subject_burst: int = 20
     rate_limit_ip: float = 0.0
     rate_limit_ip_burst: int = 200
+    rate_limit_ipv6_prefix: int = DEFAULT_IPV6_PREFIX
     mint_budget: float = 10.0
     mint_budget_burst: int = 5
     trusted_proxies: tuple[str, ...] = ()
@@ -166,6 +169,7 @@ def _number(
     problems: list[str],
     *,
     minimum: float = 0.0,
+    maximum: float | None = None,
     integer: bool = False,
 ) -> float:
     raw = _env(environ, name)
@@ -178,6 +182,9 @@ def _number(
         return default
     if value < minimum:
         problems.append(f"{PREFIX}{name}={raw!r} must be at least {minimum:g}")
+        return default
+    if maximum is not None and value > maximum:
+        problems.append(f"{PREFIX}{name}={raw!r} must be at most {maximum:g}")
         return default
     return value
 
@@ -281,6 +288,17 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         "rate_limit_ip": _number(env, "RATE_LIMIT_IP", 0.0, problems, minimum=0),
         "rate_limit_ip_burst": int(
             _number(env, "RATE_LIMIT_IP_BURST", 200, problems, minimum=1, integer=True)
+        ),
+        "rate_limit_ipv6_prefix": int(
+            _number(
+                env,
+                "RATE_LIMIT_IPV6_PREFIX",
+                DEFAULT_IPV6_PREFIX,
+                problems,
+                minimum=32,
+                maximum=128,
+                integer=True,
+            )
         ),
         "mint_budget": _number(env, "MINT_BUDGET", 10.0, problems, minimum=0),
         "mint_budget_burst": int(

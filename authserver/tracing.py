@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 
     from authserver.tokens.model import TokenRecord
     from authserver.tokens.sharing import Holder
-    from authserver.tokens.store import TokenStore
+    from authserver.tokens.store import EpochName, Epochs, TokenStore
 
 EXPORTERS = frozenset({"otlp", "console"})
 INSTRUMENTATION = "authserver"
@@ -214,30 +214,20 @@ class TracedStore:
         with self._span("get"):
             return await self._store.get(key, subject)
 
-    async def put(self, key: str, record: TokenRecord, *, epoch: int | None = None) -> bool:
+    async def put(self, key: str, record: TokenRecord, *, epochs: Epochs | None = None) -> bool:
         """Traced `TokenStore.put`."""
         with self._span("put"):
-            return await self._store.put(key, record, epoch=epoch)
+            return await self._store.put(key, record, epochs=epochs)
 
-    async def epoch(self, subject: str) -> int:
-        """Traced `TokenStore.epoch`."""
-        with self._span("epoch"):
-            return await self._store.epoch(subject)
+    async def epochs(self, names: tuple[EpochName, ...]) -> Epochs:
+        """Traced `TokenStore.epochs`."""
+        with self._span("epochs"):
+            return await self._store.epochs(names)
 
-    async def bump_epoch(self, subject: str) -> int:
+    async def bump_epoch(self, scope: str, name: str) -> int:
         """Traced `TokenStore.bump_epoch`."""
         with self._span("bump_epoch"):
-            return await self._store.bump_epoch(subject)
-
-    async def claim_epochs(self, marks: tuple[str, ...]) -> tuple[int, ...]:
-        """Traced `TokenStore.claim_epochs`."""
-        with self._span("claim_epochs"):
-            return await self._store.claim_epochs(marks)
-
-    async def bump_claim_epoch(self, mark: str) -> int:
-        """Traced `TokenStore.bump_claim_epoch`."""
-        with self._span("bump_claim_epoch"):
-            return await self._store.bump_claim_epoch(mark)
+            return await self._store.bump_epoch(scope, name)
 
     async def subject_tokens(self, subject: str) -> list[tuple[str, TokenRecord]]:
         """Traced `TokenStore.subject_tokens`."""

@@ -119,6 +119,8 @@ async def _read_request(request: web.Request) -> IncomingRequest:
 async def _apply_fault(
     request: web.Request, state: EmulatorState, fault: Fault, action: str
 ) -> None:
+    if fault.hold is not None:
+        await fault.hold.wait()
     if fault.latency_ms > 0:
         # Real time, not the emulator's clock: it stands for the network, and a client's
         # timeout on it is real whatever clock the test gave the emulator.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import random
 import secrets
@@ -122,13 +123,18 @@ MAX_ONLINE_LOG = 10_000
 
 @dataclass
 class Fault:
-    """An injected fault for one action (or `*`): an error at a rate, latency, an outage."""
+    """An injected fault for one action (or `*`): an error at a rate, latency, an outage.
+
+    `hold`: set only in-process (by a test), never over HTTP: each call waits until the event
+    is set, so a test decides exactly when the upstream answers.
+    """
 
     error_code: str | None = None
     rate: float = 1.0
     latency_ms: float = 0.0
     outage: bool = False
     status: int | None = None
+    hold: asyncio.Event | None = None
 
 
 class SlidingWindow:

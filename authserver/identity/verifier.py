@@ -26,6 +26,7 @@ from authserver.identity.keys import (
     static_keys,
 )
 from authserver.identity.model import Claims, Identity, JWTSettings, invalid_token
+from authserver.jsonkeys import RepeatedKey, unique_members
 
 log = logging.getLogger(__name__)
 
@@ -75,20 +76,6 @@ def _b64decode(segment: str, what: str) -> bytes:
     return binascii.a2b_base64(standard + b"=" * (-len(segment) % 4))
 
 
-class _DuplicateMember(Exception):
-    """A JSON object of the token names one member twice."""
-
-
-def _unique_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    # RFC 7515 section 4 and RFC 7519 section 4: names in a JOSE header or a claims set must
-    # be unique. json.loads would keep the last of two `sub` (or `alg`, `scope`), and another
-    # parser the first, so a token read differently by its issuer and by us is refused.
-    members = dict(pairs)
-    if len(members) != len(pairs):
-        raise _DuplicateMember
-    return members
-
-
 # Levels of objects and arrays a header or claims set may nest. Every layer that keys on the
 # claims (the policy's claims key, the answer cache's weights) walks them recursively: a 900-byte
 # JWT nesting 250 lists deep was a 500 there, so such a token is refused here, once.
@@ -114,8 +101,10 @@ def _nests_too_deep(value: object) -> bool:
 
 def _json_object(data: bytes, what: str) -> dict[str, Any]:
     try:
-        value = json.loads(data.decode("utf-8"), object_pairs_hook=_unique_members)
-    except _DuplicateMember:
+        # RFC 7515 and 7519 section 4: names in a JOSE header or a claims set are unique. A
+        # token read differently by its issuer and by us (a first and a last `sub`) is refused.
+        value = json.loads(data.decode("utf-8"), object_pairs_hook=unique_members)
+    except RepeatedKey:
         raise invalid_token(f"the token {what} names the same member twice") from None
     except (ValueError, RecursionError):
         raise invalid_token(f"the token {what} is not JSON") from None

@@ -30,7 +30,7 @@ Invalidation: what each event drops, and what guards work in flight when it land
 | -------------------------- | ------------ | ------------ | ------- | ---------- | ---- |
 | token revoked by value     | its          | its          | its     | deleted    | GT   |
 | subject revoked            | its          | its          | its     | deleted    | GTEB |
-| clientId revoked           | its          | its          | its     | deleted    | GTB  |
+| clientId revoked           | its          | its          | its     | deleted    | GTEB |
 | claim value revoked        | its          | its          | its     | deleted    | GTCB |
 | policy reload              | stale: ver.  | stale: ver.  | -       | -          | P    |
 | policy narrowing           | its          | its          | its     | deleted    | GT   |
@@ -52,13 +52,14 @@ Invalidation: what each event drops, and what guards work in flight when it land
   it is not kept, and credentials gathered across it are checked against the store (which
   a revocation clears before it tells anyone) and gathered again when one is gone.
 - T: a `tokens` event tells every process (the "bus drop" row there).
-- E: the subject's revocation epoch moves before its tokens are listed: a mint under the
-  older epoch is not stored (the store checks it as it writes) and is revoked upstream
-  through the durable queue; a token stored before the move is not answered either. Both
-  answer 503 `RevokedWhileIssuing`, whose retry meets the block.
-- C: the claim value's epoch moves before its tokens are listed: a mint that stored its
-  tokens after the move finds it moved, revokes them everywhere and answers 503
-  `RevokedWhileIssuing` (`TokenService._check_claim_epochs`).
+- E: the revoked subject's or clientId's epoch (`TokenStore.bump_epoch`, one per scope and
+  name) moves before its tokens are listed: a mint under an older epoch of its request
+  (`service.epoch_names`) is not stored (the store checks them as it writes) and is revoked
+  upstream through the durable queue; a token stored before the move is not answered
+  either. Both answer 503 `RevokedWhileIssuing`, whose retry meets the block.
+- C: the claim value's epoch (the same epochs as E, scope `claim`) moves before its tokens
+  are listed: a mint that stored its tokens after the move finds it moved, revokes them
+  everywhere and answers 503 `RevokedWhileIssuing` (`TokenService._check_claim_epochs`).
 - B: a block: `Revoker.check` refuses an app JWT issued before it, on every path (repeat,
   answer, mint), for the subject, any clientId the policy lets the identity use, or any
   revocable claim value it carries (tokens/revocable.py).

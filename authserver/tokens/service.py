@@ -23,7 +23,15 @@ from authserver.tokens.sharing import (
     lifetime_class,
     shared_token_key,
 )
-from authserver.tokens.store import HELD_BY_SUBJECT, TokenStore
+from authserver.tokens.store import (
+    CLAIM_EPOCH,
+    CLIENT_EPOCH,
+    HELD_BY_SUBJECT,
+    SUBJECT_EPOCH,
+    EpochName,
+    Epochs,
+    TokenStore,
+)
 
 log = logging.getLogger(__name__)
 
@@ -36,12 +44,12 @@ MIN_TTL_SLACK_MS = 2000
 RENEW_DEADLINE = 30.0
 
 Minter = Callable[[str, tuple[str, ...], str, int, float], Awaitable[str]]
-LostMint = Callable[[TokenRecord], Awaitable[None]]
+LostMint = Callable[[str, TokenRecord], Awaitable[None]]
 Escaped = Callable[[list[tuple[str, TokenRecord]]], Awaitable[object]]
 
 
 class RevokedWhileIssuing(ServiceUnavailable):
-    """The subject was revoked while its token was being minted: it was not handed out.
+    """A revocation (subject, clientId, claim value) landed while the token was minted: kept back.
 
     Answered 503 with Retry-After: the retry meets the revocation's block (401
     `token_revoked` for an app JWT issued before it) or, without a block, gets a new token.
@@ -50,13 +58,22 @@ class RevokedWhileIssuing(ServiceUnavailable):
 
 @dataclass
 class _Epoch:
-    """The subject's revocation epoch one request mints under, read before its first await.
+    """The revocation epochs one request mints under, read before its first await.
 
-    With the epochs of its revocable claim values (`TokenRequest.marks`), read just after.
+    `value`: its subject's and clientId's (`epoch_names`), which the store checks as it
+    writes; `claims`: its revocable claim values' (`TokenRequest.marks`), read just after
+    and checked once its tokens are stored (`TokenService._check_claim_epochs`).
     """
 
-    value: int | None = None
-    claims: tuple[int, ...] = ()
+    value: Epochs | None = None
+    claims: Epochs = ()
+
+
+def epoch_names(request: TokenRequest) -> tuple[EpochName, ...]:
+    """The revocation epochs that guard `request`'s tokens: its subject's, its clientId's."""
+    if request.client_id is None:
+        return ((SUBJECT_EPOCH, request.subject),)
+    return ((SUBJECT_EPOCH, request.subject), (CLIENT_EPOCH, request.client_id))
 
 
 def clamp_ttl(ttl: float) -> int:
@@ -214,12 +231,13 @@ class TokenService:
         about exactly these tokens: they are then checked against the store, which a
         revocation clears before it tells anyone, and gathered again if one is gone.
 
-        A revocation of the whole subject moves its epoch (`TokenStore.bump_epoch`) before
-        it lists the subject's tokens. Every mint of this request happens under the epoch
-        read before its first store read (L1 hits need none), gathering again included: a
-        record minted under an older epoch is never stored (the store checks the epoch as it
-        writes) and is revoked upstream, and tokens minted and stored before the move (which
-        the revocation then purged) are not answered either: `RevokedWhileIssuing`.
+        A revocation of the whole subject, or of a clientId, moves its epoch
+        (`TokenStore.bump_epoch`) before it lists the tokens it revokes. Every mint of this
+        request happens under the epochs (`epoch_names`) read before its first store read
+        (L1 hits need none), gathering again included: a record minted under an older epoch
+        is never stored (the store checks the epochs as it writes) and is revoked upstream,
+        and tokens minted and stored before the move (which the revocation then purged) are
+        not answered either: `RevokedWhileIssuing`.
         """
         if self.sharing:
             # Shared tokens live in lifetime classes: asked 3000 s, a device shares the
@@ -283,17 +301,24 @@ class TokenService:
         for here, record in fresh:
             await self.store.hold(record, holder)
             self._held_here.put(here, record.expire_ms)
-        if await self.store.epoch(request.subject) != epoch.value:
+        if await self._epochs(request) != epoch.value:
             raise self._revoked_while_issuing()
         # The same for its claim values: a revocation of one lists the holdings by value.
-        if request.marks and await self.store.claim_epochs(request.marks) != epoch.claims:
+        if request.marks and await self._claim_epochs(request.marks) != epoch.claims:
             raise self._revoked_while_issuing()
 
     async def _read_epochs(self, request: TokenRequest, epoch: _Epoch) -> None:
-        """Read the epochs a request mints under: its subject's, then its claim values'."""
-        epoch.value = await self.store.epoch(request.subject)
-        if request.marks:
-            epoch.claims = await self.store.claim_epochs(request.marks)
+        """Read the epochs a request mints under: its subject's and clientId's, then claims'."""
+        names = epoch_names(request)
+        claims = tuple((CLAIM_EPOCH, mark) for mark in request.marks)
+        read = await self.store.epochs(names + claims)  # one round trip for them all
+        epoch.value, epoch.claims = read[: len(names)], read[len(names) :]
+
+    async def _epochs(self, request: TokenRequest) -> Epochs:
+        return await self.store.epochs(epoch_names(request))
+
+    async def _claim_epochs(self, marks: tuple[str, ...]) -> Epochs:
+        return await self.store.epochs(tuple((CLAIM_EPOCH, mark) for mark in marks))
 
     async def _gather(
         self, request: TokenRequest, deadline: float, epoch: _Epoch
@@ -325,9 +350,9 @@ class TokenService:
             )
             for (index, *_rest), record in zip(missing, issued, strict=True):
                 records[index] = record
-            # Before the answer goes out (and into the answer cache): a revocation of the
-            # subject that moved the epoch after these were stored has purged them.
-            if await self.store.epoch(request.subject) != at:
+            # Before the answer goes out (and into the answer cache): a revocation that moved
+            # an epoch after these were stored has purged them.
+            if await self._epochs(request) != at:
                 raise self._revoked_while_issuing()
             if not self.sharing and request.marks:
                 minted = [(m[1], record) for m, record in zip(missing, issued, strict=True)]
@@ -413,9 +438,9 @@ class TokenService:
         deadline = self._clock.monotonic() + RENEW_DEADLINE
         generation = self.generation
         # A shared token is no one subject's: no epoch guards its store (see `_hold`).
-        epoch = None if self.sharing else await self.store.epoch(request.subject)
+        epoch = None if self.sharing else await self._epochs(request)
         marked = not self.sharing and bool(request.marks)
-        claims_at = await self.store.claim_epochs(request.marks) if marked else ()
+        claims_at = await self._claim_epochs(request.marks) if marked else ()
         owner = self._owner(request)
         # The lock must outlive the renewal's own deadline (quota waits included), or
         # another process would renew the same key at the same time.
@@ -441,7 +466,7 @@ class TokenService:
     async def _check_claim_epochs(
         self,
         request: TokenRequest,
-        read: tuple[int, ...],
+        read: Epochs,
         stored: list[tuple[str, TokenRecord]],
     ) -> None:
         """Revoke what this mint stored if one of its claim values was revoked meanwhile.
@@ -452,7 +477,7 @@ class TokenService:
         revoked everywhere (once: the revoker skips those the listing found) and not
         answered (`RevokedWhileIssuing`, whose retry meets the block).
         """
-        if await self.store.claim_epochs(request.marks) == read:
+        if await self._claim_epochs(request.marks) == read:
             return
         self.lost_mints += len(stored)
         log.warning(
@@ -479,7 +504,7 @@ class TokenService:
         resources: tuple[str, ...],
         request: TokenRequest,
         deadline: float,
-        epoch: int,
+        epoch: Epochs,
     ) -> TokenRecord:
         flight = self._flights.get(key)
         joined = flight is not None
@@ -522,7 +547,7 @@ class TokenService:
         resources: tuple[str, ...],
         request: TokenRequest,
         deadline: float,
-        epoch: int,
+        epoch: Epochs,
     ) -> asyncio.Task[TokenRecord]:
         """Start the one issuance of `key`, in this request's context (its mint budget)."""
         flight = asyncio.create_task(self._fill(key, kind, resources, request, deadline, epoch))
@@ -543,7 +568,7 @@ class TokenService:
         resources: tuple[str, ...],
         request: TokenRequest,
         deadline: float,
-        epoch: int,
+        epoch: Epochs,
     ) -> TokenRecord:
         owner = self._owner(request)
         while True:
@@ -574,15 +599,15 @@ class TokenService:
     @staticmethod
     def _revoked_while_issuing() -> RevokedWhileIssuing:
         return RevokedWhileIssuing(
-            "the subject was revoked while its token was being issued; try again",
+            "a revocation of this identity landed while its token was being issued; try again",
             headers={"Retry-After": "1"},
         )
 
-    async def _revoke_lost(self, record: TokenRecord) -> None:
-        """A token minted across a revocation of its subject: revoke it upstream, durably."""
+    async def _revoke_lost(self, key: str, record: TokenRecord) -> None:
+        """A token minted across a revocation: revoke it upstream, durably."""
         self.lost_mints += 1
         log.warning(
-            "token %s was minted while its subject was being revoked; revoking it",
+            "token %s was minted while its subject or clientId was being revoked; revoking it",
             record.fingerprint,
         )
         if self.on_lost_mint is None:
@@ -591,7 +616,7 @@ class TokenService:
             )
             return
         try:
-            await self.on_lost_mint(record)
+            await self.on_lost_mint(key, record)
         except StoreUnavailable:
             log.error(
                 "could not queue the revocation of token %s; it stays valid upstream until %d",
@@ -615,9 +640,9 @@ class TokenService:
         deadline: float,
         *,
         previous: TokenRecord | None = None,
-        epoch: int | None = None,
+        epoch: Epochs | None = None,
     ) -> TokenRecord:
-        """Mint one token and store it, unless the subject was revoked meanwhile."""
+        """Mint one token and store it, unless its subject or clientId was revoked meanwhile."""
         now_ms = int(self._clock.time() * 1000)
         ttl_ms = request.ttl * 1000
         if request.ttl <= MIN_TTL:
@@ -632,7 +657,7 @@ class TokenService:
         marks: tuple[str, ...] = ()
         if self.sharing:
             # Everyone's and no one's: the holders are kept beside it (`_hold`), and the
-            # subject's epoch does not guard it (the requester is refused instead).
+            # requester's epochs do not guard it (the requester is refused instead).
             subject, client_id, claims, epoch = SHARED_SUBJECT, None, {}, None
         else:
             subject, client_id, claims = request.subject, request.client_id, request.claims
@@ -658,9 +683,9 @@ class TokenService:
             # it expires: keep it findable (by subject, client and value) for revocation and
             # policy narrowing, under a key no request looks up.
             retired = _retired_key(key, previous)
-            stored = await self.store.put(retired, previous, epoch=epoch)
-        if not stored or not await self.store.put(key, record, epoch=epoch):
-            await self._revoke_lost(record)
+            stored = await self.store.put(retired, previous, epochs=epoch)
+        if not stored or not await self.store.put(key, record, epochs=epoch):
+            await self._revoke_lost(key, record)
             raise self._revoked_while_issuing()
         log.debug(
             "minted %s token %s for subject key %s (%d resources)",

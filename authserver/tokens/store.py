@@ -18,10 +18,16 @@ from authserver.tokens.model import TokenRecord, subject_tag
 from authserver.tokens.sharing import MAX_HOLDERS, Holder
 
 KEY_PREFIX = "authserver:"
-# How long a subject's revocation epoch is remembered after its last revocation. It only has
-# to outlive every mint that read the epoch before that revocation: one request deadline or
+# How long a revocation epoch is remembered after its last revocation. It only has to
+# outlive every mint that read the epoch before that revocation: one request deadline or
 # one background renewal (RENEW_DEADLINE), seconds, not an hour. A forgotten epoch reads 0.
 EPOCH_TTL_MS = 3600 * 1000
+# Revocation epochs: one per (scope, name) a revocation sweeps, a subject, a clientId or a
+# revocable claim value (a mark, tokens/revocable.py). A revocation moves its epoch before it
+# lists the tokens it revokes, and a token minted under an older epoch is never kept.
+SUBJECT_EPOCH, CLIENT_EPOCH, CLAIM_EPOCH = "subject", "client", "claim"
+EpochName = tuple[str, str]  # (scope, name)
+Epochs = tuple[tuple[str, str, int], ...]  # (scope, name, epoch), read before a mint
 # The indexes of shared tokens by holder (see tokens/sharing.py): by subject, by clientId, by
 # revocable claim value (a mark, tokens/revocable.py).
 HELD_BY_SUBJECT, HELD_BY_CLIENT, HELD_BY_CLAIM = "subject", "client", "claim"
@@ -41,32 +47,20 @@ class TokenStore(Protocol):
         """The live record under `key`, or None."""
         ...
 
-    async def put(self, key: str, record: TokenRecord, *, epoch: int | None = None) -> bool:
+    async def put(self, key: str, record: TokenRecord, *, epochs: Epochs | None = None) -> bool:
         """Keep `record` under `key` until it expires, indexed by subject, client and value.
 
-        With `epoch`, only while the subject's revocation epoch is still `epoch` (checked and
-        stored in one step); False when it moved and nothing was stored.
+        With `epochs`, only while every one of them is unchanged; False when one moved, and
+        then nothing stays stored.
         """
         ...
 
-    async def epoch(self, subject: str) -> int:
-        """The subject's revocation epoch: moved by every revocation of the whole subject."""
+    async def epochs(self, names: tuple[EpochName, ...]) -> Epochs:
+        """The revocation epochs of `names` (0 for one never revoked, or long ago)."""
         ...
 
-    async def bump_epoch(self, subject: str) -> int:
-        """Move the subject's revocation epoch (before its tokens are listed for revocation)."""
-        ...
-
-    async def claim_epochs(self, marks: tuple[str, ...]) -> tuple[int, ...]:
-        """The revocation epochs of these claim values (tokens/revocable.py), in order."""
-        ...
-
-    async def bump_claim_epoch(self, mark: str) -> int:
-        """Move a claim value's epoch (before its tokens are listed for revocation).
-
-        Not checked as a record is written (a claim value's key lives apart from the
-        subject's): a mint reads the epochs before and after it stores (`TokenService`).
-        """
+    async def bump_epoch(self, scope: str, name: str) -> int:
+        """Move one revocation epoch (before the tokens it revokes are listed)."""
         ...
 
     async def subject_tokens(self, subject: str) -> list[tuple[str, TokenRecord]]:
@@ -195,10 +189,8 @@ class MemoryStore:
         self._holders: dict[str, dict[str, Holder]] = {}
         self._holders_overflow: set[str] = set()
         self._evicted: Callable[[str], None] | None = None
-        # subject -> (epoch, forget after ms): only revoked subjects, a handful.
-        self._epochs: dict[str, tuple[int, float]] = {}
-        # The same for revoked claim values (marks).
-        self._claim_epochs: dict[str, tuple[int, float]] = {}
+        # (scope, name) -> (epoch, forget after ms): only revoked ones, a handful.
+        self._epochs: dict[EpochName, tuple[int, float]] = {}
 
     def watch_evictions(self, callback: Callable[[str], None]) -> None:
         """Have `callback(key)` told of records evicted (the store is full) or expired."""
@@ -219,41 +211,29 @@ class MemoryStore:
         """The live record under `key`, or None."""
         return self._live_record(key)
 
-    async def epoch(self, subject: str) -> int:
-        """The subject's revocation epoch (0 when never revoked, or long ago)."""
-        return self._epoch(subject)
+    async def epochs(self, names: tuple[EpochName, ...]) -> Epochs:
+        """The revocation epochs of `names` (0 when never revoked, or long ago)."""
+        return tuple((scope, name, self._epoch((scope, name))) for scope, name in names)
 
-    def _epoch(self, subject: str, epochs: dict[str, tuple[int, float]] | None = None) -> int:
-        found = (self._epochs if epochs is None else epochs).get(subject)
+    def _epoch(self, name: EpochName) -> int:
+        found = self._epochs.get(name)
         if found is None or found[1] <= self._now_ms():
             return 0
         return found[0]
 
-    async def bump_epoch(self, subject: str) -> int:
-        """Move the subject's epoch; forget the epochs of subjects revoked long ago."""
-        return self._bump(self._epochs, subject)
-
-    def _bump(self, epochs: dict[str, tuple[int, float]], name: str) -> int:
+    async def bump_epoch(self, scope: str, name: str) -> int:
+        """Move one epoch; forget the epochs of those revoked long ago."""
         now_ms = self._now_ms()
-        if len(epochs) >= 1024:
-            for old in [n for n, e in epochs.items() if e[1] <= now_ms]:
-                del epochs[old]
-        epoch = self._epoch(name, epochs) + 1
-        epochs[name] = (epoch, now_ms + EPOCH_TTL_MS)
+        if len(self._epochs) >= 1024:
+            self._epochs = {n: e for n, e in self._epochs.items() if e[1] > now_ms}
+        epoch = self._epoch((scope, name)) + 1
+        self._epochs[scope, name] = (epoch, now_ms + EPOCH_TTL_MS)
         return epoch
 
-    async def claim_epochs(self, marks: tuple[str, ...]) -> tuple[int, ...]:
-        """The epochs of these claim values (0 when never revoked, or long ago)."""
-        return tuple(self._epoch(mark, self._claim_epochs) for mark in marks)
-
-    async def bump_claim_epoch(self, mark: str) -> int:
-        """Move a claim value's epoch."""
-        return self._bump(self._claim_epochs, mark)
-
-    async def put(self, key: str, record: TokenRecord, *, epoch: int | None = None) -> bool:
-        """Keep `record` under `key` until it expires (if the subject's epoch is `epoch`)."""
+    async def put(self, key: str, record: TokenRecord, *, epochs: Epochs | None = None) -> bool:
+        """Keep `record` under `key` until it expires (if every one of `epochs` holds)."""
         # No await between the check and the write: one step on the event loop.
-        if epoch is not None and self._epoch(record.subject) != epoch:
+        if epochs and any(self._epoch((s, n)) != e for s, n, e in epochs):
             return False
         old = self._records.pop(key)
         if old is not None:
@@ -397,7 +377,7 @@ return 0
 """
 
 # KEYS: record, subject index, subject epoch. ARGV: json, ttl ms, expire ms, key, now ms,
-# the epoch the record was minted under ('' for none). The epoch shares the record's slot.
+# the subject epoch the record was minted under ('' for none). It shares the record's slot.
 _PUT = """
 if ARGV[6] ~= '' and (redis.call('GET', KEYS[3]) or '0') ~= ARGV[6] then
   return 0
@@ -489,12 +469,10 @@ class RedisStore:
     def _holders_key(digest: str) -> str:
         return f"{KEY_PREFIX}holders:{{{digest[:16]}}}:{digest}"
 
-    def _epoch_key(self, subject: str) -> str:
-        return f"{KEY_PREFIX}epoch:{self._tag(subject)}"
-
-    @staticmethod
-    def _claim_epoch_key(mark: str) -> str:
-        return f"{KEY_PREFIX}epoch:claim:{{{subject_tag(mark)}}}"
+    def _epoch_key(self, scope: str, name: str) -> str:
+        if scope == SUBJECT_EPOCH:  # in the subject's slot: `_PUT` checks it as it writes
+            return f"{KEY_PREFIX}epoch:{self._tag(name)}"
+        return f"{KEY_PREFIX}epoch:{scope}:{{{subject_tag(name)}}}"
 
     def _lock_key(self, key: str, subject: str) -> str:
         return f"{KEY_PREFIX}lock:{self._tag(subject)}:{key}"
@@ -516,41 +494,26 @@ class RedisStore:
             raise StoreUnavailable("the token store (Redis) is unreachable") from err
         return self._parse(raw)
 
-    async def epoch(self, subject: str) -> int:
-        """The subject's revocation epoch, shared by every process (0 when never revoked)."""
+    async def epochs(self, names: tuple[EpochName, ...]) -> Epochs:
+        """The revocation epochs of `names`, shared by every process (0 when never revoked)."""
         try:
-            raw = await self._redis.get(self._epoch_key(subject))
+            if len(names) == 1:
+                raws = [await self._redis.get(self._epoch_key(*names[0]))]
+            else:  # in different slots: a pipeline, not a transaction (nor MGET)
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    for scope, name in names:
+                        pipe.get(self._epoch_key(scope, name))
+                    raws = await pipe.execute()
         except RedisError as err:
             raise StoreUnavailable("the token store (Redis) is unreachable") from err
-        return 0 if raw is None else int(raw)
+        return tuple(
+            (scope, name, 0 if raw is None else int(raw))
+            for (scope, name), raw in zip(names, raws, strict=True)
+        )
 
-    async def bump_epoch(self, subject: str) -> int:
-        """INCR the subject's epoch (kept EPOCH_TTL_MS after the last revocation)."""
-        try:
-            async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.incr(self._epoch_key(subject))
-                pipe.pexpire(self._epoch_key(subject), EPOCH_TTL_MS)
-                epoch, _ = await pipe.execute()
-        except RedisError as err:
-            raise StoreUnavailable("the token store (Redis) is unreachable") from err
-        return int(epoch)
-
-    async def claim_epochs(self, marks: tuple[str, ...]) -> tuple[int, ...]:
-        """GET each claim value's epoch (one round trip; the keys may be in other slots)."""
-        if not marks:
-            return ()
-        try:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for mark in marks:
-                    pipe.get(self._claim_epoch_key(mark))
-                raws = await pipe.execute()
-        except RedisError as err:
-            raise StoreUnavailable("the token store (Redis) is unreachable") from err
-        return tuple(0 if raw is None else int(raw) for raw in raws)
-
-    async def bump_claim_epoch(self, mark: str) -> int:
-        """INCR a claim value's epoch (kept EPOCH_TTL_MS after its last revocation)."""
-        key = self._claim_epoch_key(mark)
+    async def bump_epoch(self, scope: str, name: str) -> int:
+        """INCR one epoch (kept EPOCH_TTL_MS after the last revocation)."""
+        key = self._epoch_key(scope, name)
         try:
             async with self._redis.pipeline(transaction=True) as pipe:
                 pipe.incr(key)
@@ -560,32 +523,36 @@ class RedisStore:
             raise StoreUnavailable("the token store (Redis) is unreachable") from err
         return int(epoch)
 
-    async def put(self, key: str, record: TokenRecord, *, epoch: int | None = None) -> bool:
+    async def put(self, key: str, record: TokenRecord, *, epochs: Epochs | None = None) -> bool:
         """Keep `record` until it expires, indexed by subject, client and value.
 
-        With `epoch`, the record is stored only if the subject's epoch still is `epoch`,
-        checked by the same script that writes it.
+        With `epochs`, the record is stored only while each of them holds. The subject's is
+        checked by the script that writes the record; the others live in other slots (a
+        clientId's revocation cannot know which subjects' slots to touch), so they are read
+        once the record and all its indexes are written, and a moved one has the record
+        deleted again: a revocation moves its epoch before it lists, so either it finds the
+        record or this read sees the move.
         """
         now_ms = self._now_ms()
         ttl_ms = record.expire_ms - now_ms
         if ttl_ms <= 0:
             return True  # dead already: nothing to keep, nothing lost
+        subject_epoch = ""
+        others: list[tuple[str, str, int]] = []
+        for scope, name, epoch in epochs or ():
+            if scope == SUBJECT_EPOCH and name == record.subject:
+                subject_epoch = str(epoch)
+            else:
+                others.append((scope, name, epoch))
         locator = json.dumps([record.subject, key], ensure_ascii=False)
         try:
             stored = await self._put(
                 keys=[
                     self._record_key(key, record.subject),
                     self._index_key(record.subject),
-                    self._epoch_key(record.subject),
+                    self._epoch_key(SUBJECT_EPOCH, record.subject),
                 ],
-                args=[
-                    record.to_json(),
-                    ttl_ms,
-                    record.expire_ms,
-                    key,
-                    now_ms,
-                    "" if epoch is None else str(epoch),
-                ],
+                args=[record.to_json(), ttl_ms, record.expire_ms, key, now_ms, subject_epoch],
             )
             if not stored:
                 return False
@@ -602,6 +569,11 @@ class RedisStore:
                 )
         except RedisError as err:
             raise StoreUnavailable("the token store (Redis) is unreachable") from err
+        if others:
+            now = await self.epochs(tuple((scope, name) for scope, name, _e in others))
+            if now != tuple(others):
+                await self.delete(key, record)
+                return False
         return True
 
     async def _records(self, locators: list[tuple[str, str]]) -> list[tuple[str, TokenRecord]]:

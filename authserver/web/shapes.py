@@ -20,15 +20,17 @@ description, in `SCHEMA_EXTRA`.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
-from typing import Annotated, Any, ClassVar, Literal, TypeVar
+from typing import Annotated, Any, ClassVar, Literal, NamedTuple, TypeVar
 
 import msgspec
 from aiohttp import web
 from msgspec import UNSET, Meta, UnsetType
 
-from authserver.errors import BadRequest
+from authserver.errors import BadRequest, DuplicateKey
+from authserver.jsonkeys import RepeatedKey, unique_members
 from authserver.policy.model import CLIENT_ID, MAX_TTL_SECONDS, MIN_TTL_SECONDS
 from authserver.settings import REVOCABLE_CLAIM_NAME
 from authserver.tokens.revocable import MAX_VALUE_CHARS
@@ -788,7 +790,7 @@ _UNKNOWN = re.compile(r"^Object contains unknown field `")
 
 
 def decode(shape: type[S], raw: bytes) -> S:
-    """The body `raw` as a `shape`; BadRequest (400 `bad_request`) names what is wrong."""
+    """The body `raw` as a `shape`; BadRequest (400 `bad_request`, `duplicate_key`) says what."""
     decoder = _DECODERS.get(shape)
     if decoder is None:
         decoder = _DECODERS[shape] = msgspec.json.Decoder(shape)
@@ -800,7 +802,80 @@ def decode(shape: type[S], raw: bytes) -> S:
         raise BadRequest("the body is not valid JSON") from err
     except RecursionError as err:  # nesting deeper than the decoder's recursion limit
         raise BadRequest("the body is nested too deeply") from err
+    # msgspec keeps the last of two equal keys, a WAF or proxy in front may keep the first:
+    # such a body is refused. Each member has one colon outside strings, so a body with no
+    # more colons than the members decoded (`_members`) names no key twice; only the others
+    # (several members, or colons inside strings) are parsed again, keeping every pair.
+    colons = raw.count(b":")
+    if colons > 1 and colons > _named(value) and colons > _members(value):
+        _refuse_repeated_keys(raw)
     return value
+
+
+def _named(value: msgspec.Struct) -> int:
+    """The members of the body's top object that `value` proves were there (see `_fields`)."""
+    fields = _fields(type(value))
+    if fields.every:  # the usual shape: in C, no loop here
+        values = msgspec.structs.astuple(value)
+        return len(values) - values.count(UNSET)
+    return sum(1 for name in fields.counting if getattr(value, name) is not UNSET)
+
+
+_NESTED = (dict, list, msgspec.Struct)
+
+
+def _members(value: Any) -> int:
+    """How many object members, at every depth, `value` was decoded from: at least, never more."""
+    if isinstance(value, msgspec.Struct):
+        count = _named(value)
+        for name in _fields(type(value)).names:
+            field = getattr(value, name)
+            if isinstance(field, _NESTED):
+                count += _members(field)
+        return count
+    if isinstance(value, dict):
+        return len(value) + sum(_members(v) for v in value.values() if isinstance(v, _NESTED))
+    if isinstance(value, list):
+        return sum(_members(v) for v in value if isinstance(v, _NESTED))
+    return 0
+
+
+class _Fields(NamedTuple):
+    names: tuple[str, ...]  # every field's attribute
+    counting: tuple[str, ...]  # those whose value proves the body named them
+    every: bool  # all of them do
+
+
+_FIELDS: dict[type[Any], _Fields] = {}
+
+
+def _fields(shape: type[msgspec.Struct]) -> _Fields:
+    """A shape's fields, and which of them prove the body named them when set.
+
+    A required field, or one UNSET unless given, does; a field with another default may
+    hold it without the body naming it.
+    """
+    found = _FIELDS.get(shape)
+    if found is None:
+        fields = msgspec.structs.fields(shape)
+        counting = tuple(f.name for f in fields if f.required or f.default is UNSET)
+        names = tuple(f.name for f in fields)
+        found = _FIELDS[shape] = _Fields(names, counting, counting == names)
+    return found
+
+
+def _refuse_repeated_keys(raw: bytes) -> None:
+    """DuplicateKey (400 `duplicate_key`) when an object of `raw` names a key twice."""
+    try:
+        json.loads(raw, object_pairs_hook=unique_members)
+    except RepeatedKey as err:
+        key = err.key if len(err.key) <= 100 else err.key[:100] + "..."
+        raise DuplicateKey(
+            f'the body names the key "{key}" twice in one object; each key may appear once',
+            extra={"duplicateKey": key},
+        ) from None
+    except RecursionError:
+        raise BadRequest("the body is nested too deeply") from None
 
 
 def _refusal(shape: type[msgspec.Struct], message: str, raw: bytes) -> BadRequest:

@@ -9,8 +9,11 @@ from pathlib import Path
 import pytest
 
 from authserver import appkeys
-from authserver.redis_conn import connect_redis
+from authserver.clock import ManualClock
+from authserver.redis_conn import connect_redis, open_redis
 from authserver.settings import SettingsError, load_settings
+from authserver.tokens.model import TokenRecord
+from authserver.tokens.store import CLIENT_EPOCH, SUBJECT_EPOCH, RedisStore
 from tests.admin.conftest import admin_headers
 from tests.fixtures.emulator import EmulatorHandle
 from tests.fixtures.gateway import MakeGateway, bearer, make_jwt
@@ -68,6 +71,31 @@ async def test_concurrent_first_requests_mint_once_across_gateways(
     passwords = {(await a.json())["password"] for a in answers}
     assert len(passwords) == 1
     assert apply_calls(emulator) == 2  # the issuance lock works across gateways in the cluster
+
+
+async def test_a_client_id_epoch_guards_a_put_across_slots(redis_cluster_url: str) -> None:
+    # The clientId's epoch lives in another slot than the record: read after the write, and
+    # a moved one takes the record out of every index again.
+    client = await open_redis(redis_cluster_url, cluster=True)
+    clock = ManualClock(start=1000.0)
+    store = RedisStore(client, clock)
+    names = ((SUBJECT_EPOCH, "zoe"), (CLIENT_EPOCH, "GID_fleet@@@zoe-1"))
+    expire_ms = int(clock.time() * 1000) + 60_000
+    record = TokenRecord(
+        token="tok-zoe", type="R", resources=("a/#",), expire_ms=expire_ms,
+        refresh_at_ms=expire_ms - 1000, issued_ms=expire_ms - 60_000, subject="zoe",
+        instance_id="mqtt-test", client_id="GID_fleet@@@zoe-1",
+    )  # fmt: skip
+    try:
+        before = await store.epochs(names)
+        await store.bump_epoch(CLIENT_EPOCH, "GID_fleet@@@zoe-1")
+        assert not await store.put("k", record, epochs=before)
+        assert await store.lookup("tok-zoe") is None
+        assert await store.client_tokens("GID_fleet@@@zoe-1") == []
+        assert await store.put("k", record, epochs=await store.epochs(names))
+        assert [k for k, _ in await store.client_tokens("GID_fleet@@@zoe-1")] == ["k"]
+    finally:
+        await client.aclose()
 
 
 async def test_revocation_through_the_cluster(

@@ -212,6 +212,55 @@ async def test_one_client_is_one_bucket_however_the_proxies_spell_it(
     await assert_limited(await forwarded("unknown"), "ip")
 
 
+async def test_an_ipv6_client_is_one_bucket_per_prefix(
+    manual_emulator: EmulatorHandle, make_gateway: MakeGateway, clock: ManualClock
+) -> None:
+    # One customer's /64 is one client: a fresh address in it is no fresh bucket.
+    proxied = await make_gateway(
+        manual_emulator,
+        clock=clock,
+        rate_limit_ip=1.0,
+        rate_limit_ip_burst=2,
+        trusted_proxies=("127.0.0.0/8",),
+    )
+    jwt = make_jwt("shared-device", now=clock.time())
+
+    def xff(client: str) -> dict[str, str]:
+        return {"X-Forwarded-For": client}
+
+    assert (await post(proxied, jwt, headers=xff("2001:db8:1:2::1"))).status == 200
+    assert (await post(proxied, jwt, headers=xff("2001:db8:1:2:ffff:ffff:ffff:ffff"))).status == 200
+    await assert_limited(await post(proxied, jwt, headers=xff("[2001:db8:1:2:abcd::9]:443")), "ip")
+    # The next /64 is another customer, and an IPv4 client (mapped or not) keys by address.
+    assert (await post(proxied, jwt, headers=xff("2001:db8:1:3::1"))).status == 200
+    assert (await post(proxied, jwt, headers=xff("::ffff:198.51.100.7"))).status == 200
+    assert (await post(proxied, jwt, headers=xff("198.51.100.7"))).status == 200
+    assert (await post(proxied, jwt, headers=xff("198.51.100.8"))).status == 200
+
+    # A /128 setting keys each IPv6 address by itself again.
+    per_address = await make_gateway(
+        manual_emulator,
+        clock=clock,
+        rate_limit_ip=1.0,
+        rate_limit_ip_burst=1,
+        rate_limit_ipv6_prefix=128,
+        trusted_proxies=("127.0.0.0/8",),
+    )
+    assert (await post(per_address, jwt, headers=xff("2001:db8:1:2::1"))).status == 200
+    assert (await post(per_address, jwt, headers=xff("2001:db8:1:2::2"))).status == 200
+    await assert_limited(await post(per_address, jwt, headers=xff("2001:db8:1:2::1")), "ip")
+
+
+def test_ip_keys_mask_ipv6_by_the_prefix() -> None:
+    limiter = RateLimiter(subject=Limit(0), ip=Limit(1), clock=ManualClock(), ipv6_prefix=48)
+    assert limiter.ip_key("2001:db8:1:2::1") == "2001:db8:1::/48"
+    assert limiter.ip_key("2001:db8:1:ffff::1") == "2001:db8:1::/48"
+    assert limiter.ip_key("2001:db8:2::1") == "2001:db8:2::/48"
+    assert limiter.ip_key("::ffff:203.0.113.9") == "203.0.113.9"
+    assert limiter.ip_key("203.0.113.9:80") == "203.0.113.9"
+    assert limiter.ip_key("unknown") == "unknown"  # not an address: its own key, as before
+
+
 @pytest.mark.parametrize(
     ("spelled", "normal"),
     [
@@ -428,3 +477,22 @@ def test_settings_read_the_limits_and_refuse_bad_proxies(tmp_path: Any) -> None:
     assert "MINT_BUDGET_BURST" in text
     assert "TRUSTED_PROXIES" in text
     assert "RATE_LIMIT_SUBJECT" in text
+
+
+@pytest.mark.parametrize("prefix", ["31", "129", "64.5", "x"])
+def test_the_ipv6_prefix_is_a_length_from_32_to_128(prefix: str) -> None:
+    env = {
+        "ALIBABA_CLOUD_ACCESS_KEY_ID": "id",
+        "ALIBABA_CLOUD_ACCESS_KEY_SECRET": "secret",
+        "AUTHSERVER_MQTT_INSTANCE_ID": "post-cn-x",
+        "AUTHSERVER_POLICY_FILE": str(EXAMPLE_POLICY),
+        "AUTHSERVER_JWT_SECRET": "s" * 32,
+        "AUTHSERVER_JWT_ISSUER": "https://issuer.example",
+    }
+    assert load_settings(env).rate_limit_ipv6_prefix == 64
+    assert (
+        load_settings({**env, "AUTHSERVER_RATE_LIMIT_IPV6_PREFIX": "56"}).rate_limit_ipv6_prefix
+        == 56
+    )
+    with pytest.raises(SettingsError, match="RATE_LIMIT_IPV6_PREFIX"):
+        load_settings({**env, "AUTHSERVER_RATE_LIMIT_IPV6_PREFIX": prefix})

@@ -410,12 +410,17 @@ async def test_an_invalidation_during_a_mint_keeps_nothing(make_kit: MakeKit) ->
     assert kit.service.hits["l1"] == 0
 
 
-async def test_a_revocation_during_a_mint_is_not_answered(make_kit: MakeKit) -> None:
+@pytest.mark.parametrize("scope", ["subject", "clientId"])
+async def test_a_revocation_during_a_mint_is_not_answered(make_kit: MakeKit, scope: str) -> None:
     kit = make_kit()
     kit.minter.gate = asyncio.Event()
-    asking = asyncio.create_task(kit.ask(kit.jwt()))
+    asked = Asked("GID_fleet@@@d1", None, None, 3600)
+    asking = asyncio.create_task(kit.ask(kit.jwt(device_id="d1"), asked))
     await kit.minter.started.wait()
-    await kit.revoker.revoke_subject("dev-1", block_issued_before=False)
+    if scope == "subject":
+        await kit.revoker.revoke_subject("dev-1", block_issued_before=False)
+    else:
+        await kit.revoker.revoke_client("GID_fleet@@@d1", block_issued_before=False)
     kit.minter.gate.set()
     with pytest.raises(RevokedWhileIssuing):
         await asking

@@ -16,6 +16,7 @@ from aiohttp.test_utils import TestClient
 
 from authserver import appkeys
 from authserver.clock import ManualClock
+from authserver.emulator.state import Fault
 from authserver.tokens.bus import InvalidationBus
 from authserver.tokens.model import TokenRecord
 from authserver.tokens.revocation import MemoryState, Revoker
@@ -23,7 +24,7 @@ from authserver.tokens.service import RevokedWhileIssuing, TokenRequest, TokenSe
 from authserver.tokens.store import MemoryStore
 from tests.admin.conftest import admin_headers
 from tests.fixtures.emulator import EmulatorHandle, MakeEmulator
-from tests.fixtures.gateway import MakeGateway, bearer, make_jwt
+from tests.fixtures.gateway import BOUND_POLICY, MakeGateway, bearer, make_jwt
 from tests.helpers import eventually
 
 BODY = {"actions": ["R"]}
@@ -134,6 +135,98 @@ async def test_a_renewal_across_a_subject_revocation_stores_nothing(
         "/v1/admin/subjects/mia/tokens", headers=admin_headers(now=clock.time())
     )
     assert (await listed.json())["tokens"] == []
+
+
+MIA_1 = "GID_fleet@@@mia-1"
+
+
+@pytest.mark.parametrize("block", [True, False], ids=["blocked", "unblocked"])
+async def test_a_token_minted_across_a_client_id_revocation_is_revoked(
+    make_emulator: MakeEmulator, make_gateway: MakeGateway, store_url: str | None, block: bool
+) -> None:
+    emulator = await make_emulator()
+    client = await make_gateway(emulator, redis_url=store_url, policy_file=BOUND_POLICY)
+    jwt = make_jwt("mia")
+    body = {**BODY, "clientId": MIA_1}
+
+    # ApplyToken held open until the clientId's revocation has been accepted.
+    held = asyncio.Event()
+    emulator.state.faults["ApplyToken"] = Fault(hold=held)
+    asked = asyncio.ensure_future(client.post("/v1/token", headers=bearer(jwt), json=body))
+    await eventually(lambda: apply_calls(emulator) == 1)
+    resp = await client.post(
+        "/v1/admin/revoke",
+        json={"clientId": MIA_1, "blockIssuedBefore": block},
+        headers=admin_headers(),
+    )
+    assert resp.status == 202, await resp.text()
+    assert (await resp.json())["revokedLocally"] == 0  # the only token is still being minted
+    assert not asked.done()
+    held.set()
+    answer = await asked
+    del emulator.state.faults["ApplyToken"]
+    (minted,) = list(emulator.state.tokens)
+
+    # Not handed out, not stored, revoked upstream through the durable queue.
+    assert answer.status == 503, await answer.text()
+    assert answer.content_type == "application/problem+json"
+    assert answer.headers["Retry-After"] == "1"
+    assert minted not in await answer.text()
+    await eventually(lambda: emulator.state.is_revoked(minted))
+    tokens = client.server.app[appkeys.TOKENS]
+    assert tokens.lost_mints == 1
+    assert await tokens.lookup(minted) is None
+    assert await tokens.store.client_tokens(MIA_1) == []
+
+    # The retry: nothing serves the revoked token; the block decides.
+    again = await client.post("/v1/token", headers=bearer(jwt), json=body)
+    if block:
+        assert again.status == 401
+        assert (await again.json())["code"] == "token_revoked"
+    else:
+        assert again.status == 200, await again.text()
+        (fresh,) = (await again.json())["tokens"]
+        assert fresh["token"] != minted
+        assert not emulator.state.is_revoked(fresh["token"])
+
+
+async def test_a_renewal_across_a_client_id_revocation_stores_nothing(
+    make_emulator: MakeEmulator, make_gateway: MakeGateway, store_url: str | None
+) -> None:
+    clock = ManualClock(start=1_900_000_000.0)
+    emulator = await make_emulator(clock=clock)
+    client = await make_gateway(
+        emulator, clock=clock, redis_url=store_url, policy_file=BOUND_POLICY
+    )
+    jwt = make_jwt("mia", now=clock.time())
+    body = {**BODY, "clientId": MIA_1}
+    first = await client.post("/v1/token", headers=bearer(jwt), json=body)
+    answer = await first.json()
+    (current,) = answer["tokens"]
+
+    # Into the renewal window, with ApplyToken held: the renewal is in flight.
+    held = asyncio.Event()
+    emulator.state.faults["ApplyToken"] = Fault(hold=held)
+    clock.advance((answer["refreshAt"] - clock.time() * 1000) / 1000 - 0.5)
+    served = await client.post("/v1/token", headers=bearer(jwt), json=body)
+    assert (await served.json())["tokens"][0]["token"] == current["token"]
+    await eventually(lambda: apply_calls(emulator) == 2)
+    tokens = client.server.app[appkeys.TOKENS]
+    resp = await client.post(
+        "/v1/admin/revoke",
+        json={"clientId": MIA_1, "blockIssuedBefore": False},
+        headers=admin_headers(now=clock.time()),
+    )
+    assert (await resp.json())["revokedLocally"] == 1
+    held.set()
+
+    await eventually(lambda: tokens.lost_mints == 1)
+    del emulator.state.faults["ApplyToken"]
+    renewed = next(t for t in emulator.state.tokens if t != current["token"])
+    await eventually(lambda: emulator.state.is_revoked(renewed))
+    assert emulator.state.is_revoked(current["token"])
+    assert await tokens.store.client_tokens(MIA_1) == []
+    assert await tokens.lookup(renewed) is None
 
 
 class HeldStore(MemoryStore):

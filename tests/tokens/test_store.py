@@ -7,7 +7,13 @@ import redis.asyncio as aioredis
 from authserver.clock import ManualClock
 from authserver.tokens.expiring import ExpiringMap
 from authserver.tokens.model import TokenRecord
-from authserver.tokens.store import MemoryStore, RedisStore, TokenStore
+from authserver.tokens.store import (
+    CLIENT_EPOCH,
+    SUBJECT_EPOCH,
+    MemoryStore,
+    RedisStore,
+    TokenStore,
+)
 
 
 def record(token: str, subject: str, expire_ms: int, client_id: str | None = None) -> TokenRecord:
@@ -85,21 +91,55 @@ async def test_a_record_minted_under_an_old_epoch_is_not_stored(store_url: str |
     clock = ManualClock(start=1000.0)
     redis = None if store_url is None else aioredis.Redis.from_url(store_url)
     store: TokenStore = MemoryStore(clock) if redis is None else RedisStore(redis, clock)
+    dan = ((SUBJECT_EPOCH, "dan"),)
     try:
         now = int(clock.time() * 1000)
-        assert await store.epoch("dan") == 0
-        assert await store.put("k0", record("t0", "dan", now + 50_000), epoch=0)
-        assert await store.bump_epoch("dan") == 1
-        assert await store.epoch("dan") == 1
-        assert await store.epoch("eve") == 0  # per subject
+        assert await store.epochs(dan) == (("subject", "dan", 0),)
+        assert await store.put(
+            "k0", record("t0", "dan", now + 50_000), epochs=await store.epochs(dan)
+        )
+        assert await store.bump_epoch(SUBJECT_EPOCH, "dan") == 1
+        assert await store.epochs(dan) == (("subject", "dan", 1),)
+        assert await store.epochs(((SUBJECT_EPOCH, "eve"),)) == (("subject", "eve", 0),)
 
-        assert not await store.put("k1", record("t1", "dan", now + 50_000), epoch=0)
+        assert not await store.put(
+            "k1", record("t1", "dan", now + 50_000), epochs=(("subject", "dan", 0),)
+        )
         assert await store.get("k1", "dan") is None
         assert await store.lookup("t1") is None
         assert [k for k, _ in await store.subject_tokens("dan")] == ["k0"]
-        assert await store.put("k1", record("t1", "dan", now + 50_000), epoch=1)
+        assert await store.put(
+            "k1", record("t1", "dan", now + 50_000), epochs=(("subject", "dan", 1),)
+        )
         assert await store.put("k2", record("t2", "dan", now + 50_000))  # unconditional
         assert {k for k, _ in await store.subject_tokens("dan")} == {"k0", "k1", "k2"}
+    finally:
+        if redis is not None:
+            await redis.aclose()
+
+
+async def test_a_record_minted_under_an_old_client_epoch_is_not_kept(store_url: str | None) -> None:
+    # A clientId's epoch is not in the subject's slot (Redis checks it after the write): the
+    # record must still be gone from every index once `put` said no.
+    clock = ManualClock(start=1000.0)
+    redis = None if store_url is None else aioredis.Redis.from_url(store_url)
+    store: TokenStore = MemoryStore(clock) if redis is None else RedisStore(redis, clock)
+    names = ((SUBJECT_EPOCH, "dan"), (CLIENT_EPOCH, "c-1"))
+    try:
+        now = int(clock.time() * 1000)
+        before = await store.epochs(names)
+        assert before == (("subject", "dan", 0), ("client", "c-1", 0))
+        assert await store.bump_epoch(CLIENT_EPOCH, "c-1") == 1
+        assert await store.epochs(((SUBJECT_EPOCH, "c-1"),)) == (("subject", "c-1", 0),)
+
+        assert not await store.put("k1", record("t1", "dan", now + 50_000, "c-1"), epochs=before)
+        assert await store.get("k1", "dan") is None
+        assert await store.lookup("t1") is None
+        assert await store.subject_tokens("dan") == []
+        assert await store.client_tokens("c-1") == []
+        fresh = await store.epochs(names)
+        assert await store.put("k1", record("t1", "dan", now + 50_000, "c-1"), epochs=fresh)
+        assert [k for k, _ in await store.client_tokens("c-1")] == ["k1"]
     finally:
         if redis is not None:
             await redis.aclose()

@@ -29,7 +29,15 @@ from authserver.tokens.revocation.state import (
     prune_entries,
 )
 from authserver.tokens.service import TokenService
-from authserver.tokens.store import HELD_BY_CLAIM, HELD_BY_CLIENT, HELD_BY_SUBJECT, token_hash
+from authserver.tokens.store import (
+    CLAIM_EPOCH,
+    CLIENT_EPOCH,
+    HELD_BY_CLAIM,
+    HELD_BY_CLIENT,
+    HELD_BY_SUBJECT,
+    SUBJECT_EPOCH,
+    token_hash,
+)
 
 log = logging.getLogger(__name__)
 
@@ -247,15 +255,19 @@ class Revoker:
             upstream_after_ms=after,
         )
 
-    async def revoke_unstored(self, record: TokenRecord) -> None:
-        """Revoke a token that was minted across its subject's revocation and never stored.
+    async def revoke_unstored(self, key: str, record: TokenRecord) -> None:
+        """Revoke a token that was minted across a revocation and is not stored (any more).
 
-        No process holds it (it was neither stored nor answered), so only the upstream
-        revocation is queued, durably, and the token is remembered as revoked.
+        It was never answered: the upstream revocation is queued, durably, and the token is
+        remembered as revoked. A shared store may have held it for a moment (an epoch in
+        another slot is checked after the write, `RedisStore.put`), so the other processes
+        are told to drop `key` from their caches.
         """
         now = self._now_ms()
         await self.state.enqueue([(record.token, record.instance_id)], now)
         await self.state.mark_revoked([(token_hash(record.token), record.expire_ms)], now)
+        if self.tokens.store.shared:
+            await self._publish({"kind": "tokens", "keys": [key]})
 
     async def _revoke_escaped(self, records: list[tuple[str, TokenRecord]]) -> None:
         """Revoke tokens stored across a claim revocation, unless its listing found them.
@@ -294,7 +306,7 @@ class Revoker:
         the tokens are listed below (the token service revokes it instead).
         """
         store = self.tokens.store
-        await store.bump_epoch(subject)
+        await store.bump_epoch(SUBJECT_EPOCH, subject)
         before = await self._block(SUBJECT, subject) if block_issued_before else None
         records = await store.subject_tokens(subject)
         held = await store.held(HELD_BY_SUBJECT, subject)
@@ -304,8 +316,12 @@ class Revoker:
     async def revoke_client(
         self, client_id: str, *, block_issued_before: bool = True, grace: float = 0.0
     ) -> RevocationResult:
-        """Revoke every token handed to a client id; optionally refuse older app JWTs for it."""
+        """Revoke every token handed to a client id; optionally refuse older app JWTs for it.
+
+        The clientId's epoch moves first, as a subject's does (`revoke_subject`).
+        """
         store = self.tokens.store
+        await store.bump_epoch(CLIENT_EPOCH, client_id)
         before = await self._block(CLIENT, client_id) if block_issued_before else None
         records = await store.client_tokens(client_id)
         held = await store.held(HELD_BY_CLIENT, client_id)
@@ -339,7 +355,7 @@ class Revoker:
         # The epochs move first, as a subject's does: a mint in flight that stores its token
         # after the listing below finds them moved (`TokenService._check_claim_epochs`).
         for moved in (carried, overflow_mark(name)):
-            await store.bump_claim_epoch(moved)
+            await store.bump_epoch(CLAIM_EPOCH, moved)
         before = await self._block(CLAIM, carried) if block_issued_before else None
         records: list[tuple[str, TokenRecord]] = []
         for found in (carried, overflow_mark(name)):
