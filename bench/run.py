@@ -202,12 +202,14 @@ def measure(
     return work
 
 
-def start_baseline_app(fleet: h.Fleet) -> h.Server:
+def start_baseline_app(fleet: h.Fleet, event_loop: str = "asyncio") -> h.Server:
     """The bare aiohttp app (bench/baseline_app.py), pinned like the gateway."""
     port = h.free_port()
     return fleet.start(
-        "baseline",
-        h.python_argv(str(ROOT / "bench" / "baseline_app.py"), "--port", str(port)),
+        f"baseline-{event_loop}",
+        h.python_argv(
+            str(ROOT / "bench" / "baseline_app.py"), "--port", str(port), "--loop", event_loop
+        ),
         port,
         core=h.SERVER_CORE,
     )
@@ -231,6 +233,7 @@ def start_gateway(
     quota: float,
     account_quota: float,
     redis_url: str | None = None,
+    event_loop: str = "asyncio",
 ) -> h.Server:
     """`authserver serve` (one worker) on the server core, configured through its environment."""
     port = h.free_port()
@@ -240,6 +243,7 @@ def start_gateway(
         quota_apply_token=quota,
         quota_account=account_quota,
         redis_url=redis_url,
+        event_loop=event_loop,
     )
     return fleet.start(
         name, h.python_argv("-m", "authserver", "serve"), port, core=h.SERVER_CORE, env=env
