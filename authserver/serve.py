@@ -67,8 +67,8 @@ def configure_logging(level: str, *, json: bool = False) -> None:
 def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
     """The event loop `AUTHSERVER_EVENT_LOOP` asks for; None: asyncio's own.
 
-    "auto" takes uvloop on Linux when it is installed (`pip install 'authserver[uvloop]'`,
-    the container image has it): it serves the cached path faster (README, Performance).
+    "auto" takes uvloop on Linux (a dependency but on Windows; asyncio's loop if it is
+    missing all the same): it serves the cached path faster (README, Performance).
     """
     if choice == "asyncio" or (choice == "auto" and not sys.platform.startswith("linux")):
         return None

@@ -239,8 +239,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         problems.append(f"{PREFIX}EVENT_LOOP={event_loop!r} is not " + ", ".join(EVENT_LOOPS))
     elif event_loop == "uvloop" and importlib.util.find_spec("uvloop") is None:
         problems.append(
-            f"{PREFIX}EVENT_LOOP=uvloop but uvloop is not installed "
-            "(pip install 'authserver[uvloop]')"
+            f"{PREFIX}EVENT_LOOP=uvloop but uvloop is not installed (pip install uvloop)"
         )
     token_sharing = (_env(env, "TOKEN_SHARING") or "off").lower()
     if token_sharing not in TOKEN_SHARING_MODES:

@@ -232,7 +232,7 @@ async def test_without_redis_workers_are_warned_about(emulator: EmulatorHandle) 
 async def test_serve_runs_on_uvloop_unless_told_otherwise(
     emulator: EmulatorHandle, setting: str | None, loop: str
 ) -> None:
-    # uvloop is installed with the test extras (and in the image): "auto" takes it on Linux.
+    # uvloop is a dependency (but on Windows): "auto" takes it on Linux.
     env = {"AUTHSERVER_SHUTDOWN_DELAY": "0"}
     if setting is not None:
         env["AUTHSERVER_EVENT_LOOP"] = setting
