@@ -20,7 +20,7 @@ RUN python -m venv /opt/venv
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY authserver ./authserver
-RUN pip install --no-cache-dir '.[uvloop]'
+RUN pip install --no-cache-dir .
 
 
 FROM python:3.11.11-slim-bookworm
