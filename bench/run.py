@@ -1,8 +1,9 @@
-"""The gateway benchmark of issue 6: baseline, W1 warm, W2 new JWTs, W3 cold, W1 on Redis, memory.
+"""The gateway benchmark: baseline, W1 warm, W1b with a body, W2 new JWTs, W1 on Redis, the
+same on uvloop, W3 cold, memory.
 
-    python bench/run.py            # 3 runs of 10 s per workload, medians (about 5 minutes)
+    python bench/run.py            # 3 runs of 10 s per workload, medians (about 10 minutes)
     python bench/run.py --quick    # 1 run of 3 s per workload
-    python bench/run.py --profile /tmp/w1   # also py-spy the gateway during one more W1 run
+    python bench/run.py --profile /tmp/w1   # also py-spy the gateway during one more W1 and W1b run
 
 Everything runs on this machine: the gateway (`authserver serve`, one worker) and the baseline
 app pinned to core 0; wrk (1 thread), the emulator, redis-server and this script on core 1.
@@ -305,7 +306,8 @@ def fill(gateway: h.Server, tokens: list[str], work: Workload | None = None) -> 
 
 def profile_w1(gateway: h.Server, jwt_file: Path, plan: Plan, prefix: Path) -> str:
     """py-spy the gateway during one more W1 run; the markdown summary of the samples."""
-    py_spy = shutil.which("py-spy")
+    # The venv's own, when the script runs as .venv/bin/python without the venv on PATH.
+    py_spy = shutil.which("py-spy") or shutil.which("py-spy", path=str(Path(sys.executable).parent))
     if py_spy is None:
         return "py-spy is not installed (pip install py-spy); no profile\n"
     raw = prefix.with_suffix(".txt")
