@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import ipaddress
 import os
 import re
@@ -66,6 +67,8 @@ DEFAULT_IPV6_PREFIX = 64
 REVOCABLE_CLAIM_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.:-]{0,63}")
 UNREVOCABLE_CLAIMS = frozenset({"iss", "sub", "aud", "exp", "nbf", "iat", "jti"})
 MAX_REVOCABLE_CLAIMS = 16
+# AUTHSERVER_EVENT_LOOP: "auto" is uvloop on Linux when it is installed (see serve.py).
+EVENT_LOOPS = ("auto", "uvloop", "asyncio")
 HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
 KEY_ALGORITHMS = frozenset(
     {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
@@ -100,6 +103,9 @@ class Settings:
     admin_api_keys_file: Path | None = None
     log_level: str = "INFO"
     log_format: str = "json"
+    # `authserver serve`'s event loop: "auto" (uvloop where it is installed, on Linux),
+    # "uvloop" (refused at start-up when it is not installed) or "asyncio".
+    event_loop: str = "auto"
     # OpenTelemetry trace exporters the OTEL_* variables ask for; empty: tracing off.
     trace_exporters: tuple[str, ...] = ()
     refresh_margin: float = 600.0
@@ -244,6 +250,13 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     log_format = (_env(env, "LOG_FORMAT") or "json").lower()
     if log_format not in {"json", "text"}:
         problems.append(f"{PREFIX}LOG_FORMAT={log_format!r} is not json or text")
+    event_loop = (_env(env, "EVENT_LOOP") or "auto").lower()
+    if event_loop not in EVENT_LOOPS:
+        problems.append(f"{PREFIX}EVENT_LOOP={event_loop!r} is not " + ", ".join(EVENT_LOOPS))
+    elif event_loop == "uvloop" and importlib.util.find_spec("uvloop") is None:
+        problems.append(
+            f"{PREFIX}EVENT_LOOP=uvloop but uvloop is not installed (pip install uvloop)"
+        )
     token_sharing = (_env(env, "TOKEN_SHARING") or "off").lower()
     if token_sharing not in TOKEN_SHARING_MODES:
         problems.append(
@@ -337,6 +350,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         admin_api_keys_file=keys_file,
         log_level=log_level,
         log_format=log_format,
+        event_loop=event_loop,
         token_sharing=token_sharing,
         revocable_claims=revocable_claims,
         trace_exporters=trace_exporters,

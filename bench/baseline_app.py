@@ -7,6 +7,7 @@ gateway's core and drives it with the same wrk script as the gateway, so the two
 from __future__ import annotations
 
 import argparse
+import asyncio
 from typing import Any
 
 from aiohttp import web
@@ -62,8 +63,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8081)
+    parser.add_argument(
+        "--loop", choices=("asyncio", "uvloop"), default="asyncio", help="the event loop"
+    )
     args = parser.parse_args()
-    web.run_app(create_baseline_app(), host=args.host, port=args.port, access_log=None, print=None)
+    loop = None
+    if args.loop == "uvloop":
+        import uvloop
+
+        loop = uvloop.new_event_loop()
+        asyncio.set_event_loop(loop)
+    web.run_app(
+        create_baseline_app(),
+        host=args.host,
+        port=args.port,
+        access_log=None,
+        print=None,
+        loop=loop,
+    )
 
 
 if __name__ == "__main__":

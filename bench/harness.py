@@ -31,6 +31,7 @@ ACCESS_KEY_ID = "LTAIbench"
 ACCESS_KEY_SECRET = "bench-access-key-secret"
 SERVER_CORE = 0
 LOAD_CORE = 1
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 # Read once at import: run.py later pins itself to the load core, and must still pin others.
@@ -82,6 +83,11 @@ class Server:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
         raise RuntimeError(f"no VmRSS for {self.name} (pid {self.pid})")
+
+    def cpu_seconds(self) -> float:
+        """User plus system CPU time it has used so far, from /proc/PID/stat."""
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
 
     def stop(self) -> None:
         """Interrupt it (graceful shutdown), then kill it if it lingers."""
@@ -223,6 +229,7 @@ def gateway_env(
     quota_apply_token: float,
     quota_account: float,
     redis_url: str | None = None,
+    event_loop: str = "asyncio",
 ) -> dict[str, str]:
     """The environment `authserver serve` reads, for one benchmark gateway."""
     env = {
@@ -239,6 +246,7 @@ def gateway_env(
         "AUTHSERVER_QUOTA_APPLYTOKEN": str(quota_apply_token),
         "AUTHSERVER_QUOTA_ACCOUNT": str(quota_account),
         "AUTHSERVER_LOG_LEVEL": "WARNING",
+        "AUTHSERVER_EVENT_LOOP": event_loop,
     }
     if redis_url is not None:
         env["AUTHSERVER_REDIS_URL"] = redis_url

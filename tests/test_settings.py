@@ -224,3 +224,11 @@ def test_settings_is_a_leaf() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout
     assert out.strip() == "[]"
+
+
+def test_the_event_loop_is_uvloop_where_installed_unless_asked_otherwise() -> None:
+    assert load_settings(GOOD).event_loop == "auto"
+    for choice in ("uvloop", "asyncio", "AsyncIO"):
+        assert load_settings({**GOOD, "AUTHSERVER_EVENT_LOOP": choice}).event_loop == choice.lower()
+    with pytest.raises(SettingsError, match="AUTHSERVER_EVENT_LOOP='tokio' is not auto"):
+        load_settings({**GOOD, "AUTHSERVER_EVENT_LOOP": "tokio"})

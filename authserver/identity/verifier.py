@@ -99,11 +99,16 @@ def _nests_too_deep(value: object) -> bool:
     return False
 
 
+# One decoder for every token: json.loads with a hook builds a new one per call (2.7 of the
+# 5.9 us a claims set took to decode).
+_DECODER = json.JSONDecoder(object_pairs_hook=unique_members)
+
+
 def _json_object(data: bytes, what: str) -> dict[str, Any]:
     try:
         # RFC 7515 and 7519 section 4: names in a JOSE header or a claims set are unique. A
         # token read differently by its issuer and by us (a first and a last `sub`) is refused.
-        value = json.loads(data.decode("utf-8"), object_pairs_hook=unique_members)
+        value = _DECODER.decode(data.decode("utf-8"))
     except RepeatedKey:
         raise invalid_token(f"the token {what} names the same member twice") from None
     except (ValueError, RecursionError):
@@ -154,6 +159,8 @@ class JWTVerifier:
         self._cache: OrderedDict[bytes, _Verified] = OrderedDict()
         self._cache_size = max(settings.cache_size, 0)
         self._headers: dict[str, tuple[str, str | None]] = {}
+        # The token `remembered` last did not know, and its digest.
+        self._missed: tuple[str, bytes] | None = None
         self._name_tables: dict[tuple[str, ...], dict[str, int]] = {}
         # Claim values every token of this issuer carries, as one object each (see below).
         self._shared: dict[str, str] = {
@@ -247,7 +254,10 @@ class JWTVerifier:
             self._cache.move_to_end(digest)
             self.hits += 1
             return hit.identity
-        return None  # `verify` comes next: it drops an expired one and counts the miss
+        # `verify` comes next (it drops an expired one and counts the miss): it need not
+        # hash the token again.
+        self._missed = (token, digest)
+        return None
 
     def _recall(self, digest: bytes) -> Identity | None:
         hit = self._cache.get(digest)
@@ -269,7 +279,11 @@ class JWTVerifier:
             raise invalid_token(f"the token is larger than {self._max_token_bytes} bytes")
         if not token.isascii():
             raise invalid_token("the token is not ASCII")
-        digest = sha256(token.encode("ascii")).digest()
+        missed, self._missed = self._missed, None
+        if missed is not None and missed[0] == token:
+            digest = missed[1]
+        else:
+            digest = sha256(token.encode("ascii")).digest()
         known = self._recall(digest)
         if known is not None:
             self.hits += 1

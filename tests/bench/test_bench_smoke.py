@@ -159,6 +159,57 @@ def test_ratios_pair_each_run_with_the_baseline_run_just_before_it() -> None:
     assert work.ratio() is None  # unpaired runs give no ratio
 
 
+def test_the_table_judges_w1b_and_the_uvloop_rows_by_the_issue_targets() -> None:
+    from bench.run import Cold, Memory, Warm, Workload, table
+
+    def work(name: str, rps: float, p99_us: int, base_rps: float, base_p99_us: int) -> Workload:
+        def run(rps: float, p99: int) -> dict[str, Any]:
+            return {
+                "rps": rps,
+                "latency_us": {"p50": p99 // 2, "p99": p99},
+                "statuses": {"200": 100},
+                "socket_errors": 0,
+                "cpu_us": 1e6 / rps,
+            }
+
+        done = Workload(name, runs=[run(rps, p99_us)])
+        done.paired = [run(base_rps, base_p99_us)]
+        return done
+
+    def warm(suffix: str, w1b_p99_us: int) -> Warm:
+        return Warm(
+            work(f"W1 warm{suffix}", 92, 1000, 100, 1000),
+            work(f"W1b clientId body{suffix}", 86, w1b_p99_us, 100, 1000),
+            work(f"W2 new JWTs{suffix}", 50, 3000, 100, 1000),
+            "",
+            100.0,
+        )
+
+    base = Workload("baseline", runs=warm("", 1000).w1.paired)
+    cold = Cold(Workload("W3 cold"))
+    memory = Memory(50.0, 250.0, 100_000, 50_000, 30.0)
+    uv_base = Workload("baseline (uvloop)", runs=warm("", 1000).w1.paired)
+    text = table(
+        base,
+        warm("", 1400),
+        Workload("W1 + Redis"),
+        cold,
+        memory,
+        (uv_base, warm(" (uvloop)", 1600)),
+    )
+    verdicts = {
+        line.split(" | ")[0].strip("| "): line.rsplit(" | ", 2)[1:]
+        for line in text.splitlines()
+        if line.startswith("| W")
+    }
+    assert verdicts["W1 warm"] == [">= 90% and p99 <= 1.50 ms", "PASS |"]
+    assert verdicts["W1b clientId body"] == [">= 85% and p99 <= 1.50 ms", "PASS |"]
+    assert verdicts["W2 new JWTs"] == [">= 55%", "MISS |"]
+    assert verdicts["W1b clientId body (uvloop)"][1] == "MISS |"  # p99 1.6 ms > 1.5 x 1 ms
+    assert "**uvloop**" in text
+    assert "W1 +0% req/s, CPU a request +0%" in text
+
+
 async def test_sharing_bench_counts_the_mints_of_each_mode() -> None:
     from bench.sharing import fleet, one_mode
 

@@ -162,6 +162,30 @@ async def test_a_second_verify_of_the_same_token_skips_the_signature(
     assert verifier.cached == 1
 
 
+async def test_verify_after_a_miss_keys_the_cache_by_its_own_token(
+    make_verifier: MakeVerifier, minter: Minter
+) -> None:
+    # `verify` reuses the digest `remembered` made of the token it did not know, and only
+    # for that token: another one verified next is remembered under its own digest.
+    verifier = await make_verifier(
+        JWTSettings(issuer=ISSUER, algorithms=("HS256",), secret=SECRET), cls=CountingVerifier
+    )
+    assert isinstance(verifier, CountingVerifier)
+    alice = minter.sign(SECRET, claims={"sub": "alice"})
+    bob = minter.sign(SECRET, claims={"sub": "bob"})
+
+    assert verifier.remembered(alice) is None
+    assert (await verifier.verify(bob)).subject == "bob"
+    assert verifier.remembered(alice) is None
+    assert (await verifier.verify(alice)).subject == "alice"
+
+    for token, subject in ((bob, "bob"), (alice, "alice")):
+        again = verifier.remembered(token)
+        assert again is not None
+        assert again.subject == subject
+    assert verifier.signature_checks == 2
+
+
 async def test_a_cached_token_is_not_served_past_its_exp(
     make_verifier: MakeVerifier, minter: Minter
 ) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 
 from authserver.emulator.state import Fault
 from tests.fixtures.emulator import EmulatorHandle
@@ -225,3 +226,21 @@ async def test_without_redis_workers_are_warned_about(emulator: EmulatorHandle) 
             await asyncio.sleep(0.05)
         gw.process.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(gw.process.wait(), 15) == 0
+
+
+@pytest.mark.parametrize(("setting", "loop"), [(None, "uvloop"), ("asyncio", "asyncio")])
+async def test_serve_runs_on_uvloop_unless_told_otherwise(
+    emulator: EmulatorHandle, setting: str | None, loop: str
+) -> None:
+    # uvloop is a dependency (but on Windows): "auto" takes it on Linux.
+    env = {"AUTHSERVER_SHUTDOWN_DELAY": "0"}
+    if setting is not None:
+        env["AUTHSERVER_EVENT_LOOP"] = setting
+    async with serve(emulator, **env) as gw, aiohttp.ClientSession() as session:
+        await gw.wait_ready(session)
+        async with session.post(gw.url + "/v1/token", headers=bearer(make_jwt("bob"))) as resp:
+            assert resp.status == 200
+        gw.process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(gw.process.wait(), 10) == 0
+    [listening] = [r for r in gw.records() if r["message"].startswith("listening on")]
+    assert f"{loop} event loop" in listening["message"]

@@ -231,3 +231,42 @@ def test_a_repeated_key_is_refused_at_any_depth_and_only_then(
     else:
         decoded = shapes.decode(shapes.ExplainRequest, body.encode())
         assert decoded.claims == json.loads(_text(claims))
+
+
+async def raw_exchange(client: TestClient[Any, Any], request: bytes) -> bytes:
+    """Write `request` in one go on a fresh connection; everything the server answers."""
+    assert client.server.port is not None
+    reader, writer = await asyncio.open_connection("127.0.0.1", client.server.port)
+    try:
+        writer.write(request)
+        await writer.drain()
+        return await reader.read()  # the answer to a request with Connection: close
+    finally:
+        writer.close()
+        await writer.wait_closed()
+
+
+def chunked_token_request(jwt: str, body: bytes) -> bytes:
+    """POST /v1/token with `body` as one chunk and the last chunk, without Content-Length."""
+    return (
+        b"POST /v1/token HTTP/1.1\r\nHost: gateway\r\nConnection: close\r\n"
+        b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n"
+        + f"Authorization: Bearer {jwt}\r\n\r\n{len(body):x}\r\n".encode()
+        + body
+        + b"\r\n0\r\n\r\n"
+    )
+
+
+async def test_a_whole_chunked_body_over_the_limit_is_413(
+    emulator: EmulatorHandle, make_gateway: MakeGateway
+) -> None:
+    # Sent in one write, the body has all arrived when the handler runs: taken from the
+    # buffer at once, it is still held to the limit no Content-Length announced.
+    client = await make_gateway(emulator, max_body_bytes=1024)
+    jwt = make_jwt("bob")
+    fits = b"{}"
+    answer = await raw_exchange(client, chunked_token_request(jwt, fits.ljust(1000)))
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:300]
+    answer = await raw_exchange(client, chunked_token_request(jwt, fits.ljust(1100)))
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:300]
+    assert b'"payload_too_large"' in answer
