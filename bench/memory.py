@@ -94,14 +94,15 @@ def layers_of(app: web.Application) -> Layers:
     from authserver.tokens.model import TokenRecord
 
     tokens = app[appkeys.TOKENS]
+    issuer = app[appkeys.ISSUER]
     verifier = app[appkeys.VERIFIER]
     holder = app[appkeys.POLICY]
     store: Any = tokens.store
-    answers: Any = tokens.answers
+    answers: Any = issuer.answers
     seen: set[int] = set()
     out = Layers()
     # Never count what the whole process shares: the app, services, classes, modules.
-    for shared in (app, tokens, verifier, holder, store, answers):
+    for shared in (app, tokens, issuer, verifier, holder, store, answers):
         seen.add(id(shared))
 
     def no_records(obj: Any) -> bool:
@@ -130,6 +131,7 @@ def layers_of(app: web.Application) -> Layers:
     l1 = tokens._l1
     if l1 is not None:
         walk("L1 (map, keys)", [l1._data], no_records)
+    walk("token service: holders seen here", [tokens._held_here._data], no_records)
     records = list(store._records._data.values())
     walk("store: records map (keys)", [store._records._data], no_records)
     claims = [r.claims for r in records]

@@ -10,12 +10,12 @@ import logging
 import math
 import re
 import sys
-from collections import OrderedDict
 from hashlib import sha256
 from typing import Any, NamedTuple
 
 import aiohttp
 
+from authserver.bounded import ExpiringMap, weight
 from authserver.clock import Clock, SystemClock
 from authserver.errors import InvalidToken
 from authserver.identity.jwks import JWKSSource
@@ -35,6 +35,9 @@ _HEADER_CACHE_SIZE = 256
 # Distinct sets of claim names whose position tables are shared (JWTs of one issuer have a
 # handful); past this the table starts over (identities keep the tables they were given).
 _NAME_TABLES_SIZE = 256
+# What a remembered JWT costs beyond its claims (tracemalloc): the map's slot, the digest,
+# the identity and its numbers.
+VERIFIED_OVERHEAD = 300
 _BEARER = re.compile(r"[Bb][Ee][Aa][Rr][Ee][Rr] +([A-Za-z0-9\-._~+/]+=*) *")
 
 
@@ -54,6 +57,14 @@ def bearer_token(authorization_header: str | None) -> str:
 class _Verified(NamedTuple):
     identity: Identity
     key_ref: str
+
+
+def _verified_until(verified: _Verified) -> float:
+    return verified.identity.expires_at
+
+
+def _verified_weight(_digest: bytes, verified: _Verified) -> int:
+    return VERIFIED_OVERHEAD + weight(verified.identity.claims)
 
 
 _TO_STANDARD_ALPHABET = bytes.maketrans(b"-_", b"+/")
@@ -160,10 +171,15 @@ class JWTVerifier:
         self._session = session
         self._owned_session: aiohttp.ClientSession | None = None
         self._task: asyncio.Task[None] | None = None
-        # Least-recently-used, keyed by sha256(token): 32 bytes a key whatever the token size.
-        # A plain OrderedDict rather than cachetools: _drop_keys can scan it without reordering.
-        self._cache: OrderedDict[bytes, _Verified] = OrderedDict()
-        self._cache_size = max(settings.cache_size, 0)
+        # Least-recently-used, keyed by sha256(token): 32 bytes a key whatever the token size;
+        # bounded by entries and by bytes (a fleet of 8 KB JWTs fills the bytes first).
+        self._cache: ExpiringMap[bytes, _Verified] = ExpiringMap(
+            max(settings.cache_size, 0),
+            _verified_until,
+            max_bytes=settings.cache_bytes,
+            weigh=_verified_weight,
+            touch=True,
+        )
         self._headers: dict[str, tuple[str, str | None]] = {}
         self._name_tables: dict[tuple[str, ...], dict[str, int]] = {}
         # Claim values every token of this issuer carries, as one object each (see below).
@@ -253,24 +269,17 @@ class JWTVerifier:
         if len(token) > self._max_token_bytes or not token.isascii():
             return None
         digest = sha256(token.encode("ascii")).digest()
-        hit = self._cache.get(digest)
-        if hit is not None and self._clock.time() < hit.identity.expires_at:
-            self._cache.move_to_end(digest)
+        hit = self._cache.get(digest, self._clock.time())
+        if hit is not None:
             self.hits += 1
             return hit.identity
-        return None  # `verify` comes next: it drops an expired one and counts the miss
+        return None  # `verify` comes next and counts the miss
 
     def _recall(self, digest: bytes) -> Identity | None:
-        hit = self._cache.get(digest)
-        if hit is None:
-            return None
         # A remembered token is served only until its exp; the leeway is granted by the
         # full check in `verify`, so the cache never stretches a token's life.
-        if self._clock.time() < hit.identity.expires_at:
-            self._cache.move_to_end(digest)
-            return hit.identity
-        self._cache.pop(digest, None)
-        return None
+        hit = self._cache.get(digest, self._clock.time())
+        return None if hit is None else hit.identity
 
     async def verify(self, token: str) -> Identity:
         """Verify a compact JWT and return its identity; InvalidToken says precisely why not."""
@@ -415,17 +424,13 @@ class JWTVerifier:
         return Claims(table, tuple(claims.values()))
 
     def _remember(self, digest: bytes, verified: _Verified) -> None:
-        if self._cache_size == 0:
-            return
-        self._cache[digest] = verified
-        if len(self._cache) > self._cache_size:
-            self._cache.popitem(last=False)
+        self._cache.put(digest, verified)
 
     def _drop_keys(self, refs: frozenset[str]) -> None:
         self.epoch += 1
-        doomed = [k for k, v in list(self._cache.items()) if v.key_ref in refs]
+        doomed = [k for k, v in self._cache.items(-math.inf) if v.key_ref in refs]
         for digest in doomed:
-            self._cache.pop(digest, None)
+            self._cache.pop(digest)
         if doomed:
             log.info(
                 "dropped %d verified token(s) signed by keys no longer in the JWKS", len(doomed)

@@ -35,6 +35,7 @@ from collections.abc import Hashable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+from authserver.bounded import weight
 from authserver.identity.model import Identity
 
 Slot = tuple[Hashable, Hashable]
@@ -50,15 +51,6 @@ DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 # the Answer or Repeat object, its tuples and list, the reverse index entries).
 ANSWER_OVERHEAD = 400
 REPEAT_OVERHEAD = 350
-
-
-def weight(value: object) -> int:
-    """Roughly the bytes a key holds: strings and bytes by length, tuples by their items."""
-    if isinstance(value, str | bytes):
-        return 40 + len(value)
-    if isinstance(value, tuple):
-        return 40 + sum([8 + weight(item) for item in value])
-    return 16
 
 
 def answer_body(document: bytes) -> bytes:

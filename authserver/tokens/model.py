@@ -8,10 +8,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from authserver.bounded import weight
 from authserver.fingerprint import fingerprint
 from authserver.policy.claims import KeptClaims
 
 EARLY_REFRESH_MS = 60_000
+# What a kept record costs beyond its strings (measured with tracemalloc, bench/memory.py):
+# the record object and its numbers, the map's slot and the store's index entries.
+RECORD_OVERHEAD = 400
+DEFAULT_CACHE_BYTES = 256 * 1024 * 1024
 # A renewal needs time to land (quota wait, round trip) before devices need the new token.
 RENEW_LEAD_MS = 5_000
 ACTIONS_PARAM = {"R": "R", "W": "W", "RW": "R,W"}
@@ -44,6 +49,17 @@ def token_key(
     parts = (instance_id, subject, client_id or "", token_type, ",".join(resources), str(ttl))
     material = "\x00".join(parts)
     return hashlib.sha256(material.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
+def record_weight(key: str, record: TokenRecord) -> int:
+    """Roughly the bytes a cached record holds: what the token caches' byte bounds count."""
+    return (
+        RECORD_OVERHEAD
+        + weight(key)
+        + weight(record.token)
+        + weight(record.resources)
+        + weight(record.claims)
+    )
 
 
 @dataclass(frozen=True, slots=True)

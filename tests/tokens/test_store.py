@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import redis.asyncio as aioredis
 
+from authserver.bounded import ExpiringMap
 from authserver.clock import ManualClock
-from authserver.tokens.expiring import ExpiringMap
 from authserver.tokens.model import TokenRecord
 from authserver.tokens.store import MemoryStore, RedisStore, TokenStore
 
