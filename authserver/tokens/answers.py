@@ -58,6 +58,8 @@ DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 # What an entry costs beyond its own bytes (measured with tracemalloc: the OrderedDict slot,
 # the Answer or Repeat object, its tuples and list, the reverse index entries).
 ANSWER_OVERHEAD = 400
+# Distinct canonical requests kept as one object each; past this the sharing starts over.
+REQUESTS_SHARED = 1024
 REPEAT_OVERHEAD = 250  # a repeat holds nothing of its own size: its key is a digest
 
 
@@ -115,6 +117,9 @@ class AnswerCache:
         self._digest = blake2b(key=secrets.token_bytes(32), digest_size=16)
         # Requests being worked out (not answered from here) -> how many at once.
         self._working: dict[Slot, int] = {}
+        # One object per distinct canonical request: most devices ask the same (a bodyless
+        # request is the policy's defaults), and every answer holds its request.
+        self._requests: dict[Hashable, Hashable] = {}
         self.hits = 0
         self.misses = 0
 
@@ -251,7 +256,13 @@ class AnswerCache:
         """Keep `answer`; the oldest entries go to make room."""
         if self._maxsize <= 0:
             return
-        slot = (who, request)
+        requests = self._requests
+        shared = requests.get(request)
+        if shared is None:
+            if len(requests) >= REQUESTS_SHARED:
+                requests.clear()
+            shared = requests[request] = request
+        slot = (who, shared)
         self._forget(slot)
         size = (
             ANSWER_OVERHEAD

@@ -391,3 +391,13 @@ async def test_claims_are_read_only_compact_and_share_their_names(
         two.claims["absent"]
     with pytest.raises(TypeError):
         two.claims["tenant"] = "t1"  # type: ignore[index]
+
+
+async def test_a_remembered_identity_holds_its_jwts_own_numbers(
+    make_verifier: MakeVerifier, minter: Minter
+) -> None:
+    # exp and iat as the claims' own ints, not float copies: 48 bytes per remembered JWT.
+    verifier = await make_verifier(JWTSettings(issuer=ISSUER, algorithms=("HS256",), secret=SECRET))
+    identity = await verifier.verify(minter.sign(SECRET))
+    assert identity.expires_at is identity.claims["exp"]
+    assert identity.issued_at is identity.claims["iat"]
