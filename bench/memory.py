@@ -116,15 +116,15 @@ def layers_of(app: web.Application) -> Layers:
 
     walk("verifier: remembered JWTs (identity, claims)", [verifier._cache])
     # The repeats before the answers they point at (which they skip): their keys are the
-    # Authorization headers and bodies, also listed in each answer's repeat_keys.
+    # digests of the Authorization headers and bodies, also in each answer's repeat_keys.
     walk(
-        "repeats (header and body keys)",
+        "repeats (digest keys)",
         [answers._repeats],
         lambda o: isinstance(o, Answer | TokenRecord),
     )
     walk("answers (entries, body, key index)", [answers._entries, answers._by_key], no_records)
     walk(
-        "policy memos (plans, claims keys, kept)",
+        "policy memos (plans, clientIds, shared claims keys)",
         [getattr(holder, name, None) for name in POLICY_MEMOS],
         no_records,
     )
@@ -240,7 +240,7 @@ def run_child(mode: str, devices: int, emulator_url: str, body: str | None) -> d
 
 
 # What PolicyHolder memoises per identity (those of them it has: the set changes).
-POLICY_MEMOS = ("_plans", "_client_ids", "_claim_keys", "_shared_keys", "_kept")
+POLICY_MEMOS = ("_plans", "_client_ids", "_shared_keys")
 BODIES = {"none": None, "clientid": '{"clientId": "GID_bench@@@{sub}"}'}
 
 

@@ -64,6 +64,9 @@ class Identity:
     issued_at: float | None
     expires_at: float
     fingerprint: str
+    # Which verification key signed the JWT (the verifier forgets its JWTs when a key leaves
+    # the JWKS): here rather than in a pair beside each remembered identity (56 bytes a JWT).
+    key_ref: str = field(default="", compare=False, repr=False)
 
 
 def invalid_token(detail: str) -> InvalidToken:

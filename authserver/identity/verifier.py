@@ -11,7 +11,7 @@ import math
 import re
 import sys
 from hashlib import sha256
-from typing import Any, NamedTuple
+from typing import Any
 
 import aiohttp
 
@@ -54,17 +54,12 @@ def bearer_token(authorization_header: str | None) -> str:
     return match.group(1)
 
 
-class _Verified(NamedTuple):
-    identity: Identity
-    key_ref: str
+def _verified_until(identity: Identity) -> float:
+    return identity.expires_at
 
 
-def _verified_until(verified: _Verified) -> float:
-    return verified.identity.expires_at
-
-
-def _verified_weight(_digest: bytes, verified: _Verified) -> int:
-    return VERIFIED_OVERHEAD + weight(verified.identity.claims)
+def _verified_weight(_digest: bytes, identity: Identity) -> int:
+    return VERIFIED_OVERHEAD + weight(identity.claims)
 
 
 _TO_STANDARD_ALPHABET = bytes.maketrans(b"-_", b"+/")
@@ -176,7 +171,7 @@ class JWTVerifier:
         self._task: asyncio.Task[None] | None = None
         # Least-recently-used, keyed by sha256(token): 32 bytes a key whatever the token size;
         # bounded by entries and by bytes (a fleet of 8 KB JWTs fills the bytes first).
-        self._cache: ExpiringMap[bytes, _Verified] = ExpiringMap(
+        self._cache: ExpiringMap[bytes, Identity] = ExpiringMap(
             max(settings.cache_size, 0),
             _verified_until,
             max_bytes=settings.cache_bytes,
@@ -275,14 +270,12 @@ class JWTVerifier:
         hit = self._cache.get(digest, self._clock.time())
         if hit is not None:
             self.hits += 1
-            return hit.identity
-        return None  # `verify` comes next and counts the miss
+        return hit  # on None, `verify` comes next and counts the miss
 
     def _recall(self, digest: bytes) -> Identity | None:
         # A remembered token is served only until its exp; the leeway is granted by the
         # full check in `verify`, so the cache never stretches a token's life.
-        hit = self._cache.get(digest, self._clock.time())
-        return None if hit is None else hit.identity
+        return self._cache.get(digest, self._clock.time())
 
     async def verify(self, token: str) -> Identity:
         """Verify a compact JWT and return its identity; InvalidToken says precisely why not."""
@@ -300,15 +293,15 @@ class JWTVerifier:
         self.misses += 1
         fp = digest.hex()[:8]
         try:
-            verified = await self._verify_uncached(token, fp)
+            identity = await self._verify_uncached(token, fp)
         except InvalidToken as err:
             log.debug("JWT %s refused: %s", fp, err.detail)
             raise
-        self._remember(digest, verified)
-        log.debug("JWT %s verified (key %s)", fp, verified.key_ref)
-        return verified.identity
+        self._remember(digest, identity)
+        log.debug("JWT %s verified (key %s)", fp, identity.key_ref)
+        return identity
 
-    async def _verify_uncached(self, token: str, fp: str) -> _Verified:
+    async def _verify_uncached(self, token: str, fp: str) -> Identity:
         if _COMPACT_JWS.fullmatch(token) is None:
             if token.count(".") != 2:
                 raise invalid_token("the token does not have three dot-separated segments")
@@ -331,7 +324,7 @@ class JWTVerifier:
             sys.intern(name): shared.get(value, value) if isinstance(value, str) else value
             for name, value in claims.items()
         }
-        return _Verified(self._identity(claims, fp), key.ref)
+        return self._identity(claims, fp, key.ref)
 
     def _header(self, header_b64: str) -> tuple[str, str | None]:
         """The accepted (alg, kid) of a header segment; most tokens share a handful of them."""
@@ -358,7 +351,7 @@ class JWTVerifier:
         """The expensive step; a seam that tests count to prove the cache skips it."""
         return key.verify(signing_input, sig)
 
-    def _identity(self, claims: dict[str, Any], fp: str) -> Identity:
+    def _identity(self, claims: dict[str, Any], fp: str, key_ref: str) -> Identity:
         settings = self._settings
         now = self._clock.time()
         leeway = self._leeway
@@ -413,6 +406,7 @@ class JWTVerifier:
             issued_at=issued_at,
             expires_at=expires_at,
             fingerprint=fp,
+            key_ref=key_ref,
         )
 
     def _compact(self, claims: dict[str, Any]) -> Claims:
@@ -426,8 +420,8 @@ class JWTVerifier:
             self._name_tables[names] = table
         return Claims(table, tuple(claims.values()))
 
-    def _remember(self, digest: bytes, verified: _Verified) -> None:
-        self._cache.put(digest, verified)
+    def _remember(self, digest: bytes, identity: Identity) -> None:
+        self._cache.put(digest, identity)
 
     def _drop_keys(self, refs: frozenset[str]) -> None:
         self.epoch += 1

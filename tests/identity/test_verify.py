@@ -401,3 +401,6 @@ async def test_a_remembered_identity_holds_its_jwts_own_numbers(
     identity = await verifier.verify(minter.sign(SECRET))
     assert identity.expires_at is identity.claims["exp"]
     assert identity.issued_at is identity.claims["iat"]
+    # Remembered as itself, its key named in it, not in a pair beside it (56 bytes a JWT).
+    assert list(verifier._cache._data.values()) == [identity]
+    assert identity.key_ref
