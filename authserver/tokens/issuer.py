@@ -8,7 +8,7 @@ A request meets these layers, in this order (a hit ends the walk):
 
 | layer           | key                                            | owner          |
 | --------------- | ---------------------------------------------- | -------------- |
-| repeats         | exact (Authorization header, body bytes)       | here (answers) |
+| repeats         | keyed digest of (Authorization header, body)   | here (answers) |
 | remembered JWTs | sha256(JWT)                                    | JWTVerifier    |
 | JWT header memo | the JWT's header segment                       | JWTVerifier    |
 | claims-key memo | the claims object (the claims the policy reads)| PolicyHolder   |
@@ -41,6 +41,7 @@ Invalidation: what each event drops, and what guards work in flight when it land
 | answer's renewal point     | stale: fresh | stale: fresh | -       | -          | N    |
 | token's refresh point      | -            | -            | expires | not served | M    |
 | answer evicted (its size)  | its          | (event)      | -       | -          | -    |
+| cache full (entries, bytes)| oldest       | oldest       | oldest  | oldest     | S    |
 | invalidation during a mint | -            | not kept     | not kept| re-read    | G    |
 | epoch moved during a mint  | -            | not kept     | -       | not stored | E    |
 
@@ -60,6 +61,11 @@ Invalidation: what each event drops, and what guards work in flight when it land
 - P: the plan LRU is keyed by the policy version; the claims-key memo (keyed by the claims
   object) is emptied by the swap, as the claims a policy reads may differ.
 - R: the revoker reloads its blocks (events may have been missed).
+- S: every layer is bounded by entries and by bytes (settings `*_CACHE_SIZE`, `*_CACHE_BYTES`;
+  `authserver/bounded.py` for the verifier's JWTs, the plans, L1 and the store), the oldest
+  (least recently used for the JWTs and plans) going first; an entry larger than a whole
+  bound is not kept. The store's eviction is the "store eviction" row; the others drop only
+  their own entry, and the next request finds it in the next layer or works it out again.
 - K: the verifier forgets the JWTs (those signed by the removed key; the expired one, with
   `max_age` folded into its `expires_at`); a repeat carries the epoch and expiry it was
   verified under.

@@ -329,6 +329,20 @@ async def test_l1_bounded_by_bytes_still_answers(make_kit: MakeKit) -> None:
     assert len(kit.minter.minted) == 12
 
 
+async def test_remembered_jwts_bounded_by_bytes_still_answer(make_kit: MakeKit) -> None:
+    kit = make_kit(cache_bytes=4_000)
+    tokens = [kit.jwt(f"dev-{n}", pad="x" * 500) for n in range(12)]
+    answered = [await kit.ask(token) for token in tokens]
+    cache = kit.verifier._cache
+    assert cache.bytes <= 4_000
+    assert 1 <= len(cache) < 12
+    assert kit.verifier.remembered(tokens[0]) is None  # the oldest went for room
+    for token, before in zip(tokens, answered, strict=True):  # verified again where needed
+        assert await kit.ask(token) == before
+        assert cache.bytes <= 4_000
+    assert len(kit.minter.minted) == 24
+
+
 async def test_plans_bounded_by_bytes_still_decide(make_kit: MakeKit) -> None:
     kit = make_kit(plan_bytes=2_000)
     plans = kit.holder._plans
