@@ -49,9 +49,9 @@ RepeatKey = tuple[str, bytes]
 # process's own, so no one can search for a header and body that collide with another
 # device's offline, and 128 bits leave nothing to find online.
 RepeatDigest = bytes
-# Headers and bodies longer than these take the cached path (nor are they hashed).
 # How many body spellings of one answer one JWT may have remembered.
 REPEAT_SPELLINGS = 2
+# Headers and bodies longer than these take the cached path (nor are they hashed).
 REPEAT_MAX_HEADER = 1024
 REPEAT_MAX_BODY = 1024
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
