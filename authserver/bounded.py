@@ -21,6 +21,8 @@ def weight(value: object) -> int:
     An estimate for the byte bounds, close to tracemalloc's figures for the small values
     caches hold (a short string 50 bytes, a tuple 40 and 8 a slot, a number 32).
     """
+    if value is None or value is True or value is False:
+        return 0  # one object the whole process shares
     if isinstance(value, str | bytes):
         return 40 + len(value)
     if isinstance(value, tuple | list | frozenset | set):

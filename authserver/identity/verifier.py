@@ -35,9 +35,9 @@ _HEADER_CACHE_SIZE = 256
 # Distinct sets of claim names whose position tables are shared (JWTs of one issuer have a
 # handful); past this the table starts over (identities keep the tables they were given).
 _NAME_TABLES_SIZE = 256
-# What a remembered JWT costs beyond its claims (tracemalloc): the map's slot, the digest,
-# the identity and its numbers.
-VERIFIED_OVERHEAD = 300
+# What a remembered JWT costs beyond what `weight` counts of its claims: the map's slot, the
+# digest, the identity (calibrated with tracemalloc, tests/test_bounded.py).
+VERIFIED_OVERHEAD = 290
 _BEARER = re.compile(r"[Bb][Ee][Aa][Rr][Ee][Rr] +([A-Za-z0-9\-._~+/]+=*) *")
 
 

@@ -20,9 +20,9 @@ from authserver.policy.model import Policy
 # policy reload that reads another claim can still tell whether the token stays allowed. A
 # larger set is cut to the claims the policy in force reads (see KeptClaims).
 KEEP_CLAIMS_MAX_BYTES = 1024
-# What a plan or a clientId list costs beyond its key and resource strings (tracemalloc): the
-# map's slot, the Plan object and its tuples.
-PLAN_OVERHEAD = 200
+# What a plan or a clientId list costs beyond what `weight` counts of its key and resources:
+# the map's slot and the Plan object (calibrated with tracemalloc, tests/test_bounded.py).
+PLAN_OVERHEAD = 80
 # Distinct claims keys kept as one object each; past this the sharing starts over.
 SHARED_KEYS_MAX = 4096
 DEFAULT_PLAN_CACHE_BYTES = 32 * 1024 * 1024
@@ -202,9 +202,10 @@ class PolicyHolder:
         return cls(path, load_policy(path), plan_cache_size, plan_cache_bytes)
 
 
+# The policy version and the claims key in a key are objects every entry shares: not counted.
 def _plan_weight(key: tuple[Any, ...], plan: Plan) -> int:
-    return PLAN_OVERHEAD + weight(key) + weight(plan.read) + weight(plan.write)
+    return PLAN_OVERHEAD + weight(key[1:3]) + weight(key[4:]) + weight((plan.read, plan.write))
 
 
 def _ids_weight(key: tuple[Any, ...], ids: tuple[str, ...]) -> int:
-    return PLAN_OVERHEAD + weight(key) + weight(ids)
+    return PLAN_OVERHEAD + weight(key[1]) + weight(ids)
