@@ -149,10 +149,13 @@ class PolicyHolder:
         """
         return self._memo(claims)[1]
 
-    def _memo(self, claims: Mapping[str, Any]) -> tuple[object, tuple[Any, ...], Mapping[str, Any]]:
+    def _memo(
+        self, claims: Mapping[str, Any]
+    ) -> tuple[object, tuple[Any, ...], Mapping[str, Any] | None]:
+        """(tag, claims key, kept claims or None when they are `claims` themselves)."""
         memo = getattr(claims, "memo", None)
         if memo is not None and memo[0] is self._memo_tag:
-            found: tuple[object, tuple[Any, ...], Mapping[str, Any]] = memo
+            found: tuple[object, tuple[Any, ...], Mapping[str, Any] | None] = memo
             return found
         key = tuple([(name, _freeze(claims.get(name))) for name in self._claim_order])
         if len(self._shared_keys) >= SHARED_KEYS_MAX:
@@ -161,7 +164,10 @@ class PolicyHolder:
         # of one tenant), and answers and plans of every device hold the key (about 170
         # bytes a token when each identity had its own).
         key = self._shared_keys.setdefault(key, key)
-        made = (self._memo_tag, key, self._keep(claims))
+        kept = self._keep(claims)
+        # None for the claims themselves: a memo pointing back at its claims would make every
+        # identity a reference cycle, freed only by the cyclic collector.
+        made = (self._memo_tag, key, None if kept is claims else kept)
         with contextlib.suppress(AttributeError):  # a plain mapping (tests, the admin API)
             claims.memo = made  # type: ignore[attr-defined]
         return made
@@ -172,7 +178,8 @@ class PolicyHolder:
         Memoised on the claims object, as `claims_key` is; the whole set is kept by reference
         (the verifier's read-only claims), not copied.
         """
-        return self._memo(claims)[2]
+        kept = self._memo(claims)[2]
+        return claims if kept is None else kept
 
     def _keep(self, claims: Mapping[str, Any]) -> Mapping[str, Any]:
         size = len(json.dumps(dict(claims), separators=(",", ":"), ensure_ascii=False, default=str))
