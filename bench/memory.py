@@ -116,9 +116,9 @@ def layers_of(app: web.Application) -> Layers:
 
     walk("verifier: remembered JWTs (identity, claims)", [verifier._cache])
     # The repeats before the answers they point at (which they skip): their keys are the
-    # digests of the Authorization headers and bodies, also in each answer's repeat_keys.
+    # Authorization headers and bodies, also listed in each answer's repeat_keys.
     walk(
-        "repeats (digest keys)",
+        "repeats (header and body keys)",
         [answers._repeats],
         lambda o: isinstance(o, Answer | TokenRecord),
     )

@@ -8,7 +8,7 @@ A request meets these layers, in this order (a hit ends the walk):
 
 | layer           | key                                            | owner          |
 | --------------- | ---------------------------------------------- | -------------- |
-| repeats         | keyed digest of (Authorization header, body)   | here (answers) |
+| repeats         | exact (Authorization header, body bytes)       | here (answers) |
 | remembered JWTs | sha256(JWT)                                    | JWTVerifier    |
 | JWT header memo | the JWT's header segment                       | JWTVerifier    |
 | claims-key memo | the claims object (the claims the policy reads)| PolicyHolder   |
@@ -58,8 +58,9 @@ Invalidation: what each event drops, and what guards work in flight when it land
   answer 503 `RevokedWhileIssuing`, whose retry meets the block.
 - B: a block: `Revoker.check` refuses an app JWT issued before it, on every path (repeat,
   answer, mint), for the subject or any clientId the policy lets the identity use.
-- P: the plan LRU is keyed by the policy version; the claims-key memo (keyed by the claims
-  object) is emptied by the swap, as the claims a policy reads may differ.
+- P: the plan LRU is keyed by the policy version; the claims-key memo (kept on the claims
+  object, tagged by the policy holder's swap) is stale after the swap, as the claims a
+  policy reads may differ.
 - R: the revoker reloads its blocks (events may have been missed).
 - S: every layer is bounded by entries and by bytes (settings `*_CACHE_SIZE`, `*_CACHE_BYTES`;
   `authserver/bounded.py` for the verifier's JWTs, the plans, L1 and the store), the oldest
