@@ -1,7 +1,8 @@
 """What a cached token costs: bytes per token, per layer, in an in-process gateway.
 
 Run: `python -m bench.memory` (20,000 devices, each asking twice: 40,000 tokens, R and W per
-device under bench/policy.yaml), `--devices 50000` for 100,000 tokens, `--body clientid` for
+device under bench/policy.yaml), `--devices 50000` for 100,000 tokens (`--rss-only`: without
+the much slower tracemalloc run), `--body clientid` for
 devices that send `{"clientId": ...}`. Two child processes do the work: one measures RSS growth
 without tracemalloc (its own overhead would count), the other measures the live Python bytes
 with tracemalloc and breaks them down by who holds them. The emulator is a separate process
@@ -251,6 +252,9 @@ def main() -> None:
     parser.add_argument("--body", choices=sorted(BODIES), default="none")
     parser.add_argument("--child", choices=("rss", "trace"))
     parser.add_argument("--emulator")
+    parser.add_argument(
+        "--rss-only", action="store_true", help="skip the (much slower) tracemalloc run"
+    )
     args = parser.parse_args()
     body = BODIES[args.body]
     if args.child:
@@ -263,6 +267,13 @@ def main() -> None:
             "emulator", h.emulator_argv(port, 1e6), port, core=h.LOAD_CORE, ready="/_emulator/stats"
         )
         rss = run_child("rss", args.devices, emulator.url, args.body)
+        if args.rss_only:
+            print(
+                f"{args.devices:,} devices x {ASKS} asks, body {args.body}: {rss['tokens']:,} "
+                f"tokens, RSS growth {rss['rss_growth'] / rss['tokens']:,.0f} bytes a token, "
+                f"RSS after {rss['rss'] / 2**20:.0f} MiB"
+            )
+            return
         h.emulator_reset(emulator, state=True)
         trace = run_child("trace", args.devices, emulator.url, args.body)
     tokens = trace["tokens"]
