@@ -62,7 +62,11 @@ def create_app(
     app = web.Application(client_max_size=settings.max_body_bytes)
     app[appkeys.SETTINGS] = settings
     app[appkeys.CLOCK] = clock or SystemClock()
-    app[appkeys.POLICY] = PolicyHolder.load(settings.policy_file)
+    app[appkeys.POLICY] = PolicyHolder.load(
+        settings.policy_file,
+        plan_cache_size=settings.plan_cache_size,
+        plan_cache_bytes=settings.plan_cache_bytes,
+    )
     app[appkeys.TRACER] = None
     # One context per resource, in start order; they stop in the reverse order.
     app.cleanup_ctx.extend(
@@ -182,7 +186,9 @@ async def _tokens(app: web.Application) -> AsyncIterator[None]:
     if redis_client is not None:
         store = RedisStore(redis_client, clock)
     else:
-        store = MemoryStore(clock, maxsize=settings.token_cache_size)
+        store = MemoryStore(
+            clock, maxsize=settings.token_cache_size, max_bytes=settings.token_cache_bytes
+        )
     tracer = app[appkeys.TRACER]
     if tracer is not None:
         store = tracing.TracedStore(store, tracer, "redis" if redis_client else "memory")
@@ -208,6 +214,7 @@ async def _tokens(app: web.Application) -> AsyncIterator[None]:
         # that died frees the key this soon.
         lock_ttl=settings.request_deadline + 2.0,
         l1_size=settings.token_cache_size,
+        l1_bytes=settings.token_cache_bytes,
         sharing=settings.token_sharing,
     )
     app[appkeys.TOKENS] = tokens

@@ -45,6 +45,7 @@ class JWTSettings:
     jwks_cache_ttl: float = 3600.0
     max_token_bytes: int = 8192
     cache_size: int = 100_000
+    cache_bytes: int = 64 * 1024 * 1024
 
 
 def parse_networks(values: Iterable[str]) -> tuple[Network, ...]:
@@ -69,6 +70,9 @@ UNREVOCABLE_CLAIMS = frozenset({"iss", "sub", "aud", "exp", "nbf", "iat", "jti"}
 MAX_REVOCABLE_CLAIMS = 16
 # AUTHSERVER_EVENT_LOOP: "auto" is uvloop on Linux when it is installed (see serve.py).
 EVENT_LOOPS = ("auto", "uvloop", "asyncio")
+# The least a cache's byte bound may be: room for a few hundred of its largest entries (an
+# 8 KB JWT's identity, a record with 1 KB of claims), so that no single entry is too large.
+MIN_CACHE_BYTES = 1024 * 1024
 HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
 KEY_ALGORITHMS = frozenset(
     {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
@@ -112,6 +116,9 @@ class Settings:
     request_deadline: float = 5.0
     max_body_bytes: int = 65536
     token_cache_size: int = 200_000
+    token_cache_bytes: int = 256 * 1024 * 1024
+    plan_cache_size: int = 20_000
+    plan_cache_bytes: int = 32 * 1024 * 1024
     answer_cache_size: int = 20_000
     answer_cache_bytes: int = 64 * 1024 * 1024
     token_sharing: str = "off"  # noqa: S105 - a mode name, not a secret
@@ -280,6 +287,29 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         ),
         "token_cache_size": int(
             _number(env, "TOKEN_CACHE_SIZE", 200_000, problems, minimum=1, integer=True)
+        ),
+        "token_cache_bytes": int(
+            _number(
+                env,
+                "TOKEN_CACHE_BYTES",
+                256 * 1024 * 1024,
+                problems,
+                minimum=MIN_CACHE_BYTES,
+                integer=True,
+            )
+        ),
+        "plan_cache_size": int(
+            _number(env, "PLAN_CACHE_SIZE", 20_000, problems, minimum=0, integer=True)
+        ),
+        "plan_cache_bytes": int(
+            _number(
+                env,
+                "PLAN_CACHE_BYTES",
+                32 * 1024 * 1024,
+                problems,
+                minimum=MIN_CACHE_BYTES,
+                integer=True,
+            )
         ),
         "answer_cache_size": int(
             _number(env, "ANSWER_CACHE_SIZE", 20_000, problems, minimum=0, integer=True)
@@ -474,6 +504,17 @@ def _jwt_settings(env: Mapping[str, str], found: list[str]) -> JWTSettings | Non
             "(e.g. https://login.example.com/)"
         )
     leeway = _number(env, "JWT_LEEWAY", 30.0, problems, minimum=0)
+    cache_size = int(_number(env, "JWT_CACHE_SIZE", 100_000, problems, minimum=0, integer=True))
+    cache_bytes = int(
+        _number(
+            env,
+            "JWT_CACHE_BYTES",
+            64 * 1024 * 1024,
+            problems,
+            minimum=MIN_CACHE_BYTES,
+            integer=True,
+        )
+    )
     max_age: float | None = None
     if _env(env, "JWT_MAX_AGE") is not None:
         max_age = _number(env, "JWT_MAX_AGE", 0.0, problems, minimum=1)
@@ -490,4 +531,6 @@ def _jwt_settings(env: Mapping[str, str], found: list[str]) -> JWTSettings | Non
         leeway=leeway,
         max_age=max_age,
         subject_claim=_env(env, "JWT_SUBJECT_CLAIM") or "sub",
+        cache_size=cache_size,
+        cache_bytes=cache_bytes,
     )

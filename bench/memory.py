@@ -1,7 +1,8 @@
 """What a cached token costs: bytes per token, per layer, in an in-process gateway.
 
 Run: `python -m bench.memory` (20,000 devices, each asking twice: 40,000 tokens, R and W per
-device under bench/policy.yaml), `--devices 50000` for 100,000 tokens, `--body clientid` for
+device under bench/policy.yaml), `--devices 50000` for 100,000 tokens (`--rss-only`: without
+the much slower tracemalloc run), `--body clientid` for
 devices that send `{"clientId": ...}`. Two child processes do the work: one measures RSS growth
 without tracemalloc (its own overhead would count), the other measures the live Python bytes
 with tracemalloc and breaks them down by who holds them. The emulator is a separate process
@@ -94,14 +95,15 @@ def layers_of(app: web.Application) -> Layers:
     from authserver.tokens.model import TokenRecord
 
     tokens = app[appkeys.TOKENS]
+    issuer = app[appkeys.ISSUER]
     verifier = app[appkeys.VERIFIER]
     holder = app[appkeys.POLICY]
     store: Any = tokens.store
-    answers: Any = tokens.answers
+    answers: Any = issuer.answers
     seen: set[int] = set()
     out = Layers()
     # Never count what the whole process shares: the app, services, classes, modules.
-    for shared in (app, tokens, verifier, holder, store, answers):
+    for shared in (app, tokens, issuer, verifier, holder, store, answers):
         seen.add(id(shared))
 
     def no_records(obj: Any) -> bool:
@@ -123,13 +125,14 @@ def layers_of(app: web.Application) -> Layers:
     )
     walk("answers (entries, body, key index)", [answers._entries, answers._by_key], no_records)
     walk(
-        "policy memos (plans, claims keys, kept)",
+        "policy memos (plans, clientIds, shared claims keys)",
         [getattr(holder, name, None) for name in POLICY_MEMOS],
         no_records,
     )
     l1 = tokens._l1
     if l1 is not None:
         walk("L1 (map, keys)", [l1._data], no_records)
+    walk("token service: holders seen here", [tokens._held_here._data], no_records)
     records = list(store._records._data.values())
     walk("store: records map (keys)", [store._records._data], no_records)
     claims = [r.claims for r in records]
@@ -238,7 +241,7 @@ def run_child(mode: str, devices: int, emulator_url: str, body: str | None) -> d
 
 
 # What PolicyHolder memoises per identity (those of them it has: the set changes).
-POLICY_MEMOS = ("_plans", "_client_ids", "_claim_keys", "_shared_keys", "_kept")
+POLICY_MEMOS = ("_plans", "_client_ids", "_shared_keys")
 BODIES = {"none": None, "clientid": '{"clientId": "GID_bench@@@{sub}"}'}
 
 
@@ -249,6 +252,9 @@ def main() -> None:
     parser.add_argument("--body", choices=sorted(BODIES), default="none")
     parser.add_argument("--child", choices=("rss", "trace"))
     parser.add_argument("--emulator")
+    parser.add_argument(
+        "--rss-only", action="store_true", help="skip the (much slower) tracemalloc run"
+    )
     args = parser.parse_args()
     body = BODIES[args.body]
     if args.child:
@@ -261,6 +267,13 @@ def main() -> None:
             "emulator", h.emulator_argv(port, 1e6), port, core=h.LOAD_CORE, ready="/_emulator/stats"
         )
         rss = run_child("rss", args.devices, emulator.url, args.body)
+        if args.rss_only:
+            print(
+                f"{args.devices:,} devices x {ASKS} asks, body {args.body}: {rss['tokens']:,} "
+                f"tokens, RSS growth {rss['rss_growth'] / rss['tokens']:,.0f} bytes a token, "
+                f"RSS after {rss['rss'] / 2**20:.0f} MiB"
+            )
+            return
         h.emulator_reset(emulator, state=True)
         trace = run_child("trace", args.devices, emulator.url, args.body)
     tokens = trace["tokens"]

@@ -202,6 +202,40 @@ def test_the_answer_caches_byte_bound() -> None:
         load_settings({**GOOD, "AUTHSERVER_ANSWER_CACHE_BYTES": "lots"})
 
 
+def test_every_cache_has_an_entry_and_a_byte_bound() -> None:
+    defaults = load_settings(GOOD)
+    assert (defaults.jwt.cache_size, defaults.jwt.cache_bytes) == (100_000, 64 * 2**20)
+    assert (defaults.plan_cache_size, defaults.plan_cache_bytes) == (20_000, 32 * 2**20)
+    assert defaults.token_cache_bytes == 256 * 2**20
+    tuned = load_settings(
+        {
+            **GOOD,
+            "AUTHSERVER_JWT_CACHE_SIZE": "10",
+            "AUTHSERVER_JWT_CACHE_BYTES": "2097152",
+            "AUTHSERVER_PLAN_CACHE_SIZE": "0",
+            "AUTHSERVER_PLAN_CACHE_BYTES": "1048576",
+            "AUTHSERVER_TOKEN_CACHE_BYTES": "3145728",
+        }
+    )
+    assert (tuned.jwt.cache_size, tuned.jwt.cache_bytes) == (10, 2 * 2**20)
+    assert (tuned.plan_cache_size, tuned.plan_cache_bytes) == (0, 2**20)
+    assert tuned.token_cache_bytes == 3 * 2**20
+    # Below a mebibyte a single large entry might not fit: every such bound is reported.
+    with pytest.raises(SettingsError) as raised:
+        load_settings(
+            {
+                **GOOD,
+                "AUTHSERVER_JWT_CACHE_BYTES": "1000",
+                "AUTHSERVER_PLAN_CACHE_BYTES": "lots",
+                "AUTHSERVER_TOKEN_CACHE_BYTES": "-1",
+                "AUTHSERVER_JWT_CACHE_SIZE": "-1",
+            }
+        )
+    text = str(raised.value)
+    for name in ("JWT_CACHE_BYTES", "PLAN_CACHE_BYTES", "TOKEN_CACHE_BYTES", "JWT_CACHE_SIZE"):
+        assert name in text
+
+
 def test_the_local_quota_share_follows_the_replica_count() -> None:
     assert load_settings(GOOD).quota_share == 1.0
     with_redis = {**GOOD, "AUTHSERVER_REDIS_URL": "redis://127.0.0.1:6379/0"}

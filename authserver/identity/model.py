@@ -20,11 +20,15 @@ class Claims(Mapping[str, Any]):
     140 bytes where a dict behind a MappingProxyType cost 330.
     """
 
-    __slots__ = ("_names", "_values")
+    __slots__ = ("_names", "_values", "memo")
 
     def __init__(self, names: Mapping[str, int], values: tuple[Any, ...]) -> None:
         self._names = names  # name -> position in values, in the JWT's order; shared
         self._values = values
+        # Where the policy in force keeps what it derived from these claims (their key, what
+        # token records keep of them), tagged with that policy: one slot rather than maps
+        # keyed by each claims object's id (policy/holder.py).
+        self.memo: Any = None
 
     def __getitem__(self, name: str) -> Any:
         return self._values[self._names[name]]
@@ -60,6 +64,9 @@ class Identity:
     issued_at: float | None
     expires_at: float
     fingerprint: str
+    # Which verification key signed the JWT (the verifier forgets its JWTs when a key leaves
+    # the JWKS): here rather than in a pair beside each remembered identity (56 bytes a JWT).
+    key_ref: str = field(default="", compare=False, repr=False)
 
 
 def invalid_token(detail: str) -> InvalidToken:

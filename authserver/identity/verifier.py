@@ -10,12 +10,12 @@ import logging
 import math
 import re
 import sys
-from collections import OrderedDict
 from hashlib import sha256
-from typing import Any, NamedTuple
+from typing import Any
 
 import aiohttp
 
+from authserver.bounded import ExpiringMap, weight
 from authserver.clock import Clock, SystemClock
 from authserver.errors import InvalidToken
 from authserver.identity.jwks import JWKSSource
@@ -36,6 +36,9 @@ _HEADER_CACHE_SIZE = 256
 # Distinct sets of claim names whose position tables are shared (JWTs of one issuer have a
 # handful); past this the table starts over (identities keep the tables they were given).
 _NAME_TABLES_SIZE = 256
+# What a remembered JWT costs beyond what `weight` counts of its claims: the map's slot, the
+# digest, the identity (calibrated with tracemalloc, tests/test_bounded.py).
+VERIFIED_OVERHEAD = 290
 _BEARER = re.compile(r"[Bb][Ee][Aa][Rr][Ee][Rr] +([A-Za-z0-9\-._~+/]+=*) *")
 
 
@@ -52,9 +55,12 @@ def bearer_token(authorization_header: str | None) -> str:
     return match.group(1)
 
 
-class _Verified(NamedTuple):
-    identity: Identity
-    key_ref: str
+def _verified_until(identity: Identity) -> float:
+    return identity.expires_at
+
+
+def _verified_weight(_digest: bytes, identity: Identity) -> int:
+    return VERIFIED_OVERHEAD + weight(identity.claims)
 
 
 _TO_STANDARD_ALPHABET = bytes.maketrans(b"-_", b"+/")
@@ -121,6 +127,7 @@ def _json_object(data: bytes, what: str) -> dict[str, Any]:
 
 
 def _numeric_date(claims: dict[str, Any], name: str) -> float | None:
+    """The claim as a number: the claim's own int object when it is one (kept, not copied)."""
     value = claims.get(name)
     if value is None:
         return None
@@ -132,7 +139,9 @@ def _numeric_date(claims: dict[str, Any], name: str) -> float | None:
         raise invalid_token(f"the '{name}' claim is out of range") from None
     if not math.isfinite(number):
         raise invalid_token(f"the '{name}' claim is out of range")
-    return number
+    # An identity remembered for every JWT holds its `exp` and `iat`: the claims' own ints
+    # rather than float copies (48 bytes a JWT).
+    return value if value.__class__ is int else number
 
 
 class JWTVerifier:
@@ -154,10 +163,15 @@ class JWTVerifier:
         self._session = session
         self._owned_session: aiohttp.ClientSession | None = None
         self._task: asyncio.Task[None] | None = None
-        # Least-recently-used, keyed by sha256(token): 32 bytes a key whatever the token size.
-        # A plain OrderedDict rather than cachetools: _drop_keys can scan it without reordering.
-        self._cache: OrderedDict[bytes, _Verified] = OrderedDict()
-        self._cache_size = max(settings.cache_size, 0)
+        # Least-recently-used, keyed by sha256(token): 32 bytes a key whatever the token size;
+        # bounded by entries and by bytes (a fleet of 8 KB JWTs fills the bytes first).
+        self._cache: ExpiringMap[bytes, Identity] = ExpiringMap(
+            max(settings.cache_size, 0),
+            _verified_until,
+            max_bytes=settings.cache_bytes,
+            weigh=_verified_weight,
+            touch=True,
+        )
         self._headers: dict[str, tuple[str, str | None]] = {}
         # The token `remembered` last did not know, and its digest.
         self._missed: tuple[str, bytes] | None = None
@@ -249,27 +263,19 @@ class JWTVerifier:
         if len(token) > self._max_token_bytes or not token.isascii():
             return None
         digest = sha256(token.encode("ascii")).digest()
-        hit = self._cache.get(digest)
-        if hit is not None and self._clock.time() < hit.identity.expires_at:
-            self._cache.move_to_end(digest)
+        hit = self._cache.get(digest, self._clock.time())
+        if hit is not None:
             self.hits += 1
-            return hit.identity
+            return hit
         # `verify` comes next (it drops an expired one and counts the miss): it need not
         # hash the token again.
         self._missed = (token, digest)
         return None
 
     def _recall(self, digest: bytes) -> Identity | None:
-        hit = self._cache.get(digest)
-        if hit is None:
-            return None
         # A remembered token is served only until its exp; the leeway is granted by the
         # full check in `verify`, so the cache never stretches a token's life.
-        if self._clock.time() < hit.identity.expires_at:
-            self._cache.move_to_end(digest)
-            return hit.identity
-        self._cache.pop(digest, None)
-        return None
+        return self._cache.get(digest, self._clock.time())
 
     async def verify(self, token: str) -> Identity:
         """Verify a compact JWT and return its identity; InvalidToken says precisely why not."""
@@ -291,15 +297,15 @@ class JWTVerifier:
         self.misses += 1
         fp = digest.hex()[:8]
         try:
-            verified = await self._verify_uncached(token, fp)
+            identity = await self._verify_uncached(token, fp)
         except InvalidToken as err:
             log.debug("JWT %s refused: %s", fp, err.detail)
             raise
-        self._remember(digest, verified)
-        log.debug("JWT %s verified (key %s)", fp, verified.key_ref)
-        return verified.identity
+        self._remember(digest, identity)
+        log.debug("JWT %s verified (key %s)", fp, identity.key_ref)
+        return identity
 
-    async def _verify_uncached(self, token: str, fp: str) -> _Verified:
+    async def _verify_uncached(self, token: str, fp: str) -> Identity:
         if _COMPACT_JWS.fullmatch(token) is None:
             if token.count(".") != 2:
                 raise invalid_token("the token does not have three dot-separated segments")
@@ -322,7 +328,7 @@ class JWTVerifier:
             sys.intern(name): shared.get(value, value) if isinstance(value, str) else value
             for name, value in claims.items()
         }
-        return _Verified(self._identity(claims, fp), key.ref)
+        return self._identity(claims, fp, key.ref)
 
     def _header(self, header_b64: str) -> tuple[str, str | None]:
         """The accepted (alg, kid) of a header segment; most tokens share a handful of them."""
@@ -349,7 +355,7 @@ class JWTVerifier:
         """The expensive step; a seam that tests count to prove the cache skips it."""
         return key.verify(signing_input, sig)
 
-    def _identity(self, claims: dict[str, Any], fp: str) -> Identity:
+    def _identity(self, claims: dict[str, Any], fp: str, key_ref: str) -> Identity:
         settings = self._settings
         now = self._clock.time()
         leeway = self._leeway
@@ -404,6 +410,7 @@ class JWTVerifier:
             issued_at=issued_at,
             expires_at=expires_at,
             fingerprint=fp,
+            key_ref=key_ref,
         )
 
     def _compact(self, claims: dict[str, Any]) -> Claims:
@@ -417,18 +424,14 @@ class JWTVerifier:
             self._name_tables[names] = table
         return Claims(table, tuple(claims.values()))
 
-    def _remember(self, digest: bytes, verified: _Verified) -> None:
-        if self._cache_size == 0:
-            return
-        self._cache[digest] = verified
-        if len(self._cache) > self._cache_size:
-            self._cache.popitem(last=False)
+    def _remember(self, digest: bytes, identity: Identity) -> None:
+        self._cache.put(digest, identity)
 
     def _drop_keys(self, refs: frozenset[str]) -> None:
         self.epoch += 1
-        doomed = [k for k, v in list(self._cache.items()) if v.key_ref in refs]
+        doomed = [k for k, v in self._cache.items(-math.inf) if v.key_ref in refs]
         for digest in doomed:
-            self._cache.pop(digest, None)
+            self._cache.pop(digest)
         if doomed:
             log.info(
                 "dropped %d verified token(s) signed by keys no longer in the JWKS", len(doomed)

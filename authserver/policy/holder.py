@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 from collections.abc import Mapping, Sequence
@@ -9,8 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cachetools import LRUCache
-
+from authserver.bounded import ExpiringMap, weight
 from authserver.policy.claims import KeptClaims, referenced_claims, relevant_claims
 from authserver.policy.engine import allowed_client_ids, check_limits, evaluate, restrict
 from authserver.policy.loader import load_policy
@@ -20,6 +20,12 @@ from authserver.policy.model import Policy
 # policy reload that reads another claim can still tell whether the token stays allowed. A
 # larger set is cut to the claims the policy in force reads (see KeptClaims).
 KEEP_CLAIMS_MAX_BYTES = 1024
+# What a plan or a clientId list costs beyond what `weight` counts of its key and resources:
+# the map's slot and the Plan object (calibrated with tracemalloc, tests/test_bounded.py).
+PLAN_OVERHEAD = 80
+# Distinct claims keys kept as one object each; past this the sharing starts over.
+SHARED_KEYS_MAX = 4096
+DEFAULT_PLAN_CACHE_BYTES = 32 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,18 +66,29 @@ class PolicyHolder:
     clientId block is checked against) are cached the same way, without the request.
     """
 
-    def __init__(self, path: Path, policy: Policy, plan_cache_size: int = 20_000) -> None:
+    def __init__(
+        self,
+        path: Path,
+        policy: Policy,
+        plan_cache_size: int = 20_000,
+        plan_cache_bytes: int = DEFAULT_PLAN_CACHE_BYTES,
+    ) -> None:
         self.path = path
         self.current = policy
         self.claim_names = referenced_claims(policy)
         self._claim_order = tuple(sorted(self.claim_names))
-        self._claim_keys: dict[int, tuple[Mapping[str, Any], tuple[Any, ...]]] = {}
-        self._claim_keys_max = plan_cache_size
+        # What the claims of an identity are worth to this policy (their key, what records
+        # keep of them) is memoised on the claims object itself (`Claims.memo`), tagged with
+        # this object, which a swap replaces: 8 bytes an identity where two maps keyed by
+        # the object's id cost about 120 bytes a token.
+        self._memo_tag = object()
         self._shared_keys: dict[tuple[Any, ...], tuple[Any, ...]] = {}
-        self._kept: dict[int, tuple[Mapping[str, Any], Mapping[str, Any]]] = {}
-        self._plans: LRUCache[tuple[Any, ...], Plan] = LRUCache(maxsize=plan_cache_size)
-        self._client_ids: LRUCache[tuple[Any, ...], tuple[str, ...]] = LRUCache(
-            maxsize=plan_cache_size
+        # Least recently used first out, bounded by entries and by bytes (both by settings).
+        self._plans: ExpiringMap[tuple[Any, ...], Plan] = ExpiringMap(
+            plan_cache_size, max_bytes=plan_cache_bytes, weigh=_plan_weight, touch=True
+        )
+        self._client_ids: ExpiringMap[tuple[Any, ...], tuple[str, ...]] = ExpiringMap(
+            plan_cache_size, max_bytes=plan_cache_bytes, weigh=_ids_weight, touch=True
         )
 
     def plan(
@@ -96,7 +113,7 @@ class PolicyHolder:
             tuple(sorted(actions)) if actions is not None else None,
         )
         kept = self.kept_claims(claims)
-        found = self._plans.get(key)
+        found = self._plans.get(key, 0)
         if found is not None:
             # The decision is shared by identities with the same relevant claims; the claims
             # kept are this identity's own.
@@ -111,69 +128,91 @@ class PolicyHolder:
             kept,
             policy.version_id,
         )
-        self._plans[key] = made
+        self._plans.put(key, made)
         return made
 
     def client_ids(self, subject: str, claims: Mapping[str, Any]) -> tuple[str, ...]:
         """Every clientId the current policy lets this identity use, whatever it asks for."""
         policy = self.current
         key = (policy.version_id, subject, self.claims_key(claims))
-        found = self._client_ids.get(key)
+        found = self._client_ids.get(key, 0)
         if found is None:
             found, _ = allowed_client_ids(policy, subject, claims)
-            self._client_ids[key] = found
+            self._client_ids.put(key, found)
         return found
 
     def claims_key(self, claims: Mapping[str, Any]) -> tuple[Any, ...]:
         """A hashable key of the claims the policy looks at (what a decision depends on).
 
-        Memoised per claims object: the verifier hands out the same (immutable) claims for a
-        JWT it has seen, so a returning device costs one lookup here.
+        Memoised on the claims object: the verifier hands out the same (immutable) claims for
+        a JWT it has seen, so a returning device costs one attribute read here.
         """
-        memo = self._claim_keys.get(id(claims))
-        if memo is not None and memo[0] is claims:
-            return memo[1]
+        return self._memo(claims)[1]
+
+    def _memo(
+        self, claims: Mapping[str, Any]
+    ) -> tuple[object, tuple[Any, ...], Mapping[str, Any] | None]:
+        """(tag, claims key, kept claims or None when they are `claims` themselves)."""
+        memo = getattr(claims, "memo", None)
+        if memo is not None and memo[0] is self._memo_tag:
+            found: tuple[object, tuple[Any, ...], Mapping[str, Any] | None] = memo
+            return found
         key = tuple([(name, _freeze(claims.get(name))) for name in self._claim_order])
-        if len(self._claim_keys) >= self._claim_keys_max:
-            self._claim_keys.clear()
+        if len(self._shared_keys) >= SHARED_KEYS_MAX:
             self._shared_keys.clear()
         # One object per distinct key: most identities share their relevant claims (a fleet
         # of one tenant), and answers and plans of every device hold the key (about 170
         # bytes a token when each identity had its own).
         key = self._shared_keys.setdefault(key, key)
-        self._claim_keys[id(claims)] = (claims, key)
-        return key
+        kept = self._keep(claims)
+        # None for the claims themselves: a memo pointing back at its claims would make every
+        # identity a reference cycle, freed only by the cyclic collector.
+        made = (self._memo_tag, key, None if kept is claims else kept)
+        with contextlib.suppress(AttributeError):  # a plain mapping (tests, the admin API)
+            claims.memo = made  # type: ignore[attr-defined]
+        return made
 
     def kept_claims(self, claims: Mapping[str, Any]) -> Mapping[str, Any]:
         """What a token record keeps of these claims: all of them, unless they are too large.
 
-        Memoised per claims object, as `claims_key` is; the whole set is kept by reference
+        Memoised on the claims object, as `claims_key` is; the whole set is kept by reference
         (the verifier's read-only claims), not copied.
         """
-        memo = self._kept.get(id(claims))
-        if memo is not None and memo[0] is claims:
-            return memo[1]
+        kept = self._memo(claims)[2]
+        return claims if kept is None else kept
+
+    def _keep(self, claims: Mapping[str, Any]) -> Mapping[str, Any]:
         size = len(json.dumps(dict(claims), separators=(",", ":"), ensure_ascii=False, default=str))
         kept: Mapping[str, Any] = claims
         if size > KEEP_CLAIMS_MAX_BYTES:
             kept = KeptClaims(relevant_claims(self.claim_names, claims), self.claim_names)
-        if len(self._kept) >= self._claim_keys_max:
-            self._kept.clear()
-        self._kept[id(claims)] = (claims, kept)
         return kept
 
     def swap(self, policy: Policy) -> None:
         """Put a validated policy in force (on the event loop's thread)."""
         self.claim_names = referenced_claims(policy)
         self._claim_order = tuple(sorted(self.claim_names))
-        self._claim_keys.clear()
+        self._memo_tag = object()
         self._shared_keys.clear()
-        self._kept.clear()
         self.current = policy
         self._plans.clear()
         self._client_ids.clear()
 
     @classmethod
-    def load(cls, path: Path) -> PolicyHolder:
+    def load(
+        cls,
+        path: Path,
+        plan_cache_size: int = 20_000,
+        plan_cache_bytes: int = DEFAULT_PLAN_CACHE_BYTES,
+    ) -> PolicyHolder:
         """Load the policy at start-up; PolicyLoadError propagates."""
-        return cls(path, load_policy(path))
+        return cls(path, load_policy(path), plan_cache_size, plan_cache_bytes)
+
+
+# The policy version and the claims key in a key are objects every entry shares: not counted.
+def _plan_weight(key: tuple[Any, ...], plan: Plan) -> int:
+    return PLAN_OVERHEAD + weight(key[1:3]) + weight(key[4:]) + weight((plan.read, plan.write))
+
+
+def _ids_weight(key: tuple[Any, ...], ids: tuple[str, ...]) -> int:
+    return PLAN_OVERHEAD + weight(key[1]) + weight(ids)

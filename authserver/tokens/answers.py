@@ -35,6 +35,7 @@ from collections.abc import Hashable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+from authserver.bounded import weight
 from authserver.identity.model import Identity
 
 Slot = tuple[Hashable, Hashable]
@@ -49,16 +50,9 @@ DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 # What an entry costs beyond its own bytes (measured with tracemalloc: the OrderedDict slot,
 # the Answer or Repeat object, its tuples and list, the reverse index entries).
 ANSWER_OVERHEAD = 400
+# Distinct canonical requests kept as one object each; past this the sharing starts over.
+REQUESTS_SHARED = 1024
 REPEAT_OVERHEAD = 350
-
-
-def weight(value: object) -> int:
-    """Roughly the bytes a key holds: strings and bytes by length, tuples by their items."""
-    if isinstance(value, str | bytes):
-        return 40 + len(value)
-    if isinstance(value, tuple):
-        return 40 + sum([8 + weight(item) for item in value])
-    return 16
 
 
 def answer_body(document: bytes) -> bytes:
@@ -115,6 +109,9 @@ class AnswerCache:
         self._repeats: OrderedDict[RepeatKey, Repeat] = OrderedDict()
         # Requests being worked out (not answered from here) -> how many at once.
         self._working: dict[Slot, int] = {}
+        # One object per distinct canonical request: most devices ask the same (a bodyless
+        # request is the policy's defaults), and every answer holds its request.
+        self._requests: dict[Hashable, Hashable] = {}
         self.hits = 0
         self.misses = 0
 
@@ -241,7 +238,13 @@ class AnswerCache:
         """Keep `answer`; the oldest entries go to make room."""
         if self._maxsize <= 0:
             return
-        slot = (who, request)
+        requests = self._requests
+        shared = requests.get(request)
+        if shared is None:
+            if len(requests) >= REQUESTS_SHARED:
+                requests.clear()
+            shared = requests[request] = request
+        slot = (who, shared)
         self._forget(slot)
         size = (
             ANSWER_OVERHEAD

@@ -42,6 +42,7 @@ Invalidation: what each event drops, and what guards work in flight when it land
 | answer's renewal point     | stale: fresh | stale: fresh | -       | -          | N    |
 | token's refresh point      | -            | -            | expires | not served | M    |
 | answer evicted (its size)  | its          | (event)      | -       | -          | -    |
+| cache full (entries, bytes)| oldest       | oldest       | oldest  | oldest     | S    |
 | invalidation during a mint | -            | not kept     | not kept| re-read    | G    |
 | epoch moved during a mint  | -            | not kept     | -       | not stored | E    |
 
@@ -63,9 +64,15 @@ Invalidation: what each event drops, and what guards work in flight when it land
 - B: a block: `Revoker.check` refuses an app JWT issued before it, on every path (repeat,
   answer, mint), for the subject, any clientId the policy lets the identity use, or any
   revocable claim value it carries (tokens/revocable.py).
-- P: the plan LRU is keyed by the policy version; the claims-key memo (keyed by the claims
-  object) is emptied by the swap, as the claims a policy reads may differ.
+- P: the plan LRU is keyed by the policy version; the claims-key memo (kept on the claims
+  object, tagged by the policy holder's swap) is stale after the swap, as the claims a
+  policy reads may differ.
 - R: the revoker reloads its blocks (events may have been missed).
+- S: every layer is bounded by entries and by bytes (settings `*_CACHE_SIZE`, `*_CACHE_BYTES`;
+  `authserver/bounded.py` for the verifier's JWTs, the plans, L1 and the store), the oldest
+  (least recently used for the JWTs and plans) going first; an entry larger than a whole
+  bound is not kept. The store's eviction is the "store eviction" row; the others drop only
+  their own entry, and the next request finds it in the next layer or works it out again.
 - K: the verifier forgets the JWTs (those signed by the removed key; the expired one, with
   `max_age` folded into its `expires_at`); a repeat carries the epoch and expiry it was
   verified under.

@@ -8,10 +8,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from authserver.bounded import weight
 from authserver.fingerprint import fingerprint
+from authserver.identity.model import Claims
 from authserver.policy.claims import KeptClaims
 
 EARLY_REFRESH_MS = 60_000
+# What a kept record costs beyond its strings: the record object and its numbers, the map's
+# slot and the store's index entries (calibrated with tracemalloc, tests/test_bounded.py).
+RECORD_OVERHEAD = 310
+DEFAULT_CACHE_BYTES = 256 * 1024 * 1024
 # A renewal needs time to land (quota wait, round trip) before devices need the new token.
 RENEW_LEAD_MS = 5_000
 ACTIONS_PARAM = {"R": "R", "W": "W", "RW": "R,W"}
@@ -56,6 +62,14 @@ def token_key(
         parts += ("\x01".join(marks),)
     material = "\x00".join(parts)
     return hashlib.sha256(material.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
+def record_weight(key: str, record: TokenRecord) -> int:
+    """Roughly the bytes a cached record holds: what the token caches' byte bounds count."""
+    size = RECORD_OVERHEAD + weight(key) + weight(record.token) + weight(record.resources)
+    # A JWT's own claims are the verifier's, shared by its identity: counted there. Claims
+    # cut for the record (KeptClaims), or read back from Redis, are the record's own.
+    return size if isinstance(record.claims, Claims) else size + weight(record.claims)
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,12 +9,19 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from authserver.bounded import ExpiringMap
 from authserver.clock import Clock
 from authserver.errors import RateLimited, ServiceUnavailable, StoreUnavailable
 from authserver.policy.model import MAX_TTL_SECONDS, MIN_TTL_SECONDS
 from authserver.tokens.bus import STOP_TIMEOUT
-from authserver.tokens.expiring import ExpiringMap
-from authserver.tokens.model import ACTIONS_PARAM, TokenRecord, claim_names_of, token_key
+from authserver.tokens.model import (
+    ACTIONS_PARAM,
+    DEFAULT_CACHE_BYTES,
+    TokenRecord,
+    claim_names_of,
+    record_weight,
+    token_key,
+)
 from authserver.tokens.sharing import (
     IDENTICAL_GRANTS,
     OFF,
@@ -160,6 +167,7 @@ class TokenService:
         refresh_margin: float = 600.0,
         lock_ttl: float = 10.0,
         l1_size: int = 200_000,
+        l1_bytes: int = DEFAULT_CACHE_BYTES,
         poll_interval: float = 0.02,
         sharing: str = OFF,
     ) -> None:
@@ -176,7 +184,12 @@ class TokenService:
         # bus drops them everywhere on revocation. The memory store needs no L1.
         self._l1: ExpiringMap[str, TokenRecord] | None = None
         if store.shared:
-            self._l1 = ExpiringMap(l1_size, lambda record: record.refresh_at_ms)
+            self._l1 = ExpiringMap(
+                l1_size,
+                lambda record: record.refresh_at_ms,
+                max_bytes=l1_bytes,
+                weigh=record_weight,
+            )
         # Bumped by every invalidation: an L1 entry or an answer built across one is not
         # kept, since the tokens it was built from may be the very ones just revoked.
         self.generation = 0

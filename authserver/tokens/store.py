@@ -11,10 +11,10 @@ from typing import Protocol
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from authserver.bounded import ExpiringMap
 from authserver.clock import Clock
 from authserver.errors import StoreUnavailable
-from authserver.tokens.expiring import ExpiringMap
-from authserver.tokens.model import TokenRecord, subject_tag
+from authserver.tokens.model import DEFAULT_CACHE_BYTES, TokenRecord, record_weight, subject_tag
 from authserver.tokens.sharing import MAX_HOLDERS, Holder
 
 KEY_PREFIX = "authserver:"
@@ -170,12 +170,19 @@ class MemoryStore:
 
     shared = False
 
-    def __init__(self, clock: Clock, maxsize: int = 200_000) -> None:
+    def __init__(
+        self, clock: Clock, maxsize: int = 200_000, max_bytes: int = DEFAULT_CACHE_BYTES
+    ) -> None:
         self._clock = clock
         self._maxsize = maxsize
-        # Evicted or expired records take their index entries with them.
+        # Bounded by entries and by bytes (`record_weight`); evicted or expired records take
+        # their index entries with them.
         self._records: ExpiringMap[str, TokenRecord] = ExpiringMap(
-            maxsize, lambda record: record.expire_ms, on_drop=self._dropped
+            maxsize,
+            lambda record: record.expire_ms,
+            on_drop=self._dropped,
+            max_bytes=max_bytes,
+            weigh=record_weight,
         )
         self._by_subject: dict[str, Keys] = {}
         self._by_client: dict[str, Keys] = {}
@@ -238,7 +245,9 @@ class MemoryStore:
         old = self._records.pop(key)
         if old is not None:
             self._unindex(key, old)
-        self._records.put(key, record)
+        if not self._records.put(key, record):
+            # Larger than the whole byte bound: handed out, never kept (nor indexed).
+            return True
         _index_add(self._by_subject, record.subject, key)
         if record.client_id is not None:
             _index_add(self._by_client, record.client_id, key)

@@ -255,6 +255,35 @@ async def test_a_cache_size_of_zero_disables_the_cache(
     assert verifier.cached == 0
 
 
+async def test_the_cache_is_bounded_by_bytes_and_still_answers(
+    make_verifier: MakeVerifier, minter: Minter
+) -> None:
+    # JWTs with 2 KB of claims each: 30 KB holds about a dozen, well under the 1,000 entries.
+    verifier = await make_verifier(
+        JWTSettings(
+            issuer=ISSUER,
+            algorithms=("HS256",),
+            secret=SECRET,
+            cache_size=1000,
+            cache_bytes=30_000,
+        ),
+        cls=CountingVerifier,
+    )
+    assert isinstance(verifier, CountingVerifier)
+    tokens = [minter.sign(SECRET, claims={"sub": f"dev{n}", "pad": "x" * 2000}) for n in range(40)]
+    for token in tokens:
+        identity = await verifier.verify(token)
+        assert identity.subject == f"dev{tokens.index(token)}"
+        assert verifier._cache.bytes <= 30_000
+    assert 5 <= verifier.cached < 40
+    checks = verifier.signature_checks
+    assert verifier.remembered(tokens[-1]) is not None  # the newest stay remembered
+    assert verifier.remembered(tokens[0]) is None  # the oldest went for room
+    assert (await verifier.verify(tokens[0])).subject == "dev0"  # verified afresh
+    assert verifier.signature_checks == checks + 1
+    assert verifier._cache.bytes <= 30_000
+
+
 async def test_refusals_are_not_cached(make_verifier: MakeVerifier, minter: Minter) -> None:
     verifier = await make_verifier(
         JWTSettings(issuer=ISSUER, algorithms=("HS256",), secret=SECRET), cls=CountingVerifier
@@ -386,3 +415,16 @@ async def test_claims_are_read_only_compact_and_share_their_names(
         two.claims["absent"]
     with pytest.raises(TypeError):
         two.claims["tenant"] = "t1"  # type: ignore[index]
+
+
+async def test_a_remembered_identity_holds_its_jwts_own_numbers(
+    make_verifier: MakeVerifier, minter: Minter
+) -> None:
+    # exp and iat as the claims' own ints, not float copies: 48 bytes per remembered JWT.
+    verifier = await make_verifier(JWTSettings(issuer=ISSUER, algorithms=("HS256",), secret=SECRET))
+    identity = await verifier.verify(minter.sign(SECRET))
+    assert identity.expires_at is identity.claims["exp"]
+    assert identity.issued_at is identity.claims["iat"]
+    # Remembered as itself, its key named in it, not in a pair beside it (56 bytes a JWT).
+    assert list(verifier._cache._data.values()) == [identity]
+    assert identity.key_ref

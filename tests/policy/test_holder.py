@@ -72,3 +72,20 @@ def test_records_carry_their_claim_names_through_json() -> None:
     legacy = json.loads(cut.to_json())
     del legacy["claim_names"]
     assert TokenRecord.from_json(json.dumps(legacy)).claim_names == {"tenant"}
+
+
+def test_the_claims_memo_makes_no_reference_cycle() -> None:
+    # An identity forgotten by the verifier must be freed at once, not by the cyclic collector:
+    # the memo on its claims holds no reference back to them.
+    import sys
+
+    from authserver.identity.model import Claims
+
+    holder = PolicyHolder.load(EXAMPLE_POLICY)
+    claims = Claims({"groups": 0, "tenant": 1}, (["ops"], "t1"))
+    held = sys.getrefcount(claims)
+    assert holder.kept_claims(claims) is claims
+    key = holder.claims_key(claims)
+    assert holder.claims_key(claims) is key
+    assert claims.memo is not None
+    assert sys.getrefcount(claims) == held

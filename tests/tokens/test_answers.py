@@ -195,3 +195,12 @@ def test_working_tells_the_first_of_identical_requests_in_flight() -> None:
     with cache.working("a", b"") as again:  # the earlier ones are done
         assert again
     assert cache._working == {}
+
+
+def test_equal_requests_are_held_as_one_object() -> None:
+    # Nearly every device asks the policy's defaults: 20,000 answers hold one request.
+    cache = AnswerCache(10)
+    cache.put("a", tuple(["defaults", 3600]), answer("k-a"))  # two equal, separate objects
+    cache.put("b", tuple(["defaults", 3600]), answer("k-b"))
+    (_, first), (_, second) = cache._entries
+    assert first is second

@@ -129,17 +129,29 @@ def make_kit() -> MakeKit:
         *,
         shared: bool = False,
         store_size: int = 1000,
+        store_bytes: int = 1 << 30,
+        l1_bytes: int = 1 << 30,
+        plan_bytes: int = 1 << 30,
         answers: int = 100,
         subject_limit: Limit = UNLIMITED,
         **jwt_settings: Any,
     ) -> Kit:
         clock = ManualClock()
-        store = (SharedMemoryStore if shared else MemoryStore)(clock, maxsize=store_size)
+        store = (SharedMemoryStore if shared else MemoryStore)(
+            clock, maxsize=store_size, max_bytes=store_bytes
+        )
         minter = FakeMinter()
         service = TokenService(
-            minter, store, instance_id="mqtt-test", access_key_id="AK", clock=clock
+            minter,
+            store,
+            instance_id="mqtt-test",
+            access_key_id="AK",
+            clock=clock,
+            l1_bytes=l1_bytes,
         )
-        holder = PolicyHolder(Path("policy.yaml"), parse_policy(POLICY, "test"))
+        holder = PolicyHolder(
+            Path("policy.yaml"), parse_policy(POLICY, "test"), plan_cache_bytes=plan_bytes
+        )
         settings = JWTSettings(
             algorithms=("HS256",), issuer=ISSUER, secret=SECRET, leeway=0, **jwt_settings
         )
@@ -283,6 +295,68 @@ async def test_store_eviction_forgets_answers_without_an_invalidation(
     assert len(kit.issuer.answers) == 1
     assert not kit.repeats(token)
     assert not set(await kit.ask(token)) & set(first)
+
+
+async def test_store_eviction_by_bytes_forgets_answers_too(make_kit: MakeKit) -> None:
+    # The same row for a store full by bytes: about 1.5 KB a record, 6 KB hold two devices.
+    kit = make_kit(store_bytes=6_000)
+    tokens = [kit.jwt(f"dev-{n}") for n in range(6)]
+    answered = [await kit.ask(token) for token in tokens]
+    assert kit.store._records.bytes <= 6_000
+    assert 2 <= len(kit.store._records) < 12
+    assert not kit.repeats(tokens[0])
+    assert len(kit.issuer.answers) == len(kit.store._records) // 2
+    assert await kit.ask(tokens[-1]) == answered[-1]  # the newest still answered as before
+    minted = len(kit.minter.minted)
+    assert not set(await kit.ask(tokens[0])) & set(answered[0])  # the oldest minted anew
+    assert len(kit.minter.minted) == minted + 2
+    assert kit.store._records.bytes <= 6_000
+
+
+async def test_l1_bounded_by_bytes_still_answers(make_kit: MakeKit) -> None:
+    kit = make_kit(shared=True, l1_bytes=6_000)
+    l1 = kit.service._l1
+    assert l1 is not None
+    tokens = [kit.jwt(f"dev-{n}") for n in range(6)]
+    answered = [await kit.ask(token) for token in tokens]
+    assert l1.bytes <= 6_000
+    assert 2 <= len(l1) < 12
+    assert len(kit.store._records) == 12  # the store behind it keeps them all
+    kit.issuer.answers.clear()  # so that the next asks go through L1, else the store
+    for token, before in zip(tokens, answered, strict=True):
+        assert await kit.ask(token) == before
+        assert l1.bytes <= 6_000
+    assert len(kit.minter.minted) == 12
+
+
+async def test_remembered_jwts_bounded_by_bytes_still_answer(make_kit: MakeKit) -> None:
+    kit = make_kit(cache_bytes=4_000)
+    tokens = [kit.jwt(f"dev-{n}", pad="x" * 500) for n in range(12)]
+    answered = [await kit.ask(token) for token in tokens]
+    cache = kit.verifier._cache
+    assert cache.bytes <= 4_000
+    assert 1 <= len(cache) < 12
+    assert kit.verifier.remembered(tokens[0]) is None  # the oldest went for room
+    for token, before in zip(tokens, answered, strict=True):  # verified again where needed
+        assert await kit.ask(token) == before
+        assert cache.bytes <= 4_000
+    assert len(kit.minter.minted) == 24
+
+
+async def test_plans_bounded_by_bytes_still_decide(make_kit: MakeKit) -> None:
+    kit = make_kit(plan_bytes=2_000)
+    plans = kit.holder._plans
+    tokens = [kit.jwt(f"dev-{n}") for n in range(10)]
+    for token in tokens:
+        await kit.ask(token)
+        assert plans.bytes <= 2_000
+    assert 1 <= len(plans) < 10
+    kit.issuer.answers.clear()  # the plans are asked again; the evicted ones worked out anew
+    for n, token in enumerate(tokens):
+        identity = await kit.verifier.verify(token)
+        plan = kit.holder.plan(identity.subject, identity.claims, None, None, None)
+        assert plan.write == (f"devices/dev-{n}/#",)
+        assert plans.bytes <= 2_000
 
 
 async def test_store_expiry_forgets_answers(make_kit: MakeKit) -> None:

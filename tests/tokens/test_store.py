@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import redis.asyncio as aioredis
 
+from authserver.bounded import ExpiringMap
 from authserver.clock import ManualClock
-from authserver.tokens.expiring import ExpiringMap
 from authserver.tokens.model import TokenRecord
 from authserver.tokens.store import (
     CLIENT_EPOCH,
@@ -167,3 +167,58 @@ async def test_memory_store_subject_with_many_clients_keeps_every_key() -> None:
     assert "dave" not in store._by_subject
     assert store._by_value == {}
     assert store._by_client == {}
+
+
+def test_expiring_map_bounded_by_bytes_never_holds_more() -> None:
+    dropped: list[str] = []
+    data: ExpiringMap[str, str] = ExpiringMap(
+        100,
+        on_drop=lambda k, _v: dropped.append(k),
+        max_bytes=1000,
+        weigh=lambda _k, v: len(v),
+    )
+    assert data.put("a", "x" * 400)
+    assert data.put("b", "x" * 400)
+    assert data.put("c", "x" * 400)  # 1,200 > 1,000: the oldest goes first
+    assert dropped == ["a"]
+    assert data.bytes == 800
+    assert not data.put("huge", "x" * 1001)  # larger than the whole bound: never kept
+    assert data.get("huge", 0) is None
+    assert [k for k, _ in data.items(0)] == ["b", "c"]  # and nothing went for it
+    data.pop("b")
+    assert data.bytes == 400
+    data.clear()
+    assert data.bytes == 0
+
+
+def test_expiring_map_touch_keeps_what_is_used() -> None:
+    data: ExpiringMap[str, int] = ExpiringMap(2, touch=True)
+    data.put("a", 1)
+    data.put("b", 2)
+    assert data.get("a", 0) == 1  # used: b is now the oldest
+    data.put("c", 3)
+    assert data.get("b", 0) is None
+    assert data.get("a", 0) == 1
+
+
+async def test_memory_store_bounded_by_bytes_keeps_indexes_true() -> None:
+    clock = ManualClock(start=1000.0)
+    evicted: list[str] = []
+    store = MemoryStore(clock, maxsize=10_000, max_bytes=20_000)
+    store.watch_evictions(evicted.append)
+    now = int(clock.time() * 1000)
+    for n in range(100):  # 1,000-character tokens: about 1.5 KB a record by record_weight
+        await store.put(f"k{n}", record(f"{n:04d}" + "t" * 996, f"s{n}", now + 90_000, f"c{n}"))
+        assert store._records.bytes <= 20_000
+    kept = [k for k, _ in store._records.items(0)]
+    assert 5 <= len(kept) < 100
+    assert evicted == [f"k{n}" for n in range(100 - len(kept))]
+    # The newest still answer, by key, subject, client and value; the evicted left nothing.
+    assert (await store.get("k99", "s99")) is not None
+    assert [k for k, _ in await store.subject_tokens("s99")] == ["k99"]
+    assert [k for k, _ in await store.client_tokens("c99")] == ["k99"]
+    found = await store.lookup("0099" + "t" * 996)
+    assert found is not None
+    assert found[0] == "k99"
+    assert await store.lookup("0000" + "t" * 996) is None
+    assert len(store._by_value) == len(store._by_subject) == len(store._by_client) == len(kept)
