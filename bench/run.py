@@ -231,8 +231,10 @@ def start_gateway(
     quota: float,
     account_quota: float,
     redis_url: str | None = None,
+    extra_env: dict[str, str] | None = None,
 ) -> h.Server:
-    """`authserver serve` (one worker) on the server core, configured through its environment."""
+    """`authserver serve` (one worker) on the server core, configured through its environment
+    (`extra_env` added to or overriding harness.gateway_env's)."""
     port = h.free_port()
     env = h.gateway_env(
         port,
@@ -241,6 +243,7 @@ def start_gateway(
         quota_account=account_quota,
         redis_url=redis_url,
     )
+    env.update(extra_env or {})
     return fleet.start(
         name, h.python_argv("-m", "authserver", "serve"), port, core=h.SERVER_CORE, env=env
     )
