@@ -572,6 +572,8 @@ def parse_args() -> argparse.Namespace:
 def main() -> int:
     """Start the servers, soak, print the table and the verdict; 1 on any 5xx (or --strict)."""
     args = parse_args()
+    # Killed (nohup runs, timeouts): unwind through the fleet, which stops every server.
+    signal.signal(signal.SIGTERM, lambda _signum, _frame: sys.exit(143))
     if shutil.which("redis-server") is None:
         print("redis-server is not installed: apt-get install -y redis-server", file=sys.stderr)
         return 2
