@@ -9,13 +9,17 @@ from typing import Generic, TypeVar
 K = TypeVar("K")
 V = TypeVar("V")
 
+EXPIRED_PER_PUT = 2
+
 
 class ExpiringMap(Generic[K, V]):
     """Insertion-ordered, evicts the oldest when full; an entry is gone once `until(v) <= now`.
 
     Lighter than cachetools' TLRUCache on the hot path: a hit is one dict lookup and one
-    comparison, with no timer call and no heap upkeep. Expired entries are dropped when met
-    and, being the oldest, are the first evicted.
+    comparison, with no timer call and no heap upkeep. Expired entries are dropped when met,
+    and each `put` drops up to EXPIRED_PER_PUT expired ones from the oldest end: an entry
+    nobody asks for again (a device that left) must not stay until the map is full, or the
+    memory held follows every key ever seen instead of the live ones.
     """
 
     def __init__(
@@ -44,16 +48,32 @@ class ExpiringMap(Generic[K, V]):
             return None
         return value
 
-    def put(self, key: K, value: V) -> None:
-        """Keep `value`; the oldest entry goes when full."""
+    def put(self, key: K, value: V, now: float) -> None:
+        """Keep `value`; expired entries at the oldest end go, and the oldest one when full."""
         if self._maxsize <= 0:
             return
         self._data.pop(key, None)
+        self._drop_expired(now)
         while len(self._data) >= self._maxsize:
             old_key, old_value = self._data.popitem(last=False)
             if self._on_drop is not None:
                 self._on_drop(old_key, old_value)
         self._data[key] = value
+
+    def _drop_expired(self, now: float) -> None:
+        # More than one a put, so the expired ones are reclaimed faster than keys arrive; the
+        # first live entry stops it (insertion order is close to expiry order, not equal).
+        data = self._data
+        for _ in range(EXPIRED_PER_PUT):
+            if not data:
+                return
+            key = next(iter(data))
+            value = data[key]
+            if self._until(value) > now:
+                return
+            del data[key]
+            if self._on_drop is not None:
+                self._on_drop(key, value)
 
     def pop(self, key: K) -> V | None:
         """Remove and return the value under `key` (live or not)."""

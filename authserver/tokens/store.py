@@ -216,7 +216,7 @@ class MemoryStore:
         old = self._records.pop(key)
         if old is not None:
             self._unindex(key, old)
-        self._records.put(key, record)
+        self._records.put(key, record, self._now_ms())
         _index_add(self._by_subject, record.subject, key)
         if record.client_id is not None:
             _index_add(self._by_client, record.client_id, key)
