@@ -50,6 +50,9 @@ QUOTA = 1000.0
 # A revoked device waits this long for its app to hand it a new JWT: `iat` counts whole
 # seconds, so a JWT signed within the second of the block would still be issued before it.
 RENEW_AFTER_BLOCK = 1.5
+# Devices' apps renew a JWT when this share of its lifetime has passed (never sending one
+# expired); a renewed JWT is never sent again, so the gateway must let it go when it expires.
+RENEW_AT = 0.8
 # The plateau verdict: the second half's RSS trend may add at most this much over the half.
 RSS_TOLERANCE_MB = 4.0
 RSS_TOLERANCE_SHARE = 0.03
@@ -86,6 +89,8 @@ class Device:
     subject: str
     jwt: str
     body: bytes
+    # When its app renews the JWT, before it expires (at RENEW_AT of its lifetime).
+    renew_by: float
     # When a revocation blocked its JWT: it asks again only with a new one, after this time.
     renew_at: float = 0.0
 
@@ -147,12 +152,26 @@ class Soak:
         body = b""
         if random.random() < self.args.client_id_share:
             body = client_id_bodies([subject])[0].encode()
-        return Device(subject, self.new_jwt(subject), body)
+        return Device(subject, self.new_jwt(subject), body, self.renew_by())
 
     def new_jwt(self, subject: str) -> str:
-        """A JWT never seen for `subject`, issued now."""
+        """A JWT never seen for `subject`, issued now, valid for `--jwt-lifetime` minutes."""
         self.next_jti += 1
-        return make_jwts([subject], tag=f"soak{self.next_jti}")[0]
+        lifetime = self.args.jwt_lifetime * 60
+        return make_jwts([subject], tag=f"soak{self.next_jti}", lifetime=lifetime)[0]
+
+    def renew_by(self) -> float:
+        """When a JWT issued now is renewed by its device's app."""
+        lifetime: float = self.args.jwt_lifetime * 60
+        return time.monotonic() + RENEW_AT * lifetime
+
+    def renew(self, device: Device) -> None:
+        """Give `device` a new JWT (same subject)."""
+        device.jwt, device.renew_at, device.renew_by = (
+            self.new_jwt(device.subject),
+            0.0,
+            self.renew_by(),
+        )
 
 
 async def device_request(soak: Soak, session: aiohttp.ClientSession, device: Device) -> None:
@@ -223,8 +242,11 @@ async def devices_loop(soak: Soak, session: aiohttp.ClientSession, stop: asyncio
                 if now < device.renew_at:
                     sent += 1
                     continue
-                device.jwt, device.renew_at = soak.new_jwt(device.subject), 0.0
+                soak.renew(device)
                 soak.interval.events["renewed after block"] += 1
+            elif now >= device.renew_by:
+                soak.renew(device)
+                soak.interval.events["renewed before expiry"] += 1
             await slots.acquire()
             task = asyncio.create_task(one(device))
             running.add(task)
@@ -241,8 +263,7 @@ async def churn_loop(soak: Soak, stop: asyncio.Event) -> None:
             soak.devices[random.randrange(len(soak.devices))] = soak.new_device()
             soak.interval.events["new subjects"] += 1
         for _ in range(soak.args.renewals):
-            device = random.choice(soak.devices)
-            device.jwt = soak.new_jwt(device.subject)
+            soak.renew(random.choice(soak.devices))
             soak.interval.events["renewals"] += 1
 
 
@@ -545,6 +566,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--devices", type=int, default=2000, help="devices at any time")
     parser.add_argument("--churn", type=int, default=1, help="new subjects per second")
     parser.add_argument("--renewals", type=int, default=2, help="JWT renewals per second")
+    parser.add_argument(
+        "--jwt-lifetime", type=float, default=10.0, help="minutes a device JWT is valid"
+    )
     parser.add_argument(
         "--client-id-share", type=float, default=0.3, help="share of devices sending a clientId"
     )
