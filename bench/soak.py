@@ -202,23 +202,26 @@ async def device_request(soak: Soak, session: aiohttp.ClientSession, device: Dev
             # A revocation blocked this JWT: the device's app gives it a new one shortly.
             device.blocked_until = time.monotonic() + RENEW_AFTER_BLOCK
         if status >= 500:
-            if during_outage(soak, sent_minute, code, answer.headers):
+            if during_outage(soak, sent_minute, soak.minutes(), code, answer.headers):
                 soak.outage_503 += 1
             else:
                 soak.five_xx.append(f"{sent_minute:.2f} min: {status} {body[:200]!r}")
     interval.statuses[(status, code)] += 1
 
 
-def during_outage(soak: Soak, minute: float, code: str, headers: Mapping[str, str]) -> bool:
+def during_outage(
+    soak: Soak, sent: float, answered: float, code: str, headers: Mapping[str, str]
+) -> bool:
     """Whether a 5xx is the documented answer to Redis being down: 503 store_unavailable with
-    Retry-After, for a request sent between the kill and OUTAGE_GRACE after Redis came back."""
+    Retry-After, for a request in flight (`sent` to `answered`, minutes) at some moment
+    between the kill and OUTAGE_GRACE after Redis came back."""
     if code != "store_unavailable" or "Retry-After" not in headers:
         return False
     down = soak.redis_down_at
     if down is None:
         return False
     up = soak.redis_outage[1] if soak.redis_outage is not None else float("inf")
-    return down <= minute <= up + OUTAGE_GRACE / 60
+    return answered >= down and sent <= up + OUTAGE_GRACE / 60
 
 
 async def devices_loop(soak: Soak, session: aiohttp.ClientSession, stop: asyncio.Event) -> None:
