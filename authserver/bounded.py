@@ -14,6 +14,8 @@ from typing import Generic, TypeVar
 K = TypeVar("K")
 V = TypeVar("V")
 
+EXPIRED_PER_PUT = 2
+
 
 def weight(value: object) -> int:
     """Roughly the bytes a value holds: strings and bytes by length, containers by their items.
@@ -50,8 +52,10 @@ class ExpiringMap(Generic[K, V]):
     never holds more. `touch=True` moves an entry found by `get` to the young end (LRU).
 
     Lighter than cachetools' TLRUCache on the hot path: a hit is one dict lookup and one
-    comparison, with no timer call and no heap upkeep. Expired entries are dropped when met
-    and, being the oldest, are the first evicted.
+    comparison, with no timer call and no heap upkeep. Expired entries are dropped when met,
+    and each `put` given `now` drops up to EXPIRED_PER_PUT expired ones from the oldest end:
+    an entry nobody asks for again (a device that left, a renewed JWT) must not stay until the
+    map is full, or the memory held follows every key ever seen instead of the live ones.
     """
 
     def __init__(
@@ -90,11 +94,16 @@ class ExpiringMap(Generic[K, V]):
             self._data.move_to_end(key)
         return value
 
-    def put(self, key: K, value: V) -> bool:
-        """Keep `value` (the oldest entries go to make room); False when it is not kept."""
+    def put(self, key: K, value: V, now: float | None = None) -> bool:
+        """Keep `value` (the oldest entries go to make room); False when it is not kept.
+
+        With `now`, expired entries at the oldest end go first (see the class docstring).
+        """
         if self._maxsize <= 0:
             return False
         self._remove(key)
+        if now is not None:
+            self._drop_expired(now)
         size = 0
         limit = self._max_bytes
         if limit is not None:
@@ -113,6 +122,21 @@ class ExpiringMap(Generic[K, V]):
         data[key] = value
         self.bytes += size
         return True
+
+    def _drop_expired(self, now: float) -> None:
+        # More than one a put, so the expired ones are reclaimed faster than keys arrive; the
+        # first live entry stops it (insertion order is close to expiry order, not equal).
+        data = self._data
+        for _ in range(EXPIRED_PER_PUT):
+            if not data:
+                return
+            key = next(iter(data))
+            value = data[key]
+            if self._until(value) > now:
+                return
+            self._remove(key)
+            if self._on_drop is not None:
+                self._on_drop(key, value)
 
     def _remove(self, key: K) -> V | None:
         value = self._data.pop(key, None)

@@ -8,6 +8,7 @@ Prometheus scrapes, by a custom collector, so the components never import this m
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import platform
 from bisect import bisect_left
@@ -295,12 +296,31 @@ class BuildInfo(Collector):
         yield info
 
 
+class EventLoopTasks(Collector):
+    """`authserver_event_loop_tasks`: tasks alive on the gateway's event loop at scrape time.
+
+    A count that climbs under steady traffic is a leak of requests or background work that
+    never finish (the soak benchmark, bench/soak.py, watches it).
+    """
+
+    def collect(self) -> Iterable[Metric]:
+        """One gauge sample, when scraped from inside the running loop (as /metrics is)."""
+        try:
+            tasks = asyncio.all_tasks()
+        except RuntimeError:  # no running loop: nothing to count
+            return
+        gauge = _gauge("event_loop_tasks", "Asyncio tasks not yet done on the event loop")
+        gauge.add_metric([], len(tasks))
+        yield gauge
+
+
 class Metrics:
     """The metrics of one application: its own registry, never the process-global one."""
 
     def __init__(self, sources: Sources | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(BuildInfo())
+        self.registry.register(EventLoopTasks())
         self.requests = RequestMetrics()
         self.registry.register(self.requests)
         self.components = ComponentCollector(sources or Sources())

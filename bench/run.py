@@ -262,8 +262,10 @@ def start_gateway(
     account_quota: float,
     redis_url: str | None = None,
     event_loop: str = "asyncio",
+    extra_env: dict[str, str] | None = None,
 ) -> h.Server:
-    """`authserver serve` (one worker) on the server core, configured through its environment."""
+    """`authserver serve` (one worker) on the server core, configured through its environment
+    (`extra_env` added to or overriding harness.gateway_env's)."""
     port = h.free_port()
     env = h.gateway_env(
         port,
@@ -273,6 +275,7 @@ def start_gateway(
         redis_url=redis_url,
         event_loop=event_loop,
     )
+    env.update(extra_env or {})
     return fleet.start(
         name, h.python_argv("-m", "authserver", "serve"), port, core=h.SERVER_CORE, env=env
     )

@@ -425,7 +425,7 @@ class JWTVerifier:
         return Claims(table, tuple(claims.values()))
 
     def _remember(self, digest: bytes, identity: Identity) -> None:
-        self._cache.put(digest, identity)
+        self._cache.put(digest, identity, self._clock.time())
 
     def _drop_keys(self, refs: frozenset[str]) -> None:
         self.epoch += 1

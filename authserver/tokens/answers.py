@@ -47,6 +47,8 @@ REPEAT_SPELLINGS = 2
 REPEAT_MAX_HEADER = 1024
 REPEAT_MAX_BODY = 1024
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
+# Answers past their freshness let go from the oldest end each time one is kept.
+EXPIRED_PER_PUT = 2
 # What an entry costs beyond its own bytes (measured with tracemalloc: the OrderedDict slot,
 # the Answer or Repeat object, its tuples and list, the reverse index entries).
 ANSWER_OVERHEAD = 400
@@ -234,8 +236,16 @@ class AnswerCache:
         if repeat is not None:
             self.bytes -= repeat.size
 
-    def put(self, who: Hashable, request: Hashable, answer: Answer) -> None:
-        """Keep `answer`; the oldest entries go to make room."""
+    def put(
+        self, who: Hashable, request: Hashable, answer: Answer, now_ms: float | None = None
+    ) -> None:
+        """Keep `answer`; the oldest entries go to make room.
+
+        With `now_ms`, up to EXPIRED_PER_PUT answers past their freshness also go from the
+        oldest end: the answer of a device that left is never asked for again, and keeping
+        it (and its repeats) until the cache fills makes the memory follow every device ever
+        seen rather than the live ones.
+        """
         if self._maxsize <= 0:
             return
         requests = self._requests
@@ -246,6 +256,8 @@ class AnswerCache:
             shared = requests[request] = request
         slot = (who, shared)
         self._forget(slot)
+        if now_ms is not None:
+            self._drop_stale(now_ms)
         size = (
             ANSWER_OVERHEAD
             + len(answer.body)
@@ -270,6 +282,16 @@ class AnswerCache:
                 held.append(slot)
             else:
                 by_key[key] = [held, slot]
+
+    def _drop_stale(self, now_ms: float) -> None:
+        entries = self._entries
+        for _ in range(EXPIRED_PER_PUT):
+            if not entries:
+                return
+            slot = next(iter(entries))
+            if entries[slot].fresh_until_ms > now_ms:
+                return
+            self._let_go(slot, entries.pop(slot))
 
     def _forget(self, slot: Slot) -> None:
         answer = self._entries.pop(slot, None)

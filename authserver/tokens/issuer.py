@@ -281,7 +281,7 @@ class TokenIssuer:
         )
         # Built across an invalidation, the tokens may be the very ones just revoked.
         if service.generation == generation:
-            self.answers.put(who, asked, answer)
+            self.answers.put(who, asked, answer, self._clock.time() * 1000)
         return answer
 
     def invalidate(self, keys: Iterable[str]) -> None:

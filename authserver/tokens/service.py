@@ -313,7 +313,7 @@ class TokenService:
         holder = Holder(request.subject, request.client_id, request.claims, request.marks)
         for here, record in fresh:
             await self.store.hold(record, holder)
-            self._held_here.put(here, record.expire_ms)
+            self._held_here.put(here, record.expire_ms, self._clock.time() * 1000)
         if await self._epochs(request) != epoch.value:
             raise self._revoked_while_issuing()
         # The same for its claim values: a revocation of one lists the holdings by value.
@@ -409,7 +409,7 @@ class TokenService:
         # Kept in L1 only if no invalidation landed meanwhile: the record read before a
         # revocation must not be put back after the revocation dropped the key.
         if l1 is not None and self.generation == generation:
-            l1.put(key, record)
+            l1.put(key, record, self._clock.time() * 1000)
         return record
 
     def _refresh_early(
@@ -472,7 +472,7 @@ class TokenService:
                 retired = (_retired_key(key, current), current)
                 await self._check_claim_epochs(request, claims_at, [(key, record), retired])
             if self._l1 is not None and self.generation == generation:
-                self._l1.put(key, record)
+                self._l1.put(key, record, self._clock.time() * 1000)
         finally:
             await self._unlock(key, owner, lock_id)
 
@@ -539,7 +539,7 @@ class TokenService:
             )
             record = await self._landing(flight, deadline)
         if self._l1 is not None and self._fresh(record) and self.generation == generation:
-            self._l1.put(key, record)
+            self._l1.put(key, record, self._clock.time() * 1000)
         return record
 
     async def _landing(self, flight: asyncio.Task[TokenRecord], deadline: float) -> TokenRecord:

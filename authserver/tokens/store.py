@@ -245,7 +245,7 @@ class MemoryStore:
         old = self._records.pop(key)
         if old is not None:
             self._unindex(key, old)
-        if not self._records.put(key, record):
+        if not self._records.put(key, record, self._now_ms()):
             # Larger than the whole byte bound: handed out, never kept (nor indexed).
             return True
         _index_add(self._by_subject, record.subject, key)

@@ -6,6 +6,9 @@ Nothing here is timed; the benchmark itself is `python bench/run.py`.
 from __future__ import annotations
 
 import asyncio
+import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -218,3 +221,52 @@ async def test_sharing_bench_counts_the_mints_of_each_mode() -> None:
     assert (calls, distinct) == (80, 80)
     calls, distinct, _seconds = await one_mode("identical-grants", devices)
     assert (calls, distinct) == (8, 8)
+
+
+def test_soak_prints_its_table_and_verdict() -> None:
+    """bench/soak.py for 9 s: a row per 3 s with every column, the Redis restart, a verdict."""
+    from bench.soak import COLUMNS
+
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(harness.ROOT / "bench" / "soak.py"),
+            "--duration",
+            "0.15",
+            "--report-every",
+            "0.05",
+            "--devices",
+            "200",
+            "--rate",
+            "100",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == "| " + " | ".join(COLUMNS) + " |"
+    rows = [line for line in lines[2:] if line.startswith("| ")]
+    assert [row.split(" | ")[0] for row in rows] == ["| 1", "| 2", "| 3"]
+    for row in rows:
+        cells = row.strip("| ").split(" | ")
+        assert len(cells) == len(COLUMNS)
+        requests, rss, fds, tasks = int(cells[2]), float(cells[11]), int(cells[12]), int(cells[13])
+        assert requests > 0
+        assert rss > 0
+        assert fds > 0
+        assert tasks > 0
+        assert cells[10].split()[0] == "0" or "503 store_unavailable" in cells[10]
+    assert "redis restart 1" in done.stdout
+    assert "redis-server answers again" in done.stderr
+    reloads = re.search(r"authserver_policy_reloads_total (\d+)", done.stdout)
+    assert reloads is not None
+    assert int(reloads.group(1)) >= 1
+    verdict = lines[lines.index("Verdict:") + 1 :]
+    # 9 s say nothing of a plateau: only that each check is made; but never an unexplained 5xx.
+    assert [line.split(" ", 2)[1] for line in verdict[:3]] == ["RSS", "open", "event-loop"]
+    assert all(line.split()[0] in {"PASS", "FAIL"} for line in verdict[:3])
+    assert verdict[3].startswith("PASS 5xx answers other than the outage's: 0")
+    assert verdict[-1] in {"RSS plateaued", "RSS, fds or tasks did NOT plateau"}

@@ -217,3 +217,28 @@ async def test_a_long_authorization_header_is_not_remembered(
         await fetch(client, jwt)
     assert answers_of(client).repeats == 0
     assert answers_of(client).hits == 2  # still answered from the finished answers
+
+
+async def test_devices_that_left_are_forgotten_once_expired_not_when_the_caches_fill(
+    make_emulator: MakeEmulator, make_gateway: MakeGateway
+) -> None:
+    # bench/soak.py: with new subjects arriving and JWTs renewed, every layer kept what no
+    # device would ask for again until it was full, and the RSS grew all through the run.
+    clock, client = await clocked(make_emulator, make_gateway)
+    app = client.server.app
+    leaving = [make_jwt(f"gone-{i}", now=clock.time(), lifetime=600) for i in range(4)]
+    for jwt in leaving:
+        await fetch(client, jwt)
+        await fetch(client, jwt)  # remembered as a repeat too
+    answers, tokens = answers_of(client), app[appkeys.TOKENS]
+    assert (len(answers), answers.repeats, app[appkeys.VERIFIER].cached) == (4, 4, 4)
+    records = tokens.store._records  # type: ignore[attr-defined]
+    assert len(records) == 8  # an R and a W token each
+
+    clock.advance(2 * 3600)  # their JWTs, answers and tokens (1 h) have all expired
+    for i in range(2):
+        await fetch(client, make_jwt(f"new-{i}", now=clock.time()))
+    assert len(answers) == 2
+    assert answers.repeats == 0
+    assert app[appkeys.VERIFIER].cached == 2
+    assert len(records) == 4

@@ -245,6 +245,23 @@ async def test_the_cache_is_bounded_and_evicts_the_least_recently_used(
     assert verifier.signature_checks == 4
 
 
+async def test_expired_tokens_are_forgotten_as_new_ones_come_not_when_the_cache_is_full(
+    make_verifier: MakeVerifier, minter: Minter
+) -> None:
+    # A renewed JWT is never sent again: kept until the cache filled, the memory followed
+    # every JWT ever seen (bench/soak.py's RSS grew all through its second half).
+    verifier = await make_verifier(
+        JWTSettings(issuer=ISSUER, algorithms=("HS256",), secret=SECRET, leeway=0)
+    )
+    for name in "abcde":
+        await verifier.verify(minter.sign(SECRET, lifetime=60, claims={"sub": name}))
+    assert verifier.cached == 5
+    minter.clock.advance(120)
+    for name in "fgh":
+        await verifier.verify(minter.sign(SECRET, lifetime=600, claims={"sub": name}))
+    assert verifier.cached == 3  # two expired ones go with each new one
+
+
 async def test_a_cache_size_of_zero_disables_the_cache(
     make_verifier: MakeVerifier, minter: Minter
 ) -> None:

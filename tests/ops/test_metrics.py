@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from authserver import appkeys
 from authserver.web.openapi import openapi_document
 from tests.fixtures.emulator import EmulatorHandle
@@ -170,3 +172,20 @@ async def test_refusals_by_limit_and_the_answer_cache_bytes_are_exposed(
     assert value(text, "authserver_rate_limited_total", limit="mint") == 1
     held = client.server.app[appkeys.ISSUER].answers.bytes
     assert value(text, "authserver_answer_cache_bytes") == held > 0
+
+
+async def test_event_loop_tasks_counts_the_tasks_alive_on_the_loop(
+    emulator: EmulatorHandle, make_gateway: MakeGateway
+) -> None:
+    client = await make_gateway(emulator)
+    before = value(await scrape(client), "authserver_event_loop_tasks")
+    assert before >= 1  # at least the task answering this scrape
+    # The test client's server runs on this loop: tasks parked here are the gateway's to see.
+    release = asyncio.Event()
+    parked = [asyncio.create_task(release.wait()) for _ in range(5)]
+    during = value(await scrape(client), "authserver_event_loop_tasks")
+    release.set()
+    await asyncio.gather(*parked)
+    after = value(await scrape(client), "authserver_event_loop_tasks")
+    assert during >= before + 5
+    assert after <= during - 5

@@ -118,6 +118,23 @@ def test_an_answer_that_goes_takes_its_repeats_with_it() -> None:
     assert cache.repeats == 0
 
 
+def test_answers_past_their_freshness_go_as_new_ones_come_not_when_full() -> None:
+    # The answer of a device that left is never asked for again: kept until the cache
+    # filled, the memory followed every device ever seen (bench/soak.py showed it).
+    cache = AnswerCache(100)
+    for name in "abcd":
+        cache.remember_repeat(f"Bearer {name}", b"", repeat_of(cache, name, f"k-{name}"))
+    assert (len(cache), cache.repeats) == (4, 4)
+    cache.put("e", b"", answer("k-e", fresh_until=9000), 1000)
+    assert len(cache) == 5  # all still fresh at 1000
+    cache.put("f", b"", answer("k-f", fresh_until=9000), 2000)
+    cache.put("g", b"", answer("k-g", fresh_until=9000), 2000)
+    assert len(cache) == 3  # a to d were fresh until 2000: two go with each new answer
+    assert cache.repeats == 0  # and their repeats with them
+    assert cache.fresh("e", b"", "v1", 2000) is not None
+    assert_consistent(cache)
+
+
 def assert_consistent(cache: AnswerCache) -> None:
     """No half-state: the byte count, the index and the repeats agree with the answers held."""
     entries, repeats = cache._entries, cache._repeats

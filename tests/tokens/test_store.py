@@ -35,16 +35,33 @@ def test_expiring_map_serves_until_and_evicts_oldest() -> None:
     data: ExpiringMap[str, int] = ExpiringMap(
         2, lambda v: v, on_drop=lambda k, _v: dropped.append(k)
     )
-    data.put("a", 100)
-    data.put("b", 200)
+    data.put("a", 100, 0)
+    data.put("b", 200, 0)
     assert data.get("a", 99) == 100
     assert data.get("a", 100) is None  # expired at 100, dropped when met
-    data.put("c", 300)
-    data.put("d", 400)  # full: the oldest ("b") goes
+    data.put("c", 300, 100)
+    data.put("d", 400, 100)  # full: the oldest ("b") goes
     assert data.get("b", 0) is None
     assert dropped == ["a", "b"]
     assert [k for k, _ in data.items(0)] == ["c", "d"]
     assert [k for k, _ in data.items(350)] == ["d"]
+
+
+def test_expiring_map_lets_expired_entries_go_before_it_is_full() -> None:
+    """Keys never asked for again (a device that left) go once expired, not when full."""
+    dropped: list[str] = []
+    data: ExpiringMap[str, int] = ExpiringMap(
+        1000, lambda v: v, on_drop=lambda k, _v: dropped.append(k)
+    )
+    for i in range(10):
+        data.put(f"old-{i}", 100 + i, 0)
+    data.put("live", 1000, 50)
+    assert len(data) == 11  # nothing expired yet
+    for i in range(5):
+        data.put(f"new-{i}", 1000, 200)  # every old one has expired by now
+    assert len(data) == 6
+    assert sorted(dropped) == sorted(f"old-{i}" for i in range(10))
+    assert data.get("live", 200) == 1000
 
 
 async def test_memory_store_indexes_follow_expiry_and_eviction() -> None:
