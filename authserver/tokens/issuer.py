@@ -94,6 +94,7 @@ under the values of the identity it is handed to.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Hashable, Iterable, Mapping
 from typing import Any, NamedTuple
 
@@ -269,6 +270,7 @@ class TokenIssuer:
                 ttl=asked.ttl,
                 claims=plan.claims,
                 marks=marks,
+                confirm=functools.partial(self._revoker.confirm, identity, asked.client_id),
             ),
             self._clock.monotonic() + self._deadline,
         )
