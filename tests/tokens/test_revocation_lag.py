@@ -11,6 +11,7 @@ the cache costs no read of the blocks.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -131,3 +132,44 @@ async def test_only_a_mint_reads_the_blocks(
         again = await a.post("/v1/token", headers=bearer(jwt), json=BODY)
         assert again.status == 200
     assert len(reads) == 1
+
+
+@pytest.mark.parametrize("selector", list(REVOCATIONS))
+async def test_once_an_epoch_moved_its_block_is_there(
+    make_emulator: MakeEmulator,
+    make_gateway: MakeGateway,
+    redis_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    selector: str,
+) -> None:
+    clock = ManualClock(start=START)
+    emulator, a, b = await two_gateways(make_emulator, make_gateway, redis_url, clock)
+    old_jwt = make_jwt("mia", now=clock.time(), tenant="acme")
+    monkeypatch.setattr(b.server.app[appkeys.BUS], "_receive", lambda _data: None)
+    store = a.server.app[appkeys.TOKENS].store
+    bump_epoch = store.bump_epoch
+    moved, go_on = asyncio.Event(), asyncio.Event()
+
+    async def held_bump(scope: str, name: str) -> int:
+        epoch = await bump_epoch(scope, name)
+        moved.set()
+        await go_on.wait()  # the revocation stops right after its first epoch move
+        return epoch
+
+    monkeypatch.setattr(store, "bump_epoch", held_bump)
+    clock.advance(1)
+    revoking = asyncio.ensure_future(
+        a.post(
+            "/v1/admin/revoke", json=REVOCATIONS[selector], headers=admin_headers(now=clock.time())
+        )
+    )
+    await moved.wait()
+    try:
+        # B mints under the moved epoch: the block must already be in Redis to refuse it.
+        answer = await b.post("/v1/token", headers=bearer(old_jwt), json=BODY)
+    finally:
+        go_on.set()
+    assert (await revoking).status == 202
+    assert answer.status == 401, await answer.text()
+    assert (await answer.json())["code"] == "token_revoked"
+    assert apply_calls(emulator) == 0
