@@ -258,7 +258,9 @@ class TokenService:
         (L1 hits need none), gathering again included: a record minted under an older epoch
         is never stored (the store checks the epochs as it writes) and is revoked upstream,
         and tokens minted and stored before the move (which the revocation then purged) are
-        not answered either: `RevokedWhileIssuing`.
+        not answered either: `RevokedWhileIssuing`. Before it mints, a request checks its
+        JWT against the shared blocks (`request.confirm`): a revocation writes its block
+        before it moves the epoch, so one whose epoch move was read is refused there.
         """
         if self.sharing:
             # Shared tokens live in lifetime classes: asked 3000 s, a device shares the
@@ -419,9 +421,10 @@ class TokenService:
                 self.hits["l1"] += 1
                 return record
         if epoch.value is None:
-            # Before the first await of the request: a revocation (and its block) that lands
-            # while the store is read moves the epoch, and then no token is minted for this
-            # request, whose JWT was checked against the blocks before it came here.
+            # Before the first await of the request: a revocation that lands while the store
+            # is read moves the epoch, and then no token is minted for this request; one that
+            # landed before (its block written before its epoch moved) is met by the check
+            # of the shared blocks before a mint (`_confirm`).
             await self._read_epochs(request, epoch)
         generation = self.generation
         record = await self.store.get(key, self._owner(request))
