@@ -21,10 +21,11 @@ from authserver import appkeys
 from authserver.clock import ManualClock
 from tests.admin.conftest import admin_headers
 from tests.fixtures.emulator import EmulatorHandle, MakeEmulator
-from tests.fixtures.gateway import BOUND_POLICY, MakeGateway, bearer, make_jwt
+from tests.fixtures.gateway import BOUND_POLICY, REPO, MakeGateway, bearer, make_jwt
 from tests.helpers import eventually
 
 START = 1_900_000_000.0
+TENANT_POLICY = REPO / "policies" / "tenant-broadcast.yaml"
 BODY = {"clientId": "GID_fleet@@@mia-1", "actions": ["R"]}
 REVOCATIONS = {
     "subject": {"subject": "mia"},
@@ -173,3 +174,46 @@ async def test_once_an_epoch_moved_its_block_is_there(
     assert answer.status == 401, await answer.text()
     assert (await answer.json())["code"] == "token_revoked"
     assert apply_calls(emulator) == 0
+
+
+async def test_a_shared_token_is_not_handed_to_a_jwt_blocked_on_another_gateway(
+    make_emulator: MakeEmulator,
+    make_gateway: MakeGateway,
+    redis_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = ManualClock(start=START)
+    emulator = await make_emulator(clock=clock)
+    a, b = [
+        await make_gateway(
+            emulator,
+            clock=clock,
+            redis_url=redis_url,
+            policy_file=TENANT_POLICY,
+            token_sharing="identical-grants",
+        )
+        for _ in range(2)
+    ]
+    await eventually(lambda: a.server.app[appkeys.BUS].synced and b.server.app[appkeys.BUS].synced)
+
+    def device(n: int) -> tuple[str, dict[str, str]]:
+        jwt = make_jwt(f"dev-{n}", now=clock.time(), tenant="acme", device_id=f"d{n}")
+        return jwt, {"clientId": f"GID_fleet@@@d{n}"}
+
+    blocked, other = device(0), device(1)
+    shared = await a.post("/v1/token", headers=bearer(other[0]), json=other[1])
+    assert shared.status == 200, await shared.text()
+    minted = apply_calls(emulator)
+    monkeypatch.setattr(b.server.app[appkeys.BUS], "_receive", lambda _data: None)
+    clock.advance(1)
+    revoked = await a.post(
+        "/v1/admin/revoke", json={"subject": "dev-0"}, headers=admin_headers(now=clock.time())
+    )
+    assert revoked.status == 202, await revoked.text()
+
+    # B finds the shared token in the store (no mint) and would hold it for dev-0 after the
+    # revocation listed dev-0's holdings: the new holding checks the shared blocks first.
+    answer = await b.post("/v1/token", headers=bearer(blocked[0]), json=blocked[1])
+    assert answer.status == 401, await answer.text()
+    assert (await answer.json())["code"] == "token_revoked"
+    assert apply_calls(emulator) == minted
