@@ -54,16 +54,21 @@ Invalidation: what each event drops, and what guards work in flight when it land
   a revocation clears before it tells anyone) and gathered again when one is gone.
 - T: a `tokens` event tells every process (the "bus drop" row there).
 - E: the revoked subject's or clientId's epoch (`TokenStore.bump_epoch`, one per scope and
-  name) moves before its tokens are listed: a mint under an older epoch of its request
-  (`service.epoch_names`) is not stored (the store checks them as it writes) and is revoked
-  upstream through the durable queue; a token stored before the move is not answered
-  either. Both answer 503 `RevokedWhileIssuing`, whose retry meets the block.
-- C: the claim value's epoch (the same epochs as E, scope `claim`) moves before its tokens
-  are listed: a mint that stored its tokens after the move finds it moved, revokes them
-  everywhere and answers 503 `RevokedWhileIssuing` (`TokenService._check_claim_epochs`).
+  name) moves after its block is written and before its tokens are listed: a mint under an
+  older epoch of its request (`service.epoch_names`) is not stored (the store checks them as
+  it writes) and is revoked upstream through the durable queue; a token stored before the
+  move is not answered either. Both answer 503 `RevokedWhileIssuing`, whose retry meets the block.
+- C: the claim value's epoch (the same epochs as E, scope `claim`) moves after its block is
+  written and before its tokens are listed: a mint that stored its tokens after the move
+  finds it moved, revokes them everywhere and answers 503 `RevokedWhileIssuing`
+  (`TokenService._check_claim_epochs`).
 - B: a block: `Revoker.check` refuses an app JWT issued before it, on every path (repeat,
   answer, mint), for the subject, any clientId the policy lets the identity use, or any
-  revocable claim value it carries (tokens/revocable.py).
+  revocable claim value it carries (tokens/revocable.py). Its mirror of another process's
+  blocks follows the bus, so a mint (or a new holding of a shared token) also checks the
+  blocks in the state once its epochs are read (`Revoker.confirm`, one round trip per mint,
+  none on a cache hit): a mint that read the epochs moved by E or C finds the block written
+  before them; one that read them before the move is caught by E or C.
 - P: the plan LRU is keyed by the policy version; the claims-key memo (kept on the claims
   object, tagged by the policy holder's swap) is stale after the swap, as the claims a
   policy reads may differ.
@@ -85,7 +90,8 @@ The JWT header memo holds a parse (algorithm, key id) of the header text, which 
 makes wrong: the key it names is looked up afresh.
 
 Each row is tested in tests/tokens/test_issuer.py, without a server (the claim value row
-over real sockets, in tests/tokens/test_revocation_claim.py).
+over real sockets, in tests/tokens/test_revocation_claim.py; a block on a gateway the bus has
+not told yet, in tests/tokens/test_revocation_lag.py).
 
 Claim marks: with AUTHSERVER_REVOCABLE_CLAIMS set, the revocable claim values an identity
 carries are part of its answers' key and its tokens' key, so a token is always recorded
@@ -94,6 +100,7 @@ under the values of the identity it is handed to.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Hashable, Iterable, Mapping
 from typing import Any, NamedTuple
 
@@ -269,6 +276,7 @@ class TokenIssuer:
                 ttl=asked.ttl,
                 claims=plan.claims,
                 marks=marks,
+                confirm=functools.partial(self._revoker.confirm, identity, asked.client_id),
             ),
             self._clock.monotonic() + self._deadline,
         )

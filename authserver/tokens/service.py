@@ -53,6 +53,8 @@ RENEW_DEADLINE = 30.0
 Minter = Callable[[str, tuple[str, ...], str, int, float], Awaitable[str]]
 LostMint = Callable[[str, TokenRecord], Awaitable[None]]
 Escaped = Callable[[list[tuple[str, TokenRecord]]], Awaitable[object]]
+# Refuses (raises) when the app JWT behind a request is blocked, as the shared state says.
+Confirm = Callable[[], Awaitable[None]]
 
 
 class RevokedWhileIssuing(ServiceUnavailable):
@@ -74,6 +76,8 @@ class _Epoch:
 
     value: Epochs | None = None
     claims: Epochs = ()
+    # Whether `TokenRequest.confirm` ran (after the epochs were read): once per request.
+    confirmed: bool = False
 
 
 def epoch_names(request: TokenRequest) -> tuple[EpochName, ...]:
@@ -109,6 +113,10 @@ class TokenRequest:
     claims: Mapping[str, Any] = field(default_factory=dict)
     # The identity's revocable claim values (tokens/revocable.py): kept with its tokens.
     marks: tuple[str, ...] = ()
+    # Checks the app JWT against the blocks in the shared state (`Revoker.confirm`) before
+    # anything is minted or held for it, once its epochs are read: another process's block
+    # may not have reached this one's mirror yet, while its epoch move already has.
+    confirm: Confirm | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -250,7 +258,9 @@ class TokenService:
         (L1 hits need none), gathering again included: a record minted under an older epoch
         is never stored (the store checks the epochs as it writes) and is revoked upstream,
         and tokens minted and stored before the move (which the revocation then purged) are
-        not answered either: `RevokedWhileIssuing`.
+        not answered either: `RevokedWhileIssuing`. Before it mints, a request checks its
+        JWT against the shared blocks (`request.confirm`): a revocation writes its block
+        before it moves the epoch, so one whose epoch move was read is refused there.
         """
         if self.sharing:
             # Shared tokens live in lifetime classes: asked 3000 s, a device shares the
@@ -310,6 +320,8 @@ class TokenService:
             return  # nothing awaited: no revocation could land in between
         if epoch.value is None:
             await self._read_epochs(request, epoch)
+        if fresh:
+            await self._confirm(request, epoch)
         holder = Holder(request.subject, request.client_id, request.claims, request.marks)
         for here, record in fresh:
             await self.store.hold(record, holder)
@@ -326,6 +338,17 @@ class TokenService:
         claims = tuple((CLAIM_EPOCH, mark) for mark in request.marks)
         read = await self.store.epochs(names + claims)  # one round trip for them all
         epoch.value, epoch.claims = read[: len(names)], read[len(names) :]
+
+    @staticmethod
+    async def _confirm(request: TokenRequest, epoch: _Epoch) -> None:
+        """Refuse a blocked JWT by the shared blocks, once the epochs are read (see `confirm`).
+
+        A revocation writes its block before it moves the epochs: a request that read the
+        moved epochs finds the block here; one that read them before finds them moved later.
+        """
+        if request.confirm is not None and not epoch.confirmed:
+            await request.confirm()
+            epoch.confirmed = True
 
     async def _epochs(self, request: TokenRequest) -> Epochs:
         return await self.store.epochs(epoch_names(request))
@@ -353,6 +376,7 @@ class TokenService:
             self.misses += len(missing)
             if epoch.value is None:
                 await self._read_epochs(request, epoch)
+            await self._confirm(request, epoch)
             at = epoch.value
             assert at is not None
             issued = await asyncio.gather(
@@ -397,9 +421,10 @@ class TokenService:
                 self.hits["l1"] += 1
                 return record
         if epoch.value is None:
-            # Before the first await of the request: a revocation (and its block) that lands
-            # while the store is read moves the epoch, and then no token is minted for this
-            # request, whose JWT was checked against the blocks before it came here.
+            # Before the first await of the request: a revocation that lands while the store
+            # is read moves the epoch, and then no token is minted for this request; one that
+            # landed before (its block written before its epoch moved) is met by the check
+            # of the shared blocks before a mint (`_confirm`).
             await self._read_epochs(request, epoch)
         generation = self.generation
         record = await self.store.get(key, self._owner(request))
@@ -454,6 +479,8 @@ class TokenService:
         epoch = None if self.sharing else await self._epochs(request)
         marked = not self.sharing and bool(request.marks)
         claims_at = await self._claim_epochs(request.marks) if marked else ()
+        if not self.sharing:
+            await self._confirm(request, _Epoch())
         owner = self._owner(request)
         # The lock must outlive the renewal's own deadline (quota waits included), or
         # another process would renew the same key at the same time.

@@ -163,13 +163,47 @@ class Revoker:
         client_blocks = blocks[CLIENT]
         if not client_blocks:  # the usual case: nothing to look up
             return
-        names = set() if client_id is None else {client_id}
-        if self._client_ids is not None:
-            names.update(self._client_ids(identity.subject, identity.claims))
-        for name in names:
+        for name in self._client_names(identity, client_id):
             before = client_blocks.get(name)
             if before is not None:
                 self._refuse_if_before(identity, CLIENT, before)
+
+    async def confirm(self, identity: Identity, client_id: str | None) -> None:
+        """`check` against the blocks in the state, not this process's mirror of them.
+
+        Called once per mint, after its epochs were read (`TokenRequest.confirm`): the
+        mirror learns another process's block from the bus, later than the state, and a
+        revocation writes its block before it moves the epochs. So a mint that read the
+        moved epochs reads the block here and is refused (the same 401 as `check`), and one
+        that read them before the move is caught by the epochs (`TokenService`). What is
+        read is kept in the mirror, as `resync` keeps it.
+        """
+        names = self._blocked_claims
+        if names is None:
+            names = frozenset(m.split(SEPARATOR, 1)[0] for m in self._blocks[CLAIM])
+        # A claim block is made only for a revocable claim (`revoke_claim`).
+        claim_names = self.revocable_claims | names
+        wanted = {
+            SUBJECT: (identity.subject,),
+            CLIENT: tuple(self._client_names(identity, client_id)),
+            CLAIM: tuple(carried_marks(identity.claims, claim_names)),
+        }
+        found = await self.state.blocks_of(wanted)
+        for scope, entries in found.items():
+            mine = self._blocks[scope]
+            for name, before in entries.items():
+                if before > mine.get(name, 0):
+                    mine[name] = before
+                    if scope == CLAIM:
+                        self._blocked_claims = None
+        self.check(identity, client_id)
+
+    def _client_names(self, identity: Identity, client_id: str | None) -> set[str]:
+        """The clientId asked with and every one the policy lets the identity use."""
+        names = set() if client_id is None else {client_id}
+        if self._client_ids is not None:
+            names.update(self._client_ids(identity.subject, identity.claims))
+        return names
 
     def _check_claims(self, identity: Identity) -> None:
         """Refuse an app JWT issued before a block of a claim value it carries.
@@ -302,12 +336,14 @@ class Revoker:
 
         The shared tokens it was handed are rotated for all their holders (`revoke_records`).
 
-        The subject's epoch moves first: a mint in flight now cannot store its token after
-        the tokens are listed below (the token service revokes it instead).
+        The block is written first, then the subject's epoch moves, then the tokens are
+        listed: a mint in flight now cannot store its token after the listing (the token
+        service revokes it instead), and a mint that reads the moved epoch reads the block
+        too (`confirm`), even in a process the bus has not told yet.
         """
         store = self.tokens.store
-        await store.bump_epoch(SUBJECT_EPOCH, subject)
         before = await self._block(SUBJECT, subject) if block_issued_before else None
+        await store.bump_epoch(SUBJECT_EPOCH, subject)
         records = await store.subject_tokens(subject)
         held = await store.held(HELD_BY_SUBJECT, subject)
         result = await self.revoke_records(records + held, grace=grace)
@@ -318,11 +354,12 @@ class Revoker:
     ) -> RevocationResult:
         """Revoke every token handed to a client id; optionally refuse older app JWTs for it.
 
-        The clientId's epoch moves first, as a subject's does (`revoke_subject`).
+        The block, then the clientId's epoch, then the listing, as a subject's
+        (`revoke_subject`).
         """
         store = self.tokens.store
-        await store.bump_epoch(CLIENT_EPOCH, client_id)
         before = await self._block(CLIENT, client_id) if block_issued_before else None
+        await store.bump_epoch(CLIENT_EPOCH, client_id)
         records = await store.client_tokens(client_id)
         held = await store.held(HELD_BY_CLIENT, client_id)
         result = await self.revoke_records(records + held, grace=grace)
@@ -352,11 +389,12 @@ class Revoker:
             )
         store = self.tokens.store
         carried = mark(name, value)
-        # The epochs move first, as a subject's does: a mint in flight that stores its token
-        # after the listing below finds them moved (`TokenService._check_claim_epochs`).
+        # The block first, then the epochs, as a subject's (`revoke_subject`): a mint in
+        # flight that stores its token after the listing below finds them moved
+        # (`TokenService._check_claim_epochs`).
+        before = await self._block(CLAIM, carried) if block_issued_before else None
         for moved in (carried, overflow_mark(name)):
             await store.bump_epoch(CLAIM_EPOCH, moved)
-        before = await self._block(CLAIM, carried) if block_issued_before else None
         records: list[tuple[str, TokenRecord]] = []
         for found in (carried, overflow_mark(name)):
             records += await store.claim_tokens(found)

@@ -14,7 +14,7 @@ import contextlib
 import dataclasses
 import json
 import secrets
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -132,6 +132,10 @@ class RevocationState(Protocol):
 
     async def blocks(self) -> dict[str, dict[str, int]]:
         """Every stored block, by scope."""
+        ...
+
+    async def blocks_of(self, wanted: Mapping[str, tuple[str, ...]]) -> dict[str, dict[str, int]]:
+        """The stored blocks of these names, by scope (a name without one is left out)."""
         ...
 
     async def prune_blocks(self, older_than_ms: int) -> int:
@@ -258,6 +262,14 @@ class MemoryState:
     async def blocks(self) -> dict[str, dict[str, int]]:
         """A copy of every block."""
         return {scope: dict(entries) for scope, entries in self._blocks.items()}
+
+    async def blocks_of(self, wanted: Mapping[str, tuple[str, ...]]) -> dict[str, dict[str, int]]:
+        """The blocks of these names."""
+        found: dict[str, dict[str, int]] = {}
+        for scope, names in wanted.items():
+            entries = self._blocks[scope]
+            found[scope] = {name: entries[name] for name in names if name in entries}
+        return found
 
     async def prune_blocks(self, older_than_ms: int) -> int:
         """Forget old blocks."""
@@ -571,6 +583,25 @@ class RedisState:
                 found[scope] = {_text(k): int(v) for k, v in raw.items()}
         except RedisError as err:
             raise StoreUnavailable("cannot read the blocks: Redis is unreachable") from err
+        return found
+
+    async def blocks_of(self, wanted: Mapping[str, tuple[str, ...]]) -> dict[str, dict[str, int]]:
+        """HMGET of the names in each block hash: one round trip (a pipeline) for them all."""
+        asked = [(scope, names) for scope, names in wanted.items() if names]
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for scope, names in asked:
+                    pipe.hmget(BLOCKS[scope], list(names))
+                replies = await pipe.execute()
+        except RedisError as err:
+            raise StoreUnavailable("cannot read the blocks: Redis is unreachable") from err
+        found: dict[str, dict[str, int]] = {}
+        for (scope, names), values in zip(asked, replies, strict=True):
+            found[scope] = {
+                name: int(value)
+                for name, value in zip(names, values, strict=True)
+                if value is not None
+            }
         return found
 
     async def prune_blocks(self, older_than_ms: int) -> int:

@@ -1,0 +1,219 @@
+"""A block made by one gateway refuses an old app JWT on another before the bus tells it.
+
+Two gateways on one real Redis. Gateway B's invalidation bus is held (its subscriber's
+messages are kept back until the test lets them through), so B's mirror of the blocks is
+behind while the epochs the revocation moved are not: a mint on B for an app JWT issued
+before the block must still be refused (401 `token_revoked`), before anything is minted,
+or its token would be stored under the moved epoch after the revocation's listing ran and
+never be revoked upstream. A newer JWT still gets its token, and an answer served from
+the cache costs no read of the blocks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+
+from authserver import appkeys
+from authserver.clock import ManualClock
+from tests.admin.conftest import admin_headers
+from tests.fixtures.emulator import EmulatorHandle, MakeEmulator
+from tests.fixtures.gateway import BOUND_POLICY, REPO, MakeGateway, bearer, make_jwt
+from tests.helpers import eventually
+
+START = 1_900_000_000.0
+TENANT_POLICY = REPO / "policies" / "tenant-broadcast.yaml"
+BODY = {"clientId": "GID_fleet@@@mia-1", "actions": ["R"]}
+REVOCATIONS = {
+    "subject": {"subject": "mia"},
+    "clientId": {"clientId": "GID_fleet@@@mia-1"},
+    "claim": {"claim": {"name": "tenant", "value": "acme"}},
+}
+
+
+def apply_calls(emulator: EmulatorHandle) -> int:
+    """ApplyToken calls that reached the emulator."""
+    return int(emulator.state.stats()["calls"].get("ApplyToken", 0))
+
+
+async def two_gateways(
+    make_emulator: MakeEmulator, make_gateway: MakeGateway, redis_url: str, clock: ManualClock
+) -> tuple[EmulatorHandle, TestClient[Any, Any], TestClient[Any, Any]]:
+    """An emulator and two gateways on one Redis, both subscribed to the bus."""
+    emulator = await make_emulator(clock=clock)
+    a, b = [
+        await make_gateway(
+            emulator,
+            clock=clock,
+            redis_url=redis_url,
+            policy_file=BOUND_POLICY,
+            revocable_claims=frozenset({"tenant"}),
+        )
+        for _ in range(2)
+    ]
+    # Subscribed (and synced) before the bus is held: a late subscription would read the
+    # blocks in its resync, and the race would not be run.
+    await eventually(lambda: a.server.app[appkeys.BUS].synced and b.server.app[appkeys.BUS].synced)
+    return emulator, a, b
+
+
+@pytest.mark.parametrize("selector", list(REVOCATIONS))
+async def test_a_block_refuses_a_mint_before_the_bus_arrives(
+    make_emulator: MakeEmulator,
+    make_gateway: MakeGateway,
+    redis_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    selector: str,
+) -> None:
+    clock = ManualClock(start=START)
+    emulator, a, b = await two_gateways(make_emulator, make_gateway, redis_url, clock)
+    old_jwt = make_jwt("mia", now=clock.time(), tenant="acme")
+    bus_b = b.server.app[appkeys.BUS]
+    held: list[bytes | str] = []
+    receive = bus_b._receive
+    monkeypatch.setattr(bus_b, "_receive", held.append)
+
+    clock.advance(1)  # the JWT was issued before the block, not in its millisecond
+    revoked = await a.post(
+        "/v1/admin/revoke", json=REVOCATIONS[selector], headers=admin_headers(now=clock.time())
+    )
+    assert revoked.status == 202, await revoked.text()
+    await eventually(lambda: len(held) >= 1, what="the block event reached B's subscriber")
+    # B's mirror has not heard of the block (this would raise): the race is run.
+    identity = await b.server.app[appkeys.VERIFIER].verify(old_jwt)
+    b.server.app[appkeys.REVOKER].check(identity, BODY["clientId"])
+
+    answer = await b.post("/v1/token", headers=bearer(old_jwt), json=BODY)
+    assert answer.status == 401, await answer.text()
+    assert answer.content_type == "application/problem+json"
+    assert (await answer.json())["code"] == "token_revoked"
+    assert apply_calls(emulator) == 0  # refused before anything was minted
+    # What B read is kept in its mirror: the next request is refused without a read.
+    again = await b.post("/v1/token", headers=bearer(old_jwt), json=BODY)
+    assert again.status == 401
+
+    for data in held:  # the bus catches up
+        receive(data)
+    monkeypatch.undo()
+    clock.advance(1)
+    fresh = await b.post(
+        "/v1/token", headers=bearer(make_jwt("mia", now=clock.time(), tenant="acme")), json=BODY
+    )
+    assert fresh.status == 200, await fresh.text()
+    assert apply_calls(emulator) == 1
+
+
+async def test_only_a_mint_reads_the_blocks(
+    make_emulator: MakeEmulator,
+    make_gateway: MakeGateway,
+    redis_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = ManualClock(start=START)
+    _emulator, a, _b = await two_gateways(make_emulator, make_gateway, redis_url, clock)
+    state = a.server.app[appkeys.REVOKER].state
+    reads: list[Any] = []
+    blocks_of = state.blocks_of
+
+    async def counted(wanted: Any) -> dict[str, dict[str, int]]:
+        reads.append(wanted)
+        return await blocks_of(wanted)
+
+    monkeypatch.setattr(state, "blocks_of", counted)
+    jwt = make_jwt("mia", now=clock.time(), tenant="acme")
+    first = await a.post("/v1/token", headers=bearer(jwt), json=BODY)
+    assert first.status == 200, await first.text()
+    assert len(reads) == 1  # one read for the mint
+    assert reads[0]["subject"] == ("mia",)
+    assert len(reads[0]["claim"]) == 1  # its tenant's value
+    for _ in range(3):  # the answers serve these: no read of the blocks
+        again = await a.post("/v1/token", headers=bearer(jwt), json=BODY)
+        assert again.status == 200
+    assert len(reads) == 1
+
+
+@pytest.mark.parametrize("selector", list(REVOCATIONS))
+async def test_once_an_epoch_moved_its_block_is_there(
+    make_emulator: MakeEmulator,
+    make_gateway: MakeGateway,
+    redis_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    selector: str,
+) -> None:
+    clock = ManualClock(start=START)
+    emulator, a, b = await two_gateways(make_emulator, make_gateway, redis_url, clock)
+    old_jwt = make_jwt("mia", now=clock.time(), tenant="acme")
+    monkeypatch.setattr(b.server.app[appkeys.BUS], "_receive", lambda _data: None)
+    store = a.server.app[appkeys.TOKENS].store
+    bump_epoch = store.bump_epoch
+    moved, go_on = asyncio.Event(), asyncio.Event()
+
+    async def held_bump(scope: str, name: str) -> int:
+        epoch = await bump_epoch(scope, name)
+        moved.set()
+        await go_on.wait()  # the revocation stops right after its first epoch move
+        return epoch
+
+    monkeypatch.setattr(store, "bump_epoch", held_bump)
+    clock.advance(1)
+    revoking = asyncio.ensure_future(
+        a.post(
+            "/v1/admin/revoke", json=REVOCATIONS[selector], headers=admin_headers(now=clock.time())
+        )
+    )
+    await moved.wait()
+    try:
+        # B mints under the moved epoch: the block must already be in Redis to refuse it.
+        answer = await b.post("/v1/token", headers=bearer(old_jwt), json=BODY)
+    finally:
+        go_on.set()
+    assert (await revoking).status == 202
+    assert answer.status == 401, await answer.text()
+    assert (await answer.json())["code"] == "token_revoked"
+    assert apply_calls(emulator) == 0
+
+
+async def test_a_shared_token_is_not_handed_to_a_jwt_blocked_on_another_gateway(
+    make_emulator: MakeEmulator,
+    make_gateway: MakeGateway,
+    redis_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = ManualClock(start=START)
+    emulator = await make_emulator(clock=clock)
+    a, b = [
+        await make_gateway(
+            emulator,
+            clock=clock,
+            redis_url=redis_url,
+            policy_file=TENANT_POLICY,
+            token_sharing="identical-grants",
+        )
+        for _ in range(2)
+    ]
+    await eventually(lambda: a.server.app[appkeys.BUS].synced and b.server.app[appkeys.BUS].synced)
+
+    def device(n: int) -> tuple[str, dict[str, str]]:
+        jwt = make_jwt(f"dev-{n}", now=clock.time(), tenant="acme", device_id=f"d{n}")
+        return jwt, {"clientId": f"GID_fleet@@@d{n}"}
+
+    blocked, other = device(0), device(1)
+    shared = await a.post("/v1/token", headers=bearer(other[0]), json=other[1])
+    assert shared.status == 200, await shared.text()
+    minted = apply_calls(emulator)
+    monkeypatch.setattr(b.server.app[appkeys.BUS], "_receive", lambda _data: None)
+    clock.advance(1)
+    revoked = await a.post(
+        "/v1/admin/revoke", json={"subject": "dev-0"}, headers=admin_headers(now=clock.time())
+    )
+    assert revoked.status == 202, await revoked.text()
+
+    # B finds the shared token in the store (no mint) and would hold it for dev-0 after the
+    # revocation listed dev-0's holdings: the new holding checks the shared blocks first.
+    answer = await b.post("/v1/token", headers=bearer(blocked[0]), json=blocked[1])
+    assert answer.status == 401, await answer.text()
+    assert (await answer.json())["code"] == "token_revoked"
+    assert apply_calls(emulator) == minted
