@@ -67,6 +67,8 @@ def token_key(
 def record_weight(key: str, record: TokenRecord) -> int:
     """Roughly the bytes a cached record holds: what the token caches' byte bounds count."""
     size = RECORD_OVERHEAD + weight(key) + weight(record.token) + weight(record.resources)
+    if record.marks:  # up to 32 values of 256 characters per claim: the record's own strings
+        size += weight(record.marks)
     # A JWT's own claims are the verifier's, shared by its identity: counted there. Claims
     # cut for the record (KeptClaims), or read back from Redis, are the record's own.
     return size if isinstance(record.claims, Claims) else size + weight(record.claims)
