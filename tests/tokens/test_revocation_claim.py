@@ -651,3 +651,27 @@ async def test_an_identity_with_too_many_values_is_revoked_by_any_of_that_claim(
     assert await refused(client, crowd)
     assert not await refused(client, plain)
     await drained(emulator, client, old_crowd)
+
+
+async def test_a_lone_surrogate_in_a_claim_is_an_invalid_token_not_a_500(
+    make_emulator: MakeEmulator, make_gateway: MakeGateway, redis_url: str
+) -> None:
+    # "\ud800" is valid JSON but no Unicode text: a claim value (or name) holding it could not
+    # be written to Redis (its marks and claims are UTF-8 there) and the request was a 500.
+    clock = ManualClock(start=START)
+    emulator = await make_emulator(clock=clock)
+    client = await make_gateway(
+        emulator,
+        clock=clock,
+        redis_url=redis_url,
+        policy_file=IOT_FLEET_POLICY,
+        revocable_claims=REVOCABLE,
+    )
+    for claims in ({"tenant": "acme\ud800"}, {"roles": ["ok", "\udfff"]}, {"x\ud83d": 1}):
+        device = Device(clock, "alice", model="x200", **claims)
+        resp = await client.post("/v1/token", headers=bearer(device.jwt), json=device.body)
+        assert resp.status == 401, await resp.text()
+        assert (await resp.json())["code"] == "invalid_token"
+    # A surrogate pair escaped in the JSON is one character: accepted.
+    device = Device(clock, "alice", model="x200", tenant="acme\U0001f600")
+    assert await fetch(client, device)
