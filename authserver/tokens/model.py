@@ -59,7 +59,9 @@ def token_key(
         str(ttl),
     )
     if marks:
-        parts += ("\x01".join(marks),)
+        # NUL, which no mark holds (a value with one counts as nothing, a name is an
+        # identifier): with any other character one value could spell a list of two.
+        parts += ("\x00".join(marks),)
     material = "\x00".join(parts)
     return hashlib.sha256(material.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
