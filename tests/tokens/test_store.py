@@ -228,7 +228,7 @@ async def test_memory_store_bounded_by_bytes_keeps_indexes_true() -> None:
 
 async def test_memory_store_byte_bound_counts_a_records_claim_marks() -> None:
     # 32 values of 200 characters (a "groups" claim): the marks are the record's own strings,
-    # about 8 KB, several times the rest of it. Uncounted, the bound held ten times its bytes.
+    # 8.2 KB by `weight`, 15 times the rest (550). Uncounted, ten records (87 KB) fit in 20 KB.
     clock = ManualClock(start=1000.0)
     store = MemoryStore(clock, maxsize=10_000, max_bytes=20_000)
     now = int(clock.time() * 1000)
