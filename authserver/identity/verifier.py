@@ -114,7 +114,8 @@ def _json_object(data: bytes, what: str) -> dict[str, Any]:
     try:
         # RFC 7515 and 7519 section 4: names in a JOSE header or a claims set are unique. A
         # token read differently by its issuer and by us (a first and a last `sub`) is refused.
-        value = _DECODER.decode(data.decode("utf-8"))
+        text = data.decode("utf-8")
+        value = _DECODER.decode(text)
     except RepeatedKey:
         raise invalid_token(f"the token {what} names the same member twice") from None
     except (ValueError, RecursionError):
@@ -123,7 +124,23 @@ def _json_object(data: bytes, what: str) -> dict[str, Any]:
         raise invalid_token(f"the token {what} is not a JSON object")
     if _nests_too_deep(value):
         raise invalid_token(f"the token {what} nests deeper than {MAX_NESTING} levels")
+    if "\\u" in text and _holds_lone_surrogate(value):
+        raise invalid_token(f"the token {what} holds a lone surrogate (\\ud800 to \\udfff)")
     return value
+
+
+def _holds_lone_surrogate(value: object) -> bool:
+    """Whether a name or string in `value` holds a surrogate no pair completes.
+
+    Valid JSON, but no Unicode text: a layer that writes a claim out as UTF-8 (the Redis
+    store's records and their claim marks) failed on it with a 500. Strict UTF-8 refuses
+    encoded surrogates, so only a `\\u` escape brings one: the caller looks only then.
+    """
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def _numeric_date(claims: dict[str, Any], name: str) -> float | None:

@@ -59,7 +59,9 @@ def token_key(
         str(ttl),
     )
     if marks:
-        parts += ("\x01".join(marks),)
+        # NUL, which no mark holds (a value with one counts as nothing, a name is an
+        # identifier): with any other character one value could spell a list of two.
+        parts += ("\x00".join(marks),)
     material = "\x00".join(parts)
     return hashlib.sha256(material.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
@@ -67,6 +69,8 @@ def token_key(
 def record_weight(key: str, record: TokenRecord) -> int:
     """Roughly the bytes a cached record holds: what the token caches' byte bounds count."""
     size = RECORD_OVERHEAD + weight(key) + weight(record.token) + weight(record.resources)
+    if record.marks:  # up to 32 values of 256 characters per claim: the record's own strings
+        size += weight(record.marks)
     # A JWT's own claims are the verifier's, shared by its identity: counted there. Claims
     # cut for the record (KeptClaims), or read back from Redis, are the record's own.
     return size if isinstance(record.claims, Claims) else size + weight(record.claims)

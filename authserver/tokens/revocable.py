@@ -9,7 +9,8 @@ What a claim value counts as, whatever the JWT holds (the rule is the same for t
 for the block and for the admin request, which names a value as a string):
 
 - a string counts as itself, if it is 1 to `MAX_VALUE_CHARS` characters with no NUL;
-- an integer (not a boolean) counts as its decimal text: `42` is revoked by "42";
+- an integer (not a boolean) counts as its decimal text, if that is at most `MAX_VALUE_CHARS`
+  characters: `42` is revoked by "42";
 - a list counts as each of its members that is such a string or integer (`groups`);
 - anything else (null, a boolean, a float, an object, a nested list, an empty string, an
   over-long one) counts as nothing: it is never matched, so a hostile or absent value cannot
@@ -50,7 +51,9 @@ def value_texts(value: Any) -> Iterator[str]:
         if isinstance(member, bool):
             continue
         if isinstance(member, int):
-            text = str(member)
+            text = str(member)  # JSON allows 4,300 digits: held to the strings' length below
+            if len(text) > MAX_VALUE_CHARS:
+                continue
         elif (
             isinstance(member, str) and 0 < len(member) <= MAX_VALUE_CHARS and "\x00" not in member
         ):

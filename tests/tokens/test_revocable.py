@@ -38,6 +38,9 @@ from tests.test_settings import GOOD
         ([["nested"], {"a": 1}, None, False, ""], []),
         ("a\x00b", []),
         ("x" * (MAX_VALUE_CHARS + 1), []),
+        # An integer's text is held to the same length: no admin value could name it.
+        (10**MAX_VALUE_CHARS, []),
+        ([10 ** (MAX_VALUE_CHARS - 1), 10**MAX_VALUE_CHARS], ["1" + "0" * (MAX_VALUE_CHARS - 1)]),
     ],
 )
 def test_what_a_claim_value_counts_as(value: Any, texts: list[str]) -> None:

@@ -445,6 +445,31 @@ async def test_a_claim_the_policy_ignores_still_keeps_identities_apart(
     assert not any(emulator.state.is_revoked(t) for t in tokens_a)
 
 
+async def test_a_value_holding_the_marks_separator_is_its_own_identity(
+    make_emulator: MakeEmulator, make_gateway: MakeGateway, store_url: str | None
+) -> None:
+    # A value may hold any character but NUL: "a\x01org=b" is one value, not the two
+    # values a and b, so its tokens are its own and a revocation of it finds them.
+    clock = ManualClock(start=START)
+    emulator = await make_emulator(clock=clock)
+    client = await make_gateway(
+        emulator,
+        clock=clock,
+        redis_url=store_url,
+        policy_file=IOT_FLEET_POLICY,
+        revocable_claims=frozenset({"org"}),
+    )
+    in_both = Device(clock, "sam", tenant="acme", org=["a", "b"])
+    in_one = Device(clock, "sam", tenant="acme", org="a\x01org=b")
+    tokens_both = await fetch(client, in_both)
+    tokens_one = await fetch(client, in_one)
+    assert set(tokens_both).isdisjoint(tokens_one)
+
+    clock.advance(1)
+    answer = await revoke(client, {"claim": {"name": "org", "value": "a\x01org=b"}})
+    assert sorted(answer["fingerprints"]) == sorted(fingerprint(t) for t in tokens_one)
+
+
 async def set_fault(emulator: EmulatorHandle, **fault: Any) -> None:
     """`POST /_emulator/faults`."""
     async with (
@@ -651,3 +676,27 @@ async def test_an_identity_with_too_many_values_is_revoked_by_any_of_that_claim(
     assert await refused(client, crowd)
     assert not await refused(client, plain)
     await drained(emulator, client, old_crowd)
+
+
+async def test_a_lone_surrogate_in_a_claim_is_an_invalid_token_not_a_500(
+    make_emulator: MakeEmulator, make_gateway: MakeGateway, redis_url: str
+) -> None:
+    # "\ud800" is valid JSON but no Unicode text: a claim value (or name) holding it could not
+    # be written to Redis (its marks and claims are UTF-8 there) and the request was a 500.
+    clock = ManualClock(start=START)
+    emulator = await make_emulator(clock=clock)
+    client = await make_gateway(
+        emulator,
+        clock=clock,
+        redis_url=redis_url,
+        policy_file=IOT_FLEET_POLICY,
+        revocable_claims=REVOCABLE,
+    )
+    for claims in ({"tenant": "acme\ud800"}, {"roles": ["ok", "\udfff"]}, {"x\ud83d": 1}):
+        device = Device(clock, "alice", model="x200", **claims)
+        resp = await client.post("/v1/token", headers=bearer(device.jwt), json=device.body)
+        assert resp.status == 401, await resp.text()
+        assert (await resp.json())["code"] == "invalid_token"
+    # A surrogate pair escaped in the JSON is one character: accepted.
+    device = Device(clock, "alice", model="x200", tenant="acme\U0001f600")
+    assert await fetch(client, device)

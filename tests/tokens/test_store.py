@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import redis.asyncio as aioredis
 
 from authserver.bounded import ExpiringMap
@@ -239,3 +241,17 @@ async def test_memory_store_bounded_by_bytes_keeps_indexes_true() -> None:
     assert found[0] == "k99"
     assert await store.lookup("0000" + "t" * 996) is None
     assert len(store._by_value) == len(store._by_subject) == len(store._by_client) == len(kept)
+
+
+async def test_memory_store_byte_bound_counts_a_records_claim_marks() -> None:
+    # 32 values of 200 characters (a "groups" claim): the marks are the record's own strings,
+    # 8.2 KB by `weight`, 15 times the rest (550). Uncounted, ten records (87 KB) fit in 20 KB.
+    clock = ManualClock(start=1000.0)
+    store = MemoryStore(clock, maxsize=10_000, max_bytes=20_000)
+    now = int(clock.time() * 1000)
+    for n in range(10):
+        marks = tuple(sorted(f"groups={n:02d}{m:02d}" + "g" * 196 for m in range(32)))
+        kept = replace(record(f"tok{n}", f"s{n}", now + 90_000), marks=marks)
+        await store.put(f"k{n}", kept)
+        assert store._records.bytes <= 20_000
+    assert len(store._records) <= 2, len(store._records)
