@@ -15,7 +15,7 @@ import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import redis
@@ -238,6 +238,11 @@ async def test_cluster_waits_on_the_node_owning_the_stream(
     client = await open_redis(replicated_cluster.url, cluster=True)
     owner = replicated_cluster.master_of(key_slot(STREAM.encode()))
     replica_port = replicated_cluster.replica_of(owner)
+    # Keyless commands go to the default node: make it one that does not own the stream, so
+    # a WAIT sent there (not on the stream's node) would count the wrong replica.
+    cluster_client = cast(aioredis.RedisCluster, client)
+    (other, *_) = (node for node in cluster_client.get_primaries() if node.port != owner)
+    cluster_client.set_default_node(other)
     state = RedisState(client, "me", min_replicas=1, replica_timeout_ms=1000)
     try:
         now = int(time.time() * 1000)
