@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import ClusterError, RedisClusterException, RedisError, ResponseError
 
 from authserver.errors import RevocationNotReplicated, StoreUnavailable
 from authserver.fingerprint import fingerprint
@@ -443,19 +443,26 @@ class RedisState:
         if not isinstance(self._redis, aioredis.RedisCluster):
             pipe.execute_command(*args)
             return None
-        cluster = cast(aioredis.RedisCluster, self._redis)
-        owner = cluster.get_node_from_key(STREAM)
+        owner = self._stream_owner()
         pipe.execute_command(*args, target_nodes=owner)
-        return None if owner is None else str(owner.name)
+        return str(owner.name)
+
+    def _stream_owner(self) -> Any:
+        """The cluster node serving the stream's slot, as this client's slot map says."""
+        try:
+            owner = cast(aioredis.RedisCluster, self._redis).get_node_from_key(STREAM)
+        except RedisClusterException as err:  # a slot without a node: not a RedisError
+            raise ClusterError(str(err)) from err
+        if owner is None:
+            raise ClusterError("no node serves the revocation stream's slot")
+        return owner
 
     def _check_replicated(self, acknowledged: int, node: str | None) -> None:
         """Raise `RevocationNotReplicated` unless enough replicas acknowledged the jobs."""
-        if node is not None:
-            owner = cast(aioredis.RedisCluster, self._redis).get_node_from_key(STREAM)
-            if owner is None or owner.name != node:
-                # The slot moved while the jobs were written (a failover): they went to the
-                # new owner by redirection, and WAIT's count, from the old one, is not theirs.
-                acknowledged = 0
+        if node is not None and self._stream_owner().name != node:
+            # The slot moved while the jobs were written (a failover): they went to the new
+            # owner by redirection, and WAIT's count, from the old one, is not theirs.
+            acknowledged = 0
         if acknowledged < self._min_replicas:
             raise RevocationNotReplicated(
                 f"the revocation is queued, but {acknowledged} of the "
