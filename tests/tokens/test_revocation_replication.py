@@ -2,9 +2,12 @@
 
 Real redis-server processes: a master with one replica (`--replicaof`), a replica frozen with
 SIGSTOP (it stays connected, but acknowledges nothing), a master without any replica, and the
-replicated Redis Cluster. A frozen replica also tells whether WAIT went out on the connection
-that wrote the jobs: on any other connection, WAIT counts it (it acknowledged everything that
-connection wrote, which is nothing) and answers at once.
+replicated Redis Cluster. A frozen replica also tells whether WAIT went out where the jobs
+were written: on a node (or an older connection) that wrote nothing since its replica's last
+acknowledgement, WAIT counts the replica at once. The cluster test makes the default node a
+master that does not own the stream, which catches a WAIT not routed to the stream's node; a
+single server's pool hands the pipeline's connection back to the next command, so there the
+same connection is kept by construction (WAIT is the pipeline's last command), not by a test.
 """
 
 from __future__ import annotations
