@@ -265,3 +265,28 @@ async def test_cluster_waits_on_the_node_owning_the_stream(
         assert _queued(owner, cluster=True) == 3
     finally:
         await client.aclose()
+
+
+async def test_a_stream_slot_no_master_serves_is_a_503_never_a_500(
+    emulator: EmulatorHandle, make_gateway: MakeGateway, replicated_cluster: RedisCluster
+) -> None:
+    # Between a master's failure and its replica's takeover the stream's slot has no node:
+    # routing WAIT there must answer as the store being out, not raise a bare cluster error.
+    replicated_cluster.require_full_coverage(False)
+    gateway = await make_gateway(
+        emulator,
+        redis_url=replicated_cluster.url,
+        redis_cluster=True,
+        revocation_min_replicas=1,
+        revocation_replica_timeout=1000,
+    )
+    token = await _issue(gateway, "bob")
+    accepted = await _revoke(gateway, token)
+    assert accepted.status == 202, await accepted.text()
+    replicated_cluster.unassign(key_slot(STREAM.encode()))
+    # The node refuses the first attempt and the client drops its slot map; the next ones
+    # fail to load a full one (redis-py requires full coverage) before WAIT is routed.
+    for _attempt in range(3):
+        refused = await _revoke(gateway, token)
+        assert refused.status == 503, await refused.text()
+        assert (await refused.json())["code"] == "store_unavailable"
