@@ -229,7 +229,13 @@ async def _revocation(app: web.Application) -> AsyncIterator[None]:
     bus = InvalidationBus(redis_client, clock=app[appkeys.CLOCK])
     state: RevocationState
     if redis_client is not None:
-        state = RedisState(redis_client, bus.origin, claim_idle=settings.revocation_claim_idle)
+        state = RedisState(
+            redis_client,
+            bus.origin,
+            claim_idle=settings.revocation_claim_idle,
+            min_replicas=settings.revocation_min_replicas,
+            replica_timeout_ms=settings.revocation_replica_timeout,
+        )
     else:
         state = MemoryState()
     app[appkeys.BUS] = bus

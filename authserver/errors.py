@@ -143,6 +143,17 @@ class StoreUnavailable(ServiceUnavailable):
         super().__init__(detail, headers={"Retry-After": "2", **(headers or {})}, extra=extra)
 
 
+class RevocationNotReplicated(StoreUnavailable):
+    """Fewer Redis replicas than AUTHSERVER_REVOCATION_MIN_REPLICAS confirmed a queued job.
+
+    The job is queued on the master, but a failover now could lose it: the admin retries
+    (a token queued twice is revoked upstream once, see tokens/revocation/state.py).
+    """
+
+    code = "revocation_not_replicated"
+    title = "Revocation not replicated"
+
+
 class NotConfigured(GatewayError):
     """The feature needs a setting that is not configured."""
 

@@ -73,6 +73,10 @@ EVENT_LOOPS = ("auto", "uvloop", "asyncio")
 # The least a cache's byte bound may be: room for a few hundred of its largest entries (an
 # 8 KB JWT's identity, a record with 1 KB of claims), so that no single entry is too large.
 MIN_CACHE_BYTES = 1024 * 1024
+# AUTHSERVER_REVOCATION_REPLICA_TIMEOUT (ms): WAIT blocks the Redis connection that long, so
+# it must stay below the client's socket timeout (redis_conn.SOCKET_TIMEOUT, 2 s), or a
+# replica that does not answer would read as an unreachable Redis instead of a precise 503.
+MAX_REPLICA_TIMEOUT_MS = 1500
 HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
 KEY_ALGORITHMS = frozenset(
     {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
@@ -130,6 +134,10 @@ class Settings:
     # Revocation blocks are pruned this long after they were made (see tokens/revocation.py).
     revocation_block_retention: float = 30 * 24 * 3600.0
     redis_cluster: bool = False
+    # An accepted revocation waits until this many Redis replicas hold its jobs (0: it is
+    # accepted once the master has them), for up to revocation_replica_timeout ms.
+    revocation_min_replicas: int = 0
+    revocation_replica_timeout: int = 500
     policy_poll_interval: float = 1.0
     shutdown_delay: float = 5.0
     rate_limit_subject: float = 10.0
@@ -322,6 +330,17 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         "revocation_block_retention": _number(
             env, "REVOCATION_BLOCK_RETENTION", 30 * 24 * 3600.0, problems, minimum=3600
         ),
+        "revocation_replica_timeout": int(
+            _number(
+                env,
+                "REVOCATION_REPLICA_TIMEOUT",
+                500,
+                problems,
+                minimum=1,
+                maximum=MAX_REPLICA_TIMEOUT_MS,
+                integer=True,
+            )
+        ),
         "policy_poll_interval": _number(env, "POLICY_POLL_INTERVAL", 1.0, problems, minimum=0.05),
         "shutdown_delay": _number(env, "SHUTDOWN_DELAY", 5.0, problems, minimum=0),
         "rate_limit_subject": _number(env, "RATE_LIMIT_SUBJECT", 10.0, problems, minimum=0),
@@ -359,6 +378,14 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     redis_cluster = cluster_raw in {"true", "1", "yes"}
     if redis_cluster and redis_url is None:
         problems.append(f"{PREFIX}REDIS_CLUSTER=true needs {PREFIX}REDIS_URL (any node)")
+    min_replicas = int(
+        _number(env, "REVOCATION_MIN_REPLICAS", 0, problems, minimum=0, maximum=16, integer=True)
+    )
+    if min_replicas and redis_url is None:
+        problems.append(
+            f"{PREFIX}REVOCATION_MIN_REPLICAS={min_replicas} needs {PREFIX}REDIS_URL "
+            "(without Redis, queued revocations live in this process: there is no replica)"
+        )
 
     if problems or credentials is None or instance_id is None or jwt_settings is None:
         raise SettingsError(problems or ["incomplete configuration"])
@@ -376,6 +403,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         ons_endpoint=ons_endpoint.rstrip("/") if ons_endpoint else None,
         redis_url=redis_url,
         redis_cluster=redis_cluster,
+        revocation_min_replicas=min_replicas,
         admin_scope=_env(env, "ADMIN_SCOPE") or "authserver:admin",
         admin_api_keys_file=keys_file,
         log_level=log_level,

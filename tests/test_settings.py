@@ -8,7 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from authserver.settings import DEFAULT_REDIS_REPLICAS, SettingsError, load_settings
+from authserver.redis_conn import SOCKET_TIMEOUT
+from authserver.settings import (
+    DEFAULT_REDIS_REPLICAS,
+    MAX_REPLICA_TIMEOUT_MS,
+    SettingsError,
+    load_settings,
+)
 from tests.fixtures.gateway import EXAMPLE_POLICY
 
 GOOD = {
@@ -266,3 +272,39 @@ def test_the_event_loop_is_uvloop_where_installed_unless_asked_otherwise() -> No
         assert load_settings({**GOOD, "AUTHSERVER_EVENT_LOOP": choice}).event_loop == choice.lower()
     with pytest.raises(SettingsError, match="AUTHSERVER_EVENT_LOOP='tokio' is not auto"):
         load_settings({**GOOD, "AUTHSERVER_EVENT_LOOP": "tokio"})
+
+
+def test_revocation_replicas_are_off_by_default_and_validated() -> None:
+    defaults = load_settings(GOOD)
+    assert (defaults.revocation_min_replicas, defaults.revocation_replica_timeout) == (0, 500)
+    redis = {**GOOD, "AUTHSERVER_REDIS_URL": "redis://cache:6379/0"}
+    chosen = load_settings(
+        {
+            **redis,
+            "AUTHSERVER_REVOCATION_MIN_REPLICAS": "1",
+            "AUTHSERVER_REVOCATION_REPLICA_TIMEOUT": "250",
+        }
+    )
+    assert (chosen.revocation_min_replicas, chosen.revocation_replica_timeout) == (1, 250)
+    with pytest.raises(SettingsError) as caught:
+        load_settings(
+            {
+                **redis,
+                "AUTHSERVER_REVOCATION_MIN_REPLICAS": "-1",
+                "AUTHSERVER_REVOCATION_REPLICA_TIMEOUT": "0",
+            }
+        )
+    problems = "\n".join(caught.value.problems)
+    assert "AUTHSERVER_REVOCATION_MIN_REPLICAS='-1' must be at least 0" in problems
+    assert "AUTHSERVER_REVOCATION_REPLICA_TIMEOUT='0' must be at least 1" in problems
+    with pytest.raises(SettingsError, match="at most 1500"):
+        load_settings({**redis, "AUTHSERVER_REVOCATION_REPLICA_TIMEOUT": "5000"})
+    # Without Redis, queued revocations live in the process: no replica to wait for.
+    with pytest.raises(SettingsError, match="REVOCATION_MIN_REPLICAS=1 needs AUTHSERVER_REDIS_URL"):
+        load_settings({**GOOD, "AUTHSERVER_REVOCATION_MIN_REPLICAS": "1"})
+
+
+def test_the_replica_timeout_stays_below_the_redis_socket_timeout() -> None:
+    # WAIT holds the connection for the timeout: past the socket timeout, a replica that does
+    # not answer would read as an unreachable Redis (store_unavailable), not as unreplicated.
+    assert MAX_REPLICA_TIMEOUT_MS < SOCKET_TIMEOUT * 1000

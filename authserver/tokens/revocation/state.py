@@ -16,12 +16,12 @@ import json
 import secrets
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import ClusterError, RedisClusterException, RedisError, ResponseError
 
-from authserver.errors import StoreUnavailable
+from authserver.errors import RevocationNotReplicated, StoreUnavailable
 from authserver.fingerprint import fingerprint
 from authserver.tokens.store import KEY_PREFIX, token_hash
 
@@ -363,6 +363,10 @@ class RedisState:
     A job stays pending in the group until acknowledged; a consumer that died (or a job whose
     call failed) leaves it pending, and XAUTOCLAIM hands it to a live consumer once it has
     been idle for `claim_idle` seconds.
+
+    With `min_replicas`, `enqueue` returns only once that many replicas of the master that
+    took the jobs have them (Redis WAIT, up to `replica_timeout_ms`): a failover right after
+    an accepted revocation then promotes a replica that holds it.
     """
 
     mode = "redis-stream"
@@ -373,8 +377,13 @@ class RedisState:
         consumer: str,
         claim_idle: float = 30.0,
         dead_after: float = DEAD_CONSUMER_IDLE,
+        *,
+        min_replicas: int = 0,
+        replica_timeout_ms: int = 500,
     ) -> None:
         self._redis = redis
+        self._min_replicas = min_replicas
+        self._replica_timeout_ms = replica_timeout_ms
         self._consumer = consumer
         self._claim_idle_ms = int(claim_idle * 1000)
         self._dead_after_ms = int(dead_after * 1000)
@@ -399,7 +408,11 @@ class RedisState:
     async def enqueue(
         self, jobs: list[tuple[str, str]], now_ms: int, *, not_before_ms: int = 0
     ) -> int:
-        """XADD every job (one round trip); held back ones ZADD to the delayed set instead."""
+        """XADD every job (one round trip); held back ones ZADD to the delayed set instead.
+
+        With `min_replicas`, the same pipeline ends with WAIT, and fewer replicas having the
+        jobs raises `RevocationNotReplicated` (the jobs stay queued on the master).
+        """
         if not jobs:
             return 0
         try:
@@ -422,10 +435,53 @@ class RedisState:
                         pipe.xadd(
                             STREAM, {"token": token, "instance": instance_id, "at": str(now_ms)}
                         )
-                await pipe.execute()
+                node = self._wait_in(pipe) if self._min_replicas else None
+                results = await pipe.execute()
+            if self._min_replicas:
+                self._check_replicated(int(results[-1]), node)
         except RedisError as err:
             raise StoreUnavailable("cannot queue the revocation: Redis is unreachable") from err
         return len(jobs)
+
+    def _wait_in(self, pipe: Any) -> str | None:
+        """Append WAIT to `pipe`; the cluster node it goes to (None: a single server).
+
+        WAIT counts the replicas that have this connection's last write, so it must travel
+        on the connection that took the jobs: a single server's pipeline is one connection;
+        a cluster pipeline sends each node's commands on one connection, and WAIT (keyless)
+        is sent to the node owning the stream's slot, where the XADDs and ZADDs go.
+        """
+        args = ("WAIT", self._min_replicas, self._replica_timeout_ms)
+        if not isinstance(self._redis, aioredis.RedisCluster):
+            pipe.execute_command(*args)
+            return None
+        owner = self._stream_owner()
+        pipe.execute_command(*args, target_nodes=owner)
+        return str(owner.name)
+
+    def _stream_owner(self) -> Any:
+        """The cluster node serving the stream's slot, as this client's slot map says."""
+        try:
+            owner = cast(aioredis.RedisCluster, self._redis).get_node_from_key(STREAM)
+        except RedisClusterException as err:  # a slot without a node: not a RedisError
+            raise ClusterError(str(err)) from err
+        if owner is None:
+            raise ClusterError("no node serves the revocation stream's slot")
+        return owner
+
+    def _check_replicated(self, acknowledged: int, node: str | None) -> None:
+        """Raise `RevocationNotReplicated` unless enough replicas acknowledged the jobs."""
+        if node is not None and self._stream_owner().name != node:
+            # The slot moved while the jobs were written (a failover): they went to the new
+            # owner by redirection, and WAIT's count, from the old one, is not theirs.
+            acknowledged = 0
+        if acknowledged < self._min_replicas:
+            raise RevocationNotReplicated(
+                f"the revocation is queued, but {acknowledged} of the "
+                f"{self._min_replicas} Redis replica(s) required confirmed it within "
+                f"{self._replica_timeout_ms} ms; retry (a token queued twice is revoked once)",
+                extra={"replicas": acknowledged, "required": self._min_replicas},
+            )
 
     async def promote_due(self, now_ms: int) -> int:
         """One script: the due delayed jobs move to the stream (every worker may run it)."""
