@@ -209,6 +209,9 @@ async def test_revoke_answers_503_when_the_replica_is_frozen(
         body = await refused.json()
         assert body["code"] == "revocation_not_replicated"
         assert (body["replicas"], body["required"]) == (0, 1)
+    # The jobs are on the master, so the token already left every cache: it is not served
+    # again while the admin is told to retry.
+    assert await _issue(gateway, "bob") != token
     # The refused revocation's job stayed queued: the worker carries it out.
     await eventually(lambda: emulator.state.is_revoked(token), what="revoked upstream")
     # The admin's retry is accepted, and the token is not revoked upstream a second time.

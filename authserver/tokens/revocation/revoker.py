@@ -14,7 +14,12 @@ from typing import Any
 from redis.exceptions import RedisError
 
 from authserver.clock import Clock
-from authserver.errors import ClaimNotRevocable, StoreUnavailable, TokenRevoked
+from authserver.errors import (
+    ClaimNotRevocable,
+    RevocationNotReplicated,
+    StoreUnavailable,
+    TokenRevoked,
+)
 from authserver.fingerprint import fingerprint
 from authserver.identity import Identity
 from authserver.tokens.bus import InvalidationBus
@@ -268,7 +273,13 @@ class Revoker:
         jobs = [(record.token, record.instance_id) for _key, record in records]
         jobs += [(token, instance) for token in extra_tokens]
         # Durable first: nothing lost after this.
-        queued = await self.state.enqueue(jobs, now, not_before_ms=after or 0)
+        unreplicated: RevocationNotReplicated | None = None
+        try:
+            queued = await self.state.enqueue(jobs, now, not_before_ms=after or 0)
+        except RevocationNotReplicated as err:
+            # The jobs are on the master, only a replica's copy is missing: the tokens leave
+            # every cache as for an accepted revocation, and the admin is told to retry.
+            unreplicated, queued = err, len(jobs)
         expiries = [(token_hash(r.token), r.expire_ms) for _k, r in records]
         expiries += [(token_hash(t), now + MAX_TOKEN_LIFE_MS) for t in extra_tokens]
         await self.state.mark_revoked(expiries, now)
@@ -281,6 +292,8 @@ class Revoker:
             # so this is the one chance to tell the other processes to drop them.
             if keys:
                 await self._publish({"kind": "tokens", "keys": keys})
+        if unreplicated is not None:
+            raise unreplicated
         return RevocationResult(
             revoked_locally=len(records),
             queued=queued,
