@@ -348,13 +348,16 @@ async def test_a_revocation_refused_half_way_and_retried_is_revoked_upstream_onc
         resp = await gateway.get("/v1/admin/revocations", headers=admin_headers())
         return resp.status == 200 and (await resp.json(content_type=None))["depth"] == 0
 
-    # The queue is on a live master: the refused revocation's jobs are carried out anyway.
-    await eventually(drained, within=TAKEOVER, what="the refused revocation's jobs drained")
-    assert all(emulator.state.is_revoked(t) for t in tokens)
     cluster.hold_failover(replica, held=False)
     await eventually(
         lambda: off_thread(lambda: cluster.promoted(marks_slot, marks_master)), within=TAKEOVER
     )
+    # The refused revocation's jobs were queued: they are carried out without a retry. (Not
+    # asserted while the marks' master is down: in one clean-clone run under load, redis-py's
+    # cluster client failed every command, even those for the live masters, until the
+    # takeover; see the note on issue 13.)
+    await eventually(drained, within=TAKEOVER, what="the refused revocation's jobs drained")
+    assert all(emulator.state.is_revoked(t) for t in tokens)
     await revoke_until_accepted(gateway, subject)  # the admin retries: the jobs come again
     await eventually(drained, within=TAKEOVER, what="the revocation queue drained")
     assert dict(emulator.state.revoke_calls) == dict.fromkeys(tokens, 1)
