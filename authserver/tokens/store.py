@@ -607,27 +607,27 @@ class RedisStore:
         return True
 
     async def _mget(self, names: list[str]) -> list[bytes | str | None]:
-        """GET of many keys in one round trip (on a cluster, one pipeline of MGETs by slot)."""
-        if not names:
-            return []
-        if isinstance(self._redis, aioredis.RedisCluster):
-            return list(await self._redis.mget_nonatomic(names))
-        return list(await self._redis.mget(names))
+        """GET of many keys, a round trip per BATCH (on a cluster, a pipeline of MGETs by slot)."""
+        raws: list[bytes | str | None] = []
+        for start in range(0, len(names), BATCH):
+            batch = names[start : start + BATCH]
+            if isinstance(self._redis, aioredis.RedisCluster):
+                raws += await self._redis.mget_nonatomic(batch)
+            else:
+                raws += await self._redis.mget(batch)
+        return raws
 
     async def _records(self, locators: list[tuple[str, str]]) -> list[tuple[str, TokenRecord]]:
-        """The live records of (subject, key) locators, read BATCH at a time."""
-        found: list[tuple[str, TokenRecord]] = []
-        for start in range(0, len(locators), BATCH):
-            batch = locators[start : start + BATCH]
-            try:
-                raws = await self._mget([self._record_key(k, subject) for subject, k in batch])
-            except RedisError as err:
-                raise StoreUnavailable("the token store (Redis) is unreachable") from err
-            for (_subject, key), raw in zip(batch, raws, strict=True):
-                record = self._parse(raw)
-                if record is not None:
-                    found.append((key, record))
-        return found
+        """The live records of (subject, key) locators."""
+        try:
+            raws = await self._mget([self._record_key(key, subject) for subject, key in locators])
+        except RedisError as err:
+            raise StoreUnavailable("the token store (Redis) is unreachable") from err
+        return [
+            (key, record)
+            for (_subject, key), raw in zip(locators, raws, strict=True)
+            if (record := self._parse(raw)) is not None
+        ]
 
     async def subject_tokens(self, subject: str) -> list[tuple[str, TokenRecord]]:
         """Every live record of a subject, with its key."""
