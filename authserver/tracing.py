@@ -258,6 +258,11 @@ class TracedStore:
         with self._span("delete"):
             await self._store.delete(key, record)
 
+    async def delete_many(self, records: list[tuple[str, TokenRecord]]) -> None:
+        """Traced `TokenStore.delete_many`."""
+        with self._span("delete_many"):
+            await self._store.delete_many(records)
+
     async def lock(self, key: str, subject: str, ttl: float) -> str | None:
         """Traced `TokenStore.lock`."""
         with self._span("lock"):

@@ -31,6 +31,10 @@ Epochs = tuple[tuple[str, str, int], ...]  # (scope, name, epoch), read before a
 # The indexes of shared tokens by holder (see tokens/sharing.py): by subject, by clientId, by
 # revocable claim value (a mark, tokens/revocable.py).
 HELD_BY_SUBJECT, HELD_BY_CLIENT, HELD_BY_CLAIM = "subject", "client", "claim"
+# How many records the Redis store reads (one MGET) or deletes (one pipeline) per round trip
+# when it handles many: a policy sweep, a revocation of a subject with thousands of tokens.
+# Also the bound on what a sweep holds in memory at once.
+BATCH = 500
 
 
 def token_hash(token: str) -> str:
@@ -85,6 +89,10 @@ class TokenStore(Protocol):
 
     async def delete(self, key: str, record: TokenRecord) -> None:
         """Forget one record and its index entries."""
+        ...
+
+    async def delete_many(self, records: list[tuple[str, TokenRecord]]) -> None:
+        """`delete` each record, in as few round trips as the store can."""
         ...
 
     async def lock(self, key: str, subject: str, ttl: float) -> str | None:
@@ -366,6 +374,11 @@ class MemoryStore:
         current = self._records.pop(key)
         self._unindex(key, current or record)
 
+    async def delete_many(self, records: list[tuple[str, TokenRecord]]) -> None:
+        """Forget each record."""
+        for key, record in records:
+            await self.delete(key, record)
+
     async def lock(self, key: str, subject: str, ttl: float) -> str | None:
         """One process: the in-process single-flight is the lock."""
         return "local"
@@ -407,6 +420,14 @@ redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[3])
 if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[4]) then
   redis.call('PEXPIRE', KEYS[1], ARGV[4])
 end
+return 1
+"""
+
+# KEYS: record, subject index. ARGV: key. Both go together, as `_PUT` wrote them: a renewal
+# storing the key again in between cannot be left without its subject index entry.
+_DELETE = """
+redis.call('DEL', KEYS[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
 return 1
 """
 
@@ -585,13 +606,28 @@ class RedisStore:
                 return False
         return True
 
+    async def _mget(self, names: list[str]) -> list[bytes | str | None]:
+        """GET of many keys, a round trip per BATCH (on a cluster, a pipeline of MGETs by slot)."""
+        raws: list[bytes | str | None] = []
+        for start in range(0, len(names), BATCH):
+            batch = names[start : start + BATCH]
+            if isinstance(self._redis, aioredis.RedisCluster):
+                raws += await self._redis.mget_nonatomic(batch)
+            else:
+                raws += await self._redis.mget(batch)
+        return raws
+
     async def _records(self, locators: list[tuple[str, str]]) -> list[tuple[str, TokenRecord]]:
-        found: list[tuple[str, TokenRecord]] = []
-        for subject, key in locators:
-            record = await self.get(key, subject)
-            if record is not None:
-                found.append((key, record))
-        return found
+        """The live records of (subject, key) locators."""
+        try:
+            raws = await self._mget([self._record_key(key, subject) for subject, key in locators])
+        except RedisError as err:
+            raise StoreUnavailable("the token store (Redis) is unreachable") from err
+        return [
+            (key, record)
+            for (_subject, key), raw in zip(locators, raws, strict=True)
+            if (record := self._parse(raw)) is not None
+        ]
 
     async def subject_tokens(self, subject: str) -> list[tuple[str, TokenRecord]]:
         """Every live record of a subject, with its key."""
@@ -646,30 +682,60 @@ class RedisStore:
         return str(key), record
 
     async def all_tokens(self) -> AsyncIterator[tuple[str, TokenRecord]]:
-        """Every live record, by SCAN (on a cluster, redis-py scans every node)."""
+        """Every live record, by SCAN (on a cluster, redis-py scans every node).
+
+        The records are read BATCH keys at a time, one MGET each (a GET per key made a sweep
+        of 5,000 records take seconds); a record gone between the SCAN and the read is
+        skipped, and no more than one batch is held at once.
+        """
         try:
-            async for name in self._redis.scan_iter(match=f"{KEY_PREFIX}tok:*", count=500):
-                raw = await self._redis.get(name)
-                record = self._parse(raw)
-                if record is not None:
-                    text = name.decode() if isinstance(name, bytes) else str(name)
-                    yield text.rsplit(":", 1)[1], record
+            names: list[str] = []
+            async for name in self._redis.scan_iter(match=f"{KEY_PREFIX}tok:*", count=BATCH):
+                names.append(name.decode() if isinstance(name, bytes) else str(name))
+                if len(names) >= BATCH:
+                    for found in await self._scanned(names):
+                        yield found
+                    names = []
+            for found in await self._scanned(names):
+                yield found
         except RedisError as err:
             raise StoreUnavailable("the token store (Redis) is unreachable") from err
 
+    async def _scanned(self, names: list[str]) -> list[tuple[str, TokenRecord]]:
+        """The live records under the record keys `names`, with their keys."""
+        raws = await self._mget(names)
+        return [
+            (name.rsplit(":", 1)[1], record)
+            for name, raw in zip(names, raws, strict=True)
+            if (record := self._parse(raw)) is not None
+        ]
+
     async def delete(self, key: str, record: TokenRecord) -> None:
         """Forget one record and its index entries."""
-        locator = json.dumps([record.subject, key], ensure_ascii=False)
+        await self.delete_many([(key, record)])
+
+    async def delete_many(self, records: list[tuple[str, TokenRecord]]) -> None:
+        """Forget records and their index entries, BATCH records per pipeline.
+
+        A pipeline, not a transaction: the keys of a batch live in many slots. Each record
+        and its subject index entry go together (`_DELETE`), then its value and its client
+        and claim index entries, as one at a time did; every command of a batch is run
+        even when one fails, and the first failure is raised.
+        """
         try:
-            async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.delete(self._record_key(key, record.subject))
-                pipe.zrem(self._index_key(record.subject), key)
-                await pipe.execute()
-            await self._redis.delete(self._value_key(record.token))
-            if record.client_id is not None:
-                await self._redis.zrem(self._client_key(record.client_id), locator)
-            for mark in record.marks:
-                await self._redis.zrem(self._claim_key(mark), locator)
+            for start in range(0, len(records), BATCH):
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    for key, record in records[start : start + BATCH]:
+                        subject = record.subject
+                        locator = json.dumps([subject, key], ensure_ascii=False)
+                        keys = (self._record_key(key, subject), self._index_key(subject))
+                        pipe.eval(_DELETE, 2, *keys, key)
+                        pipe.delete(self._value_key(record.token))
+                        if record.client_id is not None:
+                            pipe.zrem(self._client_key(record.client_id), locator)
+                        for mark in record.marks:
+                            pipe.zrem(self._claim_key(mark), locator)
+                    await pipe.execute()
         except RedisError as err:
             raise StoreUnavailable("the token store (Redis) is unreachable") from err
 
@@ -723,19 +789,20 @@ class RedisStore:
             digests = await self._redis.zrangebyscore(
                 self._held_key(scope, name), self._now_ms(), "+inf"
             )
-            found: list[tuple[str, TokenRecord]] = []
-            for raw_digest in digests:
-                digest = raw_digest.decode() if isinstance(raw_digest, bytes) else str(raw_digest)
-                raw = await self._redis.get(self._digest_key(digest))
-                if raw is None:
-                    continue
-                subject, key = json.loads(raw)
-                record = await self.get(str(key), str(subject))
-                if record is not None and token_hash(record.token) == digest:
-                    found.append((str(key), record))
+            names = [d.decode() if isinstance(d, bytes) else str(d) for d in digests]
+            located = await self._mget([self._digest_key(digest) for digest in names])
         except RedisError as err:
             raise StoreUnavailable("the token store (Redis) is unreachable") from err
-        return found
+        wanted: dict[tuple[str, str], set[str]] = {}
+        for digest, raw in zip(names, located, strict=True):
+            if raw is not None:
+                subject, key = json.loads(raw)
+                wanted.setdefault((str(subject), str(key)), set()).add(digest)
+        return [
+            (key, record)
+            for key, record in await self._records(list(wanted))
+            if token_hash(record.token) in wanted.get((record.subject, key), set())
+        ]
 
     async def holders(self, record: TokenRecord) -> tuple[list[Holder], bool]:
         """HGETALL of the token's holders; the field '' says the list is incomplete."""

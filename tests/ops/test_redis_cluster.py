@@ -13,7 +13,7 @@ from authserver.clock import ManualClock
 from authserver.redis_conn import connect_redis, open_redis
 from authserver.settings import SettingsError, load_settings
 from authserver.tokens.model import TokenRecord
-from authserver.tokens.store import CLIENT_EPOCH, SUBJECT_EPOCH, RedisStore
+from authserver.tokens.store import BATCH, CLIENT_EPOCH, SUBJECT_EPOCH, RedisStore
 from tests.admin.conftest import admin_headers
 from tests.fixtures.emulator import EmulatorHandle
 from tests.fixtures.gateway import MakeGateway, bearer, make_jwt
@@ -94,6 +94,42 @@ async def test_a_client_id_epoch_guards_a_put_across_slots(redis_cluster_url: st
         assert await store.client_tokens("GID_fleet@@@zoe-1") == []
         assert await store.put("k", record, epochs=await store.epochs(names))
         assert [k for k, _ in await store.client_tokens("GID_fleet@@@zoe-1")] == ["k"]
+    finally:
+        await client.aclose()
+
+
+async def test_batched_reads_and_deletes_span_every_slot(redis_cluster_url: str) -> None:
+    # Records of many subjects live in many slots on every node: a sweep, a clientId's
+    # listing and a batched delete (MGET by slot, a pipeline per batch) each see them all.
+    client = await open_redis(redis_cluster_url, cluster=True)
+    clock = ManualClock(start=1000.0)
+    store = RedisStore(client, clock)
+    expire_ms = int(clock.time() * 1000) + 60_000
+    records = {
+        f"k{i}": TokenRecord(
+            token=f"tok-{i}",
+            type="R",
+            resources=("a/#",),
+            expire_ms=expire_ms,
+            refresh_at_ms=expire_ms - 1000,
+            issued_ms=expire_ms - 60_000,
+            subject=f"s{i}",
+            instance_id="mqtt-test",
+            client_id="GID_fleet@@@all",
+        )
+        for i in range(BATCH + 100)
+    }
+    try:
+        for key, record in records.items():
+            assert await store.put(key, record)
+        assert {key: rec async for key, rec in store.all_tokens()} == records
+        listed = await store.client_tokens("GID_fleet@@@all")
+        assert dict(listed) == records
+        await store.delete_many(listed)
+        assert [key async for key, _rec in store.all_tokens()] == []
+        assert await store.client_tokens("GID_fleet@@@all") == []
+        assert await store.lookup("tok-7") is None
+        assert await store.subject_tokens("s7") == []
     finally:
         await client.aclose()
 

@@ -285,8 +285,7 @@ class Revoker:
         await self.state.mark_revoked(expiries, now)
         keys = [key for key, _record in records]
         try:
-            for key, record in records:
-                await self.tokens.store.delete(key, record)
+            await self.tokens.store.delete_many(records)
         finally:
             # Even after a partial failure: a retry would no longer find the deleted records,
             # so this is the one chance to tell the other processes to drop them.
@@ -331,9 +330,7 @@ class Revoker:
         ]
         await self.revoke_records(left)
         # Revoked or not, they must leave the store: the listing deleted what it found.
-        for key, record in records:
-            if (key, record) not in left:
-                await self.tokens.store.delete(key, record)
+        await self.tokens.store.delete_many([found for found in records if found not in left])
 
     async def revoke_token(self, token: str, *, grace: float = 0.0) -> RevocationResult:
         """Revoke one token by value (queued upstream even when we never held it)."""
