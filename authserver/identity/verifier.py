@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import binascii
-import contextlib
 import json
 import logging
 import math
@@ -15,6 +14,7 @@ from typing import Any
 
 import aiohttp
 
+from authserver import background
 from authserver.bounded import ExpiringMap, weight
 from authserver.clock import Clock, SystemClock
 from authserver.errors import InvalidToken
@@ -261,10 +261,7 @@ class JWTVerifier:
     async def close(self) -> None:
         """Stop the background refresh and close the session if this verifier made it."""
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await background.stop([task])
         if self._jwks is not None:
             await self._jwks.close()
         if self._owned_session is not None:

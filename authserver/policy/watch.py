@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from authserver import background
 from authserver.clock import Clock, SystemClock
 from authserver.policy.holder import PolicyHolder
 from authserver.policy.loader import load_policy
@@ -98,11 +99,8 @@ class PolicyWatcher:
         self._task = asyncio.create_task(self._run(), name="policy-watch")
 
     async def close(self) -> None:
-        """Stop polling and wait for any reload or revocation in progress."""
-        tasks = [t for t in (self._task, *self._followups) if t is not None]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        """Stop polling; a reload or revocation in progress is cancelled (bounded wait)."""
+        await background.stop([self._task, *self._followups])
         self._task = None
 
     async def _run(self) -> None:

@@ -20,13 +20,14 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from authserver import background
+from authserver.background import STOP_TIMEOUT
 from authserver.clock import Clock, SystemClock
 from authserver.errors import StoreUnavailable
 
 log = logging.getLogger(__name__)
 
 CHANNEL = "authserver:invalidate"
-STOP_TIMEOUT = 2.0
 Handler = Callable[[dict[str, Any]], None]
 Resync = Callable[[], Awaitable[None]]
 
@@ -74,11 +75,8 @@ class InvalidationBus:
 
     async def close(self) -> None:
         """Stop listening."""
-        if self._task is not None:
-            self._task.cancel()
-            # Bounded: shutdown must not hang on a Redis connection that never answers.
-            await asyncio.wait([self._task], timeout=STOP_TIMEOUT)
-            self._task = None
+        task, self._task = self._task, None
+        await background.stop([task])
 
     async def publish(self, event: dict[str, Any]) -> None:
         """Apply `event` here, then send it to every other process.

@@ -9,11 +9,11 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from authserver import background
 from authserver.bounded import ExpiringMap
 from authserver.clock import Clock
 from authserver.errors import RateLimited, ServiceUnavailable, StoreUnavailable
 from authserver.policy.model import MAX_TTL_SECONDS, MIN_TTL_SECONDS
-from authserver.tokens.bus import STOP_TIMEOUT
 from authserver.tokens.model import (
     ACTIONS_PARAM,
     DEFAULT_CACHE_BYTES,
@@ -531,11 +531,7 @@ class TokenService:
 
     async def close(self) -> None:
         """Cancel background renewals and issuances still running (the app is stopping)."""
-        tasks = [*self._background, *self._flights.values()]
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.wait(tasks, timeout=STOP_TIMEOUT)
+        await background.stop([*self._background, *self._flights.values()])
 
     async def _issue(
         self,

@@ -8,9 +8,9 @@ from collections.abc import Awaitable, Callable
 
 from redis.exceptions import RedisError
 
+from authserver import background
 from authserver.clock import Clock
 from authserver.errors import GatewayError, StoreUnavailable
-from authserver.tokens.bus import STOP_TIMEOUT
 from authserver.tokens.revocation.state import Job, RevocationState
 
 log = logging.getLogger(__name__)
@@ -77,10 +77,8 @@ class RevocationWorker:
 
     async def stop(self) -> None:
         """Cancel and wait (bounded); an interrupted job stays pending and is retried."""
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.wait([self._task], timeout=STOP_TIMEOUT)
-            self._task = None
+        task, self._task = self._task, None
+        await background.stop([task])
 
     async def _housekeeping(self) -> None:
         """Prune old blocks and reap dead consumers, at most every maintenance interval."""
