@@ -35,6 +35,7 @@ from amqtt.client import MQTTClient
 from amqtt.errors import ClientError, ConnectError
 from amqtt.mqtt.constants import QOS_1
 
+from authserver import background
 from authserver.clock import Clock, SystemClock
 from authserver.logs import quiet_amqtt_debug
 
@@ -166,9 +167,7 @@ class ReferenceDevice:
                 for task in done:
                     task.result()  # DeviceStopped and the like propagate
             finally:
-                for task in (refresher, receiver):
-                    task.cancel()
-                await asyncio.gather(refresher, receiver, return_exceptions=True)
+                await background.stop([refresher, receiver])
         finally:
             self.online.clear()
             self.stats.disconnects += 1
@@ -254,11 +253,10 @@ def device_main(argv: list[str]) -> int:
             if device.online.is_set():
                 print(f"device {config.client_id}: connected", flush=True)
             await asyncio.wait({life, stopping}, return_when=asyncio.FIRST_COMPLETED)
-            for task in (life, online, stopping):
-                task.cancel()
-            results = await asyncio.gather(life, online, stopping, return_exceptions=True)
-        if isinstance(results[0], DeviceStopped):
-            print(f"device {config.client_id}: {results[0]}; stopped", flush=True)
+            await background.stop([life, online, stopping])
+        ended = life.exception() if life.done() and not life.cancelled() else None
+        if isinstance(ended, DeviceStopped):
+            print(f"device {config.client_id}: {ended}; stopped", flush=True)
             return 1
         return 0
 

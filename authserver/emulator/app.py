@@ -23,7 +23,6 @@ Admin paths, UNSIGNED and meant for local use only (never expose the emulator):
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -33,6 +32,7 @@ from urllib.parse import parse_qsl
 
 from aiohttp import web
 
+from authserver import background
 from authserver.clock import Clock, SystemClock
 from authserver.emulator import protocol
 from authserver.emulator.actions import find_handler
@@ -253,9 +253,7 @@ async def _sweeper(app: web.Application) -> AsyncIterator[None]:
 
     app[_SWEEPER] = asyncio.create_task(sweep(), name="emulator-sweeper")
     yield
-    app[_SWEEPER].cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await app[_SWEEPER]
+    await background.stop([app[_SWEEPER]])
 
 
 async def _broker(app: web.Application) -> AsyncIterator[None]:

@@ -44,6 +44,7 @@ from amqtt.mqtt.publish import PublishPacket
 from amqtt.mqtt.subscribe import SubscribePacket
 from amqtt.session import Session
 
+from authserver import background
 from authserver.emulator import mqtt_auth
 from authserver.emulator.mqtt_auth import ConnectRefused, Grants, Refusal
 from authserver.emulator.state import BrokerStats, EmulatorState, SentMessage
@@ -183,10 +184,7 @@ class TokenBroker(Broker):
             self.state.revoke_listeners.remove(self._on_revoke)
         with contextlib.suppress(ValueError):
             self.state.message_listeners.remove(self._on_message)
-        tasks = [t for t in (self._watcher, *self._cutting) if t is not None]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await background.stop([self._watcher, *self._cutting])
         await self.shutdown()
         self.state.connected.clear()
 

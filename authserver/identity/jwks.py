@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 from collections.abc import Callable, Iterable
@@ -11,6 +10,7 @@ from collections.abc import Callable, Iterable
 import aiohttp
 from yarl import URL
 
+from authserver import background
 from authserver.clock import Clock
 from authserver.errors import ServiceUnavailable
 from authserver.identity.keys import KeySet, VerificationKey, keys_from_jwks
@@ -125,11 +125,7 @@ class JWKSSource:
 
     async def close(self) -> None:
         """Cancel a fetch in flight."""
-        task = self._inflight
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await background.stop([self._inflight])
 
     async def _fetch_and_swap(self) -> bool:
         try:
