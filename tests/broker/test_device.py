@@ -15,6 +15,7 @@ from urllib.parse import quote
 import aiohttp
 import pytest
 
+from authserver import background
 from authserver.clock import ManualClock
 from authserver.device import DeviceConfig, DeviceStopped, ReferenceDevice
 from authserver.emulator.mqtt_auth import sign_client_id
@@ -115,8 +116,7 @@ async def test_the_device_keeps_its_subscription_for_several_token_lifetimes(
             assert alice.stats.notices == []
             assert alice.stats.uploads == 6  # an R and a W token each time
         finally:
-            life.cancel()
-            await asyncio.gather(life, return_exceptions=True)
+            await background.stop([life])
 
 
 async def test_the_device_reconnects_after_a_revocation_and_stops_on_403(
@@ -158,8 +158,7 @@ async def test_the_device_reconnects_after_a_revocation_and_stops_on_403(
             await eventually(lambda: alice.stats.connects == 2)
             await asyncio.wait_for(alice.online.wait(), 10)
         finally:
-            life.cancel()
-            await asyncio.gather(life, return_exceptions=True)
+            await background.stop([life])
 
         # A subject the policy grants nothing: 403, and the device stops for good.
         nobody = ReferenceDevice(

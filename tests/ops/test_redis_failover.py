@@ -13,7 +13,6 @@ once, counted per token.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,7 +22,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from redis.crc import key_slot
 
-from authserver import appkeys
+from authserver import appkeys, background
 from authserver.tokens.bus import CHANNEL
 from authserver.tokens.model import subject_tag
 from authserver.tokens.revocation import REVOKED, STREAM
@@ -91,9 +90,7 @@ class DeviceLoad:
         if self._task is None:
             return
         task, self._task = self._task, None
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await background.stop([task])
 
     async def _run(self) -> None:
         while True:
