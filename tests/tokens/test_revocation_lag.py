@@ -283,3 +283,58 @@ async def test_a_block_refuses_a_device_credential_before_the_bus_arrives(
     fresh = await b.post("/v1/device-credential", headers=bearer(new_jwt), json=body)
     assert fresh.status == 200, await fresh.text()
     assert (await fresh.json())["registered"] is True
+
+
+async def test_a_holding_written_across_its_revocation_is_checked_again_on_the_retry(
+    make_emulator: MakeEmulator,
+    make_gateway: MakeGateway,
+    redis_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = ManualClock(start=START)
+    emulator = await make_emulator(clock=clock)
+    a, b = [
+        await make_gateway(
+            emulator,
+            clock=clock,
+            redis_url=redis_url,
+            policy_file=TENANT_POLICY,
+            token_sharing="identical-grants",
+        )
+        for _ in range(2)
+    ]
+    await eventually(lambda: a.server.app[appkeys.BUS].synced and b.server.app[appkeys.BUS].synced)
+    blocked = make_jwt("dev-0", now=clock.time(), tenant="acme", device_id="d0")
+    body = {"clientId": "GID_fleet@@@d0"}
+    other = make_jwt("dev-1", now=clock.time(), tenant="acme", device_id="d1")
+    shared = await a.post("/v1/token", headers=bearer(other), json={"clientId": "GID_fleet@@@d1"})
+    assert shared.status == 200, await shared.text()
+    minted = apply_calls(emulator)
+    monkeypatch.setattr(b.server.app[appkeys.BUS], "_receive", lambda _data: None)
+    store_b = b.server.app[appkeys.TOKENS].store
+    hold = store_b.hold
+    revoked: list[int] = []
+
+    async def revoked_first(record: Any, holder: Any) -> None:
+        if not revoked:  # A revokes dev-0 (block, epoch, listing) before B writes its holding
+            clock.advance(1)
+            answer = await a.post(
+                "/v1/admin/revoke",
+                json={"subject": "dev-0"},
+                headers=admin_headers(now=clock.time()),
+            )
+            assert answer.status == 202, await answer.text()
+            revoked.append((await answer.json())["revokedLocally"])
+        await hold(record, holder)
+
+    monkeypatch.setattr(store_b, "hold", revoked_first)
+    first = await b.post("/v1/token", headers=bearer(blocked), json=body)
+    assert first.status == 503, await first.text()  # B saw the moved epoch
+    assert revoked == [0]  # the listing ran before the holding was written: nothing rotated
+
+    # The retry finds the same shared tokens (not rotated), and B's mirror has no block yet:
+    # the holding must be checked against the shared blocks again, not taken as known.
+    retry = await b.post("/v1/token", headers=bearer(blocked), json=body)
+    assert retry.status == 401, await retry.text()
+    assert (await retry.json())["code"] == "token_revoked"
+    assert apply_calls(emulator) == minted
