@@ -233,16 +233,19 @@ class TokenService:
         self.on_escaped: Escaped | None = None
         self.lost_mints = 0
         # Token sharing (tokens/sharing.py): which holdings of which tokens this process has
-        # written to the store already (`Holding`), so a repeat writes nothing.
+        # written to the shared store already (`Holding`), so a repeat writes nothing.
         self.sharing = sharing == IDENTICAL_GRANTS
         # Keyed with the holder's claim values too: the same subject and clientId signed in
         # with other values is indexed under those as well. Bounded by bytes as L1 is (a
         # device makes its entry as large as its JWT and body allow). Forgetting one is
         # safe: the next request writes those holdings again (the store keeps each once),
         # after the shared blocks and the epochs are read as for a first holding; only what
-        # it remembers saves that work.
+        # it remembers saves that work. Only in front of Redis, which keeps a holding as
+        # long as its token: the memory store forgets its oldest holdings when full, and a
+        # holding remembered here would then never be written again, so a revocation of
+        # its holder would not find the shared token (and a write there costs no trip).
         self._held_here: ExpiringMap[Holding, HeldTokens] = ExpiringMap(
-            l1_size if self.sharing else 0,
+            l1_size if self.sharing and store.shared else 0,
             lambda held: held[0],
             max_bytes=l1_bytes,
             weigh=held_weight,

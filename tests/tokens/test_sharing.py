@@ -561,13 +561,13 @@ def hostile_device(n: int) -> tuple[str, dict[str, str]]:
 async def test_the_holdings_a_process_remembers_are_bounded_by_bytes(
     emulator: EmulatorHandle,
     make_gateway: MakeGateway,
-    store_url: str | None,
+    redis_url: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     client = await make_gateway(
         emulator,
         policy_file=TENANT_POLICY,
-        redis_url=store_url,
+        redis_url=redis_url,
         token_sharing=SHARING,
         revocable_claims=frozenset({"tags"}),
         token_cache_bytes=HELD_BOUND,
@@ -616,6 +616,34 @@ async def test_the_holdings_a_process_remembers_are_bounded_by_bytes(
     assert refused.status == 401
     assert (await refused.json())["code"] == "token_revoked"
     assert set((await tokens(client, *fleet[2])).values()).isdisjoint(answers[0].values())
+
+
+async def test_the_memory_store_s_holdings_are_not_taken_as_remembered(
+    emulator: EmulatorHandle, make_gateway: MakeGateway
+) -> None:
+    # Four holdings' index entries (two devices) in the memory store, the oldest going first.
+    client = await make_gateway(
+        emulator,
+        policy_file=TENANT_POLICY,
+        token_sharing=SHARING,
+        token_cache_size=4,
+        answer_cache_size=0,  # every request reaches the token service
+    )
+    fleet = [device(n, tenant="acme") for n in range(5)]
+    first = [await tokens(client, *d) for d in fleet]
+    assert all(answer == first[0] for answer in first)
+    store = client.server.app[appkeys.TOKENS].store
+    assert await store.held(HELD_BY_SUBJECT, "dev-1") == []  # the store let it go
+
+    # dev-1 asks again: its holdings are written again, so its revocation finds them.
+    assert await tokens(client, *fleet[1]) == first[0]
+    revoked = await client.post(
+        "/v1/admin/revoke", json={"subject": "dev-1"}, headers=admin_headers()
+    )
+    assert revoked.status == 202, await revoked.text()
+    assert (await revoked.json())["revokedLocally"] == 2
+    await eventually(lambda: revoked_upstream(emulator) == 2)
+    assert all(emulator.state.is_revoked(t) for t in first[0].values())
 
 
 def test_the_holding_estimate_follows_tracemalloc() -> None:
