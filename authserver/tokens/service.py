@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from authserver import background
-from authserver.bounded import ExpiringMap
+from authserver.bounded import ExpiringMap, weight
 from authserver.clock import Clock
 from authserver.errors import RateLimited, ServiceUnavailable, StoreUnavailable
 from authserver.policy.model import MAX_TTL_SECONDS, MIN_TTL_SECONDS
@@ -78,6 +78,26 @@ class _Epoch:
     claims: Epochs = ()
     # Whether `TokenRequest.confirm` ran (after the epochs were read): once per request.
     confirmed: bool = False
+
+
+# Who holds shared tokens (subject, clientId, claim marks) -> (until ms, the tokens whose
+# holdings this process wrote for them): one entry a device, whatever its token count.
+Holding = tuple[str, str | None, tuple[str, ...]]
+HeldTokens = tuple[int, tuple[str, ...]]
+# What a remembered holding costs beyond its strings: the map's slot, the value's tuples
+# and its expiry (calibrated with tracemalloc, tests/tokens/test_sharing.py).
+HELD_OVERHEAD = 260
+
+
+def held_weight(holding: Holding, held: HeldTokens) -> int:
+    """Roughly the bytes one remembered holding keeps alive, for `_held_here`'s byte bound.
+
+    The tokens count although they are the shared records' strings: an entry keeps them
+    alive once a record is rotated out. A device chooses the rest (its subject and claim
+    values, up to the JWT's size; its clientId), so they are what a hostile one makes large.
+    """
+    strings = weight(holding) + sum([40 + len(token) for token in held[1]])
+    return HELD_OVERHEAD + strings + 8 * len(held[1])
 
 
 def epoch_names(request: TokenRequest) -> tuple[EpochName, ...]:
@@ -212,13 +232,23 @@ class TokenService:
         # of their claim values, which the revocation's listing may have missed.
         self.on_escaped: Escaped | None = None
         self.lost_mints = 0
-        # Token sharing (tokens/sharing.py): which (subject, clientId, token, marks) holdings this
-        # process has written to the store already, so a repeat writes nothing.
+        # Token sharing (tokens/sharing.py): which holdings of which tokens this process has
+        # written to the shared store already (`Holding`), so a repeat writes nothing.
         self.sharing = sharing == IDENTICAL_GRANTS
         # Keyed with the holder's claim values too: the same subject and clientId signed in
-        # with other values is indexed under those as well.
-        self._held_here: ExpiringMap[tuple[str, str | None, str, tuple[str, ...]], int] = (
-            ExpiringMap(l1_size if self.sharing else 0, lambda until: until)
+        # with other values is indexed under those as well. Bounded by bytes as L1 is (a
+        # device makes its entry as large as its JWT and body allow). Forgetting one is
+        # safe: the next request writes those holdings again (the store keeps each once),
+        # after the shared blocks and the epochs are read as for a first holding; only what
+        # it remembers saves that work. Only in front of Redis, which keeps a holding as
+        # long as its token: the memory store forgets its oldest holdings when full, and a
+        # holding remembered here would then never be written again, so a revocation of
+        # its holder would not find the shared token (and a write there costs no trip).
+        self._held_here: ExpiringMap[Holding, HeldTokens] = ExpiringMap(
+            l1_size if self.sharing and store.shared else 0,
+            lambda held: held[0],
+            max_bytes=l1_bytes,
+            weigh=held_weight,
         )
 
     def drop(self, keys: Iterable[str]) -> None:
@@ -311,11 +341,9 @@ class TokenService:
         (`epoch.value` set) checks the epoch even with nothing new to write: it may have read
         the replacement of a token rotated for its own revocation.
         """
-        fresh = []
-        for record in records:
-            here = (request.subject, request.client_id, record.token, request.marks)
-            if self._held_here.get(here, self._clock.time() * 1000) is None:
-                fresh.append((here, record))
+        here = (request.subject, request.client_id, request.marks)
+        known = self._held_here.get(here, self._clock.time() * 1000)
+        fresh = [r for r in records if known is None or r.token not in known[1]]
         if not fresh and epoch.value is None:
             return  # nothing awaited: no revocation could land in between
         if epoch.value is None:
@@ -323,14 +351,20 @@ class TokenService:
         if fresh:
             await self._confirm(request, epoch)
         holder = Holder(request.subject, request.client_id, request.claims, request.marks)
-        for here, record in fresh:
+        for record in fresh:
             await self.store.hold(record, holder)
-            self._held_here.put(here, record.expire_ms, self._clock.time() * 1000)
         if await self._epochs(request) != epoch.value:
             raise self._revoked_while_issuing()
         # The same for its claim values: a revocation of one lists the holdings by value.
         if request.marks and await self._claim_epochs(request.marks) != epoch.claims:
             raise self._revoked_while_issuing()
+        if fresh:
+            # Remembered only now: a holding written across a revocation whose listing
+            # missed it must be written (and its JWT checked against the shared blocks)
+            # again on the retry, or a JWT blocked meanwhile would be handed the token.
+            tokens = tuple(r.token for r in records)
+            until = min(r.expire_ms for r in records)
+            self._held_here.put(here, (until, tokens), self._clock.time() * 1000)
 
     async def _read_epochs(self, request: TokenRequest, epoch: _Epoch) -> None:
         """Read the epochs a request mints under: its subject's and clientId's, then claims'."""

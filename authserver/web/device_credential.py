@@ -6,6 +6,9 @@ credential, the gateway reads the ClientId's credential (GetDeviceCredential), r
 when it has none (RegisterDeviceCredential), and answers the MQTT username and password
 derived from it. The DeviceAccessKeySecret itself never leaves the gateway and is never
 kept: every request reads it afresh, and logs name only the AccessKey ID and a fingerprint.
+An app JWT blocked by a revocation (its subject, a clientId it may use, a claim value it
+carries) is refused (401 `token_revoked`) by the blocks in the shared state, not only by
+this process's mirror of them (`Revoker.confirm`).
 """
 
 from __future__ import annotations
@@ -42,10 +45,15 @@ async def post_device_credential(request: web.Request) -> web.Response:
     logs.bind_subject(identity.subject)
     client_id = (await json_body(request, shapes.DeviceCredentialRequest)).client_id
     limiter.check_subject(identity.subject)
-    app[appkeys.REVOKER].check(identity, client_id)
+    revoker = app[appkeys.REVOKER]
+    revoker.check(identity, client_id)  # a block this process knows of: no round trip
     granted_by = check_device_credential(
         app[appkeys.POLICY].current, identity.subject, identity.claims, client_id
     )
+    # Every request reaches the upstream, as a mint does, so it reads the blocks in the
+    # shared state as a mint does: another process's block may not have reached this
+    # process's mirror through the bus yet.
+    await revoker.confirm(identity, client_id)
     # Each request may reach the upstream twice: it counts against the subject's mint budget.
     limiter.asking(identity.subject, ip)
     await limiter.check_shared()

@@ -6,12 +6,14 @@ behind while the epochs the revocation moved are not: a mint on B for an app JWT
 before the block must still be refused (401 `token_revoked`), before anything is minted,
 or its token would be stored under the moved epoch after the revocation's listing ran and
 never be revoked upstream. A newer JWT still gets its token, and an answer served from
-the cache costs no read of the blocks.
+the cache costs no read of the blocks. The device-credential route, which reaches the
+upstream on every request, reads the blocks as a mint does.
 """
 
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,10 +28,20 @@ from tests.helpers import eventually
 
 START = 1_900_000_000.0
 TENANT_POLICY = REPO / "policies" / "tenant-broadcast.yaml"
+CREDENTIAL_POLICY = REPO / "tests" / "fixtures" / "credential-policy.yaml"
 BODY = {"clientId": "GID_fleet@@@mia-1", "actions": ["R"]}
 REVOCATIONS = {
     "subject": {"subject": "mia"},
     "clientId": {"clientId": "GID_fleet@@@mia-1"},
+    "claim": {"claim": {"name": "tenant", "value": "acme"}},
+}
+
+
+# The same three selectors, for a sensor of the credential policy (GID_fleet@@@{sub}).
+SENSOR_CLIENT_ID = "GID_fleet@@@s1"
+SENSOR_REVOCATIONS = {
+    "subject": {"subject": "s1"},
+    "clientId": {"clientId": SENSOR_CLIENT_ID},
     "claim": {"claim": {"name": "tenant", "value": "acme"}},
 }
 
@@ -40,7 +52,11 @@ def apply_calls(emulator: EmulatorHandle) -> int:
 
 
 async def two_gateways(
-    make_emulator: MakeEmulator, make_gateway: MakeGateway, redis_url: str, clock: ManualClock
+    make_emulator: MakeEmulator,
+    make_gateway: MakeGateway,
+    redis_url: str,
+    clock: ManualClock,
+    policy_file: Path = BOUND_POLICY,
 ) -> tuple[EmulatorHandle, TestClient[Any, Any], TestClient[Any, Any]]:
     """An emulator and two gateways on one Redis, both subscribed to the bus."""
     emulator = await make_emulator(clock=clock)
@@ -49,7 +65,7 @@ async def two_gateways(
             emulator,
             clock=clock,
             redis_url=redis_url,
-            policy_file=BOUND_POLICY,
+            policy_file=policy_file,
             revocable_claims=frozenset({"tenant"}),
         )
         for _ in range(2)
@@ -216,4 +232,109 @@ async def test_a_shared_token_is_not_handed_to_a_jwt_blocked_on_another_gateway(
     answer = await b.post("/v1/token", headers=bearer(blocked[0]), json=blocked[1])
     assert answer.status == 401, await answer.text()
     assert (await answer.json())["code"] == "token_revoked"
+    assert apply_calls(emulator) == minted
+
+
+@pytest.mark.parametrize("selector", list(SENSOR_REVOCATIONS))
+async def test_a_block_refuses_a_device_credential_before_the_bus_arrives(
+    make_emulator: MakeEmulator,
+    make_gateway: MakeGateway,
+    redis_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    selector: str,
+) -> None:
+    clock = ManualClock(start=START)
+    emulator, a, b = await two_gateways(
+        make_emulator, make_gateway, redis_url, clock, policy_file=CREDENTIAL_POLICY
+    )
+    claims = {"groups": ["sensors"], "tenant": "acme"}
+    old_jwt = make_jwt("s1", now=clock.time(), **claims)
+    body = {"clientId": SENSOR_CLIENT_ID}
+    bus_b = b.server.app[appkeys.BUS]
+    held: list[bytes | str] = []
+    receive = bus_b._receive
+    monkeypatch.setattr(bus_b, "_receive", held.append)
+
+    clock.advance(1)
+    revoked = await a.post(
+        "/v1/admin/revoke",
+        json=SENSOR_REVOCATIONS[selector],
+        headers=admin_headers(now=clock.time()),
+    )
+    assert revoked.status == 202, await revoked.text()
+    await eventually(lambda: len(held) >= 1, what="the block event reached B's subscriber")
+    identity = await b.server.app[appkeys.VERIFIER].verify(old_jwt)
+    b.server.app[appkeys.REVOKER].check(identity, SENSOR_CLIENT_ID)  # B's mirror: no block yet
+
+    answer = await b.post("/v1/device-credential", headers=bearer(old_jwt), json=body)
+    assert answer.status == 401, await answer.text()
+    assert answer.content_type == "application/problem+json"
+    assert (await answer.json())["code"] == "token_revoked"
+    calls = emulator.state.stats()["calls"]
+    assert "GetDeviceCredential" not in calls  # refused before the upstream
+    assert "RegisterDeviceCredential" not in calls
+    assert emulator.state.credentials == {}
+
+    for data in held:  # the bus catches up
+        receive(data)
+    monkeypatch.undo()
+    clock.advance(1)
+    new_jwt = make_jwt("s1", now=clock.time(), **claims)
+    fresh = await b.post("/v1/device-credential", headers=bearer(new_jwt), json=body)
+    assert fresh.status == 200, await fresh.text()
+    assert (await fresh.json())["registered"] is True
+
+
+async def test_a_holding_written_across_its_revocation_is_checked_again_on_the_retry(
+    make_emulator: MakeEmulator,
+    make_gateway: MakeGateway,
+    redis_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = ManualClock(start=START)
+    emulator = await make_emulator(clock=clock)
+    a, b = [
+        await make_gateway(
+            emulator,
+            clock=clock,
+            redis_url=redis_url,
+            policy_file=TENANT_POLICY,
+            token_sharing="identical-grants",
+        )
+        for _ in range(2)
+    ]
+    await eventually(lambda: a.server.app[appkeys.BUS].synced and b.server.app[appkeys.BUS].synced)
+    blocked = make_jwt("dev-0", now=clock.time(), tenant="acme", device_id="d0")
+    body = {"clientId": "GID_fleet@@@d0"}
+    other = make_jwt("dev-1", now=clock.time(), tenant="acme", device_id="d1")
+    shared = await a.post("/v1/token", headers=bearer(other), json={"clientId": "GID_fleet@@@d1"})
+    assert shared.status == 200, await shared.text()
+    minted = apply_calls(emulator)
+    monkeypatch.setattr(b.server.app[appkeys.BUS], "_receive", lambda _data: None)
+    store_b = b.server.app[appkeys.TOKENS].store
+    hold = store_b.hold
+    revoked: list[int] = []
+
+    async def revoked_first(record: Any, holder: Any) -> None:
+        if not revoked:  # A revokes dev-0 (block, epoch, listing) before B writes its holding
+            clock.advance(1)
+            answer = await a.post(
+                "/v1/admin/revoke",
+                json={"subject": "dev-0"},
+                headers=admin_headers(now=clock.time()),
+            )
+            assert answer.status == 202, await answer.text()
+            revoked.append((await answer.json())["revokedLocally"])
+        await hold(record, holder)
+
+    monkeypatch.setattr(store_b, "hold", revoked_first)
+    first = await b.post("/v1/token", headers=bearer(blocked), json=body)
+    assert first.status == 503, await first.text()  # B saw the moved epoch
+    assert revoked == [0]  # the listing ran before the holding was written: nothing rotated
+
+    # The retry finds the same shared tokens (not rotated), and B's mirror has no block yet:
+    # the holding must be checked against the shared blocks again, not taken as known.
+    retry = await b.post("/v1/token", headers=bearer(blocked), json=body)
+    assert retry.status == 401, await retry.text()
+    assert (await retry.json())["code"] == "token_revoked"
     assert apply_calls(emulator) == minted

@@ -9,6 +9,8 @@ policy narrowing judges a shared token for each of its holders.
 from __future__ import annotations
 
 import asyncio
+import gc
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,7 @@ import redis.asyncio as aioredis
 from aiohttp.test_utils import TestClient
 
 from authserver import appkeys
+from authserver.bounded import ExpiringMap
 from authserver.clock import ManualClock
 from authserver.fingerprint import fingerprint
 from authserver.policy.loader import parse_policy
@@ -25,6 +28,7 @@ from authserver.tokens import store as store_module
 from authserver.tokens.model import TokenRecord
 from authserver.tokens.narrowing import narrowed
 from authserver.tokens.revocation import Revoker
+from authserver.tokens.service import HeldTokens, Holding, held_weight
 from authserver.tokens.sharing import (
     LIFETIME_CLASSES,
     SHARED_SUBJECT,
@@ -540,3 +544,122 @@ async def test_a_holder_over_its_mint_budget_does_not_refuse_the_others(
     assert (await first).status == 429
     resp = await second
     assert resp.status == 200, await resp.text()
+
+
+# A hostile fleet's claim values: 24 of 200 characters make a JWT of about 7 KB, under the
+# 8 KiB the verifier takes, and a remembered holding of about 6 KB instead of about 700 bytes.
+HOSTILE_TAGS = 24
+HELD_BOUND = 64 * 1024
+
+
+def hostile_device(n: int) -> tuple[str, dict[str, str]]:
+    """A device of tenant acme whose revocable `tags` claim is as large as its JWT allows."""
+    tags = [f"{n}-{j}-" + "x" * 200 for j in range(HOSTILE_TAGS)]
+    return device(n, tenant="acme", tags=tags)
+
+
+async def test_the_holdings_a_process_remembers_are_bounded_by_bytes(
+    emulator: EmulatorHandle,
+    make_gateway: MakeGateway,
+    redis_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    client = await make_gateway(
+        emulator,
+        policy_file=TENANT_POLICY,
+        redis_url=redis_url,
+        token_sharing=SHARING,
+        revocable_claims=frozenset({"tags"}),
+        token_cache_bytes=HELD_BOUND,
+        answer_cache_size=0,  # every request reaches the token service
+    )
+    service = client.server.app[appkeys.TOKENS]
+    held = service._held_here
+    holds: list[str] = []
+    store_hold = service.store.hold
+
+    async def counted(record: TokenRecord, holder: Holder) -> None:
+        holds.append(holder.subject)
+        await store_hold(record, holder)
+
+    monkeypatch.setattr(service.store, "hold", counted)
+    fleet = [hostile_device(n) for n in range(30)]
+    answers = [await tokens(client, *d) for d in fleet]
+    assert all(a == answers[0] for a in answers)
+    assert applied(emulator) == 2  # one R and one W token for the whole fleet
+    assert len(holds) == 60  # each device's two holdings written once
+
+    now = client.server.app[appkeys.CLOCK].time() * 1000
+    live = list(held.items(now))
+    assert sum(held_weight(key, value) for key, value in live) <= HELD_BOUND
+    assert held.bytes == sum(held_weight(key, value) for key, value in live)
+    remembered = {key[0] for key, _value in live}
+    assert "dev-29" in remembered
+    assert {"dev-0", "dev-1"}.isdisjoint(remembered)  # the oldest went first
+
+    # Remembered: nothing written again. Forgotten: written again, as a first holding is.
+    assert await tokens(client, *fleet[29]) == answers[0]
+    assert len(holds) == 60
+    assert await tokens(client, *fleet[0]) == answers[0]
+    assert holds[60:] == ["dev-0", "dev-0"]
+
+    # A forgotten holding is still the store's: revoking its subject rotates the shared
+    # tokens, nothing escapes, and the revoked JWT is refused.
+    revoked = await client.post(
+        "/v1/admin/revoke", json={"subject": "dev-1"}, headers=admin_headers()
+    )
+    assert revoked.status == 202, await revoked.text()
+    assert (await revoked.json())["revokedLocally"] == 2
+    await eventually(lambda: revoked_upstream(emulator) == 2)
+    assert all(emulator.state.is_revoked(t) for t in answers[0].values())
+    refused = await client.post("/v1/token", headers=bearer(fleet[1][0]), json=fleet[1][1])
+    assert refused.status == 401
+    assert (await refused.json())["code"] == "token_revoked"
+    assert set((await tokens(client, *fleet[2])).values()).isdisjoint(answers[0].values())
+
+
+async def test_the_memory_store_s_holdings_are_not_taken_as_remembered(
+    emulator: EmulatorHandle, make_gateway: MakeGateway
+) -> None:
+    # Four holdings' index entries (two devices) in the memory store, the oldest going first.
+    client = await make_gateway(
+        emulator,
+        policy_file=TENANT_POLICY,
+        token_sharing=SHARING,
+        token_cache_size=4,
+        answer_cache_size=0,  # every request reaches the token service
+    )
+    fleet = [device(n, tenant="acme") for n in range(5)]
+    first = [await tokens(client, *d) for d in fleet]
+    assert all(answer == first[0] for answer in first)
+    store = client.server.app[appkeys.TOKENS].store
+    assert await store.held(HELD_BY_SUBJECT, "dev-1") == []  # the store let it go
+
+    # dev-1 asks again: its holdings are written again, so its revocation finds them.
+    assert await tokens(client, *fleet[1]) == first[0]
+    revoked = await client.post(
+        "/v1/admin/revoke", json={"subject": "dev-1"}, headers=admin_headers()
+    )
+    assert revoked.status == 202, await revoked.text()
+    assert (await revoked.json())["revokedLocally"] == 2
+    await eventually(lambda: revoked_upstream(emulator) == 2)
+    assert all(emulator.state.is_revoked(t) for t in first[0].values())
+
+
+def test_the_holding_estimate_follows_tracemalloc() -> None:
+    gc.collect()
+    tracemalloc.start()
+    try:
+        start = tracemalloc.get_traced_memory()[0]
+        held: ExpiringMap[Holding, HeldTokens] = ExpiringMap(10_000, lambda value: value[0])
+        estimate = 0
+        for n in range(2000):
+            # Its own token strings each: what an entry keeps once its records are rotated.
+            key = (f"dev-{n}", f"GID_fleet@@@d{n}", (f"tags=g{n}",))
+            value = (1_900_000_000_000 + n, tuple(f"{kind}-{n}-" + "t" * 120 for kind in "RW"))
+            held.put(key, value)
+            estimate += held_weight(key, value)
+        measured = tracemalloc.get_traced_memory()[0] - start
+    finally:
+        tracemalloc.stop()
+    assert abs(estimate - measured) <= 0.1 * measured, (estimate, measured)

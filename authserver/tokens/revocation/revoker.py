@@ -176,7 +176,8 @@ class Revoker:
     async def confirm(self, identity: Identity, client_id: str | None) -> None:
         """`check` against the blocks in the state, not this process's mirror of them.
 
-        Called once per mint, after its epochs were read (`TokenRequest.confirm`): the
+        Called once per mint, after its epochs were read (`TokenRequest.confirm`), and by
+        every device-credential request (web/device_credential.py) before the upstream: the
         mirror learns another process's block from the bus, later than the state, and a
         revocation writes its block before it moves the epochs. So a mint that read the
         moved epochs reads the block here and is refused (the same 401 as `check`), and one
