@@ -60,7 +60,11 @@ def _verified_until(identity: Identity) -> float:
 
 
 def _verified_weight(_digest: bytes, identity: Identity) -> int:
-    return VERIFIED_OVERHEAD + weight(identity.claims)
+    # `weight(identity.claims)`, without walking a Mapping's views: asked of every JWT put in
+    # the cache and of every one it evicts (7 of the 30 us a new JWT cost to verify).
+    claims = identity.claims
+    values = claims.value_tuple if type(claims) is Claims else claims.values()
+    return VERIFIED_OVERHEAD + 64 + sum([16 + weight(value) for value in values])
 
 
 _TO_STANDARD_ALPHABET = bytes.maketrans(b"-_", b"+/")
