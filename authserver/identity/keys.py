@@ -52,8 +52,8 @@ def _direct_check(alg: str, key: Any) -> Callable[[bytes, bytes], bool] | None:
     """A check of (signing input, signature) for HS* and RS*, without PyJWT's per-call work.
 
     PyJWT's HMAC verify builds and keys an `hmac.HMAC` object a call, and its RSA verify
-    new padding and hash objects. Both still compare in constant time / verify in
-    `cryptography`.
+    makes new padding and hash objects a call. The MAC is still compared in constant time
+    (`hmac.compare_digest`), the RSA signature still verified by `cryptography`.
     """
     if alg in _HMAC_DIGESTS and isinstance(key, bytes):
         # Keyed once: a copy of the keyed state costs 1.2 us where hmac.digest, which looks
