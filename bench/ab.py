@@ -186,7 +186,10 @@ def main() -> int:
                 work.base.append(b)
                 work.runs.append(g)
                 pace = max(pace, g.rps)
-                line.append(f"{name} {g.rps:6.0f}/{b.rps:6.0f} = {g.rps / b.rps:6.1%}")
+                line.append(
+                    f"{name} {g.rps:6.0f}/{b.rps:6.0f} = {g.rps / b.rps:6.1%}"
+                    f" (CPU {g.cpu_us:.1f}/{b.cpu_us:.1f} us)"
+                )
             print(f"round {i + 1}: " + "  ".join(line), flush=True)
         print(f"\n{args.rounds} rounds of {args.duration:g} s, event loop {args.loop}:")
         for work in paired.values():

@@ -82,3 +82,36 @@ async def test_estimates_follow_tracemalloc(traced: Callable[[], int]) -> None:
     assert near(verifier._cache.bytes, after_verifier - before)
     assert near(holder._plans.bytes, after_plans - after_verifier)
     assert near(store._records.bytes, after_store - after_plans)
+
+
+class _Text(str):
+    """A str subclass: weighed as a string, past the exact-class fast path."""
+
+
+def test_weight_gives_each_kind_of_value_its_estimate() -> None:
+    from authserver.bounded import weight
+
+    assert [weight(v) for v in (None, True, False)] == [0, 0, 0]
+    assert [weight(v) for v in ("ab", b"ab", _Text("ab"))] == [42, 42, 42]
+    assert [weight(v) for v in (7, 7.5, 10**30)] == [32, 32, 32]
+    assert weight(("ab", 1)) == 40 + 8 + 42 + 8 + 32
+    assert weight({"k": ["ab"]}) == 64 + 16 + (40 + 8 + 42)
+    assert weight(object()) == 32
+
+
+async def test_a_verified_jwt_weighs_what_its_claims_weigh() -> None:
+    # The verifier weighs its Claims from their values tuple rather than through Mapping's
+    # views: the same figure as `weight` of the claims, nested values included.
+    from authserver.bounded import weight
+    from authserver.identity.verifier import VERIFIED_OVERHEAD, _verified_weight
+
+    clock = ManualClock()
+    verifier = JWTVerifier(
+        JWTSettings(algorithms=("HS256",), issuer=ISSUER, secret=SECRET), clock=clock
+    )
+    claims = {"iss": ISSUER, "sub": "d-1", "exp": int(clock.time()) + 600, "groups": ["ops"]}
+    claims["nested"] = {"a": [1, "two", None]}
+    identity = await verifier.verify(jwt.encode(claims, SECRET, algorithm="HS256"))
+    expected = VERIFIED_OVERHEAD + weight(dict(identity.claims))
+    assert _verified_weight(b"", identity) == expected
+    assert verifier._cache.bytes == expected

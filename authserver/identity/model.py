@@ -38,6 +38,11 @@ class Claims(Mapping[str, Any]):
         at = self._names.get(name)
         return default if at is None else self._values[at]
 
+    @property
+    def value_tuple(self) -> tuple[Any, ...]:
+        """The values in the JWT's order, without a view: what the verifier's byte bound weighs."""
+        return self._values
+
     def __contains__(self, name: object) -> bool:
         return name in self._names
 

@@ -44,6 +44,18 @@ class Plan:
     policy_version: str
 
 
+class _NotKeptYet:
+    """The type of NOT_KEPT_YET: a memo whose kept claims nobody asked for yet."""
+
+    __slots__ = ()
+
+
+NOT_KEPT_YET = _NotKeptYet()
+# (the holder's tag, the claims key, the kept claims: None for the claims themselves, or
+# NOT_KEPT_YET), kept on the claims object (`Claims.memo`).
+_Memo = tuple[object, tuple[Any, ...], "Mapping[str, Any] | _NotKeptYet | None"]
+
+
 def _freeze(value: Any) -> Any:
     """A hashable stand-in for a JSON value; types kept apart (1, 1.0 and True differ)."""
     if value is None or value.__class__ is str:  # the common cases first: absent, a string
@@ -147,27 +159,35 @@ class PolicyHolder:
         Memoised on the claims object: the verifier hands out the same (immutable) claims for
         a JWT it has seen, so a returning device costs one attribute read here.
         """
-        return self._memo(claims)[1]
+        return self._memo(claims, keep=False)[1]
 
-    def _memo(
-        self, claims: Mapping[str, Any]
-    ) -> tuple[object, tuple[Any, ...], Mapping[str, Any] | None]:
-        """(tag, claims key, kept claims or None when they are `claims` themselves)."""
-        memo = getattr(claims, "memo", None)
+    def _memo(self, claims: Mapping[str, Any], *, keep: bool) -> _Memo:
+        """(tag, claims key, kept claims: None when they are `claims` themselves).
+
+        What records keep is worked out only once `keep` asks (a mint): sizing the claims
+        as JSON cost 10 of the 13 us a new JWT's claims key took, on a path (a cached
+        answer) that never needs it. Until then the memo holds NOT_KEPT_YET there.
+        """
+        memo: _Memo | None = getattr(claims, "memo", None)
         if memo is not None and memo[0] is self._memo_tag:
-            found: tuple[object, tuple[Any, ...], Mapping[str, Any] | None] = memo
-            return found
-        key = tuple([(name, _freeze(claims.get(name))) for name in self._claim_order])
-        if len(self._shared_keys) >= SHARED_KEYS_MAX:
-            self._shared_keys.clear()
-        # One object per distinct key: most identities share their relevant claims (a fleet
-        # of one tenant), and answers and plans of every device hold the key (about 170
-        # bytes a token when each identity had its own).
-        key = self._shared_keys.setdefault(key, key)
-        kept = self._keep(claims)
-        # None for the claims themselves: a memo pointing back at its claims would make every
-        # identity a reference cycle, freed only by the cyclic collector.
-        made = (self._memo_tag, key, None if kept is claims else kept)
+            if not keep or memo[2] is not NOT_KEPT_YET:
+                return memo
+            key = memo[1]
+        else:
+            key = tuple([(name, _freeze(claims.get(name))) for name in self._claim_order])
+            if len(self._shared_keys) >= SHARED_KEYS_MAX:
+                self._shared_keys.clear()
+            # One object per distinct key: most identities share their relevant claims (a
+            # fleet of one tenant), and answers and plans of every device hold the key
+            # (about 170 bytes a token when each identity had its own).
+            key = self._shared_keys.setdefault(key, key)
+        kept: Mapping[str, Any] | _NotKeptYet | None = NOT_KEPT_YET
+        if keep:
+            worked_out = self._keep(claims)
+            # None for the claims themselves: a memo pointing back at its claims would make
+            # every identity a reference cycle, freed only by the cyclic collector.
+            kept = None if worked_out is claims else worked_out
+        made = (self._memo_tag, key, kept)
         with contextlib.suppress(AttributeError):  # a plain mapping (tests, the admin API)
             claims.memo = made  # type: ignore[attr-defined]
         return made
@@ -178,8 +198,11 @@ class PolicyHolder:
         Memoised on the claims object, as `claims_key` is; the whole set is kept by reference
         (the verifier's read-only claims), not copied.
         """
-        kept = self._memo(claims)[2]
-        return claims if kept is None else kept
+        kept = self._memo(claims, keep=True)[2]
+        if kept is None:
+            return claims
+        assert not isinstance(kept, _NotKeptYet)  # `keep=True` worked it out
+        return kept
 
     def _keep(self, claims: Mapping[str, Any]) -> Mapping[str, Any]:
         size = len(json.dumps(dict(claims), separators=(",", ":"), ensure_ascii=False, default=str))

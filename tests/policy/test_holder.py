@@ -89,3 +89,26 @@ def test_the_claims_memo_makes_no_reference_cycle() -> None:
     assert holder.claims_key(claims) is key
     assert claims.memo is not None
     assert sys.getrefcount(claims) == held
+
+
+def test_a_claims_key_alone_does_not_size_the_claims_and_a_mint_then_cuts_them() -> None:
+    # A cached answer needs only the claims key; what records keep (sizing the claims as JSON)
+    # is worked out when a plan asks, on the same memo, and still cuts a large claim set.
+    from authserver.identity.model import Claims
+    from authserver.policy.holder import NOT_KEPT_YET
+
+    holder = PolicyHolder.load(EXAMPLE_POLICY)
+    large = Claims({"groups": 0, "tenant": 1, "blob": 2}, (["ops"], "t1", "x" * 2000))
+    key = holder.claims_key(large)
+    assert large.memo[1] is key
+    assert large.memo[2] is NOT_KEPT_YET
+    kept = holder.plan("alice", large, None, None, None).claims
+    assert isinstance(kept, KeptClaims)
+    assert dict(kept) == {"groups": ["ops"], "tenant": "t1"}
+    assert holder.kept_claims(large) is kept  # memoised, and the key kept with it
+    assert holder.claims_key(large) is key
+
+    small = Claims({"groups": 0, "tenant": 1}, (["ops"], "t1"))
+    holder.claims_key(small)
+    assert holder.plan("alice", small, None, None, None).claims is small
+    assert small.memo[2] is None  # the claims themselves, without a cycle
