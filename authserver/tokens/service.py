@@ -696,8 +696,11 @@ class TokenService:
             raise
 
     async def _unlock(self, key: str, subject: str, lock_id: str) -> None:
+        # Not cut short by a shutdown's repeated cancellation: a lock left behind makes
+        # every other process wait out its TTL for this token (tests/tokens/test_stopping.py).
         try:
-            await self.store.unlock(key, subject, lock_id)
+            with background.finishing():
+                await self.store.unlock(key, subject, lock_id)
         except StoreUnavailable:
             log.warning("could not release an issuance lock; it expires by itself")
 
