@@ -646,7 +646,13 @@ async def test_the_memory_store_s_holdings_are_not_taken_as_remembered(
     assert all(emulator.state.is_revoked(t) for t in first[0].values())
 
 
-def test_the_holding_estimate_follows_tracemalloc() -> None:
+# A device's subject and claim values in any script: CPython stores a string at the width
+# of its widest character (one byte for ASCII, up to four for emoji).
+WIDE_TEXT = ["", "\u00e9" * 150, "\u4e2d" * 150, "\U0001f600" * 150]
+
+
+@pytest.mark.parametrize("text", WIDE_TEXT, ids=["ascii", "latin-1", "cjk", "emoji"])
+def test_the_holding_estimate_follows_tracemalloc(text: str) -> None:
     gc.collect()
     tracemalloc.start()
     try:
@@ -655,7 +661,7 @@ def test_the_holding_estimate_follows_tracemalloc() -> None:
         estimate = 0
         for n in range(2000):
             # Its own token strings each: what an entry keeps once its records are rotated.
-            key = (f"dev-{n}", f"GID_fleet@@@d{n}", (f"tags=g{n}",))
+            key = (f"dev-{n}{text}", f"GID_fleet@@@d{n}", (f"tags=g{n}{text}",))
             value = (1_900_000_000_000 + n, tuple(f"{kind}-{n}-" + "t" * 120 for kind in "RW"))
             held.put(key, value)
             estimate += held_weight(key, value)
