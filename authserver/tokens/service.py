@@ -259,10 +259,16 @@ class TokenService:
                 self._l1.pop(key)
 
     def clear(self) -> None:
-        """Forget every L1 entry: events may have been missed (see tokens/issuer.py)."""
+        """Forget every L1 entry: events may have been missed (see tokens/issuer.py).
+
+        And the holdings remembered as written: a resync follows a break with Redis, which
+        may have lost them (a failover to a replica they had not reached yet), and one not
+        written again would hide its shared tokens from its holder's revocation.
+        """
         self.generation += 1
         if self._l1 is not None:
             self._l1.clear()
+        self._held_here.clear()
 
     async def lookup(self, token: str) -> TokenRecord | None:
         """A token we issued and still hold, by value."""
