@@ -44,6 +44,9 @@ SENSOR_REVOCATIONS = {
     "subject": {"subject": "s1"},
     "clientId": {"clientId": SENSOR_CLIENT_ID},
     "claim": {"claim": {"name": "tenant", "value": "acme"}},
+    # A grace holds back the upstream revocation of the old tokens, not the block.
+    "claim with a grace": {"claim": {"name": "tenant", "value": "acme"}, "graceSeconds": 600},
+    "subject with a grace": {"subject": "s1", "graceSeconds": 600},
 }
 
 
