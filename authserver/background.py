@@ -7,21 +7,47 @@ timeout is set, as ours is. A loop whose cancellation was dropped there goes on 
 revocation worker did, and hung the test run's teardown). So the cancellation is repeated
 until the task ends; a task still running after the bound is logged and left alone, because
 shutdown must not hang on a Redis connection that never answers.
+
+A repeated cancellation would also land in cleanup that must run to its end: the release
+of an issuance lock (left behind, it makes every other gateway wait out its TTL), the
+close of a connection. Such cleanup runs inside `finishing()`, and a task in it is not
+cancelled again until it leaves it (the bound still holds).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Iterable
+import weakref
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 log = logging.getLogger(__name__)
 
 STOP_TIMEOUT = 2.0
-# A dropped cancellation is repeated after this long; cleanup that outlasts it (a task's
-# `finally` closing a connection) is interrupted, which at shutdown loses nothing.
+# A dropped cancellation is repeated after this long (not while the task is `finishing`).
 RECANCEL_INTERVAL = 0.05
+
+# Tasks running cleanup that must not be interrupted (`finishing`).
+_finishing: weakref.WeakSet[asyncio.Future[Any]] = weakref.WeakSet()
+
+
+@contextlib.contextmanager
+def finishing() -> Iterator[None]:
+    """Cleanup of the current task that `stop` must not cancel (a lock's release).
+
+    Keep it short and bounded: `stop` still gives up on the task after its bound.
+    """
+    task = asyncio.current_task()
+    if task is None or task in _finishing:  # not in a task, or nested: the outer one owns it
+        yield
+        return
+    _finishing.add(task)
+    try:
+        yield
+    finally:
+        _finishing.discard(task)
 
 
 async def stop(tasks: Iterable[asyncio.Future[Any] | None], within: float = STOP_TIMEOUT) -> bool:
@@ -34,7 +60,8 @@ async def stop(tasks: Iterable[asyncio.Future[Any] | None], within: float = STOP
     deadline = loop.time() + within
     while running:
         for task in running:
-            task.cancel()
+            if task not in _finishing:
+                task.cancel()
         remaining = deadline - loop.time()
         if remaining <= 0:
             log.warning(

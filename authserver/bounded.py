@@ -7,6 +7,7 @@ way: by a count and by an estimate of the bytes its entries hold, the oldest goi
 
 from __future__ import annotations
 
+import sys
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from typing import Generic, TypeVar
@@ -18,7 +19,7 @@ EXPIRED_PER_PUT = 2
 
 
 def weight(value: object) -> int:
-    """Roughly the bytes a value holds: strings and bytes by length, containers by their items.
+    """Roughly the bytes a value holds: strings by size, bytes by length, containers by items.
 
     An estimate for the byte bounds, close to tracemalloc's figures for the small values
     caches hold (a short string 50 bytes, a tuple 40 and 8 a slot, a number 32).
@@ -32,7 +33,12 @@ def weight(value: object) -> int:
         return 32
     if value is None or value is True or value is False:
         return 0  # one object the whole process shares
-    if isinstance(value, str | bytes):
+    if isinstance(value, str):
+        # CPython keeps every character of a string at the width of its widest one: one
+        # byte for ASCII (the usual case), up to four, so a device whose claim values are
+        # emoji would otherwise hold four times what its entries are counted at.
+        return 40 + len(value) if value.isascii() else sys.getsizeof(value)
+    if isinstance(value, bytes):
         return 40 + len(value)
     if isinstance(value, tuple | list | frozenset | set):
         return 40 + sum([8 + weight(item) for item in value])

@@ -167,11 +167,14 @@ class ReferenceDevice:
                 for task in done:
                     task.result()  # DeviceStopped and the like propagate
             finally:
-                await background.stop([refresher, receiver])
+                # Not cut short when this device is stopped the same way: its tasks would
+                # be left running, its MQTT connection open.
+                with background.finishing():
+                    await background.stop([refresher, receiver])
         finally:
             self.online.clear()
             self.stats.disconnects += 1
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(Exception), background.finishing():
                 await client.disconnect()
 
     async def _receive(self, client: MQTTClient) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 import pytest
@@ -80,3 +81,33 @@ async def test_a_task_that_refuses_to_end_is_reported_not_waited_for(
     assert "stubborn" in caplog.text
     release.set()
     await task
+
+
+async def test_cleanup_inside_finishing_runs_to_its_end_before_another_cancellation() -> None:
+    # A cleanup that outlasts the re-cancel interval (a lock's release on a slow Redis).
+    released = asyncio.Event()
+    rounds = 0
+
+    async def holder() -> None:
+        try:
+            await asyncio.Event().wait()
+        finally:
+            with background.finishing():
+                await asyncio.sleep(background.RECANCEL_INTERVAL * 4)
+                released.set()
+
+    async def looping() -> None:
+        # The 3.11 drop again, then cleanup in `finishing`: cancelled once it leaves it.
+        nonlocal rounds
+        while True:
+            with contextlib.suppress(asyncio.CancelledError), background.finishing():
+                await asyncio.sleep(background.RECANCEL_INTERVAL * 2)
+            rounds += 1
+            await asyncio.sleep(0.001)
+
+    tasks = [asyncio.create_task(holder()), asyncio.create_task(looping())]
+    await asyncio.sleep(0)
+    assert await background.stop(tasks)
+    assert released.is_set()
+    assert all(task.cancelled() for task in tasks)
+    assert rounds >= 1

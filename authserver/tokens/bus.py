@@ -54,6 +54,8 @@ class InvalidationBus:
         # on no flush is pending (a test waits on it before relying on warm caches).
         self.synced = redis is None
         self._subscribed = asyncio.Event()
+        # Set when redis-py reconnected the subscription by itself (`_on_reconnect`).
+        self._reconnected = False
 
     def on_event(self, handler: Handler) -> None:
         """Call `handler` for every event, local or remote."""
@@ -100,14 +102,24 @@ class InvalidationBus:
         assert self._redis is not None
         while True:
             pubsub = self._redis.pubsub()
+            connection = None
             try:
                 await pubsub.subscribe(CHANNEL)
+                # redis-py reconnects a broken subscription itself and subscribes again
+                # (the client's one retry on a connection error): told of it, the gap is
+                # resynced here as one this loop saw would be.
+                connection = getattr(pubsub, "connection", None)
+                if connection is not None:
+                    connection.register_connect_callback(self._on_reconnect)
+                self._reconnected = False
                 self.connected = True
-                for resync in self._resyncs:
-                    await resync()
-                self.synced = True
+                await self._resync()
                 self._subscribed.set()
                 while True:
+                    if self._reconnected:
+                        log.warning("invalidation bus: Redis reconnected the subscription")
+                        self._reconnected = False
+                        await self._resync()
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=5.0)
                     if message is None or message.get("type") != "message":
                         continue
@@ -128,8 +140,19 @@ class InvalidationBus:
                 self.connected = False
             finally:
                 self.synced = False
+                if connection is not None:
+                    connection.deregister_connect_callback(self._on_reconnect)
                 await _close_quietly(pubsub)
             await self._clock.idle(self._retry)
+
+    async def _resync(self) -> None:
+        self.synced = False
+        for resync in self._resyncs:
+            await resync()
+        self.synced = True
+
+    def _on_reconnect(self, _connection: Any) -> None:
+        self._reconnected = True
 
     def _receive(self, data: bytes | str) -> None:
         try:
@@ -143,5 +166,9 @@ class InvalidationBus:
 
 
 async def _close_quietly(pubsub: Any) -> None:
-    with contextlib.suppress(RedisError, OSError, RuntimeError, TimeoutError):
+    # To its end even while the bus is stopped: a close cut short leaves the connection open.
+    with (
+        contextlib.suppress(RedisError, OSError, RuntimeError, TimeoutError),
+        background.finishing(),
+    ):
         await asyncio.wait_for(pubsub.aclose(), timeout=STOP_TIMEOUT)

@@ -259,10 +259,16 @@ class TokenService:
                 self._l1.pop(key)
 
     def clear(self) -> None:
-        """Forget every L1 entry: events may have been missed (see tokens/issuer.py)."""
+        """Forget every L1 entry: events may have been missed (see tokens/issuer.py).
+
+        And the holdings remembered as written: a resync follows a break with Redis, which
+        may have lost them (a failover to a replica they had not reached yet), and one not
+        written again would hide its shared tokens from its holder's revocation.
+        """
         self.generation += 1
         if self._l1 is not None:
             self._l1.clear()
+        self._held_here.clear()
 
     async def lookup(self, token: str) -> TokenRecord | None:
         """A token we issued and still hold, by value."""
@@ -696,8 +702,11 @@ class TokenService:
             raise
 
     async def _unlock(self, key: str, subject: str, lock_id: str) -> None:
+        # Not cut short by a shutdown's repeated cancellation: a lock left behind makes
+        # every other process wait out its TTL for this token (tests/tokens/test_stopping.py).
         try:
-            await self.store.unlock(key, subject, lock_id)
+            with background.finishing():
+                await self.store.unlock(key, subject, lock_id)
         except StoreUnavailable:
             log.warning("could not release an issuance lock; it expires by itself")
 

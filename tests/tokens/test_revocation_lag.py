@@ -24,6 +24,7 @@ from authserver.clock import ManualClock
 from tests.admin.conftest import admin_headers
 from tests.fixtures.emulator import EmulatorHandle, MakeEmulator
 from tests.fixtures.gateway import BOUND_POLICY, REPO, MakeGateway, bearer, make_jwt
+from tests.fixtures.redis import RedisServer
 from tests.helpers import eventually
 
 START = 1_900_000_000.0
@@ -43,6 +44,9 @@ SENSOR_REVOCATIONS = {
     "subject": {"subject": "s1"},
     "clientId": {"clientId": SENSOR_CLIENT_ID},
     "claim": {"claim": {"name": "tenant", "value": "acme"}},
+    # A grace holds back the upstream revocation of the old tokens, not the block.
+    "claim with a grace": {"claim": {"name": "tenant", "value": "acme"}, "graceSeconds": 600},
+    "subject with a grace": {"subject": "s1", "graceSeconds": 600},
 }
 
 
@@ -338,3 +342,25 @@ async def test_a_holding_written_across_its_revocation_is_checked_again_on_the_r
     assert retry.status == 401, await retry.text()
     assert (await retry.json())["code"] == "token_revoked"
     assert apply_calls(emulator) == minted
+
+
+async def test_a_device_credential_is_not_answered_when_the_blocks_cannot_be_read(
+    make_emulator: MakeEmulator,
+    make_gateway: MakeGateway,
+    redis_server: RedisServer,
+    redis_url: str,
+) -> None:
+    # Redis down: the blocks are unknown, so the credential (a login) is not handed out.
+    emulator = await make_emulator()
+    gateway = await make_gateway(emulator, redis_url=redis_url, policy_file=CREDENTIAL_POLICY)
+    jwt = make_jwt("s1", groups=["sensors"], tenant="acme")
+    redis_server.stop()
+    answer = await gateway.post(
+        "/v1/device-credential", headers=bearer(jwt), json={"clientId": SENSOR_CLIENT_ID}
+    )
+    assert answer.status == 503, await answer.text()
+    assert answer.content_type == "application/problem+json"
+    assert (await answer.json())["code"] == "store_unavailable"
+    calls = emulator.state.stats()["calls"]
+    assert "GetDeviceCredential" not in calls
+    assert "RegisterDeviceCredential" not in calls

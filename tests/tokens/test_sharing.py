@@ -646,7 +646,13 @@ async def test_the_memory_store_s_holdings_are_not_taken_as_remembered(
     assert all(emulator.state.is_revoked(t) for t in first[0].values())
 
 
-def test_the_holding_estimate_follows_tracemalloc() -> None:
+# A device's subject and claim values in any script: CPython stores a string at the width
+# of its widest character (one byte for ASCII, up to four for emoji).
+WIDE_TEXT = ["", "\u00e9" * 150, "\u4e2d" * 150, "\U0001f600" * 150]
+
+
+@pytest.mark.parametrize("text", WIDE_TEXT, ids=["ascii", "latin-1", "cjk", "emoji"])
+def test_the_holding_estimate_follows_tracemalloc(text: str) -> None:
     gc.collect()
     tracemalloc.start()
     try:
@@ -655,7 +661,7 @@ def test_the_holding_estimate_follows_tracemalloc() -> None:
         estimate = 0
         for n in range(2000):
             # Its own token strings each: what an entry keeps once its records are rotated.
-            key = (f"dev-{n}", f"GID_fleet@@@d{n}", (f"tags=g{n}",))
+            key = (f"dev-{n}{text}", f"GID_fleet@@@d{n}", (f"tags=g{n}{text}",))
             value = (1_900_000_000_000 + n, tuple(f"{kind}-{n}-" + "t" * 120 for kind in "RW"))
             held.put(key, value)
             estimate += held_weight(key, value)
@@ -663,3 +669,47 @@ def test_the_holding_estimate_follows_tracemalloc() -> None:
     finally:
         tracemalloc.stop()
     assert abs(estimate - measured) <= 0.1 * measured, (estimate, measured)
+
+
+async def test_holdings_lost_with_redis_are_written_again_after_the_resync(
+    emulator: EmulatorHandle, make_gateway: MakeGateway, redis_url: str
+) -> None:
+    # A failover to a replica that had not received the holding writes: the bus
+    # resubscribes and resyncs ("anything may have changed"), and the holdings this process
+    # remembers having written are no longer taken as written, or the revocation of their
+    # holder would not find the shared tokens and its device would keep them upstream.
+    client = await make_gateway(
+        emulator,
+        policy_file=TENANT_POLICY,
+        redis_url=redis_url,
+        token_sharing=SHARING,
+        answer_cache_size=0,  # every request reaches the token service
+    )
+    bus = client.server.app[appkeys.BUS]
+    await eventually(lambda: bus.synced)
+    resyncs: list[int] = []
+
+    async def counted() -> None:
+        resyncs.append(1)
+
+    bus.on_resync(counted)
+    jwt, body = device(0, tenant="acme")
+    first = await tokens(client, jwt, body)
+    redis = aioredis.from_url(redis_url)
+    try:
+        lost = await redis.keys("authserver:held:*")
+        assert lost
+        await redis.delete(*lost)  # what the promoted replica never got
+        await redis.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+    finally:
+        await redis.aclose()
+    await eventually(lambda: bool(resyncs) and bus.synced, what="the bus resynced")
+
+    assert await tokens(client, jwt, body) == first  # the same shared tokens, held again
+    revoked = await client.post(
+        "/v1/admin/revoke", json={"subject": "dev-0"}, headers=admin_headers()
+    )
+    assert revoked.status == 202, await revoked.text()
+    assert (await revoked.json())["revokedLocally"] == 2
+    await eventually(lambda: revoked_upstream(emulator) == 2)
+    assert all(emulator.state.is_revoked(t) for t in first.values())
