@@ -18,6 +18,13 @@ V = TypeVar("V")
 EXPIRED_PER_PUT = 2
 
 
+def weigh_str(value: str) -> int:
+    """A string's bytes. CPython keeps every character at the width of its widest one: one
+    byte for ASCII (the usual case, and `isascii` is a flag read), up to four, so a device
+    whose claim values are emoji would otherwise hold four times what it is counted at."""
+    return 40 + len(value) if value.isascii() else sys.getsizeof(value)
+
+
 def weight(value: object) -> int:
     """Roughly the bytes a value holds: strings by size, bytes by length, containers by items.
 
@@ -27,17 +34,12 @@ def weight(value: object) -> int:
     # Exact classes first, the common case (claims, keys): an isinstance against a union or
     # an ABC costs more than the rest of the estimate.
     cls = type(value)
-    if cls is str or cls is bytes:
-        return 40 + len(value)  # type: ignore[arg-type]
+    if cls is str or isinstance(value, str):
+        return weigh_str(value)  # type: ignore[arg-type]
     if cls is int or cls is float:
         return 32
     if value is None or value is True or value is False:
         return 0  # one object the whole process shares
-    if isinstance(value, str):
-        # CPython keeps every character of a string at the width of its widest one: one
-        # byte for ASCII (the usual case), up to four, so a device whose claim values are
-        # emoji would otherwise hold four times what its entries are counted at.
-        return 40 + len(value) if value.isascii() else sys.getsizeof(value)
     if isinstance(value, bytes):
         return 40 + len(value)
     if isinstance(value, tuple | list | frozenset | set):

@@ -8,6 +8,7 @@ within 10% of the memory it grew by, so that a byte bound means what its setting
 from __future__ import annotations
 
 import gc
+import sys
 import tracemalloc
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -99,9 +100,11 @@ def test_weight_gives_each_kind_of_value_its_estimate() -> None:
     assert weight(object()) == 32
 
 
-async def test_a_verified_jwt_weighs_what_its_claims_weigh() -> None:
+@pytest.mark.parametrize("subject", ["d-1", "设备-" * 40, "\U0001f4a1" * 40], ids=str.isascii)
+async def test_a_verified_jwt_weighs_what_its_claims_weigh(subject: str) -> None:
     # The verifier weighs its Claims from their values tuple rather than through Mapping's
-    # views: the same figure as `weight` of the claims, nested values included.
+    # views: the same figure as `weight` of the claims, nested values included, and a
+    # non-ASCII subject at its real width (four bytes a character for emoji).
     from authserver.bounded import weight
     from authserver.identity.verifier import VERIFIED_OVERHEAD, _verified_weight
 
@@ -109,9 +112,10 @@ async def test_a_verified_jwt_weighs_what_its_claims_weigh() -> None:
     verifier = JWTVerifier(
         JWTSettings(algorithms=("HS256",), issuer=ISSUER, secret=SECRET), clock=clock
     )
-    claims = {"iss": ISSUER, "sub": "d-1", "exp": int(clock.time()) + 600, "groups": ["ops"]}
+    claims = {"iss": ISSUER, "sub": subject, "exp": int(clock.time()) + 600, "groups": ["ops"]}
     claims["nested"] = {"a": [1, "two", None]}
     identity = await verifier.verify(jwt.encode(claims, SECRET, algorithm="HS256"))
     expected = VERIFIED_OVERHEAD + weight(dict(identity.claims))
     assert _verified_weight(b"", identity) == expected
     assert verifier._cache.bytes == expected
+    assert subject.isascii() or weight(subject) == sys.getsizeof(subject)

@@ -15,7 +15,7 @@ from typing import Any
 import aiohttp
 
 from authserver import background
-from authserver.bounded import ExpiringMap, weight
+from authserver.bounded import ExpiringMap, weigh_str, weight
 from authserver.clock import Clock, SystemClock
 from authserver.errors import InvalidToken
 from authserver.identity.jwks import JWKSSource
@@ -69,7 +69,7 @@ def _verified_weight(_digest: bytes, identity: Identity) -> int:
     for value in values:
         kind = type(value)
         if kind is str:
-            total += 56 + len(value)
+            total += 16 + weigh_str(value)
         elif kind is int:
             total += 48
         else:
