@@ -8,6 +8,8 @@ in-process bus. `ask` does what the device handler does: repeat, else verify, th
 from __future__ import annotations
 
 import asyncio
+import gc
+import tracemalloc
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +28,7 @@ from authserver.policy.holder import PolicyHolder
 from authserver.policy.loader import parse_policy
 from authserver.ratelimit import Limit, RateLimiter
 from authserver.tokens.bus import InvalidationBus
-from authserver.tokens.issuer import Asked, TokenIssuer
+from authserver.tokens.issuer import MARKS_MEMO_BYTES, Asked, TokenIssuer
 from authserver.tokens.narrowing import revoke_narrowed
 from authserver.tokens.revocation import MemoryState, Revoker
 from authserver.tokens.service import RevokedWhileIssuing, TokenService
@@ -134,6 +136,8 @@ def make_kit() -> MakeKit:
         plan_bytes: int = 1 << 30,
         answers: int = 100,
         subject_limit: Limit = UNLIMITED,
+        revocable: frozenset[str] = frozenset(),
+        marks_bytes: int = MARKS_MEMO_BYTES,
         **jwt_settings: Any,
     ) -> Kit:
         clock = ManualClock()
@@ -169,6 +173,8 @@ def make_kit() -> MakeKit:
             clock=clock,
             request_deadline=5.0,
             answer_cache_size=answers,
+            revocable_claims=revocable,
+            marks_memo_bytes=marks_bytes,
         )
         return Kit(clock, store, service, issuer, verifier, revoker, bus, holder, minter)
 
@@ -551,3 +557,29 @@ async def test_a_blocked_jwt_does_not_spend_the_subject_limit(make_kit: MakeKit)
         await kit.ask(old)
     kit.clock.advance(1)
     assert await kit.ask(kit.jwt())  # signed in again: the one request the burst allows
+
+
+async def test_the_claim_marks_memo_is_held_to_its_byte_bound(make_kit: MakeKit) -> None:
+    # Each claims object carries 32 group values of 250 characters: its marks and the claims
+    # the memo keeps alive are about 19 KB by `weight`. Bounded by entries only (10,000), the
+    # memo held all 60 (1.1 MB) once the verifier and the callers had let go of them.
+    kit = make_kit(revocable=frozenset({"groups"}), marks_bytes=100_000)
+    gc.collect()
+    tracemalloc.start()
+    try:
+        start = tracemalloc.get_traced_memory()[0]
+        for n in range(60):
+            claims = {
+                "sub": f"dev-{n}",
+                "groups": [f"{n:02d}{m:02d}" + "g" * 246 for m in range(32)],
+            }
+            marks = kit.issuer.marks(claims)
+            assert len(marks) == 32
+            assert kit.issuer.marks(claims) is marks  # remembered while it is held
+            del claims, marks
+        gc.collect()
+        held = tracemalloc.get_traced_memory()[0] - start
+    finally:
+        tracemalloc.stop()
+    assert held <= 150_000, held
+    assert kit.issuer._marks.bytes <= 100_000
