@@ -35,7 +35,7 @@ import secrets
 from collections import OrderedDict
 from collections.abc import Hashable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from hashlib import blake2b
 
 from authserver.bounded import weight
@@ -86,9 +86,9 @@ class Answer:
     keys: tuple[str, ...]
     client_id: str | None
     live: bool = False
-    # The repeats that point here, so they go when the answer does.
-    repeat_keys: list[RepeatDigest] = field(default_factory=list)
-    size: int = 0  # set when the cache takes it
+    # The repeats that point here, so they go when the answer does: a tuple (none is the
+    # shared empty one, one is 48 bytes where a list was 88), replaced when it changes.
+    repeat_keys: tuple[RepeatDigest, ...] = ()
 
 
 @dataclass(slots=True, eq=False)
@@ -98,6 +98,20 @@ class Repeat:
     answer: Answer
     identity: Identity
     verifier_epoch: int
+
+
+def answer_size(slot: Slot, answer: Answer) -> int:
+    """What an answer held under `slot` counts for in the byte bound.
+
+    Worked out again when it leaves rather than kept beside it (an int a token): both are
+    immutable once held.
+    """
+    return (
+        ANSWER_OVERHEAD
+        + len(answer.body)
+        + weight(slot)
+        + sum([56 + len(key) for key in answer.keys])
+    )
 
 
 class AnswerCache:
@@ -245,7 +259,7 @@ class AnswerCache:
                 if held is not None and held.answer is answer:
                     live.append(k)
                     spellings += held.identity.fingerprint == jwt
-            answer.repeat_keys[:] = live
+            answer.repeat_keys = tuple(live)
             if spellings >= REPEAT_SPELLINGS:
                 return
         self._drop_repeat(key)
@@ -257,7 +271,7 @@ class AnswerCache:
         repeats[key] = repeat
         self.bytes += size
         if key not in answer.repeat_keys:
-            answer.repeat_keys.append(key)
+            answer.repeat_keys += (key,)
 
     def _drop_repeat(self, key: RepeatDigest) -> None:
         if self._repeats.pop(key, None) is not None:
@@ -285,18 +299,12 @@ class AnswerCache:
         self._forget(slot)
         if now_ms is not None:
             self._drop_stale(now_ms)
-        size = (
-            ANSWER_OVERHEAD
-            + len(answer.body)
-            + weight(slot)
-            + sum([56 + len(key) for key in answer.keys])
-        )
+        size = answer_size(slot, answer)
         if size > self._max_bytes:
             return  # larger than the whole budget: never kept
         entries = self._entries
         while entries and (len(entries) >= self._maxsize or self.bytes + size > self._max_bytes):
             self._let_go(*entries.popitem(last=False))
-        answer.size = size
         entries[slot] = answer
         self.bytes += size
         answer.live = True
@@ -328,12 +336,12 @@ class AnswerCache:
     def _let_go(self, slot: Slot, answer: Answer) -> None:
         """An answer leaves the cache: unindex it, end its repeats, mark it for any holder."""
         answer.live = False
-        self.bytes -= answer.size
+        self.bytes -= answer_size(slot, answer)
         for key in answer.repeat_keys:
             repeat = self._repeats.get(key)
             if repeat is not None and repeat.answer is answer:
                 self._drop_repeat(key)
-        answer.repeat_keys.clear()
+        answer.repeat_keys = ()
         self._unindex(slot, answer)
 
     def _unindex(self, slot: Slot, answer: Answer) -> None:

@@ -5,7 +5,13 @@ from __future__ import annotations
 from types import MappingProxyType
 
 from authserver.identity import Identity
-from authserver.tokens.answers import REPEAT_OVERHEAD, Answer, AnswerCache, Repeat
+from authserver.tokens.answers import (
+    REPEAT_OVERHEAD,
+    Answer,
+    AnswerCache,
+    Repeat,
+    answer_size,
+)
 
 
 def answer(*keys: str, version: str = "v1", fresh_until: int = 2000) -> Answer:
@@ -138,7 +144,7 @@ def test_answers_past_their_freshness_go_as_new_ones_come_not_when_full() -> Non
 def assert_consistent(cache: AnswerCache) -> None:
     """No half-state: the byte count, the index and the repeats agree with the answers held."""
     entries, repeats = cache._entries, cache._repeats
-    held = sum(a.size for a in entries.values()) + REPEAT_OVERHEAD * len(repeats)
+    held = sum(answer_size(*e) for e in entries.items()) + REPEAT_OVERHEAD * len(repeats)
     assert cache.bytes == held
     assert cache.bytes <= cache._max_bytes
     assert all(a.live for a in entries.values())
