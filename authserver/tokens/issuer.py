@@ -8,7 +8,7 @@ A request meets these layers, in this order (a hit ends the walk):
 
 | layer           | key                                            | owner          |
 | --------------- | ---------------------------------------------- | -------------- |
-| repeats         | exact (Authorization header, body bytes)       | here (answers) |
+| repeats         | digest of exact (Authorization header, body)   | here (answers) |
 | remembered JWTs | sha256(JWT)                                    | JWTVerifier    |
 | JWT header memo | the JWT's header segment                       | JWTVerifier    |
 | claims-key memo | the claims object (the claims the policy reads)| PolicyHolder   |
