@@ -583,3 +583,28 @@ async def test_the_claim_marks_memo_is_held_to_its_byte_bound(make_kit: MakeKit)
         tracemalloc.stop()
     assert held <= 150_000, held
     assert kit.issuer._marks.bytes <= 100_000
+
+
+async def test_the_tokens_of_one_request_share_their_time_objects(make_kit: MakeKit) -> None:
+    # 32 bytes a time each: the R and W records of one mint hold one issue, expiry and
+    # refresh time object (TokenService._shared_ms), where each had its own.
+    kit = make_kit()
+    await kit.ask(kit.jwt())
+    read, write = (record for _key, record in kit.store._records.items(0))
+    assert (read.type, write.type) == ("R", "W")
+    assert read.issued_ms is write.issued_ms
+    assert read.expire_ms is write.expire_ms
+    assert read.refresh_at_ms is write.refresh_at_ms
+
+
+async def test_a_mint_remembers_no_client_ids_until_a_client_id_is_blocked(
+    make_kit: MakeKit,
+) -> None:
+    # A mint's confirmation asks once per device: memoised, that was 246 bytes a device
+    # that only a clientId block (which makes every request ask) ever reads again.
+    kit = make_kit()
+    await kit.ask(kit.jwt("dev-1", device_id="d1"))
+    assert len(kit.holder._client_ids) == 0
+    await kit.revoker.revoke_client("GID_fleet@@@other")
+    await kit.ask(kit.jwt("dev-2", device_id="d2"))
+    assert len(kit.holder._client_ids) == 1  # now every request asks: remembered
