@@ -12,7 +12,7 @@ A request meets these layers, in this order (a hit ends the walk):
 | remembered JWTs | sha256(JWT)                                    | JWTVerifier    |
 | JWT header memo | the JWT's header segment                       | JWTVerifier    |
 | claims-key memo | the claims object (the claims the policy reads)| PolicyHolder   |
-| answers         | (subject, claims key[, claim marks]), request  | here (answers) |
+| answers         | subject, (claims key[, claim marks], request)  | here (answers) |
 | plan LRU        | policy version, subject, clientId, claims key, | PolicyHolder   |
 |                 | topics, actions                                |                |
 | single-flight   | token key (one mint task per key)              | TokenService   |
@@ -232,23 +232,26 @@ class TokenIssuer:
         # the check a cached answer needs, and a blocked JWT never counts against a limit.
         self._revoker.check(identity, asked.client_id)
         marks = self.marks(identity.claims)
-        # The claim values are part of who asks: tokens are found by the values they were
-        # handed for, so an answer must not be handed to an identity carrying others.
-        who: Hashable = (identity.subject, self._holder.claims_key(identity.claims))
-        if marks:
-            who = (who, marks)
+        # An answer is the subject's, for its claims key and the canonical request. The claims
+        # key goes with the request, which the answers keep as one object for every device
+        # asking it alike (a pair of the subject and claims key was 56 bytes a device). The
+        # claim values are part of it too: tokens are found by the values they were handed
+        # for, so an answer must not be handed to an identity carrying others.
+        who = identity.subject
+        claims_key = self._holder.claims_key(identity.claims)
+        request: Hashable = (claims_key, marks, asked) if marks else (claims_key, asked)
         now_ms = self._clock.time() * 1000
         answers = self.answers
-        answer = answers.fresh(who, asked, self._holder.current.version_id, now_ms)
+        answer = answers.fresh(who, request, self._holder.current.version_id, now_ms)
         if answer is not None:
             if sent_as is not None:
                 repeat = Repeat(answer, identity, self._verifier.epoch)
                 answers.remember_repeat(sent_as[0], sent_as[1], repeat)
             return answer.body
-        with answers.working(who, asked) as alone:
+        with answers.working(who, request) as alone:
             if alone:
                 self._limiter.check_subject(identity.subject)
-            answer = await self._work_out(identity, who, asked, ip, marks)
+            answer = await self._work_out(identity, request, asked, ip, marks)
         return answer.body
 
     def marks(self, claims: Mapping[str, Any]) -> tuple[str, ...]:
@@ -265,7 +268,7 @@ class TokenIssuer:
     async def _work_out(
         self,
         identity: Identity,
-        who: Hashable,
+        request: Hashable,
         asked: Asked,
         ip: str | None,
         marks: tuple[str, ...],
@@ -301,7 +304,7 @@ class TokenIssuer:
         )
         # Built across an invalidation, the tokens may be the very ones just revoked.
         if service.generation == generation:
-            self.answers.put(who, asked, answer, self._clock.time() * 1000)
+            self.answers.put(identity.subject, request, answer, self._clock.time() * 1000)
         return answer
 
     def invalidate(self, keys: Iterable[str]) -> None:

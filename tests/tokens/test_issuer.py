@@ -608,3 +608,14 @@ async def test_a_mint_remembers_no_client_ids_until_a_client_id_is_blocked(
     await kit.revoker.revoke_client("GID_fleet@@@other")
     await kit.ask(kit.jwt("dev-2", device_id="d2"))
     assert len(kit.holder._client_ids) == 1  # now every request asks: remembered
+
+
+async def test_answers_hold_no_tuple_per_device_beside_the_subject(make_kit: MakeKit) -> None:
+    # The claims key travels with the request, which devices asking alike share: a pair of
+    # subject and claims key per answer was 56 bytes a device.
+    kit = make_kit()
+    await kit.ask(kit.jwt("dev-1"))
+    await kit.ask(kit.jwt("dev-2"))
+    (first, one), (second, two) = kit.issuer.answers._entries
+    assert (first, second) == ("dev-1", "dev-2")
+    assert one is two
