@@ -116,10 +116,10 @@ def layers_of(app: web.Application) -> Layers:
         out.sizes[name] = out.sizes.get(name, 0) + deep_size(roots, seen, skip)
 
     walk("verifier: remembered JWTs (identity, claims)", [verifier._cache])
-    # The repeats before the answers they point at (which they skip): their keys are the
-    # Authorization headers and bodies, also listed in each answer's repeat_keys.
+    # The repeats before the answers they point at (which they skip): their keys are digests
+    # of the Authorization header and body, also listed in each answer's repeat_keys.
     walk(
-        "repeats (header and body keys)",
+        "repeats (digest keys, entries)",
         [answers._repeats],
         lambda o: isinstance(o, Answer | TokenRecord),
     )

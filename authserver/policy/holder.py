@@ -143,14 +143,21 @@ class PolicyHolder:
         self._plans.put(key, made)
         return made
 
-    def client_ids(self, subject: str, claims: Mapping[str, Any]) -> tuple[str, ...]:
-        """Every clientId the current policy lets this identity use, whatever it asks for."""
+    def client_ids(
+        self, subject: str, claims: Mapping[str, Any], *, remember: bool = True
+    ) -> tuple[str, ...]:
+        """Every clientId the current policy lets this identity use, whatever it asks for.
+
+        `remember=False` for a caller that asks once (a mint's confirmation): memoised only
+        for the asking of every request (with clientId blocks, `Revoker.check`).
+        """
         policy = self.current
         key = (policy.version_id, subject, self.claims_key(claims))
         found = self._client_ids.get(key, 0)
         if found is None:
             found, _ = allowed_client_ids(policy, subject, claims)
-            self._client_ids.put(key, found)
+            if remember:
+                self._client_ids.put(key, found)
         return found
 
     def claims_key(self, claims: Mapping[str, Any]) -> tuple[Any, ...]:

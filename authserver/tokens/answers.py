@@ -10,9 +10,10 @@ events that drop L1 entries), a policy reload makes it stale by version, and it 
 served past the point where its first token is due for renewal.
 
 In front of it, for the commonest request of all (a device repeating a request with the JWT
-it sent before), `repeats` maps the exact Authorization header and body bytes to the answer
-and identity they got: one dict lookup instead of verifying the token, parsing the body,
-keying its claims and finding the answer. `repeat` re-checks what can change: the answer is still
+it sent before), `repeats` maps the exact Authorization header and body bytes (by a 16-byte
+keyed digest of them, not the strings themselves) to the answer and identity they got: one
+digest and one dict lookup instead of verifying the token, parsing the body, keying its
+claims and finding the answer. `repeat` re-checks what can change: the answer is still
 held (`Answer.live`, unset when it is dropped, replaced or evicted, and its repeats go with
 it), its policy version and freshness, the JWT's expiry and the verifier's key epoch; the
 caller applies the revocation blocks, which answer with errors.
@@ -30,20 +31,28 @@ The maps only: what fills them and what drops them is decided by the token path'
 
 from __future__ import annotations
 
+import secrets
 from collections import OrderedDict
 from collections.abc import Hashable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from hashlib import blake2b
 
 from authserver.bounded import weight
 from authserver.identity.model import Identity
 
 Slot = tuple[Hashable, Hashable]
+# What a request was sent as: its Authorization header and body.
 RepeatKey = tuple[str, bytes]
-# The repeats are keyed by the Authorization header and the body themselves: a bound on
-# their length bounds the key's memory. Longer ones take the cached path.
-# How many body spellings of one answer one Authorization header may have remembered.
+# What the repeats are keyed by: a keyed blake2b digest of both. The header itself (a JWT of
+# a few hundred bytes, a fresh string per request) as the key cost about 170 bytes a token
+# more; the digest costs a repeat hit about 0.5 us (bench/repeat_key.py). Its key is this
+# process's own, so no one can search offline for a header and body that collide with another
+# device's, and 128 bits leave nothing to find online.
+RepeatDigest = bytes
+# How many body spellings of one answer one JWT may have remembered.
 REPEAT_SPELLINGS = 2
+# Headers and bodies longer than these take the cached path (nor are they hashed).
 REPEAT_MAX_HEADER = 1024
 REPEAT_MAX_BODY = 1024
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
@@ -54,7 +63,7 @@ EXPIRED_PER_PUT = 2
 ANSWER_OVERHEAD = 400
 # Distinct canonical requests kept as one object each; past this the sharing starts over.
 REQUESTS_SHARED = 1024
-REPEAT_OVERHEAD = 350
+REPEAT_OVERHEAD = 250  # a repeat holds nothing of its own size: its key is a digest
 
 
 def answer_body(document: bytes) -> bytes:
@@ -77,9 +86,9 @@ class Answer:
     keys: tuple[str, ...]
     client_id: str | None
     live: bool = False
-    # The repeats that point here, so they go when the answer does.
-    repeat_keys: list[RepeatKey] = field(default_factory=list)
-    size: int = 0  # set when the cache takes it
+    # The repeats that point here, so they go when the answer does: a tuple (none is the
+    # shared empty one, one is 48 bytes where a list was 88), replaced when it changes.
+    repeat_keys: tuple[RepeatDigest, ...] = ()
 
 
 @dataclass(slots=True, eq=False)
@@ -89,7 +98,20 @@ class Repeat:
     answer: Answer
     identity: Identity
     verifier_epoch: int
-    size: int = 0  # set when the cache takes it
+
+
+def answer_size(slot: Slot, answer: Answer) -> int:
+    """What an answer held under `slot` counts for in the byte bound.
+
+    Worked out again when it leaves rather than kept beside it (an int a token): both are
+    immutable once held.
+    """
+    return (
+        ANSWER_OVERHEAD
+        + len(answer.body)
+        + weight(slot)
+        + sum([56 + len(key) for key in answer.keys])
+    )
 
 
 class AnswerCache:
@@ -107,8 +129,11 @@ class AnswerCache:
         # nearly always one (a list of one costs 64 bytes more, a set 200: 20,000 answers
         # hold 40,000 keys).
         self._by_key: dict[str, Slot | list[Slot]] = {}
-        # (Authorization header, body) -> Repeat; at most `maxsize`, the oldest goes first.
-        self._repeats: OrderedDict[RepeatKey, Repeat] = OrderedDict()
+        # digest(Authorization header, body) -> Repeat; at most `maxsize`, oldest first out.
+        self._repeats: OrderedDict[RepeatDigest, Repeat] = OrderedDict()
+        self._digest = blake2b(key=secrets.token_bytes(32), digest_size=16)
+        self._bodyless = self._digest.copy()
+        self._bodyless.update(bytes(4))
         # Requests being worked out (not answered from here) -> how many at once.
         self._working: dict[Slot, int] = {}
         # One object per distinct canonical request: most devices ask the same (a bodyless
@@ -173,7 +198,9 @@ class AnswerCache:
         still trusted (`verifier_epoch` unchanged). The caller still applies the revocation
         blocks, which answer with errors of their own.
         """
-        key = (authorization, body)
+        if len(authorization) > REPEAT_MAX_HEADER or len(body) > REPEAT_MAX_BODY:
+            return None
+        key = self.repeat_key(authorization, body)
         repeat = self._repeats.get(key)
         if repeat is None:
             return None
@@ -190,11 +217,24 @@ class AnswerCache:
         self._drop_repeat(key)
         return None
 
+    def repeat_key(self, authorization: str, body: bytes) -> RepeatDigest:
+        """What a request sent with this header and body is remembered under."""
+        # The body's length first, so no header and body spell another pair's bytes; keyed
+        # once, and with the commonest length (none) already hashed: a copy is half the cost
+        # of a new hasher, and each call saved is a tenth of a microsecond.
+        if body:
+            hasher = self._digest.copy()
+            hasher.update(len(body).to_bytes(4, "big") + body)
+        else:
+            hasher = self._bodyless.copy()
+        hasher.update(authorization.encode("utf-8", "surrogatepass"))
+        return hasher.digest()
+
     def remember_repeat(self, authorization: str, body: bytes, repeat: Repeat) -> None:
         """Answer the next request with this exact header and body from `repeat`.
 
         Headers longer than REPEAT_MAX_HEADER and bodies longer than REPEAT_MAX_BODY are
-        not kept (the key is the bytes themselves).
+        not kept (nor hashed, on the way in or out).
         """
         answer = repeat.answer
         if (
@@ -204,37 +244,38 @@ class AnswerCache:
             or len(body) > REPEAT_MAX_BODY
         ):
             return
-        key = (authorization, body)
+        key = self.repeat_key(authorization, body)
         repeats = self._repeats
         if key not in repeats:
             # One JWT gets at most REPEAT_SPELLINGS repeats of one answer: a device sends one
             # spelling of its body, and a device sending ever-new spellings (spaces, key order)
             # of the same request must not push every other device's repeats out. The
             # answer's list of repeats is trimmed to the live ones on the way.
-            live = [
-                k
-                for k in answer.repeat_keys
-                if (r := repeats.get(k)) is not None and r.answer is answer
-            ]
-            answer.repeat_keys[:] = live
-            if sum(1 for k in live if k[0] == authorization) >= REPEAT_SPELLINGS:
+            live = []
+            spellings = 0
+            jwt = repeat.identity.fingerprint
+            for k in answer.repeat_keys:
+                held = repeats.get(k)
+                if held is not None and held.answer is answer:
+                    live.append(k)
+                    spellings += held.identity.fingerprint == jwt
+            answer.repeat_keys = tuple(live)
+            if spellings >= REPEAT_SPELLINGS:
                 return
         self._drop_repeat(key)
-        size = REPEAT_OVERHEAD + len(authorization) + len(body)
+        size = REPEAT_OVERHEAD
         while repeats and (len(repeats) >= self._maxsize or self.bytes + size > self._max_bytes):
             self._drop_repeat(next(iter(repeats)))
         if self.bytes + size > self._max_bytes:
             return  # the answers fill the budget: they come first
-        repeat.size = size
         repeats[key] = repeat
         self.bytes += size
         if key not in answer.repeat_keys:
-            answer.repeat_keys.append(key)
+            answer.repeat_keys += (key,)
 
-    def _drop_repeat(self, key: RepeatKey) -> None:
-        repeat = self._repeats.pop(key, None)
-        if repeat is not None:
-            self.bytes -= repeat.size
+    def _drop_repeat(self, key: RepeatDigest) -> None:
+        if self._repeats.pop(key, None) is not None:
+            self.bytes -= REPEAT_OVERHEAD
 
     def put(
         self, who: Hashable, request: Hashable, answer: Answer, now_ms: float | None = None
@@ -258,18 +299,12 @@ class AnswerCache:
         self._forget(slot)
         if now_ms is not None:
             self._drop_stale(now_ms)
-        size = (
-            ANSWER_OVERHEAD
-            + len(answer.body)
-            + weight(slot)
-            + sum([56 + len(key) for key in answer.keys])
-        )
+        size = answer_size(slot, answer)
         if size > self._max_bytes:
             return  # larger than the whole budget: never kept
         entries = self._entries
         while entries and (len(entries) >= self._maxsize or self.bytes + size > self._max_bytes):
             self._let_go(*entries.popitem(last=False))
-        answer.size = size
         entries[slot] = answer
         self.bytes += size
         answer.live = True
@@ -301,12 +336,12 @@ class AnswerCache:
     def _let_go(self, slot: Slot, answer: Answer) -> None:
         """An answer leaves the cache: unindex it, end its repeats, mark it for any holder."""
         answer.live = False
-        self.bytes -= answer.size
+        self.bytes -= answer_size(slot, answer)
         for key in answer.repeat_keys:
             repeat = self._repeats.get(key)
             if repeat is not None and repeat.answer is answer:
                 self._drop_repeat(key)
-        answer.repeat_keys.clear()
+        answer.repeat_keys = ()
         self._unindex(slot, answer)
 
     def _unindex(self, slot: Slot, answer: Answer) -> None:

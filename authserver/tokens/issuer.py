@@ -8,11 +8,11 @@ A request meets these layers, in this order (a hit ends the walk):
 
 | layer           | key                                            | owner          |
 | --------------- | ---------------------------------------------- | -------------- |
-| repeats         | exact (Authorization header, body bytes)       | here (answers) |
+| repeats         | digest of exact (Authorization header, body)   | here (answers) |
 | remembered JWTs | sha256(JWT)                                    | JWTVerifier    |
 | JWT header memo | the JWT's header segment                       | JWTVerifier    |
 | claims-key memo | the claims object (the claims the policy reads)| PolicyHolder   |
-| answers         | (subject, claims key[, claim marks]), request  | here (answers) |
+| answers         | subject, (claims key[, claim marks], request)  | here (answers) |
 | plan LRU        | policy version, subject, clientId, claims key, | PolicyHolder   |
 |                 | topics, actions                                |                |
 | single-flight   | token key (one mint task per key)              | TokenService   |
@@ -107,6 +107,7 @@ from typing import Any, NamedTuple
 import orjson
 
 from authserver import logs
+from authserver.bounded import ExpiringMap, weight
 from authserver.clock import Clock
 from authserver.cloud import quota
 from authserver.identity import Identity, JWTVerifier
@@ -125,8 +126,18 @@ from authserver.tokens.revocable import marks_of
 from authserver.tokens.revocation import Revoker
 from authserver.tokens.service import TokenRequest, TokenService
 
-# Claims objects whose marks are remembered (each holds its claims, so ids are not reused).
+# Claims objects whose marks are remembered, and what those entries may hold: each holds its
+# claims object (so its id, the key, is not reused), alive after the verifier let go of it,
+# and its marks (up to 32 values of 256 characters per revocable claim): by entries alone,
+# 10,000 JWTs of 8 KB with as many marks held 160 MB outside every byte bound.
 MARKS_MEMO_SIZE = 10_000
+MARKS_MEMO_BYTES = 8 * 1024 * 1024
+# An entry beyond what `weight` counts of its claims and marks: the map's slot, the id, the pair.
+MARKS_OVERHEAD = 150
+
+
+def _marks_weight(_id: int, memo: tuple[Mapping[str, Any], tuple[str, ...]]) -> int:
+    return MARKS_OVERHEAD + weight(memo[0]) + weight(memo[1])
 
 
 class Asked(NamedTuple):
@@ -161,6 +172,7 @@ class TokenIssuer:
         answer_cache_size: int = 20_000,
         answer_cache_bytes: int = DEFAULT_MAX_BYTES,
         revocable_claims: frozenset[str] = frozenset(),
+        marks_memo_bytes: int = MARKS_MEMO_BYTES,
     ) -> None:
         self.service = service
         self.answers = AnswerCache(answer_cache_size, answer_cache_bytes)
@@ -173,7 +185,9 @@ class TokenIssuer:
         # Revocation by claim (tokens/revocable.py): the names whose values tokens record,
         # and the marks of recent claims objects (the verifier hands out one per JWT).
         self._revocable = tuple(sorted(revocable_claims))
-        self._marks: dict[int, tuple[Mapping[str, Any], tuple[str, ...]]] = {}
+        self._marks: ExpiringMap[int, tuple[Mapping[str, Any], tuple[str, ...]]] = ExpiringMap(
+            MARKS_MEMO_SIZE, max_bytes=marks_memo_bytes, weigh=_marks_weight
+        )
         # An answer must not hand out tokens the store no longer knows: revocations find
         # tokens through the store.
         service.store.watch_evictions(self._evicted)
@@ -218,42 +232,43 @@ class TokenIssuer:
         # the check a cached answer needs, and a blocked JWT never counts against a limit.
         self._revoker.check(identity, asked.client_id)
         marks = self.marks(identity.claims)
-        # The claim values are part of who asks: tokens are found by the values they were
-        # handed for, so an answer must not be handed to an identity carrying others.
-        who: Hashable = (identity.subject, self._holder.claims_key(identity.claims))
-        if marks:
-            who = (who, marks)
+        # An answer is the subject's, for its claims key and the canonical request. The claims
+        # key goes with the request, which the answers keep as one object for every device
+        # asking it alike (a pair of the subject and claims key was 56 bytes a device). The
+        # claim values are part of it too: tokens are found by the values they were handed
+        # for, so an answer must not be handed to an identity carrying others.
+        who = identity.subject
+        claims_key = self._holder.claims_key(identity.claims)
+        request: Hashable = (claims_key, marks, asked) if marks else (claims_key, asked)
         now_ms = self._clock.time() * 1000
         answers = self.answers
-        answer = answers.fresh(who, asked, self._holder.current.version_id, now_ms)
+        answer = answers.fresh(who, request, self._holder.current.version_id, now_ms)
         if answer is not None:
             if sent_as is not None:
                 repeat = Repeat(answer, identity, self._verifier.epoch)
                 answers.remember_repeat(sent_as[0], sent_as[1], repeat)
             return answer.body
-        with answers.working(who, asked) as alone:
+        with answers.working(who, request) as alone:
             if alone:
                 self._limiter.check_subject(identity.subject)
-            answer = await self._work_out(identity, who, asked, ip, marks)
+            answer = await self._work_out(identity, request, asked, ip, marks)
         return answer.body
 
     def marks(self, claims: Mapping[str, Any]) -> tuple[str, ...]:
         """The revocable claim values these claims carry (memoised per claims object)."""
         if not self._revocable:
             return ()
-        memo = self._marks.get(id(claims))
+        memo = self._marks.get(id(claims), 0.0)
         if memo is not None and memo[0] is claims:
             return memo[1]
-        if len(self._marks) >= MARKS_MEMO_SIZE:
-            self._marks.clear()
         found = marks_of(claims, self._revocable)
-        self._marks[id(claims)] = (claims, found)
+        self._marks.put(id(claims), (claims, found))
         return found
 
     async def _work_out(
         self,
         identity: Identity,
-        who: Hashable,
+        request: Hashable,
         asked: Asked,
         ip: str | None,
         marks: tuple[str, ...],
@@ -289,7 +304,7 @@ class TokenIssuer:
         )
         # Built across an invalidation, the tokens may be the very ones just revoked.
         if service.generation == generation:
-            self.answers.put(who, asked, answer, self._clock.time() * 1000)
+            self.answers.put(identity.subject, request, answer, self._clock.time() * 1000)
         return answer
 
     def invalidate(self, keys: Iterable[str]) -> None:

@@ -49,6 +49,8 @@ BROKER_NOTICE_SECONDS = 300
 # ExpireTime must be at least 60 s ahead when the upstream receives it, not when we send it.
 MIN_TTL_SLACK_MS = 2000
 RENEW_DEADLINE = 30.0
+# Distinct token times kept as one object each (`TokenService._shared_ms`), then anew.
+RECENT_MS = 64
 
 Minter = Callable[[str, tuple[str, ...], str, int, float], Awaitable[str]]
 LostMint = Callable[[str, TokenRecord], Awaitable[None]]
@@ -221,6 +223,8 @@ class TokenService:
         # Bumped by every invalidation: an L1 entry or an answer built across one is not
         # kept, since the tokens it was built from may be the very ones just revoked.
         self.generation = 0
+        # The times of the tokens minted lately, one int object each (`_shared_ms`).
+        self._recent_ms: dict[int, int] = {}
         self.hits = {"l1": 0, "store": 0}
         self.misses = 0
         self.minted = 0
@@ -250,6 +254,20 @@ class TokenService:
             max_bytes=l1_bytes,
             weigh=held_weight,
         )
+
+    def _shared_ms(self, value: int) -> int:
+        """One int object for each time of the tokens minted together (32 bytes a time each).
+
+        The R and W token of one request are minted in the same millisecond, nearly always:
+        their records then hold the same issue, expiry and refresh times.
+        """
+        times = self._recent_ms
+        found = times.get(value)
+        if found is None:
+            if len(times) >= RECENT_MS:
+                times.clear()
+            times[value] = found = value
+        return found
 
     def drop(self, keys: Iterable[str]) -> None:
         """Forget these keys' L1 entries: an invalidation (see tokens/issuer.py)."""
@@ -722,11 +740,11 @@ class TokenService:
         epoch: Epochs | None = None,
     ) -> TokenRecord:
         """Mint one token and store it, unless its subject or clientId was revoked meanwhile."""
-        now_ms = int(self._clock.time() * 1000)
+        now_ms = self._shared_ms(int(self._clock.time() * 1000))
         ttl_ms = request.ttl * 1000
         if request.ttl <= MIN_TTL:
             ttl_ms += MIN_TTL_SLACK_MS
-        expire_ms = now_ms + ttl_ms
+        expire_ms = self._shared_ms(now_ms + ttl_ms)
         budget = deadline - self._clock.monotonic()
         token = await self._mint(
             self.instance_id, resources, ACTIONS_PARAM[kind], expire_ms, budget
@@ -746,7 +764,7 @@ class TokenService:
             type=kind,
             resources=resources,
             expire_ms=expire_ms,
-            refresh_at_ms=expire_ms - margin_ms,
+            refresh_at_ms=self._shared_ms(expire_ms - margin_ms),
             issued_ms=now_ms,
             subject=subject,
             instance_id=self.instance_id,

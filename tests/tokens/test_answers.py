@@ -5,7 +5,13 @@ from __future__ import annotations
 from types import MappingProxyType
 
 from authserver.identity import Identity
-from authserver.tokens.answers import Answer, AnswerCache, Repeat
+from authserver.tokens.answers import (
+    REPEAT_OVERHEAD,
+    Answer,
+    AnswerCache,
+    Repeat,
+    answer_size,
+)
 
 
 def answer(*keys: str, version: str = "v1", fresh_until: int = 2000) -> Answer:
@@ -138,7 +144,7 @@ def test_answers_past_their_freshness_go_as_new_ones_come_not_when_full() -> Non
 def assert_consistent(cache: AnswerCache) -> None:
     """No half-state: the byte count, the index and the repeats agree with the answers held."""
     entries, repeats = cache._entries, cache._repeats
-    held = sum(a.size for a in entries.values()) + sum(r.size for r in repeats.values())
+    held = sum(answer_size(*e) for e in entries.items()) + REPEAT_OVERHEAD * len(repeats)
     assert cache.bytes == held
     assert cache.bytes <= cache._max_bytes
     assert all(a.live for a in entries.values())
@@ -182,14 +188,15 @@ def test_repeats_share_the_byte_bound_and_give_way_to_answers() -> None:
     cache.put("a", b"", sized("a", 1000))
     held = cache.fresh("a", b"", "v1", 0)
     assert held is not None
-    for n in range(20):  # about 700 bytes each: the oldest repeats make room
-        cache.remember_repeat(f"Bearer {n}", b'{"n": 1}', Repeat(held, identity, 0))
+    for n in range(20):  # REPEAT_OVERHEAD bytes each, one JWT each: the oldest make room
+        jwt_n = Identity("x", MappingProxyType({}), None, 9e9, f"fp{n}")
+        cache.remember_repeat(f"Bearer {n}", b'{"n": 1}', Repeat(held, jwt_n, 0))
         assert_consistent(cache)
     assert 3 <= cache.repeats < 20
     assert cache.repeat("Bearer 19", b'{"n": 1}', "v1", 0.0, 0) is not None
     assert cache.repeat("Bearer 0", b'{"n": 1}', "v1", 0.0, 0) is None
     # An answer that needs the room evicts answers (and their repeats), never half of one.
-    cache.put("b", b"", sized("b", 4600))
+    cache.put("b", b"", sized("b", 5400))
     assert_consistent(cache)
     assert cache.fresh("b", b"", "v1", 0) is not None
     assert cache.fresh("a", b"", "v1", 0) is None

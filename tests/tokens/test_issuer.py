@@ -8,6 +8,8 @@ in-process bus. `ask` does what the device handler does: repeat, else verify, th
 from __future__ import annotations
 
 import asyncio
+import gc
+import tracemalloc
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +28,7 @@ from authserver.policy.holder import PolicyHolder
 from authserver.policy.loader import parse_policy
 from authserver.ratelimit import Limit, RateLimiter
 from authserver.tokens.bus import InvalidationBus
-from authserver.tokens.issuer import Asked, TokenIssuer
+from authserver.tokens.issuer import MARKS_MEMO_BYTES, Asked, TokenIssuer
 from authserver.tokens.narrowing import revoke_narrowed
 from authserver.tokens.revocation import MemoryState, Revoker
 from authserver.tokens.service import RevokedWhileIssuing, TokenService
@@ -134,6 +136,8 @@ def make_kit() -> MakeKit:
         plan_bytes: int = 1 << 30,
         answers: int = 100,
         subject_limit: Limit = UNLIMITED,
+        revocable: frozenset[str] = frozenset(),
+        marks_bytes: int = MARKS_MEMO_BYTES,
         **jwt_settings: Any,
     ) -> Kit:
         clock = ManualClock()
@@ -169,6 +173,8 @@ def make_kit() -> MakeKit:
             clock=clock,
             request_deadline=5.0,
             answer_cache_size=answers,
+            revocable_claims=revocable,
+            marks_memo_bytes=marks_bytes,
         )
         return Kit(clock, store, service, issuer, verifier, revoker, bus, holder, minter)
 
@@ -551,3 +557,65 @@ async def test_a_blocked_jwt_does_not_spend_the_subject_limit(make_kit: MakeKit)
         await kit.ask(old)
     kit.clock.advance(1)
     assert await kit.ask(kit.jwt())  # signed in again: the one request the burst allows
+
+
+async def test_the_claim_marks_memo_is_held_to_its_byte_bound(make_kit: MakeKit) -> None:
+    # Each claims object carries 32 group values of 250 characters: its marks and the claims
+    # the memo keeps alive are about 19 KB by `weight`. Bounded by entries only (10,000), the
+    # memo held all 60 (1.1 MB) once the verifier and the callers had let go of them.
+    kit = make_kit(revocable=frozenset({"groups"}), marks_bytes=100_000)
+    gc.collect()
+    tracemalloc.start()
+    try:
+        start = tracemalloc.get_traced_memory()[0]
+        for n in range(60):
+            claims = {
+                "sub": f"dev-{n}",
+                "groups": [f"{n:02d}{m:02d}" + "g" * 246 for m in range(32)],
+            }
+            marks = kit.issuer.marks(claims)
+            assert len(marks) == 32
+            assert kit.issuer.marks(claims) is marks  # remembered while it is held
+            del claims, marks
+        gc.collect()
+        held = tracemalloc.get_traced_memory()[0] - start
+    finally:
+        tracemalloc.stop()
+    assert held <= 150_000, held
+    assert kit.issuer._marks.bytes <= 100_000
+
+
+async def test_the_tokens_of_one_request_share_their_time_objects(make_kit: MakeKit) -> None:
+    # 32 bytes a time each: the R and W records of one mint hold one issue, expiry and
+    # refresh time object (TokenService._shared_ms), where each had its own.
+    kit = make_kit()
+    await kit.ask(kit.jwt())
+    read, write = (record for _key, record in kit.store._records.items(0))
+    assert (read.type, write.type) == ("R", "W")
+    assert read.issued_ms is write.issued_ms
+    assert read.expire_ms is write.expire_ms
+    assert read.refresh_at_ms is write.refresh_at_ms
+
+
+async def test_a_mint_remembers_no_client_ids_until_a_client_id_is_blocked(
+    make_kit: MakeKit,
+) -> None:
+    # A mint's confirmation asks once per device: memoised, that was 246 bytes a device
+    # that only a clientId block (which makes every request ask) ever reads again.
+    kit = make_kit()
+    await kit.ask(kit.jwt("dev-1", device_id="d1"))
+    assert len(kit.holder._client_ids) == 0
+    await kit.revoker.revoke_client("GID_fleet@@@other")
+    await kit.ask(kit.jwt("dev-2", device_id="d2"))
+    assert len(kit.holder._client_ids) == 1  # now every request asks: remembered
+
+
+async def test_answers_hold_no_tuple_per_device_beside_the_subject(make_kit: MakeKit) -> None:
+    # The claims key travels with the request, which devices asking alike share: a pair of
+    # subject and claims key per answer was 56 bytes a device.
+    kit = make_kit()
+    await kit.ask(kit.jwt("dev-1"))
+    await kit.ask(kit.jwt("dev-2"))
+    (first, one), (second, two) = kit.issuer.answers._entries
+    assert (first, second) == ("dev-1", "dev-2")
+    assert one is two

@@ -7,9 +7,9 @@ upstream RevokeToken calls go through the durable queue of the state (see `worke
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from redis.exceptions import RedisError
 
@@ -54,8 +54,19 @@ MAX_TOKEN_LIFE_MS = 30 * 24 * 3600 * 1000
 # less the leeway; a longer-lived issuer needs a longer retention.
 BLOCK_RETENTION = 30 * 24 * 3600.0
 
-# (subject, claims) -> every clientId the policy lets that identity use.
-ClientIdsOf = Callable[[str, Mapping[str, Any]], Iterable[str]]
+
+class ClientIdsOf(Protocol):
+    """(subject, claims) -> every clientId the policy lets that identity use.
+
+    `remember=False`: asked once per mint, with no clientId block to check on every request,
+    a memo of the answer would be an entry a device (246 bytes) that nothing reads again.
+    """
+
+    def __call__(
+        self, subject: str, claims: Mapping[str, Any], *, remember: bool = True
+    ) -> Iterable[str]:
+        """The clientIds, from the policy's memo when it holds them."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -191,7 +202,8 @@ class Revoker:
         claim_names = self.revocable_claims | names
         wanted = {
             SUBJECT: (identity.subject,),
-            CLIENT: tuple(self._client_names(identity, client_id)),
+            # Once per mint: remembered only when the clientId blocks make `check` ask too.
+            CLIENT: tuple(self._client_names(identity, client_id, remember=False)),
             CLAIM: tuple(carried_marks(identity.claims, claim_names)),
         }
         found = await self.state.blocks_of(wanted)
@@ -204,11 +216,13 @@ class Revoker:
                         self._blocked_claims = None
         self.check(identity, client_id)
 
-    def _client_names(self, identity: Identity, client_id: str | None) -> set[str]:
+    def _client_names(
+        self, identity: Identity, client_id: str | None, *, remember: bool = True
+    ) -> set[str]:
         """The clientId asked with and every one the policy lets the identity use."""
         names = set() if client_id is None else {client_id}
         if self._client_ids is not None:
-            names.update(self._client_ids(identity.subject, identity.claims))
+            names.update(self._client_ids(identity.subject, identity.claims, remember=remember))
         return names
 
     def _check_claims(self, identity: Identity) -> None:
