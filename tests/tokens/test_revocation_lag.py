@@ -61,16 +61,17 @@ async def two_gateways(
     redis_url: str,
     clock: ManualClock,
     policy_file: Path = BOUND_POLICY,
+    **overrides: Any,
 ) -> tuple[EmulatorHandle, TestClient[Any, Any], TestClient[Any, Any]]:
-    """An emulator and two gateways on one Redis, both subscribed to the bus."""
+    """An emulator and two gateways on one Redis, both subscribed to the bus.
+
+    Revocable claims are {"tenant"} unless `overrides` (settings) say otherwise.
+    """
     emulator = await make_emulator(clock=clock)
+    settings = {"revocable_claims": frozenset({"tenant"}), **overrides}
     a, b = [
         await make_gateway(
-            emulator,
-            clock=clock,
-            redis_url=redis_url,
-            policy_file=policy_file,
-            revocable_claims=frozenset({"tenant"}),
+            emulator, clock=clock, redis_url=redis_url, policy_file=policy_file, **settings
         )
         for _ in range(2)
     ]
@@ -203,18 +204,15 @@ async def test_a_shared_token_is_not_handed_to_a_jwt_blocked_on_another_gateway(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     clock = ManualClock(start=START)
-    emulator = await make_emulator(clock=clock)
-    a, b = [
-        await make_gateway(
-            emulator,
-            clock=clock,
-            redis_url=redis_url,
-            policy_file=TENANT_POLICY,
-            token_sharing="identical-grants",
-        )
-        for _ in range(2)
-    ]
-    await eventually(lambda: a.server.app[appkeys.BUS].synced and b.server.app[appkeys.BUS].synced)
+    emulator, a, b = await two_gateways(
+        make_emulator,
+        make_gateway,
+        redis_url,
+        clock,
+        policy_file=TENANT_POLICY,
+        token_sharing="identical-grants",
+        revocable_claims=frozenset(),
+    )
 
     def device(n: int) -> tuple[str, dict[str, str]]:
         jwt = make_jwt(f"dev-{n}", now=clock.time(), tenant="acme", device_id=f"d{n}")
@@ -296,18 +294,15 @@ async def test_a_holding_written_across_its_revocation_is_checked_again_on_the_r
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     clock = ManualClock(start=START)
-    emulator = await make_emulator(clock=clock)
-    a, b = [
-        await make_gateway(
-            emulator,
-            clock=clock,
-            redis_url=redis_url,
-            policy_file=TENANT_POLICY,
-            token_sharing="identical-grants",
-        )
-        for _ in range(2)
-    ]
-    await eventually(lambda: a.server.app[appkeys.BUS].synced and b.server.app[appkeys.BUS].synced)
+    emulator, a, b = await two_gateways(
+        make_emulator,
+        make_gateway,
+        redis_url,
+        clock,
+        policy_file=TENANT_POLICY,
+        token_sharing="identical-grants",
+        revocable_claims=frozenset(),
+    )
     blocked = make_jwt("dev-0", now=clock.time(), tenant="acme", device_id="d0")
     body = {"clientId": "GID_fleet@@@d0"}
     other = make_jwt("dev-1", now=clock.time(), tenant="acme", device_id="d1")
