@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -34,6 +35,7 @@ BOUNDED_LABELS = {
     "mode",
     "version",
     "python_version",
+    "allocator",
 }
 
 
@@ -91,6 +93,15 @@ async def test_labels_are_bounded(emulator: EmulatorHandle, make_gateway: MakeGa
     assert all(f.name.startswith("authserver_") for f in text_string_to_metric_families(text))
 
 
+def mapped_allocator() -> str:
+    """glibc's malloc, unless jemalloc is mapped into this process (a developer may preload it).
+
+    Read from /proc/self/maps, not asked the way the gateway asks.
+    """
+    maps = Path("/proc/self/maps").read_text(encoding="utf-8")
+    return "jemalloc" if "libjemalloc" in maps else "glibc"
+
+
 async def test_build_info(emulator: EmulatorHandle, make_gateway: MakeGateway) -> None:
     text = await scrape(await make_gateway(emulator))
     (family,) = (
@@ -100,6 +111,7 @@ async def test_build_info(emulator: EmulatorHandle, make_gateway: MakeGateway) -
     (sample,) = family.samples
     assert sample.labels["version"] == __version__
     assert sample.labels["python_version"].count(".") == 2
+    assert sample.labels["allocator"] == mapped_allocator()
     assert value(text, "authserver_build_info", **sample.labels) == 1
 
 
