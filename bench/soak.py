@@ -10,6 +10,7 @@ core 1. While it runs: devices ask for tokens at `--rate` requests/s (a share wi
 revokes a subject, a clientId or a token every `--revoke-every` seconds, the policy file is
 rewritten every `--reload-every` seconds (alternating bench/soak-policy-a.yaml and -b), and
 redis-server is killed and started again (same port, same data directory) once, mid-run.
+The gateway runs on jemalloc, preloaded as the image does (`--allocator glibc` to compare).
 Every `--report-every` minutes it prints a row: requests, latency percentiles, answers by
 status, the gateway's RSS, open file descriptors and event-loop tasks. At the end, the verdict:
 whether RSS, fds and tasks plateaued over the second half, and whether any 5xx was answered
@@ -24,6 +25,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import secrets
 import shutil
 import signal
@@ -584,6 +586,12 @@ def parse_args() -> argparse.Namespace:
         "--sample-every", type=float, help="seconds between resource samples (default: 10)"
     )
     parser.add_argument(
+        "--allocator",
+        choices=("jemalloc", "glibc"),
+        default="jemalloc",
+        help="the gateway's malloc: jemalloc, preloaded as the image does (default), or glibc's",
+    )
+    parser.add_argument(
         "--strict", action="store_true", help="exit 1 when the verdict is not a plateau"
     )
     args = parser.parse_args()
@@ -604,6 +612,14 @@ def main() -> int:
     if shutil.which("redis-server") is None:
         print("redis-server is not installed: apt-get install -y redis-server", file=sys.stderr)
         return 2
+    # The image preloads jemalloc (Dockerfile): soak what ships. "" undoes a preload of ours.
+    preload = ""
+    if args.allocator == "jemalloc":
+        found = sorted(Path("/usr/lib").glob("*-linux-gnu/libjemalloc.so.2"))
+        if not found:
+            print("jemalloc is not installed: apt-get install -y libjemalloc2", file=sys.stderr)
+            return 2
+        preload = str(found[0])
     if h.two_cores():
         os.sched_setaffinity(0, {h.LOAD_CORE})
     workdir = Path(tempfile.mkdtemp(prefix="authserver-soak-"))
@@ -632,14 +648,19 @@ def main() -> int:
             extra_env={
                 "AUTHSERVER_POLICY_FILE": str(policy_file),
                 "AUTHSERVER_ADMIN_API_KEYS_FILE": str(keys_file),
+                "LD_PRELOAD": preload,
             },
         )
+        running = allocator(gateway)
+        if running != args.allocator:
+            print(f"the gateway runs on {running}, not {args.allocator}", file=sys.stderr)
+            return 2
         soak = Soak(args, gateway, redis, redis_dir, fleet, policy_file, api_key)
         soak.devices = [soak.new_device() for _ in range(args.devices)]
         warm_up(soak)
         log(
             f"soak for {args.duration:g} min: {args.rate:g} req/s over {args.devices} devices, "
-            f"gateway pid {gateway.pid}"
+            f"gateway pid {gateway.pid}, malloc {running}"
         )
         asyncio.run(drive(soak))
         stats = h.emulator_stats(emulator)
@@ -655,6 +676,14 @@ def main() -> int:
     if soak.five_xx:
         return 1
     return 1 if args.strict and not ok else 0
+
+
+def allocator(gateway: h.Server) -> str:
+    """The gateway's malloc, as its `authserver_build_info` reports it."""
+    with urllib.request.urlopen(gateway.url + "/metrics", timeout=10) as answer:
+        text = answer.read().decode()
+    found = re.search(r'^authserver_build_info\{[^}]*allocator="([^"]*)"', text, re.MULTILINE)
+    return found.group(1) if found else "unknown"
 
 
 def policy_reloads(gateway: h.Server) -> str:

@@ -261,6 +261,8 @@ def test_soak_prints_its_table_and_verdict() -> None:
         assert cells[10].split()[0] == "0" or "503 store_unavailable" in cells[10]
     assert "redis restart 1" in done.stdout
     assert "redis-server answers again" in done.stderr
+    # What the image runs: jemalloc preloaded, as the gateway's build_info confirmed.
+    assert re.search(r"gateway pid \d+, malloc jemalloc$", done.stderr, re.MULTILINE)
     reloads = re.search(r"authserver_policy_reloads_total (\d+)", done.stdout)
     assert reloads is not None
     assert int(reloads.group(1)) >= 1

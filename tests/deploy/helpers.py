@@ -6,6 +6,7 @@ import base64
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -157,3 +158,27 @@ def dockerfile_stages(path: Path = DOCKERFILE) -> list[list[Instruction]]:
 def instructions(stage: list[Instruction], keyword: str) -> list[Instruction]:
     """The instructions of one kind in a stage."""
     return [i for i in stage if i.keyword == keyword]
+
+
+def image_env() -> dict[str, str]:
+    """The runtime stage's ENV, as the container starts with it."""
+    env: dict[str, str] = {}
+    for instruction in instructions(dockerfile_stages()[-1], "ENV"):
+        for part in shlex.split(instruction.value):
+            key, _, value = part.partition("=")
+            env[key] = value
+    return env
+
+
+def host_jemalloc() -> Path:
+    """This machine's jemalloc, Debian's libjemalloc2 (which scripts/test installs)."""
+    found = sorted(Path("/usr/lib").glob("*-linux-gnu/libjemalloc.so.2"))
+    assert found, "libjemalloc.so.2 is missing: install Debian's libjemalloc2 (scripts/test does)"
+    return found[0]
+
+
+def host_preload() -> dict[str, str]:
+    """The image's LD_PRELOAD pointed at this machine's copy of the library it names."""
+    preload = image_env()["LD_PRELOAD"]
+    assert Path(preload).name == host_jemalloc().name, preload
+    return {"LD_PRELOAD": str(host_jemalloc())}

@@ -11,6 +11,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 
@@ -19,6 +20,7 @@ from tests.deploy.helpers import (
     ROOT,
     Instruction,
     dockerfile_stages,
+    image_env,
     instructions,
     tool,
 )
@@ -87,11 +89,7 @@ def test_runs_as_numeric_non_root_user() -> None:
 
 def test_read_only_root_friendly_environment() -> None:
     """No bytecode written at run time, unbuffered logs, listening on all interfaces at 8080."""
-    env: dict[str, str] = {}
-    for instruction in instructions(runtime_stage(), "ENV"):
-        for part in shlex.split(instruction.value):
-            key, _, value = part.partition("=")
-            env[key] = value
+    env = image_env()
     assert env["PYTHONDONTWRITEBYTECODE"] == "1"
     assert env["PYTHONUNBUFFERED"] == "1"
     assert env["AUTHSERVER_HOST"] == "0.0.0.0"
@@ -99,6 +97,23 @@ def test_read_only_root_friendly_environment() -> None:
     assert env["PATH"].startswith("/opt/venv/bin:")
     (expose,) = instructions(runtime_stage(), "EXPOSE")
     assert expose.value == env["AUTHSERVER_PORT"]
+
+
+def test_jemalloc_is_preloaded_from_the_venv() -> None:
+    """The builder puts a pinned jemalloc into the venv; the runtime preloads it from there.
+
+    Inside /opt/venv, because the runtime stage copies only the venv. That the preload takes
+    is proven by tests/deploy/test_local_stack.py, whose gateway runs with it and reports
+    `allocator="jemalloc"`.
+    """
+    preload = Path(image_env()["LD_PRELOAD"])
+    assert preload.parent == Path("/opt/venv/lib")
+    (install,) = (
+        r.value for r in instructions(dockerfile_stages()[0], "RUN") if "libjemalloc2" in r.value
+    )
+    assert re.search(r"apt-get install -y --no-install-recommends libjemalloc2=\S+", install)
+    assert f"libjemalloc.so.2 {preload} " in install
+    assert "rm -rf /var/lib/apt/lists/*" in install
 
 
 def test_entrypoint_and_labels() -> None:

@@ -31,6 +31,7 @@ from tests.deploy.helpers import (
     ROOT,
     Doc,
     dockerfile_stages,
+    host_preload,
     instructions,
     load_docs,
     one,
@@ -223,6 +224,8 @@ def test_deployment_config_serves_a_device(
         "AUTHSERVER_POLICY_FILE": str(policy),
         "AUTHSERVER_REDIS_URL": redis_url,
         "AUTHSERVER_MQTT_ENDPOINT": f"{endpoint.scheme}://127.0.0.1:{emulator_port}",
+        # The image's malloc, from where this machine keeps it.
+        **host_preload(),
     }
     gateway_log = tmp_path / "gateway.log"
     gateway = start(processes, "serve", gateway_env, gateway_log)
@@ -240,6 +243,10 @@ def test_deployment_config_serves_a_device(
     instance = stack.gateway_env["AUTHSERVER_MQTT_INSTANCE_ID"]
     assert answer["username"] == f"Token|{key_id}|{instance}"
     assert answer["instanceId"] == instance
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        metrics = resp.read().decode()
+    (info,) = (line for line in metrics.splitlines() if line.startswith("authserver_build_info{"))
+    assert 'allocator="jemalloc"' in info, info
 
 
 @pytest.mark.parametrize("name", ["base", "prod"])
