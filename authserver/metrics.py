@@ -293,7 +293,7 @@ def allocator() -> str:
     """
     try:
         process = ctypes.CDLL(None)
-    except OSError:  # no dynamic loader to ask (not seen on Linux)
+    except (OSError, TypeError):  # no process namespace to ask (Windows takes no None)
         return "unknown"
     if hasattr(process, "mallctl"):
         return "jemalloc"
